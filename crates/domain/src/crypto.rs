@@ -1,0 +1,247 @@
+//! Protection of destinations at rest: an HMAC-SHA256 blind index for lookups and logs,
+//! and AES-256-GCM encryption tagged with a key id so keys can rotate.
+//!
+//! Nonces come in as arguments (this crate has no randomness); callers must pass 96 fresh
+//! random bits per encryption.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{Destination, Email, PhoneNumber};
+
+/// The secret key of the blind index. Its `Debug` never shows the key.
+#[derive(Clone)]
+pub struct BlindIndexKey([u8; 32]);
+
+impl BlindIndexKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        BlindIndexKey(bytes)
+    }
+
+    /// The keyed hash of a destination. Equal destinations give equal hashes under one key,
+    /// which is what lookups, limits and logs need; the destination cannot be read back.
+    pub fn hash(&self, destination: &Destination) -> DestinationHash {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC-SHA256 takes a key of any length");
+        mac.update(canonical(destination).as_bytes());
+        DestinationHash(hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl fmt::Debug for BlindIndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlindIndexKey([redacted])")
+    }
+}
+
+/// The hex HMAC of a destination: safe to store, index and log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DestinationHash(String);
+
+impl DestinationHash {
+    /// Wraps a hash read back from storage.
+    pub fn from_stored(hex: String) -> Self {
+        DestinationHash(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 16 hex digits: enough to correlate log lines.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(16)]
+    }
+}
+
+impl fmt::Display for DestinationHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One AES-256 key with the id stored beside every ciphertext it made.
+#[derive(Clone)]
+pub struct EncryptionKey {
+    id: String,
+    cipher: Aes256Gcm,
+}
+
+impl EncryptionKey {
+    pub fn new(id: impl Into<String>, bytes: [u8; 32]) -> Self {
+        EncryptionKey {
+            id: id.into(),
+            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(bytes)),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncryptionKey {{ id: {:?}, key: [redacted] }}", self.id)
+    }
+}
+
+/// A destination as stored: ciphertext (nonce, then sealed bytes and tag) and its key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedDestination {
+    pub key_id: String,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("no key with id `{0}` in the keyring")]
+    UnknownKey(String),
+    #[error("ciphertext does not open with key `{0}`")]
+    Open(String),
+    #[error("decrypted destination is not valid")]
+    Corrupt,
+}
+
+/// The current key, which encrypts, and older keys, which still decrypt.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    current: EncryptionKey,
+    previous: Vec<EncryptionKey>,
+}
+
+impl Keyring {
+    pub fn new(current: EncryptionKey, previous: Vec<EncryptionKey>) -> Self {
+        Keyring { current, previous }
+    }
+
+    pub fn current_id(&self) -> &str {
+        self.current.id()
+    }
+
+    /// Encrypts with the current key. `nonce` must be fresh random bytes.
+    pub fn seal(&self, destination: &Destination, nonce: [u8; 12]) -> SealedDestination {
+        let key = &self.current;
+        let plain = canonical(destination);
+        let sealed = key
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: key.id.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of a short message cannot fail");
+        let mut ciphertext = Vec::with_capacity(12 + sealed.len());
+        ciphertext.extend_from_slice(&nonce);
+        ciphertext.extend_from_slice(&sealed);
+        SealedDestination {
+            key_id: key.id.clone(),
+            ciphertext,
+        }
+    }
+
+    /// Decrypts with whichever key of the ring made the ciphertext.
+    pub fn open(&self, sealed: &SealedDestination) -> Result<Destination, CryptoError> {
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == sealed.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
+        if sealed.ciphertext.len() < 12 {
+            return Err(CryptoError::Open(sealed.key_id.clone()));
+        }
+        let (nonce, body) = sealed.ciphertext.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| CryptoError::Open(sealed.key_id.clone()))?;
+        let plain = key
+            .cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: key.id.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Open(sealed.key_id.clone()))?;
+        let text = String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)?;
+        from_canonical(&text).ok_or(CryptoError::Corrupt)
+    }
+}
+
+/// The text that is hashed and encrypted: the kind, then the canonical destination, so a
+/// phone number and an email address can never share a hash.
+fn canonical(destination: &Destination) -> String {
+    match destination {
+        Destination::Phone(p) => format!("phone:{}", p.e164()),
+        Destination::Email(e) => format!("email:{}", e.as_str()),
+    }
+}
+
+fn from_canonical(text: &str) -> Option<Destination> {
+    if let Some(e164) = text.strip_prefix("phone:") {
+        PhoneNumber::parse(e164, None).ok().map(Destination::Phone)
+    } else if let Some(email) = text.strip_prefix("email:") {
+        Email::parse(email).ok().map(Destination::Email)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone() -> Destination {
+        Destination::Phone(PhoneNumber::parse("+14155552671", None).expect("valid"))
+    }
+
+    #[test]
+    fn blind_index_is_keyed_and_stable() {
+        let a = BlindIndexKey::new([1; 32]);
+        let b = BlindIndexKey::new([2; 32]);
+        assert_eq!(a.hash(&phone()), a.hash(&phone()));
+        assert_ne!(a.hash(&phone()), b.hash(&phone()));
+        assert_eq!(a.hash(&phone()).as_str().len(), 64);
+        assert!(!a.hash(&phone()).as_str().contains("4155552671"));
+        assert_eq!(format!("{a:?}"), "BlindIndexKey([redacted])");
+    }
+
+    #[test]
+    fn sealed_destination_opens_after_rotation() {
+        let old = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
+        let sealed = old.seal(&phone(), [3; 12]);
+        assert_eq!(sealed.key_id, "k1");
+        assert!(
+            !String::from_utf8_lossy(&sealed.ciphertext).contains("4155552671"),
+            "ciphertext must not carry the number"
+        );
+        let rotated = Keyring::new(
+            EncryptionKey::new("k2", [8; 32]),
+            vec![EncryptionKey::new("k1", [7; 32])],
+        );
+        assert_eq!(rotated.open(&sealed), Ok(phone()));
+        assert_eq!(rotated.seal(&phone(), [4; 12]).key_id, "k2");
+    }
+
+    #[test]
+    fn tampering_and_unknown_keys_are_errors() {
+        let ring = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
+        let mut sealed = ring.seal(&phone(), [3; 12]);
+        let last = sealed.ciphertext.len() - 1;
+        sealed.ciphertext[last] ^= 1;
+        assert_eq!(ring.open(&sealed), Err(CryptoError::Open("k1".into())));
+        sealed.key_id = "k9".into();
+        assert_eq!(ring.open(&sealed), Err(CryptoError::UnknownKey("k9".into())));
+        let short = SealedDestination {
+            key_id: "k1".into(),
+            ciphertext: vec![1, 2],
+        };
+        assert_eq!(ring.open(&short), Err(CryptoError::Open("k1".into())));
+    }
+}

@@ -1,0 +1,120 @@
+//! Email addresses as verification destinations.
+
+use std::fmt;
+
+/// An email address: trimmed, with its domain lower-cased, within RFC 5321's lengths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmailError {
+    #[error("email address is empty")]
+    Empty,
+    #[error("email address is longer than 254 characters")]
+    TooLong,
+    #[error("email address must have one `@` with a local part before it")]
+    Shape,
+    #[error("email local part is invalid")]
+    Local,
+    #[error("email domain is invalid")]
+    Domain,
+}
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, EmailError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(EmailError::Empty);
+        }
+        if raw.len() > 254 {
+            return Err(EmailError::TooLong);
+        }
+        let (local, domain) = raw.rsplit_once('@').ok_or(EmailError::Shape)?;
+        if local.is_empty() {
+            return Err(EmailError::Shape);
+        }
+        let local_ok = local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.chars().all(|c| {
+                c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || !c.is_ascii()
+            });
+        if !local_ok {
+            return Err(EmailError::Local);
+        }
+        let domain = domain.to_ascii_lowercase();
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+            })
+            && labels
+                .last()
+                .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()));
+        if !domain_ok {
+            return Err(EmailError::Domain);
+        }
+        Ok(Email(format!("{local}@{domain}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A mask safe for logs and responses: `j***@example.com`.
+    pub fn masked(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or(("", &self.0));
+        let first: String = local.chars().take(1).collect();
+        format!("{first}***@{domain}")
+    }
+}
+
+impl fmt::Display for Email {
+    /// Prints the mask, never the address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str, expected: Result<&str, EmailError>) {
+        assert_eq!(Email::parse(raw).as_ref().map(Email::as_str).map_err(Clone::clone), expected, "{raw}");
+    }
+
+    #[test]
+    fn parses_addresses() {
+        check(" Jane.Doe+otp@Example.COM ", Ok("Jane.Doe+otp@example.com"));
+        check("a@b.co", Ok("a@b.co"));
+        check("", Err(EmailError::Empty));
+        check("jane", Err(EmailError::Shape));
+        check("@example.com", Err(EmailError::Shape));
+        check("jane..doe@example.com", Err(EmailError::Local));
+        check("jane doe@example.com", Err(EmailError::Local));
+        check("jane@example", Err(EmailError::Domain));
+        check("jane@-example.com", Err(EmailError::Domain));
+        check("jane@1.2.3.4", Err(EmailError::Domain));
+        check(&format!("{}@example.com", "a".repeat(250)), Err(EmailError::TooLong));
+    }
+
+    #[test]
+    fn masks_the_local_part() {
+        let e = Email::parse("jane@example.com").expect("valid");
+        assert_eq!(e.masked(), "j***@example.com");
+        assert_eq!(format!("{e}"), "j***@example.com");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(raw in "\\PC{0,80}") {
+            let _ = Email::parse(&raw);
+        }
+    }
+}

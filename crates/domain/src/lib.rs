@@ -1,0 +1,28 @@
+//! The vocabulary of verify-gateway: value types parsed at the edge, the verification
+//! state machine, destination protection (blind index and encryption) and the port traits
+//! that adapters implement.
+//!
+//! Nothing in this crate touches the network, the disk or the clock: time and randomness
+//! are arguments.
+
+mod channel;
+pub mod crypto;
+mod destination;
+mod email;
+mod id;
+mod phone;
+pub mod ports;
+mod purpose;
+mod verification;
+
+pub use channel::{Channel, ChannelParseError};
+pub use destination::Destination;
+pub use email::{Email, EmailError};
+pub use id::{IdError, VerificationId};
+pub use phone::{NumberType, PhoneNumber, PhoneNumberError, Region, RegionError};
+pub use purpose::{Purpose, PurposeError};
+pub use crypto::{BlindIndexKey, DestinationHash, EncryptionKey, Keyring, SealedDestination};
+pub use verification::{
+    CheckOutcome, IdempotencyKey, IdempotencyKeyError, Locale, LocaleError, NewVerification,
+    OtpCode, OtpCodeError, Transition, TransitionError, Verification, VerificationStatus,
+};

@@ -1,0 +1,255 @@
+//! Phone numbers parsed with libphonenumber's rules and kept in E.164.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::country;
+
+/// An ISO 3166-1 alpha-2 region known to libphonenumber (`US`, `GB`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Region(country::Id);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an ISO 3166-1 alpha-2 region code")]
+pub struct RegionError(pub String);
+
+impl Region {
+    pub fn parse(raw: &str) -> Result<Self, RegionError> {
+        let upper = raw.trim().to_ascii_uppercase();
+        if upper.len() != 2 {
+            return Err(RegionError(raw.to_owned()));
+        }
+        country::Id::from_str(&upper)
+            .map(Region)
+            .map_err(|_| RegionError(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of line a number is, as far as the numbering plan tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NumberType {
+    Mobile,
+    FixedLine,
+    FixedLineOrMobile,
+    TollFree,
+    PremiumRate,
+    SharedCost,
+    Voip,
+    PersonalNumber,
+    Pager,
+    Uan,
+    Voicemail,
+    Other,
+    Unknown,
+}
+
+impl NumberType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLine => "fixed_line",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::TollFree => "toll_free",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::Voip => "voip",
+            NumberType::PersonalNumber => "personal_number",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Voicemail => "voicemail",
+            NumberType::Other => "other",
+            NumberType::Unknown => "unknown",
+        }
+    }
+
+    fn from_lib(t: phonenumber::Type) -> Self {
+        use phonenumber::Type as T;
+        match t {
+            T::Mobile => NumberType::Mobile,
+            T::FixedLine => NumberType::FixedLine,
+            T::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            T::TollFree => NumberType::TollFree,
+            T::PremiumRate => NumberType::PremiumRate,
+            T::SharedCost => NumberType::SharedCost,
+            T::Voip => NumberType::Voip,
+            T::PersonalNumber => NumberType::PersonalNumber,
+            T::Pager => NumberType::Pager,
+            T::Uan => NumberType::Uan,
+            T::Voicemail => NumberType::Voicemail,
+            T::Unknown => NumberType::Unknown,
+            _ => NumberType::Other,
+        }
+    }
+}
+
+/// A valid phone number in E.164 form, with what the numbering plan says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber {
+    e164: String,
+    region: Option<Region>,
+    number_type: NumberType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneNumberError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("phone number is too long")]
+    TooLong,
+    #[error("not a phone number")]
+    Unparseable,
+    #[error("not a valid phone number for its region")]
+    Invalid,
+    #[error("phone numbers with an extension cannot receive codes")]
+    Extension,
+}
+
+impl PhoneNumber {
+    /// The longest raw input considered; anything longer is refused before parsing.
+    const MAX_RAW_LEN: usize = 64;
+
+    /// Parses what a user typed (`(415) 555-2671`, `+44 20 7946 0958`, `tel:+1-415-555-2671`)
+    /// using `default_region` for numbers written without a country code.
+    pub fn parse(raw: &str, default_region: Option<Region>) -> Result<Self, PhoneNumberError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(PhoneNumberError::Empty);
+        }
+        if raw.len() > Self::MAX_RAW_LEN {
+            return Err(PhoneNumberError::TooLong);
+        }
+        // libphonenumber accepts letters as keypad digits ("1-800-FLOWERS"); a verification
+        // destination typed with letters is far more likely a mistake, so refuse them.
+        if raw
+            .strip_prefix("tel:")
+            .unwrap_or(raw)
+            .chars()
+            .any(|c| c.is_alphabetic())
+        {
+            return Err(PhoneNumberError::Unparseable);
+        }
+        let parsed = phonenumber::parse(default_region.map(|r| r.0), raw)
+            .map_err(|_| PhoneNumberError::Unparseable)?;
+        if parsed.extension().is_some() {
+            return Err(PhoneNumberError::Extension);
+        }
+        if !parsed.is_valid() {
+            return Err(PhoneNumberError::Invalid);
+        }
+        let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        Ok(PhoneNumber {
+            region: parsed.country().id().map(Region),
+            number_type: NumberType::from_lib(parsed.number_type(&phonenumber::metadata::DATABASE)),
+            e164,
+        })
+    }
+
+    /// The number as `+14155552671`.
+    pub fn e164(&self) -> &str {
+        &self.e164
+    }
+
+    pub fn region(&self) -> Option<Region> {
+        self.region
+    }
+
+    pub fn number_type(&self) -> NumberType {
+        self.number_type
+    }
+
+    /// A mask safe for logs and responses: `+1415***2671`.
+    pub fn masked(&self) -> String {
+        let digits = &self.e164;
+        let (keep_head, keep_tail) = if digits.len() >= 10 { (5, 4) } else { (3, 2) };
+        format!(
+            "{}***{}",
+            &digits[..keep_head],
+            &digits[digits.len() - keep_tail..]
+        )
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    /// Prints the mask, never the number: a `PhoneNumber` in a format string cannot leak.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us() -> Option<Region> {
+        Region::parse("US").ok()
+    }
+
+    fn check(raw: &str, region: Option<Region>, expected: Result<&str, PhoneNumberError>) {
+        let got = PhoneNumber::parse(raw, region);
+        assert_eq!(got.as_ref().map(PhoneNumber::e164).map_err(Clone::clone), expected, "{raw}");
+    }
+
+    #[test]
+    fn normalises_to_e164() {
+        check("(415) 555-2671", us(), Ok("+14155552671"));
+        check("+1 415 555 2671", None, Ok("+14155552671"));
+        check("  +44 20 7946 0958 ", us(), Ok("+442079460958"));
+        check("tel:+1-415-555-2671", None, Ok("+14155552671"));
+        check("020 7946 0958", Region::parse("gb").ok(), Ok("+442079460958"));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_number() {
+        check("", us(), Err(PhoneNumberError::Empty));
+        check("not a number", us(), Err(PhoneNumberError::Unparseable));
+        check("1-800-FLOWERS", us(), Err(PhoneNumberError::Unparseable));
+        check("+1 415", None, Err(PhoneNumberError::Invalid));
+        check("(415) 555-2671", None, Err(PhoneNumberError::Unparseable));
+        check(&"1".repeat(80), us(), Err(PhoneNumberError::TooLong));
+    }
+
+    #[test]
+    fn keeps_number_type_and_region() {
+        let uk_mobile = PhoneNumber::parse("+447400123456", None).expect("valid UK mobile");
+        assert_eq!(uk_mobile.number_type(), NumberType::Mobile);
+        assert_eq!(uk_mobile.region().map(|r| r.to_string()).as_deref(), Some("GB"));
+        let uk_premium = PhoneNumber::parse("+449061234567", None).expect("valid UK premium");
+        assert_eq!(uk_premium.number_type(), NumberType::PremiumRate);
+    }
+
+    #[test]
+    fn masks_the_middle() {
+        let n = PhoneNumber::parse("+14155552671", None).expect("valid");
+        assert_eq!(n.masked(), "+1415***2671");
+        assert_eq!(n.to_string(), "+1415***2671");
+    }
+
+    #[test]
+    fn regions_are_iso_codes() {
+        assert!(Region::parse("us").is_ok());
+        assert!(Region::parse("USA").is_err());
+        assert!(Region::parse("ZZ").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_output_is_e164(raw in "\\PC{0,40}") {
+            if let Ok(n) = PhoneNumber::parse(&raw, us()) {
+                proptest::prop_assert!(n.e164().starts_with('+'));
+                proptest::prop_assert!(n.e164()[1..].bytes().all(|b| b.is_ascii_digit()));
+                let again = PhoneNumber::parse(n.e164(), None);
+                proptest::prop_assert_eq!(again.as_ref().map(PhoneNumber::e164), Ok(n.e164()));
+            }
+        }
+    }
+}

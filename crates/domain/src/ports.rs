@@ -1,0 +1,187 @@
+//! The port traits adapters implement. They are object-safe and held as `Arc<dyn Trait>`.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::crypto::DestinationHash;
+use crate::{Channel, Destination, IdempotencyKey, Locale, OtpCode, Purpose, Verification, VerificationId};
+
+/// Reads the current time. Pure code takes `now` as an argument; services hold a `Clock`.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// A request to send a code through the provider.
+#[derive(Debug, Clone)]
+pub struct ProviderStart {
+    /// The provider's service (Twilio Verify Service SID, `VA…`).
+    pub service: String,
+    pub to: Destination,
+    pub channel: Channel,
+    pub locale: Option<Locale>,
+}
+
+/// The provider's view of a verification status. Unknown values are kept, not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Pending,
+    Approved,
+    Canceled,
+    MaxAttemptsReached,
+    Deleted,
+    Failed,
+    Expired,
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderVerification {
+    /// The provider's id (`VE…`).
+    pub sid: String,
+    pub status: ProviderStatus,
+    pub channel: Option<Channel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderCheck {
+    pub status: ProviderStatus,
+    pub valid: bool,
+}
+
+/// What went wrong at the provider, classified so services can act without reading text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// The destination is not valid for the provider (Twilio 60200 on `To`, 21211).
+    InvalidDestination,
+    /// Another parameter was refused (60200, 60221, 60306).
+    InvalidRequest,
+    /// SMS to a landline (60205).
+    LandlineUnsupported,
+    /// The channel is disabled for the service (60223).
+    ChannelDisabled,
+    /// The provider's check limit was reached (60202, 60308).
+    MaxChecks,
+    /// The provider's send limit was reached (60203).
+    MaxSends,
+    /// The verification or service is unknown, expired or already used (20404).
+    NotFound,
+    /// Too many requests (20429, 60212); `retry_after` says when to try again.
+    RateLimited,
+    /// The provider's fraud protection blocked the destination (60410).
+    FraudBlocked,
+    /// Sending to the destination's country is not permitted (60605, 21408).
+    GeoBlocked,
+    /// The recipient opted out (21610) or the account may not send there (21608).
+    Unsubscribed,
+    /// Credentials were refused (20003, 20008): a configuration error.
+    Unauthenticated,
+    /// The provider failed or was unreachable and did not act (5xx, connect errors).
+    Unavailable,
+    /// The request timed out after it may have reached the provider.
+    Timeout,
+    /// Anything else.
+    Unexpected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("provider error {kind:?} (code {code:?}): {message}")]
+pub struct ProviderError {
+    pub kind: ProviderErrorKind,
+    /// The provider's numeric code (Twilio error code), when it gave one.
+    pub code: Option<u32>,
+    pub message: String,
+    /// When the provider said when to try again (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    /// Whether trying the same request again later could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ProviderErrorKind::RateLimited
+                | ProviderErrorKind::Unavailable
+                | ProviderErrorKind::Timeout
+        )
+    }
+}
+
+/// The verification provider (Twilio Verify, or the sandbox that behaves like it).
+#[async_trait]
+pub trait VerifyProvider: Send + Sync + fmt::Debug {
+    /// Sends a code. Never retried blindly by the adapter: a timeout may have sent one.
+    async fn start(&self, request: &ProviderStart) -> Result<ProviderVerification, ProviderError>;
+
+    /// Checks a code against the verification `sid`.
+    async fn check(
+        &self,
+        service: &str,
+        sid: &str,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, ProviderError>;
+
+    async fn fetch(&self, service: &str, sid: &str) -> Result<ProviderVerification, ProviderError>;
+
+    async fn cancel(&self, service: &str, sid: &str)
+    -> Result<ProviderVerification, ProviderError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The row changed since it was read (optimistic concurrency); read again and retry.
+    #[error("verification {0} was changed concurrently")]
+    Conflict(VerificationId),
+    #[error("verification {0} does not exist")]
+    NotFound(VerificationId),
+    /// The store could not answer; callers fail closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be read back into a domain value.
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The result of recording a new verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Created,
+    /// Another verification already holds the same purpose and idempotency key;
+    /// nothing was written.
+    Existing(Box<Verification>),
+}
+
+/// Our durable record of verifications.
+#[async_trait]
+pub trait VerificationStore: Send + Sync + fmt::Debug {
+    /// Records a new verification. If one with the same purpose and idempotency key exists,
+    /// returns it and writes nothing; the database decides, so this holds across replicas.
+    async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError>;
+
+    async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
+
+    /// The verification holding `key` for `purpose`, whatever its age.
+    async fn find_by_idempotency_key(
+        &self,
+        purpose: &Purpose,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Verification>, StoreError>;
+
+    /// The newest pending verification for `purpose` and destination that expires after `now`.
+    async fn find_pending(
+        &self,
+        purpose: &Purpose,
+        destination: &DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verification>, StoreError>;
+
+    /// Writes `verification` if the stored row still has `expected_version` (the version it
+    /// was read at); fails with `Conflict` otherwise.
+    async fn update(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+    ) -> Result<(), StoreError>;
+}
