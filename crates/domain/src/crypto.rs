@@ -237,7 +237,10 @@ mod tests {
         sealed.ciphertext[last] ^= 1;
         assert_eq!(ring.open(&sealed), Err(CryptoError::Open("k1".into())));
         sealed.key_id = "k9".into();
-        assert_eq!(ring.open(&sealed), Err(CryptoError::UnknownKey("k9".into())));
+        assert_eq!(
+            ring.open(&sealed),
+            Err(CryptoError::UnknownKey("k9".into()))
+        );
         let short = SealedDestination {
             key_id: "k1".into(),
             ciphertext: vec![1, 2],

@@ -51,7 +51,8 @@ impl Email {
                     && l.len() <= 63
                     && !l.starts_with('-')
                     && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
             })
             && labels
                 .last()
@@ -86,7 +87,14 @@ mod tests {
     use super::*;
 
     fn check(raw: &str, expected: Result<&str, EmailError>) {
-        assert_eq!(Email::parse(raw).as_ref().map(Email::as_str).map_err(Clone::clone), expected, "{raw}");
+        assert_eq!(
+            Email::parse(raw)
+                .as_ref()
+                .map(Email::as_str)
+                .map_err(Clone::clone),
+            expected,
+            "{raw}"
+        );
     }
 
     #[test]
@@ -101,7 +109,10 @@ mod tests {
         check("jane@example", Err(EmailError::Domain));
         check("jane@-example.com", Err(EmailError::Domain));
         check("jane@1.2.3.4", Err(EmailError::Domain));
-        check(&format!("{}@example.com", "a".repeat(250)), Err(EmailError::TooLong));
+        check(
+            &format!("{}@example.com", "a".repeat(250)),
+            Err(EmailError::TooLong),
+        );
     }
 
     #[test]

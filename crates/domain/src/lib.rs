@@ -16,12 +16,12 @@ mod purpose;
 mod verification;
 
 pub use channel::{Channel, ChannelParseError};
+pub use crypto::{BlindIndexKey, DestinationHash, EncryptionKey, Keyring, SealedDestination};
 pub use destination::Destination;
 pub use email::{Email, EmailError};
 pub use id::{IdError, VerificationId};
 pub use phone::{NumberType, PhoneNumber, PhoneNumberError, Region, RegionError};
 pub use purpose::{Purpose, PurposeError};
-pub use crypto::{BlindIndexKey, DestinationHash, EncryptionKey, Keyring, SealedDestination};
 pub use verification::{
     CheckOutcome, IdempotencyKey, IdempotencyKeyError, Locale, LocaleError, NewVerification,
     OtpCode, OtpCodeError, Transition, TransitionError, Verification, VerificationStatus,

@@ -196,7 +196,11 @@ mod tests {
 
     fn check(raw: &str, region: Option<Region>, expected: Result<&str, PhoneNumberError>) {
         let got = PhoneNumber::parse(raw, region);
-        assert_eq!(got.as_ref().map(PhoneNumber::e164).map_err(Clone::clone), expected, "{raw}");
+        assert_eq!(
+            got.as_ref().map(PhoneNumber::e164).map_err(Clone::clone),
+            expected,
+            "{raw}"
+        );
     }
 
     #[test]
@@ -205,7 +209,11 @@ mod tests {
         check("+1 415 555 2671", None, Ok("+14155552671"));
         check("  +44 20 7946 0958 ", us(), Ok("+442079460958"));
         check("tel:+1-415-555-2671", None, Ok("+14155552671"));
-        check("020 7946 0958", Region::parse("gb").ok(), Ok("+442079460958"));
+        check(
+            "020 7946 0958",
+            Region::parse("gb").ok(),
+            Ok("+442079460958"),
+        );
     }
 
     #[test]
@@ -222,7 +230,10 @@ mod tests {
     fn keeps_number_type_and_region() {
         let uk_mobile = PhoneNumber::parse("+447400123456", None).expect("valid UK mobile");
         assert_eq!(uk_mobile.number_type(), NumberType::Mobile);
-        assert_eq!(uk_mobile.region().map(|r| r.to_string()).as_deref(), Some("GB"));
+        assert_eq!(
+            uk_mobile.region().map(|r| r.to_string()).as_deref(),
+            Some("GB")
+        );
         let uk_premium = PhoneNumber::parse("+449061234567", None).expect("valid UK premium");
         assert_eq!(uk_premium.number_type(), NumberType::PremiumRate);
     }

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::crypto::DestinationHash;
-use crate::{Channel, Destination, IdempotencyKey, Locale, OtpCode, Purpose, Verification, VerificationId};
+use crate::{
+    Channel, Destination, IdempotencyKey, Locale, OtpCode, Purpose, Verification, VerificationId,
+};
 
 /// Reads the current time. Pure code takes `now` as an argument; services hold a `Clock`.
 pub trait Clock: Send + Sync + fmt::Debug {

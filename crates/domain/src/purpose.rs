@@ -50,7 +50,10 @@ mod tests {
 
     fn check(raw: &str, expected: Result<&str, PurposeError>) {
         assert_eq!(
-            Purpose::parse(raw).as_ref().map(Purpose::as_str).map_err(Clone::clone),
+            Purpose::parse(raw)
+                .as_ref()
+                .map(Purpose::as_str)
+                .map_err(Clone::clone),
             expected,
             "{raw}"
         );

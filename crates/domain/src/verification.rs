@@ -368,7 +368,9 @@ mod tests {
     use super::*;
 
     fn at(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_700_000_000 + secs, 0).single().expect("valid")
+        Utc.timestamp_opt(1_700_000_000 + secs, 0)
+            .single()
+            .expect("valid")
     }
 
     fn pending(max_checks: u32, max_sends: u32) -> Verification {
@@ -396,7 +398,10 @@ mod tests {
         let mut v = pending(3, 3);
         for left in [2, 1] {
             v.begin_check(at(1)).expect("pending");
-            assert_eq!(v.finish_check(CheckOutcome::Wrong, at(1)), Transition::Stored);
+            assert_eq!(
+                v.finish_check(CheckOutcome::Wrong, at(1)),
+                Transition::Stored
+            );
             assert_eq!(v.checks_left(), left);
         }
         v.begin_check(at(2)).expect("pending");
@@ -407,7 +412,9 @@ mod tests {
         assert_eq!(v.status, VerificationStatus::MaxAttemptsReached);
         assert_eq!(
             v.begin_check(at(3)),
-            Err(TransitionError::NotPending(VerificationStatus::MaxAttemptsReached))
+            Err(TransitionError::NotPending(
+                VerificationStatus::MaxAttemptsReached
+            ))
         );
     }
 
@@ -466,7 +473,10 @@ mod tests {
         assert!(OtpCode::parse("123456").is_ok());
         assert!(OtpCode::parse("12").is_err());
         assert!(OtpCode::parse("12 456").is_err());
-        assert_eq!(format!("{:?}", OtpCode::parse("123456")), "Ok(OtpCode([redacted]))");
+        assert_eq!(
+            format!("{:?}", OtpCode::parse("123456")),
+            "Ok(OtpCode([redacted]))"
+        );
         assert!(IdempotencyKey::parse("order-42").is_ok());
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse("a b").is_err());

@@ -1,1 +1,351 @@
-//! placeholder
+//! Pure policy decisions: which purposes exist, which channel a start uses, the lifecycle
+//! limits of a verification and the idempotency window. Limits are stricter than Twilio's
+//! (5 sends, 5 checks, 10 minutes) so users never run into Twilio's lockouts.
+//!
+//! No IO and no clock: `now` is an argument.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::{Channel, Destination, Purpose, Region};
+
+/// Twilio's own limits; our limits must stay within them.
+pub mod twilio_limits {
+    use std::time::Duration;
+
+    pub const MAX_SENDS: u32 = 5;
+    pub const MAX_CHECKS: u32 = 5;
+    pub const CODE_TTL: Duration = Duration::from_secs(600);
+}
+
+/// What configuration says about one purpose, before validation.
+#[derive(Debug, Clone)]
+pub struct PurposeSettings {
+    pub service_sid: String,
+    pub channels: Vec<Channel>,
+    pub default_channel: Option<Channel>,
+    pub default_region: Option<Region>,
+    pub max_sends: u32,
+    pub max_checks: u32,
+    pub code_ttl: Duration,
+    pub idempotency_window: Duration,
+}
+
+impl PurposeSettings {
+    /// The gateway's recommended limits for a purpose using `service_sid` and `channels`.
+    pub fn recommended(service_sid: impl Into<String>, channels: Vec<Channel>) -> Self {
+        PurposeSettings {
+            service_sid: service_sid.into(),
+            channels,
+            default_channel: None,
+            default_region: None,
+            max_sends: 3,
+            max_checks: 3,
+            code_ttl: twilio_limits::CODE_TTL,
+            idempotency_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A validated purpose policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurposePolicy {
+    purpose: Purpose,
+    service_sid: String,
+    channels: Vec<Channel>,
+    default_channel: Channel,
+    default_region: Option<Region>,
+    max_sends: u32,
+    max_checks: u32,
+    code_ttl: Duration,
+    idempotency_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown purpose `{0}`")]
+    UnknownPurpose(String),
+    #[error("purpose `{purpose}`: {reason}")]
+    Invalid { purpose: String, reason: String },
+    #[error("channel {channel} is not allowed for purpose `{purpose}` (allowed: {allowed})")]
+    ChannelNotAllowed {
+        purpose: String,
+        channel: Channel,
+        allowed: String,
+    },
+    #[error("channel {channel} cannot deliver to {kind}")]
+    ChannelMismatch {
+        channel: Channel,
+        kind: &'static str,
+    },
+}
+
+impl PurposePolicy {
+    pub fn new(purpose: Purpose, s: PurposeSettings) -> Result<Self, PolicyError> {
+        let invalid = |reason: String| PolicyError::Invalid {
+            purpose: purpose.to_string(),
+            reason,
+        };
+        if !is_sid(&s.service_sid, "VA") {
+            return Err(invalid(format!(
+                "service_sid `{}` is not a Verify Service SID (VA + 32 hex digits)",
+                s.service_sid
+            )));
+        }
+        let mut channels = s.channels.clone();
+        channels.sort();
+        channels.dedup();
+        if channels.is_empty() {
+            return Err(invalid("channels must name at least one channel".into()));
+        }
+        let default_channel = s.default_channel.unwrap_or(s.channels[0]);
+        if !channels.contains(&default_channel) {
+            return Err(invalid(format!(
+                "default channel {default_channel} is not among its channels"
+            )));
+        }
+        if !(1..=twilio_limits::MAX_SENDS).contains(&s.max_sends) {
+            return Err(invalid(format!(
+                "max_sends must be 1 to {} (Twilio's limit), not {}",
+                twilio_limits::MAX_SENDS,
+                s.max_sends
+            )));
+        }
+        if !(1..=twilio_limits::MAX_CHECKS).contains(&s.max_checks) {
+            return Err(invalid(format!(
+                "max_checks must be 1 to {} (Twilio's limit), not {}",
+                twilio_limits::MAX_CHECKS,
+                s.max_checks
+            )));
+        }
+        if s.code_ttl.is_zero() || s.code_ttl > twilio_limits::CODE_TTL {
+            return Err(invalid(
+                "code_ttl must be more than 0 and at most 600 seconds (Twilio's expiry)".into(),
+            ));
+        }
+        if s.idempotency_window.is_zero() {
+            return Err(invalid("idempotency_window must be more than 0".into()));
+        }
+        Ok(PurposePolicy {
+            purpose,
+            service_sid: s.service_sid,
+            channels,
+            default_channel,
+            default_region: s.default_region,
+            max_sends: s.max_sends,
+            max_checks: s.max_checks,
+            code_ttl: s.code_ttl,
+            idempotency_window: s.idempotency_window,
+        })
+    }
+
+    pub fn purpose(&self) -> &Purpose {
+        &self.purpose
+    }
+
+    pub fn service_sid(&self) -> &str {
+        &self.service_sid
+    }
+
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    pub fn default_channel(&self) -> Channel {
+        self.default_channel
+    }
+
+    /// The region for numbers without a country code when the request names none.
+    pub fn default_region(&self) -> Option<Region> {
+        self.default_region
+    }
+
+    pub fn max_sends(&self) -> u32 {
+        self.max_sends
+    }
+
+    pub fn max_checks(&self) -> u32 {
+        self.max_checks
+    }
+
+    /// Picks the channel of a start: the requested one if allowed, else the default. An
+    /// email address with no channel requested goes by email when the purpose allows it.
+    pub fn choose_channel(
+        &self,
+        requested: Option<Channel>,
+        destination: &Destination,
+    ) -> Result<Channel, PolicyError> {
+        let channel = match requested {
+            Some(c) => c,
+            None if matches!(destination, Destination::Email(_))
+                && self.channels.contains(&Channel::Email) =>
+            {
+                Channel::Email
+            }
+            None => self.default_channel,
+        };
+        if !self.channels.contains(&channel) {
+            return Err(PolicyError::ChannelNotAllowed {
+                purpose: self.purpose.to_string(),
+                channel,
+                allowed: self
+                    .channels
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if !destination.accepts(channel) {
+            return Err(PolicyError::ChannelMismatch {
+                channel,
+                kind: match destination {
+                    Destination::Phone(_) => "a phone number",
+                    Destination::Email(_) => "an email address",
+                },
+            });
+        }
+        Ok(channel)
+    }
+
+    /// When a verification started at `now` stops accepting checks.
+    pub fn expires_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.code_ttl).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Whether an idempotency key first used at `first_use` still returns that first result.
+    pub fn idempotency_holds(&self, first_use: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let window =
+            chrono::Duration::from_std(self.idempotency_window).unwrap_or(chrono::Duration::MAX);
+        now < first_use + window
+    }
+}
+
+/// All purposes of the gateway, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    purposes: BTreeMap<String, PurposePolicy>,
+}
+
+impl Policies {
+    pub fn new(purposes: impl IntoIterator<Item = PurposePolicy>) -> Self {
+        Policies {
+            purposes: purposes
+                .into_iter()
+                .map(|p| (p.purpose.to_string(), p))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, purpose: &Purpose) -> Result<&PurposePolicy, PolicyError> {
+        self.purposes
+            .get(purpose.as_str())
+            .ok_or_else(|| PolicyError::UnknownPurpose(purpose.to_string()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.purposes.keys().map(String::as_str)
+    }
+}
+
+/// Whether `s` is a Twilio SID with `prefix`: two letters then 32 lower-case hex digits.
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34
+        && s.starts_with(prefix)
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use domain::{Email, PhoneNumber};
+
+    use super::*;
+
+    const VA: &str = "VA00000000000000000000000000000000";
+
+    fn login() -> PurposePolicy {
+        PurposePolicy::new(
+            Purpose::parse("login").expect("valid"),
+            PurposeSettings::recommended(VA, vec![Channel::Sms, Channel::Call, Channel::Email]),
+        )
+        .expect("valid policy")
+    }
+
+    fn phone() -> Destination {
+        Destination::Phone(PhoneNumber::parse("+14155552671", None).expect("valid"))
+    }
+
+    fn email() -> Destination {
+        Destination::Email(Email::parse("jane@example.com").expect("valid"))
+    }
+
+    #[test]
+    fn chooses_channels() {
+        let p = login();
+        let check = |req, dest: &Destination, expected: Result<Channel, &str>| {
+            let got = p.choose_channel(req, dest).map_err(|e| e.to_string());
+            assert_eq!(got, expected.map_err(str::to_owned), "{req:?}");
+        };
+        check(None, &phone(), Ok(Channel::Sms));
+        check(Some(Channel::Call), &phone(), Ok(Channel::Call));
+        check(None, &email(), Ok(Channel::Email));
+        check(
+            Some(Channel::Whatsapp),
+            &phone(),
+            Err("channel whatsapp is not allowed for purpose `login` (allowed: sms, call, email)"),
+        );
+        check(
+            Some(Channel::Sms),
+            &email(),
+            Err("channel sms cannot deliver to an email address"),
+        );
+        check(
+            Some(Channel::Email),
+            &phone(),
+            Err("channel email cannot deliver to a phone number"),
+        );
+    }
+
+    #[test]
+    fn limits_stay_within_twilio() {
+        let purpose = Purpose::parse("login").expect("valid");
+        let with = |f: fn(&mut PurposeSettings)| {
+            let mut s = PurposeSettings::recommended(VA, vec![Channel::Sms]);
+            f(&mut s);
+            PurposePolicy::new(purpose.clone(), s)
+        };
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|s| s.max_checks = 6).is_err());
+        assert!(with(|s| s.max_sends = 0).is_err());
+        assert!(with(|s| s.code_ttl = Duration::from_secs(601)).is_err());
+        assert!(with(|s| s.channels.clear()).is_err());
+        assert!(with(|s| s.default_channel = Some(Channel::Call)).is_err());
+        assert!(with(|s| s.service_sid = "VA123".into()).is_err());
+        let p = with(|_| {}).expect("valid");
+        assert_eq!((p.max_checks(), p.max_sends()), (3, 3));
+    }
+
+    #[test]
+    fn windows_and_expiry() {
+        let p = login();
+        let t0 = Utc.timestamp_opt(1_700_000_000, 0).single().expect("valid");
+        assert_eq!(p.expires_at(t0), t0 + chrono::Duration::seconds(600));
+        assert!(p.idempotency_holds(t0, t0 + chrono::Duration::seconds(599)));
+        assert!(!p.idempotency_holds(t0, t0 + chrono::Duration::seconds(600)));
+    }
+
+    #[test]
+    fn unknown_purposes_are_named() {
+        let ps = Policies::new([login()]);
+        let missing = Purpose::parse("signup").expect("valid");
+        assert_eq!(
+            ps.get(&missing).map_err(|e| e.to_string()).err().as_deref(),
+            Some("unknown purpose `signup`")
+        );
+        assert!(ps.get(&Purpose::parse("login").expect("valid")).is_ok());
+    }
+}

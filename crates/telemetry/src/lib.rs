@@ -1,1 +1,194 @@
-//! placeholder
+//! Logging set-up for the services: `tracing` with pretty or JSON output, and a last line of
+//! defence that masks anything shaped like an E.164 number or an email address before a
+//! line leaves the process. The first line of defence is that domain types print masks.
+
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = TelemetryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(TelemetryError::Format(other.to_owned())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("unknown log format `{0}` (expected pretty or json)")]
+    Format(String),
+    #[error("invalid log filter: {0}")]
+    Filter(String),
+    #[error("a global subscriber is already set")]
+    AlreadySet,
+}
+
+/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info,verify_service=debug`).
+pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Redacting(io::stdout));
+    let result = match format {
+        LogFormat::Pretty => builder.with_target(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadySet)
+}
+
+/// Wraps a writer factory so every line written through it is passed through [`redact`].
+#[derive(Debug, Clone)]
+pub struct Redacting<M>(pub M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(self.0.make_writer())
+    }
+}
+
+#[derive(Debug)]
+pub struct RedactingWriter<W>(W);
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // tracing-subscriber writes each formatted event with one call, so whole values
+        // are seen here; non-UTF-8 bytes pass through untouched.
+        match std::str::from_utf8(buf) {
+            Ok(text) => self.0.write_all(redact(text).as_bytes())?,
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Masks E.164-shaped numbers (`+` and 8 to 15 digits) and email addresses in `text`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '+' {
+            let digits = chars[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if (8..=15).contains(&digits) {
+                let number: String = chars[i..=i + digits].iter().collect();
+                out.push_str(&number[..5]);
+                out.push_str("***");
+                out.push_str(&number[number.len() - 4..]);
+                i += digits + 1;
+                continue;
+            }
+        }
+        if chars[i] == '@'
+            && let Some(masked) = mask_email_at(&chars, i, &mut out)
+        {
+            i = masked;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+fn is_local_char(c: char) -> bool {
+    c.is_alphanumeric() || "._%+-'".contains(c)
+}
+
+fn is_domain_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '.' || c == '-'
+}
+
+/// If an email address has its `@` at `at`, rewrites the local part already copied to `out`
+/// as `x***` and returns the index after the `@`.
+fn mask_email_at(chars: &[char], at: usize, out: &mut String) -> Option<usize> {
+    let local_len = chars[..at]
+        .iter()
+        .rev()
+        .take_while(|c| is_local_char(**c))
+        .count();
+    let domain: String = chars[at + 1..]
+        .iter()
+        .take_while(|c| is_domain_char(**c))
+        .collect();
+    if local_len == 0 || !domain.contains('.') || domain.starts_with('.') {
+        return None;
+    }
+    let local: String = chars[at - local_len..at].iter().collect();
+    if local.starts_with('*') || local.ends_with("***") {
+        return None;
+    }
+    let keep: String = local.chars().take(1).collect();
+    for _ in 0..local.chars().count() {
+        out.pop();
+    }
+    out.push_str(&keep);
+    out.push_str("***@");
+    Some(at + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        assert_eq!(redact(input), expected, "{input}");
+    }
+
+    #[test]
+    fn masks_numbers_and_addresses() {
+        check("to=+14155552671 ok", "to=+1415***2671 ok");
+        check("{\"to\":\"+442079460958\"}", "{\"to\":\"+4420***0958\"}");
+        check("mail jane.doe@example.com now", "mail j***@example.com now");
+        check("already +1415***2671", "already +1415***2671");
+        check("masked j***@example.com", "masked j***@example.com");
+    }
+
+    #[test]
+    fn leaves_ids_and_hashes_alone() {
+        check(
+            "verification_id=ver_0190abcd00000000000000000000ffff",
+            "verification_id=ver_0190abcd00000000000000000000ffff",
+        );
+        check("retry in +5 s, count 12", "retry in +5 s, count 12");
+        check("user@localhost", "user@localhost");
+    }
+
+    #[test]
+    fn writer_redacts_what_passes_through() {
+        let mut buf = Vec::new();
+        {
+            let mut w = RedactingWriter(&mut buf);
+            w.write_all(b"to=+14155552671\n").expect("write to vec");
+        }
+        assert_eq!(String::from_utf8_lossy(&buf), "to=+1415***2671\n");
+    }
+}
