@@ -1,1 +1,18 @@
-//! placeholder
+//! The Twilio Verify V2 adapter: implements `domain::ports::VerifyProvider` over Twilio's REST
+//! API (or anything that speaks it, such as the local sandbox or Prism).
+//!
+//! Twilio's wire types stay private to this crate; callers see domain types and
+//! [`TwilioError`], which names each Twilio error code the gateway acts on and converts into
+//! the domain's `ProviderError`. Calls are repeated only where that cannot send a second code
+//! or spend a second check.
+
+mod client;
+mod config;
+mod error;
+mod retry;
+mod sid;
+mod wire;
+
+pub use client::TwilioVerify;
+pub use config::{Credentials, TwilioConfig};
+pub use error::{ApiError, TwilioError};

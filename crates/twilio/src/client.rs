@@ -1,0 +1,347 @@
+//! The Verify V2 client: one pooled HTTP client, the four verification calls, and the
+//! `VerifyProvider` implementation the services hold.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::OtpCode;
+use domain::ports::{
+    ProviderCheck, ProviderError, ProviderStart, ProviderVerification, VerifyProvider,
+};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, Span, field};
+use url::Url;
+
+use crate::config::{Credentials, TwilioConfig};
+use crate::retry::{self, Safety};
+use crate::{TwilioError, sid, wire};
+
+/// Names the gateway to Twilio, so its support can tell our traffic apart.
+const USER_AGENT: &str = concat!(
+    "verify-gateway/",
+    env!("CARGO_PKG_VERSION"),
+    " (twilio-verify-v2; rust)"
+);
+
+/// A Twilio Verify V2 client. Cheap to clone: clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct TwilioVerify {
+    http: reqwest::Client,
+    base: Url,
+    credentials: Credentials,
+    max_retries: u32,
+}
+
+impl TwilioVerify {
+    /// Validates `config` and builds the HTTP client once (rustls, pooled connections).
+    pub fn new(config: TwilioConfig) -> Result<Self, TwilioError> {
+        let base = config.validate()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            // Twilio's API does not redirect; following one could only lead somewhere that
+            // is not Twilio.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| TwilioError::InvalidConfig(format!("HTTP client: {e}")))?;
+        Ok(TwilioVerify {
+            http,
+            base,
+            credentials: config.credentials,
+            max_retries: config.max_retries,
+        })
+    }
+
+    /// The base URL requests go to (Twilio's host for the region and edge, or the override).
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `POST /v2/Services/{ServiceSid}/Verifications`: sends a code. Repeated only when
+    /// Twilio cannot have processed it (429, connection never opened).
+    pub async fn create_verification(
+        &self,
+        request: &ProviderStart,
+    ) -> Result<ProviderVerification, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.create_verification",
+            service_sid = %request.service,
+            verification_sid = field::Empty,
+            channel = %request.channel,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let service = sid::service(&request.service)?;
+            let url = self.url(&["v2", "Services", service, "Verifications"]);
+            let form = wire::CreateVerificationForm::new(
+                request.to.expose(),
+                request.channel,
+                request.locale.as_ref(),
+            );
+            let body: wire::Verification = self
+                .execute(Safety::NotIdempotent, Method::POST, &url, Some(&form))
+                .await?;
+            let verification = ProviderVerification::try_from(body)?;
+            Span::current().record("verification_sid", verification.sid.as_str());
+            Ok(verification)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `POST /v2/Services/{ServiceSid}/VerificationCheck` by verification SID. A wrong code is
+    /// `Ok` with `valid == false`, not an error. Repeated only like a create.
+    pub async fn check_verification(
+        &self,
+        service_sid: &str,
+        verification_sid: &str,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.check_verification",
+            service_sid = %service_sid,
+            verification_sid = %verification_sid,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let service = sid::service(service_sid)?;
+            let verification_sid = sid::verification(verification_sid)?;
+            let url = self.url(&["v2", "Services", service, "VerificationCheck"]);
+            let form = wire::VerificationCheckForm {
+                verification_sid,
+                code: code.expose(),
+            };
+            let body: wire::VerificationCheck = self
+                .execute(Safety::NotIdempotent, Method::POST, &url, Some(&form))
+                .await?;
+            ProviderCheck::try_from(body)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `GET /v2/Services/{ServiceSid}/Verifications/{Sid}`.
+    pub async fn fetch_verification(
+        &self,
+        service_sid: &str,
+        verification_sid: &str,
+    ) -> Result<ProviderVerification, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.fetch_verification",
+            service_sid = %service_sid,
+            verification_sid = %verification_sid,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let url = self.verification_url(service_sid, verification_sid)?;
+            let body: wire::Verification = self
+                .execute::<_, ()>(Safety::Idempotent, Method::GET, &url, None)
+                .await?;
+            ProviderVerification::try_from(body)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `POST /v2/Services/{ServiceSid}/Verifications/{Sid}` with `Status=canceled`.
+    pub async fn cancel_verification(
+        &self,
+        service_sid: &str,
+        verification_sid: &str,
+    ) -> Result<ProviderVerification, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.cancel_verification",
+            service_sid = %service_sid,
+            verification_sid = %verification_sid,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let url = self.verification_url(service_sid, verification_sid)?;
+            let body: wire::Verification = self
+                .execute(Safety::Idempotent, Method::POST, &url, Some(&wire::CANCEL))
+                .await?;
+            ProviderVerification::try_from(body)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn verification_url(
+        &self,
+        service_sid: &str,
+        verification_sid: &str,
+    ) -> Result<Url, TwilioError> {
+        let service = sid::service(service_sid)?;
+        let verification = sid::verification(verification_sid)?;
+        Ok(self.url(&["v2", "Services", service, "Verifications", verification]))
+    }
+
+    /// Appends `segments` to the base URL (keeping any path prefix of an override).
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        // `validate` refused base URLs that cannot carry a path, so this cannot fail; if it
+        // somehow did, the request would go to the base URL and Twilio would answer 404.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Sends the request, repeating it while `retry` says it is safe, and decodes the answer.
+    async fn execute<T, F>(
+        &self,
+        safety: Safety,
+        method: Method,
+        url: &Url,
+        form: Option<&F>,
+    ) -> Result<T, TwilioError>
+    where
+        T: DeserializeOwned,
+        F: Serialize + ?Sized,
+    {
+        let span = Span::current();
+        let mut attempt: u32 = 0;
+        loop {
+            let mut request = self.authorised(self.http.request(method.clone(), url.clone()));
+            if let Some(form) = form {
+                request = request.form(form);
+            }
+            let result = self.send_once(request).await;
+            span.record("attempts", attempt + 1);
+            let err = match result {
+                Ok(body) => return Ok(body),
+                Err(err) => err,
+            };
+            if let Some(code) = err.code() {
+                span.record("twilio_code", code);
+            }
+            match retry::delay_before_retry(&err, safety, attempt, self.max_retries) {
+                Some(delay) => {
+                    tracing::debug!(error = %err, delay_ms = delay.as_millis(), "retrying Twilio call");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => {
+                    tracing::debug!(error = %err, "Twilio call failed");
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn authorised(&self, request: RequestBuilder) -> RequestBuilder {
+        let (user, password) = self.credentials.basic_auth();
+        request.basic_auth(user, Some(password))
+    }
+
+    /// One HTTP exchange: a success body decoded as `T`, or the typed error.
+    async fn send_once<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, TwilioError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| TwilioError::from_transport(&e))?;
+        let status = response.status();
+        Span::current().record("http_status", status.as_u16());
+        if status.is_success() {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| TwilioError::from_transport(&e))?;
+            return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Decode(e.to_string()));
+        }
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after(response.headers())
+        } else {
+            None
+        };
+        // The status alone still classifies the error if the body cannot be read.
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(TwilioError::from_response(
+            status.as_u16(),
+            retry_after,
+            &bytes,
+        ))
+    }
+}
+
+/// `Retry-After` in seconds (the form Twilio sends); an HTTP date or garbage is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[async_trait]
+impl VerifyProvider for TwilioVerify {
+    async fn start(&self, request: &ProviderStart) -> Result<ProviderVerification, ProviderError> {
+        Ok(self.create_verification(request).await?)
+    }
+
+    async fn check(
+        &self,
+        service: &str,
+        sid: &str,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, ProviderError> {
+        Ok(self.check_verification(service, sid, code).await?)
+    }
+
+    async fn fetch(&self, service: &str, sid: &str) -> Result<ProviderVerification, ProviderError> {
+        Ok(self.fetch_verification(service, sid).await?)
+    }
+
+    async fn cancel(
+        &self,
+        service: &str,
+        sid: &str,
+    ) -> Result<ProviderVerification, ProviderError> {
+        Ok(self.cancel_verification(service, sid).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(value: Option<&str>, expected: Option<u64>) {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(v).expect("valid header"),
+            );
+        }
+        assert_eq!(
+            retry_after(&headers),
+            expected.map(Duration::from_secs),
+            "{value:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        check(None, None);
+        check(Some("1"), Some(1));
+        check(Some(" 30 "), Some(30));
+        check(Some("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        check(Some("-1"), None);
+    }
+}
