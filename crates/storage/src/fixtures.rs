@@ -1,0 +1,94 @@
+//! Verifications for tests: fixed keys, destinations and times, so every test builds the
+//! same realistic records (sealed with the domain's real keyring) without repeating itself.
+
+use chrono::{DateTime, TimeZone, Utc};
+use domain::{
+    BlindIndexKey, Channel, Destination, Email, EncryptionKey, IdempotencyKey, Keyring,
+    NewVerification, PhoneNumber, Purpose, Verification, VerificationId, VerificationStatus,
+};
+use uuid::Uuid;
+
+/// The phone number whose digits must never reach the database.
+pub(crate) const PHONE: &str = "+14155552671";
+/// The email address that must never reach the database.
+pub(crate) const EMAIL: &str = "jane.doe@example.com";
+
+pub(crate) fn phone() -> Destination {
+    Destination::Phone(PhoneNumber::parse(PHONE, None).expect("test number is valid"))
+}
+
+pub(crate) fn email() -> Destination {
+    Destination::Email(Email::parse(EMAIL).expect("test address is valid"))
+}
+
+pub(crate) fn keyring() -> Keyring {
+    Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![])
+}
+
+pub(crate) fn blind_index() -> BlindIndexKey {
+    BlindIndexKey::new([9; 32])
+}
+
+/// A fixed instant plus `secs` seconds, with a millisecond part so truncation would show.
+pub(crate) fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 250_000_000)
+        .single()
+        .expect("test time is valid")
+}
+
+pub(crate) fn id(n: u128) -> VerificationId {
+    VerificationId::from_uuid(Uuid::from_u128(n))
+}
+
+/// A fresh pending verification, as a start would record it, created at `at(0)`.
+pub(crate) fn bare(n: u128, purpose: &str, destination: &Destination) -> Verification {
+    let channel = if destination.accepts(Channel::Sms) {
+        Channel::Sms
+    } else {
+        Channel::Email
+    };
+    let nonce_seed = u8::try_from(n % 251).expect("below 251");
+    Verification::new(NewVerification {
+        id: id(n),
+        purpose: Purpose::parse(purpose).expect("test purpose is valid"),
+        channel,
+        destination: keyring().seal(destination, [nonce_seed; 12]),
+        destination_hash: blind_index().hash(destination),
+        to_masked: destination.masked(),
+        identity: None,
+        idempotency_key: None,
+        max_sends: 3,
+        max_checks: 5,
+        now: at(0),
+        expires_at: at(600),
+    })
+}
+
+/// A verification with every optional field set and no field at its default value.
+pub(crate) fn full(
+    n: u128,
+    purpose: &str,
+    key: Option<&str>,
+    destination: &Destination,
+) -> Verification {
+    let mut v = bare(n, purpose, destination);
+    v.status = VerificationStatus::Failed;
+    v.channel = if destination.accepts(Channel::Call) {
+        Channel::Call
+    } else {
+        Channel::Email
+    };
+    v.provider_sid = Some("VE0123456789abcdef0123456789abcdef".into());
+    v.identity = Some("user-7".into());
+    v.idempotency_key = key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
+    v.sends = 2;
+    v.checks = 4;
+    v.max_sends = 4;
+    v.max_checks = 6;
+    v.failure_code = Some(60200);
+    v.created_at = at(1);
+    v.updated_at = at(2);
+    v.expires_at = at(3);
+    v.version = 7;
+    v
+}
