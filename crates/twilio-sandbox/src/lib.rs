@@ -1,1 +1,130 @@
-//! placeholder
+//! A local stand-in for Twilio Verify v2: the same paths, Basic auth, JSON bodies, error
+//! codes and lifecycle limits, plus an inbox of the codes it "sent" and magic destinations
+//! that inject Twilio's failures. Developers point an integration (or Twilio's own helper
+//! libraries) at it to try everything without credentials.
+
+mod auth;
+mod config;
+mod error;
+mod http;
+mod scenario;
+mod store;
+mod wire;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use config::{
+    DEFAULT_INBOX_CAPACITY, DEFAULT_SLOW_DELAY, DEFAULT_VERIFICATION_TTL, DEV_ACCOUNT_SID,
+    DEV_AUTH_TOKEN, DEV_SERVICE_SID, SandboxConfig, ServiceConfig,
+};
+pub use scenario::scenarios;
+
+use auth::Credentials;
+use store::{CODE_LENGTHS, MAX_VERIFICATIONS, Store};
+
+/// A running sandbox's shared state; clones share it.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    account_sid: String,
+    credentials: Credentials,
+    services: Vec<ServiceConfig>,
+    slow_delay: Duration,
+    started: DateTime<Utc>,
+    store: Mutex<Store>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("account_sid", &self.inner.account_sid)
+            .field("services", &self.inner.services)
+            .field("slow_delay", &self.inner.slow_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with no verifications and an empty inbox. Service code lengths outside
+    /// Twilio's 4 to 10 are clamped.
+    pub fn new(config: SandboxConfig) -> Self {
+        let services = config
+            .services
+            .into_iter()
+            .map(|mut service| {
+                let clamped = service
+                    .code_length
+                    .clamp(*CODE_LENGTHS.start(), *CODE_LENGTHS.end());
+                if clamped != service.code_length {
+                    tracing::warn!(
+                        service_sid = %service.sid,
+                        configured = service.code_length,
+                        used = clamped,
+                        "sandbox.config.code_length_clamped"
+                    );
+                    service.code_length = clamped;
+                }
+                service
+            })
+            .collect();
+        Sandbox {
+            inner: Arc::new(Inner {
+                credentials: Credentials::new(
+                    &config.account_sid,
+                    &config.auth_token,
+                    &config.api_keys,
+                ),
+                account_sid: config.account_sid,
+                services,
+                slow_delay: config.slow_delay,
+                started: Utc::now(),
+                store: Mutex::new(Store::new(
+                    config.verification_ttl,
+                    config.inbox_capacity,
+                    MAX_VERIFICATIONS,
+                )),
+            }),
+        }
+    }
+
+    /// The HTTP routes: Twilio Verify v2 under `/v2` and the dev helpers under `/sandbox`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    fn service(&self, sid: &str) -> Option<&ServiceConfig> {
+        self.inner.services.iter().find(|s| s.sid == sid)
+    }
+
+    /// Runs `f` with the store locked. The lock is never held across an `.await`; a panic
+    /// while it was held cannot leave a half-applied change, so a poisoned lock is reused.
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = self
+            .inner
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut store)
+    }
+}
+
+/// Serves `sandbox` on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sandbox: Sandbox,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "sandbox.listening");
+    }
+    axum::serve(listener, sandbox.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,475 @@
+//! The HTTP face of the sandbox: Twilio Verify v2 routes behind Basic auth, the dev inbox
+//! and scenario list without auth, and Twilio-shaped errors for everything else.
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+
+use crate::Sandbox;
+use crate::error::Error;
+use crate::scenario::{Scenario, scenarios};
+use crate::store::{CODE_LENGTHS, Channel, NewStatus, StartRequest, Target};
+use crate::wire::{CheckJson, ScenariosJson, ServiceJson, ServiceListJson, VerificationJson};
+
+/// Request bodies larger than this answer 413; Verify requests are a few hundred bytes.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest `To` considered (an email address is at most 254 characters).
+const MAX_TO_LEN: usize = 254;
+
+pub(crate) fn router(sandbox: Sandbox) -> Router {
+    Router::new()
+        .route("/v2/Services", get(list_services))
+        .route("/v2/Services/{service_sid}", get(fetch_service))
+        .route(
+            "/v2/Services/{service_sid}/Verifications",
+            post(create_verification),
+        )
+        .route(
+            "/v2/Services/{service_sid}/Verifications/{sid}",
+            get(fetch_verification).post(update_verification),
+        )
+        .route(
+            "/v2/Services/{service_sid}/VerificationCheck",
+            post(create_check),
+        )
+        .route("/sandbox/scenarios", get(list_scenarios))
+        .route("/sandbox/messages", get(list_messages))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            sandbox.clone(),
+            require_auth,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(sandbox)
+}
+
+/// Every `/v2` path needs Basic auth, known or not, as on Twilio.
+async fn require_auth(State(sandbox): State<Sandbox>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/v2" || path.starts_with("/v2/") {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !sandbox.inner.credentials.accepts(authorization) {
+            tracing::debug!(path, "sandbox.auth.rejected");
+            return Error::Unauthenticated.respond(path);
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(uri: Uri) -> Response {
+    Error::NotFound.respond(uri.path())
+}
+
+async fn method_not_allowed(uri: Uri) -> Response {
+    Error::MethodNotAllowed.respond(uri.path())
+}
+
+/// A form body as Twilio reads it: PascalCase keys, the first value of a repeated key wins,
+/// and anything unparsable simply counts as absent.
+#[derive(Debug, Default)]
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// A non-empty parameter.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let path = request.uri().path().to_owned();
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge.respond(&path)
+                } else {
+                    Error::BadRequest.respond(&path)
+                }
+            })?;
+        Ok(Params(
+            serde_urlencoded::from_bytes(&bytes).unwrap_or_default(),
+        ))
+    }
+}
+
+/// The scheme and host clients used, so `url` fields point back at this sandbox.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// What a `To` is, if it is anything Verify accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Phone,
+    Email,
+}
+
+/// Strict E.164 that libphonenumber accepts as a valid number, or an email address.
+fn classify_to(raw: &str) -> Option<Destination> {
+    if raw.len() > MAX_TO_LEN {
+        return None;
+    }
+    if let Some(digits) = raw.strip_prefix('+') {
+        let strict = (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        let valid = strict && domain::PhoneNumber::parse(raw, None).is_ok_and(|n| n.e164() == raw);
+        return valid.then_some(Destination::Phone);
+    }
+    if raw.contains('@') && domain::Email::parse(raw).is_ok() && raw.trim() == raw {
+        return Some(Destination::Email);
+    }
+    None
+}
+
+/// Codes and custom codes are 4 to 10 letters or digits.
+fn code_shape_ok(code: &str) -> bool {
+    let lengths = usize::from(*CODE_LENGTHS.start())..=usize::from(*CODE_LENGTHS.end());
+    lengths.contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A path parameter; a garbled path (bad percent-encoding) is simply not found.
+fn path_param<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Error> {
+    path.map(|Path(p)| p).map_err(|_| Error::NotFound)
+}
+
+async fn list_services(State(sandbox): State<Sandbox>, headers: HeaderMap) -> Response {
+    let base = base_url(&headers);
+    let services = sandbox
+        .inner
+        .services
+        .iter()
+        .map(|s| ServiceJson::new(s, &sandbox.inner.account_sid, &base, &sandbox.inner.started))
+        .collect();
+    Json(ServiceListJson::new(services, &base)).into_response()
+}
+
+async fn fetch_service(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let service_sid = match path_param(path) {
+        Ok(p) => p,
+        Err(error) => return error.respond(uri.path()),
+    };
+    match sandbox.service(&service_sid) {
+        Some(service) => Json(ServiceJson::new(
+            service,
+            &sandbox.inner.account_sid,
+            &base_url(&headers),
+            &sandbox.inner.started,
+        ))
+        .into_response(),
+        None => Error::NotFound.respond(uri.path()),
+    }
+}
+
+async fn create_verification(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Response {
+    let service_sid = match path_param(path) {
+        Ok(p) => p,
+        Err(error) => return error.respond(uri.path()),
+    };
+    match start(&sandbox, &service_sid, &params).await {
+        Ok(v) => {
+            let body = VerificationJson::new(&v, &sandbox.inner.account_sid, &base_url(&headers));
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(error) => error.respond(uri.path()),
+    }
+}
+
+async fn start(
+    sandbox: &Sandbox,
+    service_sid: &str,
+    params: &Params,
+) -> Result<crate::store::Verification, Error> {
+    let service = sandbox.service(service_sid).ok_or(Error::NotFound)?;
+    let to = params.get("To").ok_or(Error::InvalidParameter("To"))?;
+    let destination = classify_to(to).ok_or(Error::InvalidParameter("To"))?;
+    let channel = params
+        .get("Channel")
+        .and_then(Channel::parse)
+        .ok_or(Error::InvalidParameter("Channel"))?;
+    // An email channel needs an email address and every other channel a phone number.
+    if (channel == Channel::Email) != (destination == Destination::Email) {
+        return Err(Error::InvalidParameter("To"));
+    }
+    let custom_code = params.get("CustomCode");
+    if custom_code.is_some_and(|c| !code_shape_ok(c)) {
+        return Err(Error::InvalidParameter("CustomCode"));
+    }
+    let scenario = Scenario::for_destination(to);
+    if let Some(error) = scenario.and_then(|s| s.start_error(channel)) {
+        tracing::info!(channel = channel.as_str(), code = ?error.status_and_code().1, "sandbox.scenario.injected");
+        return Err(error);
+    }
+    if scenario == Some(Scenario::Slow) {
+        tokio::time::sleep(sandbox.inner.slow_delay).await;
+    }
+    let request = StartRequest {
+        service_sid: &service.sid,
+        code_length: service.code_length,
+        to,
+        channel,
+        locale: params.get("Locale"),
+        custom_code,
+        amount: params.get("Amount"),
+        payee: params.get("Payee"),
+    };
+    let verification =
+        sandbox.with_store(|store| store.start(&request, Utc::now(), &mut rand::rng()))?;
+    tracing::info!(
+        verification_sid = %verification.sid,
+        channel = channel.as_str(),
+        send_attempts = verification.send_attempts.len(),
+        "sandbox.verification.sent"
+    );
+    Ok(verification)
+}
+
+async fn fetch_verification(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let (service_sid, sid) = match path_param(path) {
+        Ok(p) => p,
+        Err(error) => return error.respond(uri.path()),
+    };
+    let result = sandbox
+        .service(&service_sid)
+        .ok_or(Error::NotFound)
+        .and_then(|_| sandbox.with_store(|store| store.fetch(&service_sid, &sid, Utc::now())));
+    match result {
+        Ok(v) => Json(VerificationJson::new(
+            &v,
+            &sandbox.inner.account_sid,
+            &base_url(&headers),
+        ))
+        .into_response(),
+        Err(error) => error.respond(uri.path()),
+    }
+}
+
+async fn update_verification(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Params,
+) -> Response {
+    let (service_sid, sid) = match path_param(path) {
+        Ok(p) => p,
+        Err(error) => return error.respond(uri.path()),
+    };
+    let result = sandbox
+        .service(&service_sid)
+        .ok_or(Error::NotFound)
+        .and_then(|_| match params.get("Status") {
+            Some("canceled") => Ok(NewStatus::Canceled),
+            Some("approved") => Ok(NewStatus::Approved),
+            _ => Err(Error::InvalidParameter("Status")),
+        })
+        .and_then(|status| {
+            sandbox.with_store(|store| store.update(&service_sid, &sid, status, Utc::now()))
+        });
+    match result {
+        Ok(v) => {
+            tracing::info!(verification_sid = %v.sid, status = v.status.as_str(), "sandbox.verification.updated");
+            Json(VerificationJson::new(
+                &v,
+                &sandbox.inner.account_sid,
+                &base_url(&headers),
+            ))
+            .into_response()
+        }
+        Err(error) => error.respond(uri.path()),
+    }
+}
+
+async fn create_check(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Response {
+    let service_sid = match path_param(path) {
+        Ok(p) => p,
+        Err(error) => return error.respond(uri.path()),
+    };
+    match check(&sandbox, &service_sid, &params).await {
+        Ok(v) => Json(CheckJson::new(&v, &sandbox.inner.account_sid)).into_response(),
+        Err(error) => error.respond(uri.path()),
+    }
+}
+
+async fn check(
+    sandbox: &Sandbox,
+    service_sid: &str,
+    params: &Params,
+) -> Result<crate::store::Verification, Error> {
+    sandbox.service(service_sid).ok_or(Error::NotFound)?;
+    let target = match (params.get("VerificationSid"), params.get("To")) {
+        (Some(sid), _) => Target::Sid(sid),
+        (None, Some(to)) => Target::To(to),
+        (None, None) => return Err(Error::NoTarget),
+    };
+    let code = params
+        .get("Code")
+        .filter(|c| code_shape_ok(c))
+        .ok_or(Error::InvalidParameter("Code"))?;
+    let destination =
+        sandbox.with_store(|store| store.destination_of(service_sid, target, Utc::now()));
+    if destination.as_deref().and_then(Scenario::for_destination) == Some(Scenario::Slow) {
+        tokio::time::sleep(sandbox.inner.slow_delay).await;
+    }
+    let verification =
+        sandbox.with_store(|store| store.check(service_sid, target, code, Utc::now()))?;
+    tracing::info!(
+        verification_sid = %verification.sid,
+        status = verification.status.as_str(),
+        checks = verification.checks,
+        "sandbox.verification.checked"
+    );
+    Ok(verification)
+}
+
+async fn list_scenarios() -> Response {
+    Json(ScenariosJson(scenarios())).into_response()
+}
+
+/// `GET /sandbox/messages[?to=…]`. A `+` left unencoded in the query decodes to a space;
+/// a leading space is read back as the `+` the caller meant.
+async fn list_messages(State(sandbox): State<Sandbox>, RawQuery(query): RawQuery) -> Response {
+    let pairs: Vec<(String, String)> = query
+        .as_deref()
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
+    let to = pairs
+        .into_iter()
+        .find(|(k, _)| k == "to")
+        .map(|(_, v)| match v.strip_prefix(' ') {
+            Some(rest) => format!("+{rest}"),
+            None => v,
+        })
+        .filter(|v| !v.is_empty());
+    let messages = sandbox.with_store(|store| store.messages(to.as_deref()));
+    Json(messages).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_must_be_strict_e164_or_email() {
+        for (raw, expected) in [
+            ("+14155552671", Some(Destination::Phone)),
+            ("+442079460958", Some(Destination::Phone)),
+            ("+14155550100", Some(Destination::Phone)),
+            ("user@example.com", Some(Destination::Email)),
+            ("14155552671", None),
+            ("+1 415 555 2671", None),
+            ("+1415555267", None),
+            ("+1415", None),
+            ("+0123456789", None),
+            ("+14155552671x", None),
+            ("tel:+14155552671", None),
+            ("user@", None),
+            ("@example.com", None),
+            (" user@example.com", None),
+            ("", None),
+            ("+", None),
+        ] {
+            assert_eq!(classify_to(raw), expected, "{raw:?}");
+        }
+        assert_eq!(
+            classify_to(&format!("{}@example.com", "a".repeat(300))),
+            None
+        );
+    }
+
+    #[test]
+    fn code_shapes() {
+        for (code, ok) in [
+            ("1234", true),
+            ("123456", true),
+            ("1234567890", true),
+            ("A1b2C3", true),
+            ("123", false),
+            ("12345678901", false),
+            ("12 34", false),
+            ("12-34", false),
+            ("", false),
+        ] {
+            assert_eq!(code_shape_ok(code), ok, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn base_url_comes_from_host() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(base_url(&headers), "http://localhost");
+        headers.insert(header::HOST, "127.0.0.1:4010".parse().expect("header"));
+        assert_eq!(base_url(&headers), "http://127.0.0.1:4010");
+        headers.insert("x-forwarded-proto", "https".parse().expect("header"));
+        assert_eq!(base_url(&headers), "https://127.0.0.1:4010");
+        headers.insert(header::HOST, "evil\"host".parse().expect("header"));
+        assert_eq!(base_url(&headers), "https://localhost");
+    }
+
+    #[test]
+    fn params_take_the_first_non_empty_value() {
+        let params = Params(
+            serde_urlencoded::from_str("To=%2B14155552671&To=other&Channel=&Code=1234")
+                .expect("parses"),
+        );
+        assert_eq!(params.get("To"), Some("+14155552671"));
+        assert_eq!(params.get("Channel"), None);
+        assert_eq!(params.get("Code"), Some("1234"));
+        assert_eq!(params.get("Missing"), None);
+    }
+}
