@@ -1,1 +1,131 @@
-fn main() {}
+//! The project's own commands: `cargo xtask <command>`.
+//!
+//! - `tools`: installs what the tests need besides Rust (Prism and buf from npm, the official
+//!   Twilio helper libraries from PyPI and npm) into `.tools/`.
+//! - `ci`: what CI runs: tools, rustfmt check, clippy `-D warnings`, buf lint, all tests.
+//! - `bench`: drives Start+Check against the embedded gateway and prints figures.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const PRISM: &str = "@stoplight/prism-cli@5.14.2";
+const BUF: &str = "@bufbuild/buf@1.75.0";
+const TWILIO_NODE: &str = "twilio@6.2.0";
+const TWILIO_PYTHON: &str = "twilio==9.13.0";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("tools") => tools(&root),
+        Some("ci") => ci(&root),
+        Some("bench") => bench::run(&root, &args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print_help();
+            Ok(())
+        }
+        Some(other) => {
+            print_help();
+            bail!("unknown command `{other}`")
+        }
+    }
+}
+
+fn print_help() {
+    eprintln!(
+        "usage: cargo xtask <command>\n\n\
+         commands:\n  \
+         tools   install test tools into .tools/ (Prism, buf, twilio-python, twilio-node)\n  \
+         ci      tools, fmt check, clippy -D warnings, buf lint, all tests (what CI runs)\n  \
+         bench   Start+Check load against the embedded gateway; prints requests/s, p50, p99\n          \
+         options: --flows N (default 2000) --concurrency C (default 32)"
+    );
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the test tools into `.tools/`, skipping what is already there at the pinned
+/// version. Each tool comes from a package registry; nothing is downloaded otherwise.
+fn tools(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join(".tools");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = dir.join("npm.stamp");
+    let wanted = format!("{PRISM} {BUF} {TWILIO_NODE}");
+    let node_ok = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)
+        && dir.join("node_modules/.bin/prism").exists()
+        && dir.join("node_modules/.bin/buf").exists();
+    if !node_ok {
+        run(Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .args([PRISM, BUF, TWILIO_NODE]))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let venv = dir.join("venv");
+    let py_stamp = dir.join("python.stamp");
+    let py_ok = std::fs::read_to_string(&py_stamp).is_ok_and(|s| s == TWILIO_PYTHON)
+        && venv.join("bin/python").exists();
+    if !py_ok {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            TWILIO_PYTHON,
+        ]))?;
+        std::fs::write(&py_stamp, TWILIO_PYTHON)?;
+    }
+    eprintln!("tools ready in {}", dir.display());
+    Ok(())
+}
+
+fn ci(root: &Path) -> anyhow::Result<()> {
+    tools(root)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo)
+        .current_dir(root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new(&cargo).current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new(root.join(".tools/node_modules/.bin/buf"))
+        .current_dir(root.join("proto"))
+        .arg("lint"))?;
+    run(Command::new(&cargo)
+        .current_dir(root)
+        .args(["test", "--workspace", "--locked"]))?;
+    eprintln!("ci: all checks passed");
+    Ok(())
+}

@@ -1,1 +1,91 @@
-fn main() {}
+//! `verify-gateway`: runs verify-service, and in the embedded default the Twilio sandbox
+//! beside it, in one process. With `TWILIO_*` credentials set it talks to real Twilio.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use verify_service::app::Gateway;
+use verify_service::config::{self, Overrides};
+
+/// verify-gateway: a gRPC gateway in front of Twilio Verify.
+///
+/// Without Twilio credentials it runs the embedded Twilio sandbox, SQLite in the data dir and
+/// generated development keys, so it works with no set-up. Set TWILIO_ACCOUNT_SID and
+/// TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET) and
+/// TWILIO_VERIFY_SERVICE_SID to talk to real Twilio.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// A TOML file overriding the shipped defaults (see config/default.toml).
+    #[arg(long, env = "VERIFY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the gRPC server.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Address of the embedded Twilio sandbox.
+    #[arg(long)]
+    sandbox_addr: Option<SocketAddr>,
+    /// Directory for the SQLite database and development keys.
+    #[arg(long, env = "VERIFY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://path?mode=rwc`); defaults to SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Log format: pretty or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = config::load(&Overrides {
+        config_file: cli.config,
+        grpc_addr: cli.grpc_addr,
+        sandbox_addr: cli.sandbox_addr,
+        data_dir: cli.data_dir,
+        database_url: cli.database_url,
+        log_format: cli.log_format,
+    })?;
+    telemetry::init(settings.log_format, &settings.log_filter)?;
+    let gateway = Gateway::bind(&settings).await?;
+    let grpc = gateway.grpc_addr().context("gRPC address")?;
+    tracing::info!(grpc = %grpc, sandbox = ?gateway.sandbox_addr(), "verify-gateway serving");
+    print_welcome(grpc, gateway.sandbox_addr());
+    gateway.run(shutdown_signal()).await
+}
+
+fn print_welcome(grpc: SocketAddr, sandbox: Option<SocketAddr>) {
+    eprintln!("\nverify-gateway is serving gRPC on {grpc} (health and reflection included).");
+    if let Some(sandbox) = sandbox {
+        eprintln!(
+            "Twilio sandbox on http://{sandbox} (account {}, token {}).\n\
+             \nTry it:\n  grpcurl -plaintext -d '{{\"purpose\":\"login\",\"to\":\"(415) 555-2671\",\"default_region\":\"US\",\"channel\":\"CHANNEL_SMS\"}}' \\\n    {grpc} verify.v1.VerifyService/StartVerification\n  curl 'http://{sandbox}/sandbox/messages?to=%2B14155552671'     # the code that was \"sent\"\n  grpcurl -plaintext -d '{{\"id\":\"ver_…\",\"code\":\"123456\"}}' {grpc} verify.v1.VerifyService/CheckVerification\n  curl http://{sandbox}/sandbox/scenarios                        # numbers that fail on purpose\n",
+            twilio_sandbox::DEV_ACCOUNT_SID,
+            twilio_sandbox::DEV_AUTH_TOKEN,
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

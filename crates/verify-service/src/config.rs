@@ -1,0 +1,460 @@
+//! Configuration: shipped defaults, then an optional TOML file, then `VERIFY_*` variables
+//! and Twilio's own `TWILIO_*` variables. Loaded once at start-up, validated, and turned
+//! into typed settings; nothing else reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use domain::{Channel, Purpose, Region};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use policy::{Policies, PurposePolicy, PurposeSettings};
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// The configuration file shipped with the binary; every other layer overrides it.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    sandbox: RawSandbox,
+    storage: RawStorage,
+    twilio: RawTwilio,
+    log: RawLog,
+    #[serde(default)]
+    keys: RawKeys,
+    purposes: BTreeMap<String, RawPurpose>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    grpc_addr: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    mode: SandboxMode,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SandboxMode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    database_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    base_url: String,
+    region: String,
+    edge: String,
+    timeout_ms: u64,
+    connect_timeout_ms: u64,
+    max_retries: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    filter: String,
+}
+
+/// Key material: base64 of 32 bytes each. Secrets belong in the environment
+/// (`VERIFY_KEYS__BLIND_INDEX_KEY`, `VERIFY_KEYS__ENCRYPTION_KEYS="k2:…,k1:…"`) or a file
+/// (`keys.file`), never in a config file that is committed.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    #[serde(default)]
+    blind_index_key: Option<String>,
+    /// `id:base64key` pairs separated by commas; the first encrypts, all decrypt.
+    #[serde(default)]
+    encryption_keys: Option<String>,
+    /// A TOML file with `blind_index_key` and `encryption_keys`.
+    #[serde(default)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPurpose {
+    #[serde(default)]
+    service_sid: String,
+    channels: Vec<Channel>,
+    #[serde(default)]
+    default_channel: Option<Channel>,
+    #[serde(default)]
+    default_region: Option<String>,
+    max_sends: u32,
+    max_checks: u32,
+    code_ttl_seconds: u64,
+    idempotency_window_seconds: u64,
+}
+
+/// Twilio credentials as Twilio's own variables name them.
+#[derive(Debug, Default, Clone)]
+pub struct TwilioEnv {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    pub api_key_sid: Option<String>,
+    pub api_key_secret: Option<String>,
+    pub verify_service_sid: Option<String>,
+}
+
+impl TwilioEnv {
+    pub fn from_process_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        TwilioEnv {
+            account_sid: var("TWILIO_ACCOUNT_SID"),
+            auth_token: var("TWILIO_AUTH_TOKEN"),
+            api_key_sid: var("TWILIO_API_KEY_SID"),
+            api_key_secret: var("TWILIO_API_KEY_SECRET"),
+            verify_service_sid: var("TWILIO_VERIFY_SERVICE_SID"),
+        }
+    }
+}
+
+/// Where verifications are sent.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// The embedded sandbox on `addr`, with its dev credentials.
+    Sandbox { addr: SocketAddr },
+    /// Real Twilio (or any Twilio-compatible base URL), as `Settings::twilio` says.
+    Twilio,
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    pub credentials: twilio::Credentials,
+    pub base_url: Option<Url>,
+    pub region: Option<String>,
+    pub edge: Option<String>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Keys given by configuration.
+    Given {
+        blind_index_key: SecretString,
+        encryption_keys: SecretString,
+    },
+    /// No keys configured: development keys are generated once and kept in the data dir.
+    GenerateDev,
+}
+
+/// Validated, typed settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub upstream: Upstream,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub keys: KeySource,
+    pub log_format: telemetry::LogFormat,
+    pub log_filter: String,
+    pub policies: Policies,
+    pub twilio: TwilioSettings,
+}
+
+/// Overrides from the command line; `None` keeps the configured value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub sandbox_addr: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// Loads the layered configuration from the process environment.
+pub fn load(overrides: &Overrides) -> anyhow::Result<Settings> {
+    let mut figment = Figment::new().merge(Toml::string(DEFAULT_CONFIG));
+    if let Some(path) = &overrides.config_file {
+        if !path.exists() {
+            bail!("config file {} does not exist", path.display());
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("VERIFY_").split("__"));
+    let raw: RawConfig = figment.extract().context("invalid configuration")?;
+    resolve(raw, overrides, &TwilioEnv::from_process_env())
+}
+
+/// Loads from a TOML string over the defaults, without reading the environment.
+pub fn load_from_str(
+    toml: &str,
+    overrides: &Overrides,
+    env: &TwilioEnv,
+) -> anyhow::Result<Settings> {
+    let raw: RawConfig = Figment::new()
+        .merge(Toml::string(DEFAULT_CONFIG))
+        .merge(Toml::string(toml))
+        .extract()
+        .context("invalid configuration")?;
+    resolve(raw, overrides, env)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Settings> {
+    let data_dir = o.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
+    let credentials = twilio_credentials(env)?;
+    let sandbox_on = match raw.sandbox.mode {
+        SandboxMode::On => true,
+        SandboxMode::Off => false,
+        SandboxMode::Auto => credentials.is_none(),
+    };
+    let sandbox_addr = o.sandbox_addr.unwrap_or(raw.sandbox.addr);
+    let twilio = TwilioSettings {
+        credentials: credentials.clone().unwrap_or_else(sandbox_credentials),
+        base_url: non_empty(&raw.twilio.base_url)
+            .map(|u| Url::parse(&u).with_context(|| format!("twilio.base_url `{u}` is not a URL")))
+            .transpose()?,
+        region: non_empty(&raw.twilio.region),
+        edge: non_empty(&raw.twilio.edge),
+        timeout: Duration::from_millis(raw.twilio.timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(raw.twilio.connect_timeout_ms.max(1)),
+        max_retries: raw.twilio.max_retries,
+    };
+    let upstream = if sandbox_on {
+        Upstream::Sandbox { addr: sandbox_addr }
+    } else {
+        if credentials.is_none() && twilio.base_url.is_none() {
+            bail!(
+                "the sandbox is off and no Twilio credentials are set: set TWILIO_ACCOUNT_SID \
+                 with TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET)"
+            );
+        }
+        Upstream::Twilio
+    };
+
+    let fallback_service = if sandbox_on {
+        Some(twilio_sandbox::DEV_SERVICE_SID.to_owned())
+    } else {
+        env.verify_service_sid.clone()
+    };
+    let mut purposes = Vec::new();
+    for (name, p) in raw.purposes {
+        let purpose = Purpose::parse(&name).with_context(|| format!("purpose name `{name}`"))?;
+        let service_sid = non_empty(&p.service_sid)
+            .or_else(|| fallback_service.clone())
+            .with_context(|| {
+                format!(
+                    "purpose `{name}` has no service_sid: set purposes.{name}.service_sid or \
+                     TWILIO_VERIFY_SERVICE_SID"
+                )
+            })?;
+        let default_region = p
+            .default_region
+            .as_deref()
+            .and_then(non_empty)
+            .map(|r| Region::parse(&r))
+            .transpose()
+            .with_context(|| format!("purposes.{name}.default_region"))?;
+        let settings = PurposeSettings {
+            service_sid,
+            channels: p.channels,
+            default_channel: p.default_channel,
+            default_region,
+            max_sends: p.max_sends,
+            max_checks: p.max_checks,
+            code_ttl: Duration::from_secs(p.code_ttl_seconds),
+            idempotency_window: Duration::from_secs(p.idempotency_window_seconds),
+        };
+        purposes.push(PurposePolicy::new(purpose, settings)?);
+    }
+    if purposes.is_empty() {
+        bail!("no purposes are configured: add a [purposes.<name>] table");
+    }
+
+    let keys = resolve_keys(raw.keys)?;
+    let log_format = o
+        .log_format
+        .as_deref()
+        .unwrap_or(&raw.log.format)
+        .parse()
+        .context("log.format")?;
+    let database_url = o
+        .database_url
+        .clone()
+        .or_else(|| non_empty(&raw.storage.database_url))
+        .unwrap_or_else(|| default_database_url(&data_dir));
+
+    Ok(Settings {
+        grpc_addr: o.grpc_addr.unwrap_or(raw.server.grpc_addr),
+        upstream,
+        database_url,
+        data_dir,
+        keys,
+        log_format,
+        log_filter: raw.log.filter,
+        policies: Policies::new(purposes),
+        twilio,
+    })
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("verify-gateway.db").display()
+    )
+}
+
+fn sandbox_credentials() -> twilio::Credentials {
+    twilio::Credentials::AuthToken {
+        account_sid: twilio_sandbox::DEV_ACCOUNT_SID.to_owned(),
+        auth_token: SecretString::from(twilio_sandbox::DEV_AUTH_TOKEN),
+    }
+}
+
+fn twilio_credentials(env: &TwilioEnv) -> anyhow::Result<Option<twilio::Credentials>> {
+    let Some(account_sid) = env.account_sid.clone() else {
+        if env.auth_token.is_some() || env.api_key_sid.is_some() {
+            bail!("TWILIO_ACCOUNT_SID is required with TWILIO_AUTH_TOKEN or TWILIO_API_KEY_SID");
+        }
+        return Ok(None);
+    };
+    if !policy::is_sid(&account_sid, "AC") {
+        bail!("TWILIO_ACCOUNT_SID is not an Account SID (AC + 32 hex digits)");
+    }
+    match (&env.api_key_sid, &env.api_key_secret, &env.auth_token) {
+        (Some(key_sid), Some(secret), _) => {
+            if !policy::is_sid(key_sid, "SK") {
+                bail!("TWILIO_API_KEY_SID is not an API Key SID (SK + 32 hex digits)");
+            }
+            Ok(Some(twilio::Credentials::ApiKey {
+                account_sid,
+                key_sid: key_sid.clone(),
+                key_secret: SecretString::from(secret.clone()),
+            }))
+        }
+        (Some(_), None, _) => bail!("TWILIO_API_KEY_SID is set without TWILIO_API_KEY_SECRET"),
+        (None, _, Some(token)) => Ok(Some(twilio::Credentials::AuthToken {
+            account_sid,
+            auth_token: SecretString::from(token.clone()),
+        })),
+        (None, _, None) => bail!(
+            "TWILIO_ACCOUNT_SID is set without TWILIO_AUTH_TOKEN or TWILIO_API_KEY_SID/TWILIO_API_KEY_SECRET"
+        ),
+    }
+}
+
+fn resolve_keys(raw: RawKeys) -> anyhow::Result<KeySource> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct KeyFile {
+        blind_index_key: String,
+        encryption_keys: String,
+    }
+    let (blind, enc) = match (raw.file, raw.blind_index_key, raw.encryption_keys) {
+        (Some(path), None, None) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading keys file {}", path.display()))?;
+            let f: KeyFile =
+                toml_from_str(&text).with_context(|| format!("keys file {}", path.display()))?;
+            (f.blind_index_key, f.encryption_keys)
+        }
+        (None, Some(b), Some(e)) => (b, e),
+        (None, None, None) => return Ok(KeySource::GenerateDev),
+        _ => bail!(
+            "keys: give either keys.file, or both keys.blind_index_key and keys.encryption_keys"
+        ),
+    };
+    Ok(KeySource::Given {
+        blind_index_key: SecretString::from(blind),
+        encryption_keys: SecretString::from(enc),
+    })
+}
+
+fn toml_from_str<T: for<'de> Deserialize<'de>>(text: &str) -> anyhow::Result<T> {
+    Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &TwilioEnv) -> anyhow::Result<Settings> {
+        load_from_str(toml, &Overrides::default(), env)
+    }
+
+    #[test]
+    fn shipped_defaults_run_the_sandbox() {
+        let s = load("", &TwilioEnv::default()).expect("defaults are valid");
+        assert!(matches!(s.upstream, Upstream::Sandbox { .. }));
+        assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
+        let login = s
+            .policies
+            .get(&Purpose::parse("login").expect("valid"))
+            .expect("login is shipped");
+        assert_eq!(login.service_sid(), twilio_sandbox::DEV_SERVICE_SID);
+        assert_eq!(login.default_channel(), Channel::Sms);
+        assert_eq!((login.max_checks(), login.max_sends()), (3, 3));
+        assert!(matches!(s.keys, KeySource::GenerateDev));
+        assert!(s.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn twilio_variables_point_at_twilio() {
+        let env = TwilioEnv {
+            account_sid: Some(format!("AC{}", "a".repeat(32))),
+            auth_token: Some("token".into()),
+            verify_service_sid: Some(format!("VA{}", "b".repeat(32))),
+            ..TwilioEnv::default()
+        };
+        let s = load("", &env).expect("valid");
+        assert!(matches!(s.upstream, Upstream::Twilio));
+        let login = s
+            .policies
+            .get(&Purpose::parse("login").expect("valid"))
+            .expect("login");
+        assert_eq!(login.service_sid(), format!("VA{}", "b".repeat(32)));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_a_reason() {
+        let check = |toml: &str, env: &TwilioEnv, needle: &str| {
+            let err = format!("{:#}", load(toml, env).expect_err("must be refused"));
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        };
+        let none = TwilioEnv::default();
+        check("[purposes.login]\nmax_checks = 9", &none, "max_checks");
+        check("[purposes.login]\nchannels = [\"pigeon\"]", &none, "pigeon");
+        check("[server]\ngrpc_addr = \"nowhere\"", &none, "grpc_addr");
+        check("[sandbox]\nmode = \"off\"", &none, "no Twilio credentials");
+        check("[keys]\nblind_index_key = \"x\"", &none, "keys");
+        let half = TwilioEnv {
+            account_sid: Some(format!("AC{}", "a".repeat(32))),
+            ..TwilioEnv::default()
+        };
+        check("", &half, "without TWILIO_AUTH_TOKEN");
+    }
+}

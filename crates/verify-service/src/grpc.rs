@@ -1,0 +1,225 @@
+//! The gRPC edge: parses requests into domain types (invalid input becomes
+//! `INVALID_ARGUMENT` with a field violation) and maps domain values back to proto.
+
+use std::net::IpAddr;
+
+use domain::{
+    Channel, Destination, Email, IdempotencyKey, Locale, OtpCode, PhoneNumber, Purpose, Region,
+    Verification, VerificationId, VerificationStatus,
+};
+use proto::verify::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::service::{StartInput, VerifyCore};
+
+/// The longest free-text field accepted (identity and similar).
+const MAX_IDENTITY_LEN: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    core: VerifyCore,
+}
+
+impl GrpcService {
+    pub fn new(core: VerifyCore) -> Self {
+        GrpcService { core }
+    }
+
+    pub fn into_server(self) -> pb::verify_service_server::VerifyServiceServer<Self> {
+        pb::verify_service_server::VerifyServiceServer::new(self)
+    }
+}
+
+fn parse_channel(raw: i32) -> Result<Option<Channel>, ServiceError> {
+    match pb::Channel::try_from(raw) {
+        Ok(pb::Channel::Unspecified) => Ok(None),
+        Ok(pb::Channel::Sms) => Ok(Some(Channel::Sms)),
+        Ok(pb::Channel::Call) => Ok(Some(Channel::Call)),
+        Ok(pb::Channel::Email) => Ok(Some(Channel::Email)),
+        Ok(pb::Channel::Whatsapp) => Ok(Some(Channel::Whatsapp)),
+        Ok(pb::Channel::Sna) => Ok(Some(Channel::Sna)),
+        Err(_) => Err(ServiceError::invalid(
+            "channel",
+            format!("unknown channel value {raw}"),
+        )),
+    }
+}
+
+fn channel_to_proto(c: Channel) -> pb::Channel {
+    match c {
+        Channel::Sms => pb::Channel::Sms,
+        Channel::Call => pb::Channel::Call,
+        Channel::Email => pb::Channel::Email,
+        Channel::Whatsapp => pb::Channel::Whatsapp,
+        Channel::Sna => pb::Channel::Sna,
+    }
+}
+
+fn status_to_proto(s: VerificationStatus) -> pb::VerificationStatus {
+    match s {
+        VerificationStatus::Pending => pb::VerificationStatus::Pending,
+        VerificationStatus::Approved => pb::VerificationStatus::Approved,
+        VerificationStatus::Canceled => pb::VerificationStatus::Canceled,
+        VerificationStatus::Expired => pb::VerificationStatus::Expired,
+        VerificationStatus::MaxAttemptsReached => pb::VerificationStatus::MaxAttemptsReached,
+        VerificationStatus::Failed => pb::VerificationStatus::Failed,
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn to_proto(v: &Verification) -> pb::Verification {
+    pb::Verification {
+        id: v.id.to_string(),
+        purpose: v.purpose.to_string(),
+        channel: channel_to_proto(v.channel).into(),
+        status: status_to_proto(v.status).into(),
+        to_masked: v.to_masked.clone(),
+        attempts_left: v.checks_left(),
+        sends_left: v.sends_left(),
+        create_time: Some(timestamp(v.created_at)),
+        update_time: Some(timestamp(v.updated_at)),
+        expire_time: Some(timestamp(v.expires_at)),
+        failure_code: v.failure_code.unwrap_or(0),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<VerificationId, ServiceError> {
+    if raw.is_empty() {
+        return Err(ServiceError::invalid("id", "is required"));
+    }
+    raw.parse().map_err(|e| ServiceError::invalid("id", e))
+}
+
+fn optional<T, E: ToString>(
+    raw: &str,
+    field: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, ServiceError> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse(raw)
+            .map(Some)
+            .map_err(|e| ServiceError::invalid(field, e))
+    }
+}
+
+impl GrpcService {
+    /// Parses a start request. The purpose comes first because its policy gives the default
+    /// region for numbers typed without a country code.
+    fn parse_start(&self, m: &pb::StartVerificationRequest) -> Result<StartInput, ServiceError> {
+        if m.purpose.is_empty() {
+            return Err(ServiceError::invalid("purpose", "is required"));
+        }
+        let purpose =
+            Purpose::parse(&m.purpose).map_err(|e| ServiceError::invalid("purpose", e))?;
+        let policy = self.core.policy(&purpose)?;
+        let region = optional(&m.default_region, "default_region", Region::parse)?
+            .or(policy.default_region());
+        let channel = parse_channel(m.channel)?;
+        let raw_to = m.to.trim();
+        if raw_to.is_empty() {
+            return Err(ServiceError::invalid("to", "is required"));
+        }
+        let to = if channel == Some(Channel::Email) || raw_to.contains('@') {
+            Email::parse(raw_to)
+                .map(Destination::Email)
+                .map_err(|e| ServiceError::invalid("to", e))?
+        } else {
+            let phone = PhoneNumber::parse(raw_to, region).map_err(|e| {
+                let hint = if region.is_none() && !raw_to.starts_with('+') {
+                    "; write it with a country code (+1 …) or set default_region"
+                } else {
+                    ""
+                };
+                ServiceError::invalid("to", format!("{e}{hint}"))
+            })?;
+            Destination::Phone(phone)
+        };
+        let identity = match m.identity.trim() {
+            "" => None,
+            s if s.len() > MAX_IDENTITY_LEN || s.chars().any(char::is_control) => {
+                return Err(ServiceError::invalid(
+                    "identity",
+                    format!(
+                        "must be at most {MAX_IDENTITY_LEN} characters without control characters"
+                    ),
+                ));
+            }
+            s => Some(s.to_owned()),
+        };
+        Ok(StartInput {
+            purpose,
+            to,
+            channel,
+            locale: optional(&m.locale, "locale", Locale::parse)?,
+            identity,
+            client_ip: optional(&m.client_ip, "client_ip", |s| s.parse::<IpAddr>())?,
+            idempotency_key: optional(
+                &m.idempotency_key,
+                "idempotency_key",
+                IdempotencyKey::parse,
+            )?,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::verify_service_server::VerifyService for GrpcService {
+    async fn start_verification(
+        &self,
+        request: Request<pb::StartVerificationRequest>,
+    ) -> Result<Response<pb::StartVerificationResponse>, Status> {
+        let input = self.parse_start(request.get_ref())?;
+        let v = self.core.start(input).await?;
+        Ok(Response::new(pb::StartVerificationResponse {
+            verification: Some(to_proto(&v)),
+        }))
+    }
+
+    async fn check_verification(
+        &self,
+        request: Request<pb::CheckVerificationRequest>,
+    ) -> Result<Response<pb::CheckVerificationResponse>, Status> {
+        let m = request.get_ref();
+        let id = parse_id(&m.id)?;
+        if m.code.is_empty() {
+            return Err(ServiceError::invalid("code", "is required").into());
+        }
+        let code = OtpCode::parse(&m.code).map_err(|e| ServiceError::invalid("code", e))?;
+        let (v, valid) = self.core.check(&id, &code).await?;
+        Ok(Response::new(pb::CheckVerificationResponse {
+            verification: Some(to_proto(&v)),
+            valid,
+        }))
+    }
+
+    async fn cancel_verification(
+        &self,
+        request: Request<pb::CancelVerificationRequest>,
+    ) -> Result<Response<pb::CancelVerificationResponse>, Status> {
+        let id = parse_id(&request.get_ref().id)?;
+        let v = self.core.cancel(&id).await?;
+        Ok(Response::new(pb::CancelVerificationResponse {
+            verification: Some(to_proto(&v)),
+        }))
+    }
+
+    async fn get_verification(
+        &self,
+        request: Request<pb::GetVerificationRequest>,
+    ) -> Result<Response<pb::GetVerificationResponse>, Status> {
+        let id = parse_id(&request.get_ref().id)?;
+        let v = self.core.get(&id).await?;
+        Ok(Response::new(pb::GetVerificationResponse {
+            verification: Some(to_proto(&v)),
+        }))
+    }
+}

@@ -1,0 +1,14 @@
+//! verify-service: the gRPC front of verify-gateway. It parses requests into domain types,
+//! applies policy, keeps its own record of every verification and talks to Twilio Verify
+//! (or the local sandbox) through the `twilio` adapter.
+//!
+//! `app` composes the adapters; `service` holds the flows; `grpc` is the edge; `error` is the
+//! one table from errors to gRPC statuses.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod keys;
+pub mod server;
+pub mod service;

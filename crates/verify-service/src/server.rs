@@ -1,0 +1,46 @@
+//! Serves VerifyService with `grpc.health.v1` and server reflection (v1 and v1alpha, since
+//! grpcurl and Python's reflection client still use v1alpha) on one listener.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::GrpcService;
+use crate::service::VerifyCore;
+
+pub async fn serve(
+    listener: TcpListener,
+    core: VerifyCore,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let descriptors = [
+        proto::verify::v1::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut v1 = tonic_reflection::server::Builder::configure();
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for d in descriptors {
+        v1 = v1.register_encoded_file_descriptor_set(d);
+        v1alpha = v1alpha.register_encoded_file_descriptor_set(d);
+    }
+    let reflection_v1 = v1.build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = v1alpha
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<proto::verify::v1::verify_service_server::VerifyServiceServer<GrpcService>>()
+        .await;
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(GrpcService::new(core).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server failed")
+}

@@ -1,0 +1,463 @@
+//! The verification flows (start, check, cancel, get) over the ports, free of gRPC types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::ports::{
+    Clock, Inserted, ProviderErrorKind, ProviderStart, ProviderStatus, VerificationStore,
+    VerifyProvider,
+};
+use domain::{
+    BlindIndexKey, Channel, CheckOutcome, Destination, IdempotencyKey, Keyring, Locale,
+    NewVerification, OtpCode, Purpose, Transition, TransitionError, Verification, VerificationId,
+    VerificationStatus,
+};
+use policy::{Policies, PolicyError, PurposePolicy};
+use rand::RngCore;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::ServiceError;
+
+/// How often a read-modify-write is retried when another request changed the row first.
+const CONFLICT_RETRIES: usize = 5;
+
+/// A parsed start request.
+#[derive(Debug, Clone)]
+pub struct StartInput {
+    pub purpose: Purpose,
+    pub to: Destination,
+    pub channel: Option<Channel>,
+    pub locale: Option<Locale>,
+    pub identity: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// The application: policies, ports and keys.
+#[derive(Debug, Clone)]
+pub struct VerifyCore {
+    policies: Arc<Policies>,
+    provider: Arc<dyn VerifyProvider>,
+    store: Arc<dyn VerificationStore>,
+    clock: Arc<dyn Clock>,
+    blind_index: BlindIndexKey,
+    keyring: Keyring,
+}
+
+impl VerifyCore {
+    pub fn new(
+        policies: Policies,
+        provider: Arc<dyn VerifyProvider>,
+        store: Arc<dyn VerificationStore>,
+        clock: Arc<dyn Clock>,
+        blind_index: BlindIndexKey,
+        keyring: Keyring,
+    ) -> Self {
+        VerifyCore {
+            policies: Arc::new(policies),
+            provider,
+            store,
+            clock,
+            blind_index,
+            keyring,
+        }
+    }
+
+    pub fn policy(&self, purpose: &Purpose) -> Result<&PurposePolicy, ServiceError> {
+        self.policies.get(purpose).map_err(|e| {
+            let known = self.policies.names().collect::<Vec<_>>().join(", ");
+            ServiceError::invalid("purpose", format!("{e}; configured purposes: {known}"))
+        })
+    }
+
+    /// Starts a verification, or resends on the pending one for the same destination, or
+    /// returns the first result for a repeated idempotency key.
+    pub async fn start(&self, input: StartInput) -> Result<Verification, ServiceError> {
+        let policy = self.policy(&input.purpose)?;
+        let channel = policy
+            .choose_channel(input.channel, &input.to)
+            .map_err(|e| match e {
+                PolicyError::ChannelMismatch { .. } | PolicyError::ChannelNotAllowed { .. } => {
+                    ServiceError::invalid("channel", e)
+                }
+                other => ServiceError::invalid("purpose", other),
+            })?;
+        let hash = self.blind_index.hash(&input.to);
+        let span = info_span!(
+            "verify.start",
+            purpose = %input.purpose,
+            channel = %channel,
+            to = %input.to,
+            destination_hash = %hash.short(),
+            verification_id = tracing::field::Empty,
+        );
+        async move {
+            let now = self.clock.now();
+            if let Some(key) = &input.idempotency_key
+                && let Some(v) = self.replay(policy, key, &hash, now).await?
+            {
+                tracing::Span::current().record("verification_id", v.id.to_string());
+                info!(status = %v.status, "idempotent replay");
+                return Ok(v);
+            }
+            if let Some(pending) = self.store.find_pending(&input.purpose, &hash, now).await? {
+                // A concurrent request with the same key may have recorded it since `replay`
+                // looked: that is still a replay, not a resend.
+                if input.idempotency_key.is_some()
+                    && pending.idempotency_key == input.idempotency_key
+                {
+                    return self.idempotent_answer(pending, &hash);
+                }
+                if pending.provider_sid.is_none() {
+                    return Err(ServiceError::InProgress);
+                }
+                return self.resend(policy, pending, &input, channel).await;
+            }
+            self.send_new(policy, &input, channel, hash, now).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The verification already holding `key`, if it is within the idempotency window.
+    /// A key past its window is released so it can be used again.
+    async fn replay(
+        &self,
+        policy: &PurposePolicy,
+        key: &IdempotencyKey,
+        hash: &domain::DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verification>, ServiceError> {
+        let Some(mut existing) = self
+            .store
+            .find_by_idempotency_key(policy.purpose(), key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !policy.idempotency_holds(existing.created_at, now) {
+            let version = existing.version;
+            existing.idempotency_key = None;
+            existing.version += 1;
+            existing.updated_at = now;
+            // Losing this race is fine: the other request released the key too.
+            match self.store.update(&existing, version).await {
+                Ok(()) | Err(domain::ports::StoreError::Conflict(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.idempotent_answer(existing, hash).map(Some)
+    }
+
+    fn idempotent_answer(
+        &self,
+        existing: Verification,
+        hash: &domain::DestinationHash,
+    ) -> Result<Verification, ServiceError> {
+        if &existing.destination_hash != hash {
+            return Err(ServiceError::invalid(
+                "idempotency_key",
+                "this key was already used for a different destination",
+            ));
+        }
+        if existing.status == VerificationStatus::Pending && existing.provider_sid.is_none() {
+            return Err(ServiceError::InProgress);
+        }
+        Ok(existing)
+    }
+
+    async fn send_new(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        channel: Channel,
+        hash: domain::DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<Verification, ServiceError> {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut v = Verification::new(NewVerification {
+            id: VerificationId::from_uuid(uuid::Uuid::now_v7()),
+            purpose: input.purpose.clone(),
+            channel,
+            destination: self.keyring.seal(&input.to, nonce),
+            destination_hash: hash.clone(),
+            to_masked: input.to.masked(),
+            identity: input.identity.clone(),
+            idempotency_key: input.idempotency_key.clone(),
+            max_sends: policy.max_sends(),
+            max_checks: policy.max_checks(),
+            now,
+            expires_at: policy.expires_at(now),
+        });
+        // Record first: the unique idempotency key decides, in the database, which of two
+        // concurrent requests sends.
+        if let Inserted::Existing(existing) = self.store.insert(&v).await? {
+            return self.idempotent_answer(*existing, &hash);
+        }
+        tracing::Span::current().record("verification_id", v.id.to_string());
+        let request = ProviderStart {
+            service: policy.service_sid().to_owned(),
+            to: input.to.clone(),
+            channel,
+            locale: input.locale.clone(),
+        };
+        let sent = self.provider.start(&request).await;
+        let version = v.version;
+        let now = self.clock.now();
+        match sent {
+            Ok(pv) => {
+                v.mark_sent(pv.sid, now);
+                self.store.update(&v, version).await?;
+                info!(verification_id = %v.id, "verification sent");
+                Ok(v)
+            }
+            Err(e) => {
+                v.mark_failed(e.code, now);
+                if e.is_retryable() {
+                    // Nothing final happened upstream: let the caller retry with the same key.
+                    v.idempotency_key = None;
+                }
+                if let Err(store_err) = self.store.update(&v, version).await {
+                    warn!(error = %store_err, "could not record the failed send");
+                }
+                warn!(kind = ?e.kind, twilio_code = ?e.code, "provider refused the send");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn resend(
+        &self,
+        policy: &PurposePolicy,
+        mut v: Verification,
+        input: &StartInput,
+        channel: Channel,
+    ) -> Result<Verification, ServiceError> {
+        tracing::Span::current().record("verification_id", v.id.to_string());
+        for _ in 0..CONFLICT_RETRIES {
+            let version = v.version;
+            let now = self.clock.now();
+            v.begin_resend(channel, now).map_err(|e| match e {
+                TransitionError::NoSendsLeft(max) => ServiceError::LimitReached {
+                    reason: "MAX_SENDS_REACHED",
+                    message: format!(
+                        "verification {} has used all {max} sends; wait for it to expire",
+                        v.id
+                    ),
+                    retry_after: (v.expires_at - now).to_std().ok(),
+                },
+                other => ServiceError::FailedPrecondition {
+                    reason: "VERIFICATION_NOT_PENDING",
+                    message: other.to_string(),
+                },
+            })?;
+            if v.idempotency_key.is_none() {
+                v.idempotency_key = input.idempotency_key.clone();
+            }
+            match self.store.update(&v, version).await {
+                Ok(()) => {
+                    let request = ProviderStart {
+                        service: policy.service_sid().to_owned(),
+                        to: input.to.clone(),
+                        channel,
+                        locale: input.locale.clone(),
+                    };
+                    let pv = self.provider.start(&request).await?;
+                    if v.provider_sid.as_deref() != Some(pv.sid.as_str()) {
+                        let version = v.version;
+                        v.mark_sent(pv.sid, self.clock.now());
+                        self.store.update(&v, version).await?;
+                    }
+                    info!(sends = v.sends, "verification resent");
+                    return Ok(v);
+                }
+                Err(domain::ports::StoreError::Conflict(id)) => {
+                    v = self
+                        .store
+                        .get(&id)
+                        .await?
+                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(domain::ports::StoreError::Conflict(v.id).into())
+    }
+
+    /// Checks a code. Our check limit is claimed in the store before the provider is asked.
+    pub async fn check(
+        &self,
+        id: &VerificationId,
+        code: &OtpCode,
+    ) -> Result<(Verification, bool), ServiceError> {
+        let span = info_span!("verify.check", verification_id = %id);
+        async move {
+            let mut v = self.load_current(id).await?;
+            let policy = self.policy(&v.purpose)?.clone();
+            let sid = v.provider_sid.clone().ok_or(ServiceError::FailedPrecondition {
+                reason: "VERIFICATION_NOT_SENT",
+                message: format!("verification {id} was never sent"),
+            })?;
+            // Claim one attempt.
+            let mut claimed = false;
+            for _ in 0..CONFLICT_RETRIES {
+                let version = v.version;
+                v.begin_check(self.clock.now()).map_err(|e| not_checkable(id, e))?;
+                match self.store.update(&v, version).await {
+                    Ok(()) => {
+                        claimed = true;
+                        break;
+                    }
+                    Err(domain::ports::StoreError::Conflict(_)) => {
+                        v = self.load_current(id).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !claimed {
+                return Err(domain::ports::StoreError::Conflict(*id).into());
+            }
+            let outcome = match self.provider.check(policy.service_sid(), &sid, code).await {
+                Ok(c) if c.valid && c.status == ProviderStatus::Approved => CheckOutcome::Approved,
+                Ok(c) => match c.status {
+                    ProviderStatus::Pending | ProviderStatus::Other(_) => CheckOutcome::Wrong,
+                    ProviderStatus::MaxAttemptsReached => CheckOutcome::ProviderLimit,
+                    _ => CheckOutcome::Gone,
+                },
+                Err(e) if e.kind == ProviderErrorKind::NotFound => CheckOutcome::Gone,
+                Err(e) if e.kind == ProviderErrorKind::MaxChecks => CheckOutcome::ProviderLimit,
+                Err(e) => return Err(e.into()),
+            };
+            let transition = self.finish(&mut v, outcome).await?;
+            info!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
+            if transition == Transition::CancelUpstream {
+                self.cancel_upstream(policy.service_sid(), &sid).await;
+            }
+            Ok((v, outcome == CheckOutcome::Approved))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn finish(
+        &self,
+        v: &mut Verification,
+        outcome: CheckOutcome,
+    ) -> Result<Transition, ServiceError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let version = v.version;
+            let transition = v.finish_check(outcome, self.clock.now());
+            match self.store.update(v, version).await {
+                Ok(()) => return Ok(transition),
+                Err(domain::ports::StoreError::Conflict(id)) => {
+                    *v = self
+                        .store
+                        .get(&id)
+                        .await?
+                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(domain::ports::StoreError::Conflict(v.id).into())
+    }
+
+    /// Cancels upstream so the user never meets the provider's own lockout. Best effort:
+    /// our record is already final, so a failure here is logged, not returned.
+    async fn cancel_upstream(&self, service: &str, sid: &str) {
+        match self.provider.cancel(service, sid).await {
+            Ok(_) => info!("canceled upstream"),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => {}
+            Err(e) => warn!(kind = ?e.kind, twilio_code = ?e.code, "upstream cancel failed"),
+        }
+    }
+
+    pub async fn cancel(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        let span = info_span!("verify.cancel", verification_id = %id);
+        async move {
+            for _ in 0..CONFLICT_RETRIES {
+                let mut v = self.load_current(id).await?;
+                let version = v.version;
+                let changed = v
+                    .cancel(self.clock.now())
+                    .map_err(|e| not_checkable(id, e))?;
+                if !changed {
+                    return Ok(v);
+                }
+                match self.store.update(&v, version).await {
+                    Ok(()) => {
+                        if let Some(sid) = &v.provider_sid {
+                            let policy = self.policy(&v.purpose)?;
+                            self.cancel_upstream(policy.service_sid(), sid).await;
+                        }
+                        info!("canceled");
+                        return Ok(v);
+                    }
+                    Err(domain::ports::StoreError::Conflict(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(domain::ports::StoreError::Conflict(*id).into())
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub async fn get(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        self.load_current(id)
+            .instrument(info_span!("verify.get", verification_id = %id))
+            .await
+    }
+
+    /// Reads a verification and, if it has expired since it was written, records that.
+    async fn load_current(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        let mut v = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        let version = v.version;
+        if v.expire_if_due(self.clock.now()) {
+            match self.store.update(&v, version).await {
+                Ok(()) => {}
+                Err(domain::ports::StoreError::Conflict(_)) => {
+                    v = self
+                        .store
+                        .get(id)
+                        .await?
+                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(v)
+    }
+}
+
+fn not_checkable(id: &VerificationId, e: TransitionError) -> ServiceError {
+    match e {
+        TransitionError::NotPending(status) => ServiceError::FailedPrecondition {
+            reason: "VERIFICATION_NOT_PENDING",
+            message: format!("verification {id} is {status}, not pending"),
+        },
+        TransitionError::NoChecksLeft(_) | TransitionError::NoSendsLeft(_) => {
+            ServiceError::LimitReached {
+                reason: "MAX_CHECKS_REACHED",
+                message: e.to_string(),
+                retry_after: None::<Duration>,
+            }
+        }
+    }
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

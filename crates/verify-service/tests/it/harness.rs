@@ -1,0 +1,198 @@
+//! Starts the embedded gateway on free ports with its own data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use proto::verify::v1 as pb;
+use proto::verify::v1::verify_service_client::VerifyServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use verify_service::app::Gateway;
+use verify_service::config::{self, Overrides, TwilioEnv};
+
+pub struct Harness {
+    pub client: VerifyServiceClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub sandbox: String,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with("").await
+    }
+
+    /// Starts the gateway with `toml` layered over the shipped defaults.
+    pub async fn start_with(toml: &str) -> Harness {
+        crate::redaction::capture_logs();
+        let data_dir = std::env::temp_dir().join(format!("vg-it-{}", uuid::Uuid::new_v4()));
+        let overrides = Overrides {
+            grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            sandbox_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(data_dir.clone()),
+            ..Overrides::default()
+        };
+        let settings =
+            config::load_from_str(toml, &overrides, &TwilioEnv::default()).expect("settings");
+        let gateway = Gateway::bind(&settings).await.expect("gateway binds");
+        let grpc_addr = gateway.grpc_addr().expect("grpc addr");
+        let sandbox = format!("http://{}", gateway.sandbox_addr().expect("sandbox runs"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        let client = VerifyServiceClient::connect(format!("http://{grpc_addr}"))
+            .await
+            .expect("client connects");
+        Harness {
+            client,
+            grpc_addr,
+            sandbox,
+            http: reqwest::Client::new(),
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the gateway and waits for it to finish in-flight work.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("gateway task")
+                .expect("gateway ran cleanly");
+        }
+    }
+
+    pub async fn start_sms(&self, to: &str) -> Result<pb::Verification, tonic::Status> {
+        self.start_req(pb::StartVerificationRequest {
+            purpose: "login".into(),
+            to: to.into(),
+            default_region: "US".into(),
+            channel: pb::Channel::Sms.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_req(
+        &self,
+        req: pb::StartVerificationRequest,
+    ) -> Result<pb::Verification, tonic::Status> {
+        let mut c = self.client.clone();
+        Ok(c.start_verification(req)
+            .await?
+            .into_inner()
+            .verification
+            .expect("verification in response"))
+    }
+
+    pub async fn check(
+        &self,
+        id: &str,
+        code: &str,
+    ) -> Result<pb::CheckVerificationResponse, tonic::Status> {
+        let mut c = self.client.clone();
+        Ok(c.check_verification(pb::CheckVerificationRequest {
+            id: id.into(),
+            code: code.into(),
+        })
+        .await?
+        .into_inner())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<pb::Verification, tonic::Status> {
+        let mut c = self.client.clone();
+        Ok(
+            c.get_verification(pb::GetVerificationRequest { id: id.into() })
+                .await?
+                .into_inner()
+                .verification
+                .expect("verification"),
+        )
+    }
+
+    /// The sandbox inbox for `to`, newest first.
+    pub async fn inbox(&self, to: &str) -> Vec<serde_json::Value> {
+        let url = url::Url::parse_with_params(
+            &format!("{}/sandbox/messages", self.sandbox),
+            [("to", to)],
+        )
+        .expect("inbox URL");
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("inbox answers")
+            .json()
+            .await
+            .expect("inbox is JSON")
+    }
+
+    pub async fn latest_code(&self, to: &str) -> String {
+        let inbox = self.inbox(to).await;
+        inbox
+            .first()
+            .and_then(|m| m["code"].as_str())
+            .unwrap_or_else(|| panic!("no message for {to}: {inbox:?}"))
+            .to_owned()
+    }
+
+    /// The sandbox's destination for a named scenario.
+    pub async fn scenario(&self, name: &str) -> String {
+        let all: serde_json::Value = self
+            .http
+            .get(format!("{}/sandbox/scenarios", self.sandbox))
+            .send()
+            .await
+            .expect("scenarios answer")
+            .json()
+            .await
+            .expect("scenarios are JSON");
+        all[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no scenario {name} in {all}"))
+            .to_owned()
+    }
+
+    /// Rows in the verifications table, read with plain SQL.
+    pub async fn row_count(&self) -> i64 {
+        use sqlx::Connection;
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            self.data_dir.join("verify-gateway.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("db opens");
+        sqlx::query_scalar("SELECT COUNT(*) FROM verifications")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A wrong code for a given right one (same length, different digits).
+pub fn wrong(code: &str) -> String {
+    code.chars()
+        .map(|c| match c.to_digit(10) {
+            Some(d) => char::from_digit((d + 1) % 10, 10).unwrap_or('0'),
+            None => c,
+        })
+        .collect()
+}

@@ -1,0 +1,154 @@
+//! Tidy checks: the dependency rules of the architecture, read from `cargo metadata`, so a
+//! change that crosses a wall fails `cargo test`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Normal (non-dev, non-build) dependencies of every workspace package.
+fn workspace_deps() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let mut deps = BTreeMap::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        let name = p["name"].as_str().expect("name").to_owned();
+        let normal = p["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["kind"].is_null())
+            .map(|d| d["name"].as_str().expect("dep name").to_owned())
+            .collect();
+        deps.insert(name, normal);
+    }
+    deps
+}
+
+const WORKSPACE_LIBS: [&str; 11] = [
+    "domain",
+    "policy",
+    "fraud",
+    "ratelimit",
+    "twilio",
+    "storage",
+    "messaging",
+    "telemetry",
+    "proto",
+    "twilio-sandbox",
+    "events",
+];
+const SERVICES: [&str; 2] = ["verify-service", "webhook-ingest"];
+const IO_CRATES: [&str; 11] = [
+    "tokio",
+    "sqlx",
+    "reqwest",
+    "tonic",
+    "lapin",
+    "axum",
+    "governor",
+    "hyper",
+    "mio",
+    "std-fs",
+    "opentelemetry-otlp",
+];
+
+#[test]
+fn pure_crates_touch_no_io() {
+    let deps = workspace_deps();
+    for pure in ["domain", "policy", "fraud"] {
+        let Some(d) = deps.get(pure) else { continue };
+        let bad: Vec<_> = d
+            .iter()
+            .filter(|x| IO_CRATES.contains(&x.as_str()))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "`{pure}` must stay pure but depends on {bad:?}"
+        );
+    }
+}
+
+#[test]
+fn workspace_edges_follow_the_design() {
+    let deps = workspace_deps();
+    // Which workspace crates each crate may depend on (normal dependencies).
+    let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("domain", &[][..]),
+        ("policy", &["domain"][..]),
+        ("fraud", &["domain"][..]),
+        ("ratelimit", &["domain"][..]),
+        ("twilio", &["domain"][..]),
+        ("storage", &["domain"][..]),
+        ("messaging", &["domain"][..]),
+        ("telemetry", &[][..]),
+        ("proto", &[][..]),
+        ("twilio-sandbox", &["domain"][..]),
+        ("xtask", &["proto"][..]),
+    ]);
+    for (name, d) in &deps {
+        let internal: Vec<&str> = d
+            .iter()
+            .map(String::as_str)
+            .filter(|x| WORKSPACE_LIBS.contains(x) || SERVICES.contains(x))
+            .collect();
+        for dep in &internal {
+            assert!(
+                !SERVICES.contains(dep),
+                "`{name}` depends on the service crate `{dep}`: nothing may depend on a service"
+            );
+        }
+        if name == "webhook-ingest" {
+            assert!(
+                !internal.contains(&"proto"),
+                "webhook-ingest must not depend on proto"
+            );
+            continue;
+        }
+        if SERVICES.contains(&name.as_str()) {
+            continue;
+        }
+        let ok = allowed
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("`{name}` is not in the tidy table: add its allowed edges"));
+        for dep in internal {
+            assert!(
+                ok.contains(&dep),
+                "`{name}` may not depend on `{dep}` (allowed: {ok:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_crate_uses_the_workspace_lints() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crates = std::fs::read_dir(root.join("crates")).expect("crates/ exists");
+    let mut manifests: Vec<_> = crates
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("Cargo.toml"))
+        .collect();
+    manifests.push(root.join("xtask/Cargo.toml"));
+    for m in manifests {
+        let text = std::fs::read_to_string(&m).expect("manifest readable");
+        assert!(
+            text.contains("[lints]\nworkspace = true"),
+            "{} must have `[lints] workspace = true`",
+            m.display()
+        );
+    }
+}
