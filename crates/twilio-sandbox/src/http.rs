@@ -230,7 +230,7 @@ async fn start(
     let destination = classify_to(to).ok_or(Error::InvalidParameter("To"))?;
     let channel = params
         .get("Channel")
-        .and_then(Channel::parse)
+        .and_then(crate::store::parse_channel)
         .ok_or(Error::InvalidParameter("Channel"))?;
     // An email channel needs an email address and every other channel a phone number.
     if (channel == Channel::Email) != (destination == Destination::Email) {

@@ -22,49 +22,26 @@ pub(crate) const MAX_VERIFICATIONS: usize = 10_000;
 /// Code lengths Twilio allows for a service.
 pub(crate) const CODE_LENGTHS: std::ops::RangeInclusive<u8> = 4..=10;
 
-/// A delivery channel, as Twilio names it in `Channel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Channel {
-    Sms,
-    Call,
-    Email,
-    Whatsapp,
-    Sna,
+pub(crate) use domain::Channel;
+
+/// Parses Twilio's `Channel` parameter (lower-case names); `auto` resolves to `sms`, as
+/// Twilio does for numbers without SNA.
+pub(crate) fn parse_channel(raw: &str) -> Option<Channel> {
+    if raw == "auto" {
+        return Some(Channel::Sms);
+    }
+    Channel::ALL.into_iter().find(|c| c.as_str() == raw)
 }
 
-impl Channel {
-    /// Parses `Channel`; `auto` resolves to `sms`, as Twilio does for numbers without SNA.
-    pub(crate) fn parse(raw: &str) -> Option<Channel> {
-        match raw {
-            "sms" | "auto" => Some(Channel::Sms),
-            "call" => Some(Channel::Call),
-            "email" => Some(Channel::Email),
-            "whatsapp" => Some(Channel::Whatsapp),
-            "sna" => Some(Channel::Sna),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Channel::Sms => "sms",
-            Channel::Call => "call",
-            Channel::Email => "email",
-            Channel::Whatsapp => "whatsapp",
-            Channel::Sna => "sna",
-        }
-    }
-
-    /// The channel as written in `send_code_attempts`; the OpenAPI examples upper-case
-    /// `SMS` and `EMAIL` but keep `whatsapp` and `sna` lower-case.
-    pub(crate) fn attempt_label(self) -> &'static str {
-        match self {
-            Channel::Sms => "SMS",
-            Channel::Call => "CALL",
-            Channel::Email => "EMAIL",
-            Channel::Whatsapp => "whatsapp",
-            Channel::Sna => "sna",
-        }
+/// The channel as written in `send_code_attempts`; the OpenAPI examples upper-case `SMS`,
+/// `CALL` and `EMAIL` but keep `whatsapp` and `sna` lower-case.
+pub(crate) fn attempt_label(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Sms => "SMS",
+        Channel::Call => "CALL",
+        Channel::Email => "EMAIL",
+        Channel::Whatsapp => "whatsapp",
+        Channel::Sna => "sna",
     }
 }
 
@@ -536,7 +513,7 @@ mod tests {
             ("pigeon", None),
             ("", None),
         ] {
-            assert_eq!(Channel::parse(raw), expected, "{raw}");
+            assert_eq!(parse_channel(raw), expected, "{raw}");
         }
     }
 

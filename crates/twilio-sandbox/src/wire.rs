@@ -77,7 +77,7 @@ impl VerificationJson {
                 .iter()
                 .map(|a| AttemptJson {
                     time: iso8601(&a.time),
-                    channel: a.channel.attempt_label(),
+                    channel: crate::store::attempt_label(a.channel),
                     attempt_sid: a.attempt_sid.clone(),
                 })
                 .collect(),

@@ -46,22 +46,14 @@ impl Gateway {
             }
             Upstream::Twilio => None,
         };
-        let mut twilio_settings = settings.twilio.clone();
+        let mut twilio_config = settings.twilio.clone();
         if let Some((listener, _)) = &sandbox {
             let addr = listener.local_addr()?;
-            twilio_settings.base_url =
+            twilio_config.base_url =
                 Some(url::Url::parse(&format!("http://{addr}")).context("sandbox URL")?);
         }
-        let provider = twilio::TwilioVerify::new(twilio::TwilioConfig {
-            credentials: twilio_settings.credentials,
-            base_url: twilio_settings.base_url,
-            region: twilio_settings.region,
-            edge: twilio_settings.edge,
-            timeout: twilio_settings.timeout,
-            connect_timeout: twilio_settings.connect_timeout,
-            max_retries: twilio_settings.max_retries,
-        })
-        .context("building the Twilio client")?;
+        let provider =
+            twilio::TwilioVerify::new(twilio_config).context("building the Twilio client")?;
 
         let core = VerifyCore::new(
             settings.policies.clone(),

@@ -142,17 +142,6 @@ pub enum Upstream {
 }
 
 #[derive(Debug, Clone)]
-pub struct TwilioSettings {
-    pub credentials: twilio::Credentials,
-    pub base_url: Option<Url>,
-    pub region: Option<String>,
-    pub edge: Option<String>,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_retries: u32,
-}
-
-#[derive(Debug, Clone)]
 pub enum KeySource {
     /// Keys given by configuration.
     Given {
@@ -174,7 +163,8 @@ pub struct Settings {
     pub log_format: telemetry::LogFormat,
     pub log_filter: String,
     pub policies: Policies,
-    pub twilio: TwilioSettings,
+    /// The Twilio adapter's settings; in sandbox mode `app` points `base_url` at the sandbox.
+    pub twilio: twilio::TwilioConfig,
 }
 
 /// Overrides from the command line; `None` keeps the configured value.
@@ -230,7 +220,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         SandboxMode::Auto => credentials.is_none(),
     };
     let sandbox_addr = o.sandbox_addr.unwrap_or(raw.sandbox.addr);
-    let twilio = TwilioSettings {
+    let twilio = twilio::TwilioConfig {
         credentials: credentials.clone().unwrap_or_else(sandbox_credentials),
         base_url: non_empty(&raw.twilio.base_url)
             .map(|u| Url::parse(&u).with_context(|| format!("twilio.base_url `{u}` is not a URL")))

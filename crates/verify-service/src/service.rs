@@ -274,11 +274,7 @@ impl VerifyCore {
                     return Ok(v);
                 }
                 Err(domain::ports::StoreError::Conflict(id)) => {
-                    v = self
-                        .store
-                        .get(&id)
-                        .await?
-                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                    v = self.read(&id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -352,11 +348,7 @@ impl VerifyCore {
             match self.store.update(v, version).await {
                 Ok(()) => return Ok(transition),
                 Err(domain::ports::StoreError::Conflict(id)) => {
-                    *v = self
-                        .store
-                        .get(&id)
-                        .await?
-                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                    *v = self.read(&id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -411,23 +403,23 @@ impl VerifyCore {
             .await
     }
 
-    /// Reads a verification and, if it has expired since it was written, records that.
-    async fn load_current(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
-        let mut v = self
-            .store
+    /// Reads a verification as stored.
+    async fn read(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        self.store
             .get(id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    /// Reads a verification and, if it has expired since it was written, records that.
+    async fn load_current(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        let mut v = self.read(id).await?;
         let version = v.version;
         if v.expire_if_due(self.clock.now()) {
             match self.store.update(&v, version).await {
                 Ok(()) => {}
                 Err(domain::ports::StoreError::Conflict(_)) => {
-                    v = self
-                        .store
-                        .get(id)
-                        .await?
-                        .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+                    v = self.read(id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
