@@ -64,6 +64,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .arg(&data_dir)
         .env("VERIFY_LOG__FILTER", "warn")
         .env_remove("TWILIO_ACCOUNT_SID")
+        .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

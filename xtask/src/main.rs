@@ -2,10 +2,14 @@
 //!
 //! - `tools`: installs what the tests need besides Rust (Prism and buf from npm, the official
 //!   Twilio helper libraries from PyPI and npm) into `.tools/`.
-//! - `ci`: what CI runs: tools, rustfmt check, clippy `-D warnings`, buf lint, all tests.
+//! - `ci`: what CI runs: tools, PostgreSQL and RabbitMQ (`deps`), rustfmt check, clippy
+//!   `-D warnings`, buf lint, the deployment files' validators, all tests.
+//! - `deps`: a throwaway PostgreSQL and RabbitMQ on loopback (see `deps.rs`).
 //! - `bench`: drives Start+Check against the embedded gateway and prints figures.
 
 mod bench;
+mod deploy_check;
+mod deps;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         Some("tools") => tools(&root),
         Some("ci") => ci(&root),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("deps") => deps::run(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -40,7 +45,9 @@ fn print_help() {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          tools   install test tools into .tools/ (Prism, buf, twilio-python, twilio-node)\n  \
-         ci      tools, fmt check, clippy -D warnings, buf lint, all tests (what CI runs)\n  \
+         ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests (CI)\n  \
+         deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
+         (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
          bench   Start+Check load against the embedded gateway; prints requests/s, p50, p99\n          \
          options: --flows N (default 2000) --concurrency C (default 32)"
     );
@@ -107,6 +114,19 @@ fn tools(root: &Path) -> anyhow::Result<()> {
 
 fn ci(root: &Path) -> anyhow::Result<()> {
     tools(root)?;
+    let deps = deps::Deps::new(root);
+    let env = deps.up()?;
+    let result = checks(root, &env);
+    // Leave no servers behind, whatever the outcome.
+    if let Err(e) = deps.down() {
+        eprintln!("stopping deps: {e:#}");
+    }
+    result?;
+    eprintln!("ci: all checks passed");
+    Ok(())
+}
+
+fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo)
         .current_dir(root)
@@ -123,9 +143,14 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     run(Command::new(root.join(".tools/node_modules/.bin/buf"))
         .current_dir(root.join("proto"))
         .arg("lint"))?;
-    run(Command::new(&cargo)
-        .current_dir(root)
-        .args(["test", "--workspace", "--locked"]))?;
-    eprintln!("ci: all checks passed");
-    Ok(())
+    deploy_check::check(root)?;
+    let mut test = Command::new(&cargo);
+    test.current_dir(root)
+        .args(["test", "--workspace", "--locked"]);
+    for line in deps_env.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            test.env(k, v);
+        }
+    }
+    run(&mut test)
 }
