@@ -9,6 +9,7 @@ mod channel;
 pub mod crypto;
 mod destination;
 mod email;
+pub mod events;
 mod id;
 mod phone;
 pub mod ports;
