@@ -153,13 +153,28 @@ pub enum Inserted {
     /// Another verification already holds the same purpose and idempotency key;
     /// nothing was written.
     Existing(Box<Verification>),
+    /// Another verification for the same purpose and destination is still pending and has
+    /// not expired (at the new verification's `created_at`); it is returned and nothing was
+    /// written. Only one verification per purpose and destination may be pending, so the
+    /// caller resends on this one instead of starting another.
+    Pending(Box<Verification>),
 }
 
 /// Our durable record of verifications.
 #[async_trait]
 pub trait VerificationStore: Send + Sync + fmt::Debug {
-    /// Records a new verification. If one with the same purpose and idempotency key exists,
-    /// returns it and writes nothing; the database decides, so this holds across replicas.
+    /// Records a new verification, deciding in the database (so it holds across replicas
+    /// and concurrent requests) against the two rules that may refuse it:
+    ///
+    /// - one with the same purpose and idempotency key exists: returns
+    ///   [`Inserted::Existing`] with it and writes nothing (checked first);
+    /// - the new verification is pending and another one for the same purpose and
+    ///   destination hash is pending too: if that one has not expired at the new one's
+    ///   `created_at`, returns [`Inserted::Pending`] with it and writes nothing; if it has,
+    ///   marks it expired (status, `updated_at`, `version + 1`) and records the new one, in
+    ///   one transaction.
+    ///
+    /// Reusing the id of a stored verification is an error, never an idempotent hit.
     async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError>;
 
     async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
@@ -186,4 +201,20 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
         verification: &Verification,
         expected_version: u32,
     ) -> Result<(), StoreError>;
+
+    /// Up to `limit` verifications whose destination is sealed with a key other than
+    /// `current_key_id`, oldest first, whatever their status: the work list of a key
+    /// rotation, which re-seals each with the current key and writes it back with
+    /// [`VerificationStore::update`]. Rewritten rows drop out of the list, so calling again
+    /// until it is empty visits every row; no cursor is needed.
+    ///
+    /// Rows sealed with one old key come strictly oldest first. With several old keys, a
+    /// batch draws on them in key id order, so older rows of a later key may wait until the
+    /// earlier key's rows are rewritten; in exchange every call is a bounded index scan,
+    /// however large the table.
+    async fn list_sealed_with_other_key(
+        &self,
+        current_key_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError>;
 }

@@ -34,8 +34,3 @@ pub(crate) fn read_error(error: sqlx::Error) -> StoreError {
 pub(crate) fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
-
-/// Whether `error` is the violation of a unique index or primary key.
-pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
-}

@@ -25,6 +25,12 @@ pub(crate) fn keyring() -> Keyring {
     Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![])
 }
 
+/// A keyring whose current key is `key_id`, as a deployment before or after a rotation
+/// would hold; the key bytes only need to differ from [`keyring`]'s.
+pub(crate) fn keyring_with(key_id: &str) -> Keyring {
+    Keyring::new(EncryptionKey::new(key_id, [3; 32]), vec![])
+}
+
 pub(crate) fn blind_index() -> BlindIndexKey {
     BlindIndexKey::new([9; 32])
 }

@@ -1,21 +1,32 @@
 //! The durable record of verifications: `sqlx` implementations of
-//! [`domain::ports::VerificationStore`] and the migrations they run.
+//! [`domain::ports::VerificationStore`] on SQLite ([`SqliteStore`], the embedded mode) and
+//! PostgreSQL ([`PostgresStore`], shared by replicas), and the migrations they run.
 //!
 //! Every SQL statement of the project lives in this crate. Statements are written once in
-//! `sql` with `$n` placeholders, which both SQLite and PostgreSQL accept, and rows are
-//! converted to and from domain values once in `row`; a backend module (`sqlite`, and
-//! later a PostgreSQL one with its own `migrations/postgres/`) only owns the pool, the
-//! connection settings and the mapping of its driver's errors.
+//! `sql` with `$n` placeholders, which both databases accept, rows are converted to and from
+//! domain values once in `row`, and the store logic runs them once in `repo`, generic over
+//! the database. A backend module (`sqlite`, `postgres`) only owns the pool, the connection
+//! settings, how it begins a writing transaction and its migrations
+//! (`migrations/sqlite/`, `migrations/postgres/`).
 //!
-//! Timestamps are stored as integer milliseconds since the Unix epoch, so values read back
-//! are truncated to the millisecond.
+//! The database enforces the rules that must hold across replicas: one verification per
+//! purpose and idempotency key, and at most one pending verification per purpose and
+//! destination (both unique partial indexes).
+//!
+//! Timestamps are stored as integer milliseconds since the Unix epoch (`BIGINT` on
+//! PostgreSQL), so values read back are truncated to the millisecond.
 
 mod error;
 #[cfg(test)]
 mod fixtures;
+mod postgres;
+mod repo;
 mod row;
 mod sql;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 pub use error::StorageError;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -199,7 +199,7 @@ where
         .bind(row.version)
 }
 
-/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$18` of
+/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$19` of
 /// [`crate::sql::UPDATE`].
 pub(crate) fn bind_update<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
@@ -233,6 +233,7 @@ where
         .bind(row.updated_at)
         .bind(row.expires_at)
         .bind(row.version)
+        .bind(row.idempotency_key)
 }
 
 #[cfg(test)]

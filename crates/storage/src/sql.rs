@@ -1,8 +1,12 @@
 //! The SQL text of every statement, shared by all backends.
 //!
-//! Placeholders are `$n`: PostgreSQL requires that form and SQLite accepts it too, so one
-//! statement serves both. Only portable SQL belongs here; a statement that must differ per
-//! database lives in its backend module.
+//! Placeholders are `$n`: PostgreSQL requires that form and SQLite accepts it too (a `$n`
+//! used twice binds the same value in both), so one statement serves both. Only portable
+//! SQL belongs here; a statement that must differ per database lives in its backend module.
+//!
+//! Writes end in `RETURNING`, which both databases support, so whether a row was written is
+//! read from the rows returned rather than from a driver-specific "rows affected" count;
+//! that keeps the code running them generic over the database.
 
 /// The columns of `verifications`, in the order of [`crate::row::VerificationRow`] and of
 /// the parameters of [`INSERT`].
@@ -14,16 +18,27 @@ macro_rules! columns {
     };
 }
 
-/// Binds every column, `$1` to `$20`, in the order of [`columns!`].
+/// Binds every column, `$1` to `$20`, in the order of [`columns!`]; returns the id when the
+/// row was written and nothing when it collided with a row holding the same id, the same
+/// purpose and idempotency key, or (for a pending row) the pending slot of its purpose and
+/// destination.
+///
+/// `DO NOTHING` rather than a unique-violation error because on PostgreSQL a failed
+/// statement aborts the surrounding transaction, and the insert must go on to read the row
+/// it collided with in that same transaction.
 pub(crate) const INSERT: &str = concat!(
     "INSERT INTO verifications (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, ",
-    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    " ON CONFLICT DO NOTHING RETURNING id"
 );
 
 /// `$1` is the id.
 pub(crate) const GET: &str = concat!("SELECT ", columns!(), " FROM verifications WHERE id = $1");
+
+/// `$1` is the id. Tells a collision on the primary key from the other ones.
+pub(crate) const EXISTS: &str = "SELECT id FROM verifications WHERE id = $1";
 
 /// `$1` is the purpose, `$2` the idempotency key. The equality on the key lets both
 /// databases use the partial unique index (it implies `idempotency_key IS NOT NULL`).
@@ -33,30 +48,61 @@ pub(crate) const FIND_BY_IDEMPOTENCY_KEY: &str = concat!(
     " FROM verifications WHERE purpose = $1 AND idempotency_key = $2"
 );
 
-/// `$1` is the purpose, `$2` the destination hash, `$3` now in milliseconds.
+/// `$1` is the purpose, `$2` the destination hash: the one pending verification of that
+/// purpose and destination, expired or not (the unique partial index allows at most one).
 ///
 /// `status = 'pending'` is a literal, not a parameter, because a partial index is only used
 /// when the query's own text implies the index's condition.
+pub(crate) const PENDING_SLOT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM verifications",
+    " WHERE purpose = $1 AND destination_hash = $2 AND status = 'pending'"
+);
+
+/// [`PENDING_SLOT`] when it has not expired at `$3` (now, in milliseconds).
 pub(crate) const FIND_PENDING: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM verifications",
-    " WHERE purpose = $1 AND destination_hash = $2 AND status = 'pending' AND expires_at > $3",
-    " ORDER BY created_at DESC, id DESC",
-    " LIMIT 1"
+    " WHERE purpose = $1 AND destination_hash = $2 AND status = 'pending' AND expires_at > $3"
 );
 
-/// `$1` is the id and `$2` the expected version; `$3` to `$18` are the columns that may
-/// change over a verification's life, in the order of [`crate::row::bind_update`].
+/// `$1` is the current key id, `$2` the limit.
 ///
-/// The id, purpose, idempotency key and creation time are left alone: they are what the
-/// verification is and what the idempotency index holds, and no transition changes them.
+/// `<>` cannot be answered by an index range, so the rows sealed with other keys are read
+/// as the two ranges below and above the current key, each in the order of the index on
+/// `(destination_key_id, created_at, id)` and cut at the limit: every call reads at most
+/// twice the limit from the index however many rows the table holds, and rows already
+/// re-sealed are never scanned again. The outer `ORDER BY` puts the batch oldest first.
+/// The subqueries are named because PostgreSQL before 16 requires it.
+pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
+    "SELECT * FROM (SELECT ",
+    columns!(),
+    " FROM verifications WHERE destination_key_id < $1",
+    " ORDER BY destination_key_id, created_at, id LIMIT $2) AS below",
+    " UNION ALL ",
+    "SELECT * FROM (SELECT ",
+    columns!(),
+    " FROM verifications WHERE destination_key_id > $1",
+    " ORDER BY destination_key_id, created_at, id LIMIT $2) AS above",
+    " ORDER BY created_at, id LIMIT $2"
+);
+
+/// `$1` is the id and `$2` the expected version; `$3` to `$19` are the columns that may
+/// change over a verification's life, in the order of [`crate::row::bind_update`]. Returns
+/// the id when the row was written.
+///
+/// The id, purpose and creation time are left alone: they are what the verification is,
+/// and no transition changes them. The idempotency key is written: the service releases a
+/// key past its window (and after a retryable send failure) by clearing it.
 pub(crate) const UPDATE: &str = "UPDATE verifications SET \
      channel = $3, status = $4, provider_sid = $5, destination_ciphertext = $6, \
      destination_key_id = $7, destination_hash = $8, to_masked = $9, identity = $10, \
      sends = $11, checks = $12, max_sends = $13, max_checks = $14, failure_code = $15, \
-     updated_at = $16, expires_at = $17, version = $18 \
-     WHERE id = $1 AND version = $2";
+     updated_at = $16, expires_at = $17, version = $18, idempotency_key = $19 \
+     WHERE id = $1 AND version = $2 \
+     RETURNING id";
 
 /// `$1` is the id. Tells a lost optimistic update (the row exists with another version)
 /// from an update of a row that was never there.

@@ -57,6 +57,7 @@ enum SandboxMode {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     database_url: String,
+    migrate_on_start: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +159,8 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub upstream: Upstream,
     pub database_url: String,
+    /// Apply migrations when serving starts; off where a separate step migrates.
+    pub migrate_on_start: bool,
     pub data_dir: PathBuf,
     pub keys: KeySource,
     pub log_format: telemetry::LogFormat,
@@ -299,6 +302,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         grpc_addr: o.grpc_addr.unwrap_or(raw.server.grpc_addr),
         upstream,
         database_url,
+        migrate_on_start: raw.storage.migrate_on_start,
         data_dir,
         keys,
         log_format,

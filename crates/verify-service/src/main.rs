@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use verify_service::app::Gateway;
+use verify_service::app::{self, Gateway};
 use verify_service::config::{self, Overrides};
 
 /// verify-gateway: a gRPC gateway in front of Twilio Verify.
@@ -18,24 +18,41 @@ use verify_service::config::{self, Overrides};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// A TOML file overriding the shipped defaults (see config/default.toml).
-    #[arg(long, env = "VERIFY_CONFIG")]
+    #[arg(long, global = true, env = "VERIFY_CONFIG")]
     config: Option<PathBuf>,
     /// Address of the gRPC server.
-    #[arg(long)]
+    #[arg(long, global = true)]
     grpc_addr: Option<SocketAddr>,
     /// Address of the embedded Twilio sandbox.
-    #[arg(long)]
+    #[arg(long, global = true)]
     sandbox_addr: Option<SocketAddr>,
     /// Directory for the SQLite database and development keys.
-    #[arg(long, env = "VERIFY_DATA_DIR")]
+    #[arg(long, global = true, env = "VERIFY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database URL (`sqlite://path?mode=rwc`); defaults to SQLite in the data dir.
-    #[arg(long, env = "DATABASE_URL")]
+    /// Database URL: `sqlite://path?mode=rwc` or `postgres://user@host/db`; defaults to
+    /// SQLite in the data dir.
+    #[arg(long, global = true, env = "DATABASE_URL")]
     database_url: Option<String>,
     /// Log format: pretty or json.
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_format: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Re-encrypt destinations sealed with older keys under the current key, then exit.
+    Reencrypt {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
 }
 
 #[tokio::main]
@@ -50,7 +67,32 @@ async fn main() -> anyhow::Result<()> {
         log_format: cli.log_format,
     })?;
     telemetry::init(settings.log_format, &settings.log_filter)?;
-    let gateway = Gateway::bind(&settings).await?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&settings).await,
+        Command::Migrate => {
+            app::open_store(&settings.database_url)
+                .await?
+                .migrate()
+                .await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Reencrypt { batch } => {
+            let keys = verify_service::keys::load(&settings.keys, &settings.data_dir)?;
+            let store = app::open_store(&settings.database_url).await?.into_port();
+            let n = app::reencrypt(store.as_ref(), &keys.keyring, batch.max(1)).await?;
+            tracing::info!(
+                rewritten = n,
+                key_id = keys.keyring.current_id(),
+                "re-encryption done"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: &config::Settings) -> anyhow::Result<()> {
+    let gateway = Gateway::bind(settings).await?;
     let grpc = gateway.grpc_addr().context("gRPC address")?;
     tracing::info!(grpc = %grpc, sandbox = ?gateway.sandbox_addr(), "verify-gateway serving");
     print_welcome(grpc, gateway.sandbox_addr());

@@ -193,8 +193,17 @@ impl VerifyCore {
         });
         // Record first: the unique idempotency key decides, in the database, which of two
         // concurrent requests sends.
-        if let Inserted::Existing(existing) = self.store.insert(&v).await? {
-            return self.idempotent_answer(*existing, &hash);
+        match self.store.insert(&v).await? {
+            Inserted::Created => {}
+            Inserted::Existing(existing) => return self.idempotent_answer(*existing, &hash),
+            // A concurrent start recorded a pending verification for this destination since
+            // `find_pending` looked; nothing was written: resend on it, as `start` would.
+            Inserted::Pending(pending) => {
+                if pending.provider_sid.is_none() {
+                    return Err(ServiceError::InProgress);
+                }
+                return self.resend(policy, *pending, input, channel).await;
+            }
         }
         tracing::Span::current().record("verification_id", v.id.to_string());
         let request = ProviderStart {

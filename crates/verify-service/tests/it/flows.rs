@@ -1,14 +1,13 @@
-//! The verification flows end to end over gRPC.
+//! The verification flows end to end over gRPC, each on SQLite and on PostgreSQL.
 
 use proto::verify::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::harness::{Harness, wrong};
+use crate::on_both_backends;
 
-#[tokio::test]
-async fn start_read_inbox_check_approves() {
-    let h = Harness::start().await;
+async fn start_read_inbox_check_approves(h: Harness) {
     let v = h.start_sms("(415) 555-2671").await.expect("start");
     assert_eq!(v.status(), pb::VerificationStatus::Pending);
     assert_eq!(v.channel(), pb::Channel::Sms);
@@ -39,9 +38,7 @@ async fn start_read_inbox_check_approves() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_invalid_argument_and_writes_nothing() {
-    let h = Harness::start().await;
+async fn bad_input_is_invalid_argument_and_writes_nothing(h: Harness) {
     let err = h.start_sms("not a number").await.expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
     let br = err.get_details_bad_request().expect("BadRequest details");
@@ -143,9 +140,7 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn our_check_limit_ends_it_and_cancels_upstream() {
-    let h = Harness::start().await;
+async fn our_check_limit_ends_it_and_cancels_upstream(h: Harness) {
     let v = h.start_sms("+14155552672").await.expect("start");
     let code = h.latest_code("+14155552672").await;
     for left in [2, 1, 0] {
@@ -184,9 +179,7 @@ async fn our_check_limit_ends_it_and_cancels_upstream() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn idempotency_key_never_sends_twice() {
-    let h = Harness::start().await;
+async fn idempotency_key_never_sends_twice(h: Harness) {
     let req = |to: &str| pb::StartVerificationRequest {
         purpose: "login".into(),
         to: to.into(),
@@ -237,9 +230,7 @@ async fn idempotency_key_never_sends_twice() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn resends_are_limited_to_three() {
-    let h = Harness::start().await;
+async fn resends_are_limited_to_three(h: Harness) {
     let first = h.start_sms("+14155552676").await.expect("send 1");
     assert_eq!(first.sends_left, 2);
     let second = h.start_sms("+14155552676").await.expect("send 2");
@@ -268,9 +259,7 @@ async fn resends_are_limited_to_three() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn twilio_verdicts_map_to_grpc_with_details() {
-    let h = Harness::start().await;
+async fn twilio_verdicts_map_to_grpc_with_details(h: Harness) {
     for (scenario, code, twilio) in [
         ("invalid_60200", Code::InvalidArgument, "60200"),
         ("landline_60205", Code::FailedPrecondition, "60205"),
@@ -299,9 +288,7 @@ async fn twilio_verdicts_map_to_grpc_with_details() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn cancel_ends_a_verification() {
-    let h = Harness::start().await;
+async fn cancel_ends_a_verification(h: Harness) {
     let v = h.start_sms("+14155552677").await.expect("start");
     let mut c = h.client.clone();
     let canceled = c
@@ -318,9 +305,7 @@ async fn cancel_ends_a_verification() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn email_verifications_go_by_email() {
-    let h = Harness::start().await;
+async fn email_verifications_go_by_email(h: Harness) {
     let v = h
         .start_req(pb::StartVerificationRequest {
             purpose: "login".into(),
@@ -336,9 +321,7 @@ async fn email_verifications_go_by_email() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn health_is_served() {
-    let h = Harness::start().await;
+async fn health_is_served(h: Harness) {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc_addr))
         .expect("uri")
         .connect()
@@ -358,3 +341,15 @@ async fn health_is_served() {
     );
     h.shutdown().await;
 }
+
+on_both_backends!(
+    start_read_inbox_check_approves,
+    bad_input_is_invalid_argument_and_writes_nothing,
+    our_check_limit_ends_it_and_cancels_upstream,
+    idempotency_key_never_sends_twice,
+    resends_are_limited_to_three,
+    twilio_verdicts_map_to_grpc_with_details,
+    cancel_ends_a_verification,
+    email_verifications_go_by_email,
+    health_is_served,
+);

@@ -1,4 +1,5 @@
-//! Starts the embedded gateway on free ports with its own data directory.
+//! Starts the embedded gateway on free ports with its own data directory, on SQLite or on a
+//! fresh PostgreSQL database of the server `cargo xtask deps up` runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,29 +11,111 @@ use tonic::transport::Channel;
 use verify_service::app::Gateway;
 use verify_service::config::{self, Overrides, TwilioEnv};
 
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per backend for each `async fn name(h: Harness)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Harness::start_on($crate::harness::Backend::Sqlite).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Harness::start_on($crate::harness::Backend::Postgres).await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server's URL from the environment or `.tools/deps.env`.
+pub fn postgres_server_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && url.starts_with("postgres")
+    {
+        return url;
+    }
+    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/deps.env");
+    std::fs::read_to_string(&env_file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("DATABASE_URL="))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("PostgreSQL is not reachable: run `cargo xtask deps up`"))
+}
+
+/// Creates a database of its own for one test and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let server = postgres_server_url();
+    let mut admin_url = url::Url::parse(&server).expect("DATABASE_URL is a URL");
+    admin_url.set_path("/postgres");
+    let mut admin = sqlx::PgConnection::connect(admin_url.as_str())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {admin_url} ({e}): run `cargo xtask deps up`")
+        });
+    let name = format!("vgit_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let mut url = admin_url;
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
 pub struct Harness {
     pub client: VerifyServiceClient<Channel>,
     pub grpc_addr: SocketAddr,
     pub sandbox: String,
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
+    pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Harness {
     pub async fn start() -> Harness {
-        Self::start_with("").await
+        Self::start_on(Backend::Sqlite).await
+    }
+
+    pub async fn start_on(backend: Backend) -> Harness {
+        Self::start_with(backend, "").await
     }
 
     /// Starts the gateway with `toml` layered over the shipped defaults.
-    pub async fn start_with(toml: &str) -> Harness {
+    pub async fn start_with(backend: Backend, toml: &str) -> Harness {
         crate::redaction::capture_logs();
         let data_dir = std::env::temp_dir().join(format!("vg-it-{}", uuid::Uuid::new_v4()));
+        let database_url = match backend {
+            Backend::Sqlite => format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("verify-gateway.db").display()
+            ),
+            Backend::Postgres => fresh_postgres_database().await,
+        };
         let overrides = Overrides {
             grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
             sandbox_addr: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.clone()),
+            database_url: Some(database_url.clone()),
             ..Overrides::default()
         };
         let settings =
@@ -53,6 +136,7 @@ impl Harness {
             sandbox,
             http: reqwest::Client::new(),
             data_dir,
+            database_url,
             stop: Some(stop),
             task: Some(task),
         }
@@ -164,17 +248,24 @@ impl Harness {
     /// Rows in the verifications table, read with plain SQL.
     pub async fn row_count(&self) -> i64 {
         use sqlx::Connection;
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            self.data_dir.join("verify-gateway.db").display()
-        );
-        let mut conn = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("db opens");
-        sqlx::query_scalar("SELECT COUNT(*) FROM verifications")
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
+        let count = "SELECT COUNT(*) FROM verifications";
+        if self.database_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                .await
+                .expect("db opens");
+            sqlx::query_scalar(count)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count")
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                .await
+                .expect("db opens");
+            sqlx::query_scalar(count)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count")
+        }
     }
 }
 

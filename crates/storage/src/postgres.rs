@@ -1,0 +1,109 @@
+//! The PostgreSQL store: the distributed mode's durable record, shared by every replica.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Postgres;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::error::StorageError;
+use crate::repo::{Dialect, Repo, delegate_store};
+
+/// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Connections per process. Every store call is one short statement or a transaction of a
+/// few indexed statements, so a handful of connections serve many concurrent requests;
+/// with several replicas the total must stay well below the server's `max_connections`
+/// (100 by default).
+const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a request waits for a free connection; past it the store reports itself
+/// unavailable and the caller fails closed rather than queueing without bound.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server cancels a statement running longer than this (`statement_timeout`), so a
+/// lock held elsewhere or a stuck server costs a request an error, not a connection held
+/// forever. Migrations are exempt: building an index on a large table may take longer.
+const STATEMENT_TIMEOUT: &str = "5s";
+
+/// [`domain::ports::VerificationStore`] on PostgreSQL. Cloning is cheap and shares the pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    repo: Repo<Postgres>,
+}
+
+impl Dialect for Postgres {
+    /// `READ COMMITTED` (PostgreSQL's default, named so a server configured otherwise does
+    /// not change it): each statement sees the latest commits, which is what the re-read
+    /// after a collision needs, and `INSERT … ON CONFLICT` waits for a concurrent inserter
+    /// of the same key to finish before deciding. Stricter levels would only turn those
+    /// waits into serialization failures to retry.
+    const BEGIN_WRITE: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`, with any of
+    /// libpq's URL parameters sqlx understands). One connection is opened now, so a wrong
+    /// URL or an unreachable server is reported here rather than on the first request.
+    /// Call [`PostgresStore::migrate`] before use.
+    ///
+    /// TLS is not compiled in: `sslmode=prefer` (the default) connects in plain text and
+    /// `sslmode=require` is refused, so run next to the database or over a private network.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StorageError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(StorageError::InvalidUrl)?
+            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+        if options.get_application_name().is_none() {
+            // Names the gateway's sessions in `pg_stat_activity`.
+            options = options.application_name("verify-gateway");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx would otherwise ping every connection on every checkout, one extra round
+            // trip per request; a connection that died meanwhile fails its statement instead,
+            // which the caller treats like any unavailable store (fail closed) and the pool
+            // then replaces.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(StorageError::Connect)?;
+        Ok(PostgresStore {
+            repo: Repo::new(pool),
+        })
+    }
+
+    /// Brings the schema up to date. Safe to run on every start and from several replicas at
+    /// once: sqlx holds an advisory lock while migrating, and applied migrations are skipped.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        // On a connection of its own without the statement timeout (of two `-c` settings
+        // the later wins), which then closes instead of going on to serve requests.
+        let options = (*self.repo.pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "0")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(StorageError::Connect)?;
+        let migrated = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        migrated.map_err(StorageError::Migrate)
+    }
+
+    /// Waits for in-flight statements and closes every connection.
+    pub async fn close(&self) {
+        self.repo.pool.close().await;
+    }
+
+    /// The pool, for tests that look at the database behind the store's back.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
+        &self.repo.pool
+    }
+}
+
+delegate_store!(PostgresStore);

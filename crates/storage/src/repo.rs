@@ -1,0 +1,374 @@
+//! What every store does, written once over any `sqlx` database with the `verifications`
+//! schema: [`Repo`] runs the statements of `sql` and converts rows with `row`, and
+//! [`delegate_store!`] turns a backend's store into a [`domain::ports::VerificationStore`]
+//! by handing each call to its `Repo`. A backend only says how it opens a transaction that
+//! writes ([`Dialect`]); SQLite and PostgreSQL then share one implementation, so they cannot
+//! drift apart in behaviour.
+
+use chrono::{DateTime, Utc};
+use domain::ports::{Inserted, StoreError};
+use domain::{
+    DestinationHash, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus,
+};
+use sqlx::query::QueryAs;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+
+use crate::error::{read_error, unavailable};
+use crate::row::{VerificationRow, bind_insert, bind_update, to_millis};
+use crate::sql;
+
+/// How a database opens the transaction in which [`Repo::insert`] writes.
+pub(crate) trait Dialect: Database {
+    /// The statement that begins it.
+    const BEGIN_WRITE: &'static str;
+}
+
+/// How often an insert is tried again when the row it collided with changed before it could
+/// be read (possible on PostgreSQL, where each statement sees the latest commits). Each
+/// retry follows a concurrent commit, so running out means heavy contention on one slot.
+const INSERT_ATTEMPTS: u32 = 5;
+
+/// The statements of the store over a pool of `DB` connections. Cloning shares the pool.
+#[derive(Debug)]
+pub(crate) struct Repo<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+}
+
+// Derived `Clone` would require `DB: Clone`; only the pool is cloned.
+impl<DB: Database> Clone for Repo<DB> {
+    fn clone(&self) -> Self {
+        Repo {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// Runs a query for at most one verification on `executor` and converts the row back.
+async fn fetch_verification<'c, DB, E>(
+    query: QueryAs<'_, DB, VerificationRow, <DB as Database>::Arguments>,
+    executor: E,
+) -> Result<Option<Verification>, StoreError>
+where
+    DB: Database,
+    E: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments: IntoArguments<DB>,
+    VerificationRow: for<'r> FromRow<'r, DB::Row>,
+{
+    let row = query.fetch_optional(executor).await.map_err(read_error)?;
+    row.map(Verification::try_from)
+        .transpose()
+        .map_err(StoreError::from)
+}
+
+impl<DB> Repo<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments: IntoArguments<DB>,
+    VerificationRow: for<'r> FromRow<'r, DB::Row>,
+    for<'t> String: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    pub(crate) fn new(pool: Pool<DB>) -> Self {
+        Repo { pool }
+    }
+
+    #[tracing::instrument(
+        name = "storage.insert",
+        skip_all,
+        fields(verification_id = %verification.id, purpose = %verification.purpose)
+    )]
+    pub(crate) async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError> {
+        for attempt in 1..=INSERT_ATTEMPTS {
+            let mut tx = self
+                .pool
+                .begin_with(DB::BEGIN_WRITE)
+                .await
+                .map_err(unavailable)?;
+            match Self::insert_in(&mut tx, verification).await? {
+                Some(inserted) => {
+                    tx.commit().await.map_err(unavailable)?;
+                    return Ok(inserted);
+                }
+                None => {
+                    tx.rollback().await.map_err(unavailable)?;
+                    tracing::debug!(attempt, "the colliding row changed meanwhile; retrying");
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "inserting verification {} kept colliding with concurrent changes",
+            verification.id
+        )))
+    }
+
+    /// One attempt at [`Repo::insert`] inside the open transaction `conn`. `None` means the
+    /// row it collided with changed before it was read: roll back and try again.
+    async fn insert_in(
+        conn: &mut DB::Connection,
+        verification: &Verification,
+    ) -> Result<Option<Inserted>, StoreError> {
+        if Self::insert_row(conn, verification).await? {
+            return Ok(Some(Inserted::Created));
+        }
+
+        // A unique index refused the row. The rows that hold it are committed (PostgreSQL's
+        // `ON CONFLICT` waits for a concurrent inserter to finish; SQLite's write lock lets
+        // no other writer in), so reading them now finds them unless they changed since.
+        if let Some(key) = &verification.idempotency_key
+            && let Some(existing) = fetch_verification(
+                sqlx::query_as(sql::FIND_BY_IDEMPOTENCY_KEY)
+                    .bind(verification.purpose.as_str().to_owned())
+                    .bind(key.as_str().to_owned()),
+                &mut *conn,
+            )
+            .await?
+        {
+            tracing::debug!(
+                existing_id = %existing.id,
+                "idempotency key already used; returning the first verification"
+            );
+            return Ok(Some(Inserted::Existing(Box::new(existing))));
+        }
+
+        if verification.status == VerificationStatus::Pending
+            && let Some(mut pending) = fetch_verification(
+                sqlx::query_as(sql::PENDING_SLOT)
+                    .bind(verification.purpose.as_str().to_owned())
+                    .bind(verification.destination_hash.as_str().to_owned()),
+                &mut *conn,
+            )
+            .await?
+        {
+            let read_at = pending.version;
+            if !pending.expire_if_due(verification.created_at) {
+                tracing::debug!(
+                    pending_id = %pending.id,
+                    "destination already has a live pending verification"
+                );
+                return Ok(Some(Inserted::Pending(Box::new(pending))));
+            }
+            // The pending one is past its expiry: it gives up the slot in this same
+            // transaction, so no other request can take the slot in between. Either write
+            // failing means a concurrent request got there first; the retry will see it.
+            if !Self::update_row(&mut *conn, &pending, read_at).await? {
+                return Ok(None);
+            }
+            if !Self::insert_row(conn, verification).await? {
+                return Ok(None);
+            }
+            tracing::debug!(expired_id = %pending.id, "expired the previous pending verification");
+            return Ok(Some(Inserted::Created));
+        }
+
+        let same_id: Option<String> = sqlx::query_scalar(sql::EXISTS)
+            .bind(verification.id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(read_error)?;
+        if same_id.is_some() {
+            // Ids are fresh UUIDv7s: a reused one is a bug, and answering with the stored
+            // row would hand one caller another's verification.
+            return Err(StoreError::Unavailable(format!(
+                "verification {} already exists",
+                verification.id
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Inserts the row unless a unique index holds it already; returns whether it did.
+    async fn insert_row(
+        conn: &mut DB::Connection,
+        verification: &Verification,
+    ) -> Result<bool, StoreError> {
+        let query = bind_insert(
+            sqlx::query(sql::INSERT),
+            VerificationRow::from(verification),
+        );
+        let written = query
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(written.is_some())
+    }
+
+    /// Writes the row if it still has `expected_version`; returns whether it did.
+    async fn update_row<'c, E>(
+        executor: E,
+        verification: &Verification,
+        expected_version: u32,
+    ) -> Result<bool, StoreError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let query = bind_update(
+            sqlx::query(sql::UPDATE),
+            VerificationRow::from(verification),
+            i64::from(expected_version),
+        );
+        let written = query.fetch_optional(executor).await.map_err(unavailable)?;
+        Ok(written.is_some())
+    }
+
+    #[tracing::instrument(name = "storage.get", skip_all, fields(verification_id = %id))]
+    pub(crate) async fn get(
+        &self,
+        id: &VerificationId,
+    ) -> Result<Option<Verification>, StoreError> {
+        fetch_verification(sqlx::query_as(sql::GET).bind(id.to_string()), &self.pool).await
+    }
+
+    #[tracing::instrument(
+        name = "storage.find_by_idempotency_key",
+        skip_all,
+        fields(purpose = %purpose)
+    )]
+    pub(crate) async fn find_by_idempotency_key(
+        &self,
+        purpose: &Purpose,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Verification>, StoreError> {
+        fetch_verification(
+            sqlx::query_as(sql::FIND_BY_IDEMPOTENCY_KEY)
+                .bind(purpose.as_str().to_owned())
+                .bind(key.as_str().to_owned()),
+            &self.pool,
+        )
+        .await
+    }
+
+    #[tracing::instrument(
+        name = "storage.find_pending",
+        skip_all,
+        fields(purpose = %purpose, destination_hash = destination.short())
+    )]
+    pub(crate) async fn find_pending(
+        &self,
+        purpose: &Purpose,
+        destination: &DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verification>, StoreError> {
+        fetch_verification(
+            sqlx::query_as(sql::FIND_PENDING)
+                .bind(purpose.as_str().to_owned())
+                .bind(destination.as_str().to_owned())
+                .bind(to_millis(now)),
+            &self.pool,
+        )
+        .await
+    }
+
+    #[tracing::instrument(
+        name = "storage.update",
+        skip_all,
+        fields(
+            verification_id = %verification.id,
+            expected_version = expected_version,
+            version = verification.version
+        )
+    )]
+    pub(crate) async fn update(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+    ) -> Result<(), StoreError> {
+        if Self::update_row(&self.pool, verification, expected_version).await? {
+            return Ok(());
+        }
+
+        // Nothing matched: either someone else moved the row on, or it was never there.
+        let stored: Option<i64> = sqlx::query_scalar(sql::VERSION_OF)
+            .bind(verification.id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        match stored {
+            Some(stored_version) => {
+                tracing::debug!(stored_version, "optimistic update lost to a newer write");
+                Err(StoreError::Conflict(verification.id))
+            }
+            None => Err(StoreError::NotFound(verification.id)),
+        }
+    }
+
+    #[tracing::instrument(name = "storage.list_sealed_with_other_key", skip_all, fields(limit))]
+    pub(crate) async fn list_sealed_with_other_key(
+        &self,
+        current_key_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError> {
+        let rows: Vec<VerificationRow> = sqlx::query_as(sql::SEALED_WITH_OTHER_KEY)
+            .bind(current_key_id.to_owned())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        rows.into_iter()
+            .map(|row| Verification::try_from(row).map_err(StoreError::from))
+            .collect()
+    }
+}
+
+/// Implements [`domain::ports::VerificationStore`] for a backend store with a `repo` field
+/// by handing every call to its [`Repo`].
+macro_rules! delegate_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl domain::ports::VerificationStore for $store {
+            async fn insert(
+                &self,
+                verification: &domain::Verification,
+            ) -> Result<domain::ports::Inserted, domain::ports::StoreError> {
+                self.repo.insert(verification).await
+            }
+
+            async fn get(
+                &self,
+                id: &domain::VerificationId,
+            ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
+                self.repo.get(id).await
+            }
+
+            async fn find_by_idempotency_key(
+                &self,
+                purpose: &domain::Purpose,
+                key: &domain::IdempotencyKey,
+            ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
+                self.repo.find_by_idempotency_key(purpose, key).await
+            }
+
+            async fn find_pending(
+                &self,
+                purpose: &domain::Purpose,
+                destination: &domain::DestinationHash,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
+                self.repo.find_pending(purpose, destination, now).await
+            }
+
+            async fn update(
+                &self,
+                verification: &domain::Verification,
+                expected_version: u32,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.update(verification, expected_version).await
+            }
+
+            async fn list_sealed_with_other_key(
+                &self,
+                current_key_id: &str,
+                limit: u32,
+            ) -> Result<Vec<domain::Verification>, domain::ports::StoreError> {
+                self.repo
+                    .list_sealed_with_other_key(current_key_id, limit)
+                    .await
+            }
+        }
+    };
+}
+pub(crate) use delegate_store;

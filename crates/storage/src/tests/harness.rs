@@ -1,0 +1,459 @@
+//! One fresh database per test, on either backend, and the raw access tests need behind the
+//! store's back (counting rows, planting rows the store would refuse, reading every cell,
+//! asking the planner).
+//!
+//! SQLite gets a new file in the temp directory (several connections, like the embedded
+//! mode); PostgreSQL gets `CREATE DATABASE t_<uuid>` on the server named by
+//! `DATABASE_URL`, dropped when the test ends, also when it panics.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::ports::VerificationStore;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+
+use crate::row::{VerificationRow, bind_insert};
+use crate::{PostgresStore, SqliteStore, sql};
+
+/// What a PostgreSQL test says when it has no server; CI must never pass without one.
+pub(crate) const NOT_REACHABLE: &str = "PostgreSQL is not reachable: run `cargo xtask deps up`";
+
+/// How long finding out that the server is not there may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a statement whose plan a test asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bind {
+    Text(&'static str),
+    Int(i64),
+}
+
+/// A database file in the temp directory, removed (with its WAL files) when dropped.
+#[derive(Debug)]
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+}
+
+impl TempFile {
+    pub(crate) fn new(test: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!(
+            "verify-gateway-storage-{test}-{}-{nanos}-{}.db",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        TempFile {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.path.display())
+    }
+
+    pub(crate) fn files(&self) -> [PathBuf; 3] {
+        let with = |suffix: &str| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        [self.path.clone(), with("-wal"), with("-shm")]
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for file in self.files() {
+            // The WAL files may never have existed; a leftover file in /tmp is harmless.
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// The PostgreSQL server tests run against: `DATABASE_URL` from the environment, else the
+/// line in `<workspace root>/.tools/deps.env`.
+pub(crate) fn database_url() -> anyhow::Result<String> {
+    let is_postgres =
+        |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && is_postgres(&url)
+    {
+        return Ok(url);
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/deps.env");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("no DATABASE_URL, and {} is unreadable", file.display()))
+        .context(NOT_REACHABLE)?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("DATABASE_URL="))
+        .map(str::trim)
+        .find(|url| is_postgres(url))
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no PostgreSQL DATABASE_URL", file.display()))
+        .context(NOT_REACHABLE)
+}
+
+/// A connection to the server's own database, for creating and dropping test databases.
+async fn admin(url: &str) -> anyhow::Result<PgConnection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(anyhow::Error::new(error).context(NOT_REACHABLE)),
+        Err(_) => Err(anyhow::anyhow!("no answer in {CONNECT_TIMEOUT:?}").context(NOT_REACHABLE)),
+    }
+}
+
+/// A database of its own on the test server, dropped by [`PgDatabase::drop_database`].
+#[derive(Debug)]
+pub(crate) struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub(crate) url: String,
+}
+
+impl PgDatabase {
+    pub(crate) async fn create() -> anyhow::Result<PgDatabase> {
+        let admin_url = database_url()?;
+        let mut conn = admin(&admin_url).await?;
+        // Hex digits only: the name needs no quoting and fits PostgreSQL's 63 bytes.
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        conn.close().await?;
+        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
+        url.set_path(&format!("/{name}"));
+        Ok(PgDatabase {
+            admin_url,
+            name,
+            url: url.into(),
+        })
+    }
+
+    /// Best effort: a database left behind on the throwaway server costs only disk.
+    pub(crate) async fn drop_database(&self) {
+        let result = async {
+            let mut conn = admin(&self.admin_url).await?;
+            // FORCE ends sessions a failed test may have left open (PostgreSQL 13+).
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            sqlx::raw_sql(AssertSqlSafe(drop))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            eprintln!("could not drop test database {}: {error:#}", self.name);
+        }
+    }
+}
+
+/// A migrated store on a database of its own, with the raw access tests need.
+#[derive(Debug)]
+pub(crate) enum TestDb {
+    Sqlite {
+        store: SqliteStore,
+        file: TempFile,
+    },
+    Postgres {
+        store: PostgresStore,
+        database: PgDatabase,
+    },
+}
+
+impl TestDb {
+    pub(crate) async fn new(backend: Backend, test: &str) -> anyhow::Result<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let file = TempFile::new(test);
+                let store = SqliteStore::connect(&file.url()).await?;
+                store.migrate().await?;
+                Ok(TestDb::Sqlite { store, file })
+            }
+            Backend::Postgres => {
+                let database = PgDatabase::create().await?;
+                let store = match PostgresStore::connect(&database.url).await {
+                    Ok(store) => store,
+                    Err(error) => {
+                        database.drop_database().await;
+                        return Err(error.into());
+                    }
+                };
+                let db = TestDb::Postgres { store, database };
+                if let Err(error) = db.migrate().await {
+                    db.cleanup().await;
+                    return Err(error);
+                }
+                Ok(db)
+            }
+        }
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            TestDb::Sqlite { .. } => Backend::Sqlite,
+            TestDb::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// The store under test, as services hold it.
+    pub(crate) fn port(&self) -> Arc<dyn VerificationStore> {
+        match self {
+            TestDb::Sqlite { store, .. } => Arc::new(store.clone()),
+            TestDb::Postgres { store, .. } => Arc::new(store.clone()),
+        }
+    }
+
+    /// Another store on the same database with a pool of its own, as a second replica
+    /// (or a second process on the same SQLite file) would have.
+    pub(crate) async fn replica(&self) -> anyhow::Result<Arc<dyn VerificationStore>> {
+        Ok(match self {
+            TestDb::Sqlite { file, .. } => Arc::new(SqliteStore::connect(&file.url()).await?),
+            TestDb::Postgres { database, .. } => {
+                Arc::new(PostgresStore::connect(&database.url).await?)
+            }
+        })
+    }
+
+    pub(crate) async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            TestDb::Sqlite { store, .. } => store.migrate().await?,
+            TestDb::Postgres { store, .. } => store.migrate().await?,
+        }
+        Ok(())
+    }
+
+    /// Closes the pool and, on PostgreSQL, drops the database (the SQLite file goes when
+    /// the `TestDb` is dropped).
+    pub(crate) async fn cleanup(&self) {
+        match self {
+            TestDb::Sqlite { store, .. } => store.close().await,
+            TestDb::Postgres { store, database } => {
+                store.close().await;
+                database.drop_database().await;
+            }
+        }
+    }
+
+    pub(crate) async fn count_rows(&self) -> anyhow::Result<i64> {
+        const COUNT: &str = "SELECT COUNT(*) FROM verifications";
+        Ok(match self {
+            TestDb::Sqlite { store, .. } => {
+                sqlx::query_scalar(COUNT).fetch_one(store.pool()).await?
+            }
+            TestDb::Postgres { store, .. } => {
+                sqlx::query_scalar(COUNT).fetch_one(store.pool()).await?
+            }
+        })
+    }
+
+    /// Writes `row` as it is, bypassing the store but not the schema's constraints.
+    pub(crate) async fn insert_raw(&self, row: VerificationRow) -> Result<(), sqlx::Error> {
+        match self {
+            TestDb::Sqlite { store, .. } => bind_insert(sqlx::query(sql::INSERT), row)
+                .execute(store.pool())
+                .await
+                .map(drop),
+            TestDb::Postgres { store, .. } => bind_insert(sqlx::query(sql::INSERT), row)
+                .execute(store.pool())
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Writes `row` past the CHECK constraints too, as a damaged or hand-edited database
+    /// could hold it.
+    pub(crate) async fn insert_corrupt(&self, row: VerificationRow) -> anyhow::Result<()> {
+        match self {
+            TestDb::Sqlite { store, .. } => {
+                // The pragma is per connection: set it, insert and reset on one connection.
+                let mut conn = store.pool().acquire().await?;
+                sqlx::query("PRAGMA ignore_check_constraints = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                let inserted = bind_insert(sqlx::query(sql::INSERT), row)
+                    .execute(&mut *conn)
+                    .await;
+                sqlx::query("PRAGMA ignore_check_constraints = OFF")
+                    .execute(&mut *conn)
+                    .await?;
+                inserted?;
+            }
+            TestDb::Postgres { store, .. } => {
+                // PostgreSQL cannot switch CHECKs off, but this database is the test's own.
+                let checks: Vec<String> = sqlx::query_scalar(
+                    "SELECT conname::text FROM pg_constraint \
+                     WHERE conrelid = 'verifications'::regclass AND contype = 'c'",
+                )
+                .fetch_all(store.pool())
+                .await?;
+                for check in checks {
+                    let drop = format!("ALTER TABLE verifications DROP CONSTRAINT \"{check}\"");
+                    sqlx::query(AssertSqlSafe(drop))
+                        .execute(store.pool())
+                        .await?;
+                }
+                bind_insert(sqlx::query(sql::INSERT), row)
+                    .execute(store.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The columns of `verifications`, in table order.
+    pub(crate) async fn columns(&self) -> anyhow::Result<Vec<String>> {
+        Ok(match self {
+            TestDb::Sqlite { store, .. } => {
+                sqlx::query_scalar(
+                    "SELECT name FROM pragma_table_info('verifications') ORDER BY cid",
+                )
+                .fetch_all(store.pool())
+                .await?
+            }
+            TestDb::Postgres { store, .. } => {
+                sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'verifications' \
+                 ORDER BY ordinal_position",
+                )
+                .fetch_all(store.pool())
+                .await?
+            }
+        })
+    }
+
+    /// Every non-NULL cell of every row, with plain SQL: on SQLite the bytes it holds
+    /// (numbers as their text), on PostgreSQL each column cast to text, and `bytea`
+    /// columns also as their raw bytes.
+    pub(crate) async fn cells(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let columns = self.columns().await?;
+        let mut cells = Vec::new();
+        for column in &columns {
+            match self {
+                TestDb::Sqlite { store, .. } => {
+                    let select =
+                        format!("SELECT CAST(\"{column}\" AS BLOB) AS cell FROM verifications");
+                    for row in sqlx::query(AssertSqlSafe(select))
+                        .fetch_all(store.pool())
+                        .await?
+                    {
+                        let cell: Option<Vec<u8>> = row.try_get("cell")?;
+                        cells.extend(cell);
+                    }
+                }
+                TestDb::Postgres { store, .. } => {
+                    let select = format!("SELECT \"{column}\"::text AS cell FROM verifications");
+                    for row in sqlx::query(AssertSqlSafe(select))
+                        .fetch_all(store.pool())
+                        .await?
+                    {
+                        let cell: Option<String> = row.try_get("cell")?;
+                        cells.extend(cell.map(String::into_bytes));
+                    }
+                    let is_bytea: bool = sqlx::query_scalar(
+                        "SELECT data_type = 'bytea' FROM information_schema.columns \
+                         WHERE table_schema = current_schema() \
+                         AND table_name = 'verifications' AND column_name = $1",
+                    )
+                    .bind(column)
+                    .fetch_one(store.pool())
+                    .await?;
+                    if is_bytea {
+                        let select = format!("SELECT \"{column}\" AS cell FROM verifications");
+                        for row in sqlx::query(AssertSqlSafe(select))
+                            .fetch_all(store.pool())
+                            .await?
+                        {
+                            let cell: Option<Vec<u8>> = row.try_get("cell")?;
+                            cells.extend(cell);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(cells)
+    }
+
+    /// The planner's plan for `statement` with `binds`, as one line of text. On PostgreSQL
+    /// sequential scans, bitmap scans and sorts are priced out, so the plan shows whether
+    /// an index can answer the statement in the order it asks for, not what is cheapest
+    /// for the (empty) table of a test.
+    pub(crate) async fn plan(&self, statement: &str, binds: &[Bind]) -> anyhow::Result<String> {
+        match self {
+            TestDb::Sqlite { store, .. } => {
+                let mut query =
+                    sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {statement}")));
+                for bind in binds {
+                    query = match *bind {
+                        Bind::Text(text) => query.bind(text),
+                        Bind::Int(int) => query.bind(int),
+                    };
+                }
+                let rows = query.fetch_all(store.pool()).await?;
+                let details = rows
+                    .iter()
+                    .map(|row| row.try_get::<String, _>("detail"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(details.join("; "))
+            }
+            TestDb::Postgres { store, .. } => {
+                // One connection, so the setting covers the EXPLAIN; closed afterwards so
+                // the setting never reaches another test statement.
+                let mut conn = store.pool().acquire().await?;
+                conn.close_on_drop();
+                for knob in ["enable_seqscan", "enable_bitmapscan", "enable_sort"] {
+                    sqlx::query(AssertSqlSafe(format!("SET {knob} = off")))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN {statement}")));
+                for bind in binds {
+                    query = match *bind {
+                        Bind::Text(text) => query.bind(text),
+                        Bind::Int(int) => query.bind(int),
+                    };
+                }
+                let rows = query.fetch_all(&mut *conn).await?;
+                let lines = rows
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(lines.join("; "))
+            }
+        }
+    }
+}
+
+/// Runs `body` on a fresh database of `backend` and cleans up afterwards, also when the
+/// body fails or panics (it runs as its own task, so a panic arrives here as a value).
+pub(crate) async fn run<F, Fut>(backend: Backend, test: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let db = Arc::new(TestDb::new(backend, test).await?);
+    let outcome = tokio::spawn(body(Arc::clone(&db))).await;
+    db.cleanup().await;
+    match outcome {
+        Ok(result) => result,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(error) => Err(error.into()),
+        },
+    }
+}

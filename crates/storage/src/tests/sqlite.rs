@@ -1,0 +1,178 @@
+//! What only the SQLite store has: its file, its pragmas, its in-memory mode, the bytes on
+//! disk, and the migration that brought older embedded databases under the pending rule.
+
+use anyhow::{Context, ensure};
+use domain::ports::{Inserted, VerificationStore};
+use domain::{Verification, VerificationStatus};
+use sqlx::migrate::Migrator;
+
+use super::harness::TempFile;
+use crate::fixtures::{self, at, bare, full};
+use crate::row::{VerificationRow, bind_insert};
+use crate::{SqliteStore, StorageError, sql};
+
+#[tokio::test]
+async fn connect_creates_the_file_with_wal_and_foreign_keys() -> anyhow::Result<()> {
+    let db = TempFile::new("connect");
+    ensure!(!db.path.exists());
+    let store = SqliteStore::connect(&db.url()).await?;
+    ensure!(db.path.exists(), "the database file must be created");
+
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(journal, "wal");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(foreign_keys, 1);
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(busy_timeout, 5000);
+    store.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    let error = SqliteStore::connect("sqlite://x.db?mode=sideways")
+        .await
+        .expect_err("unknown mode");
+    assert!(matches!(error, StorageError::InvalidUrl(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn in_memory_databases_work() -> anyhow::Result<()> {
+    let store = SqliteStore::connect("sqlite::memory:").await?;
+    store.migrate().await?;
+    let v = full(1, "login", Some("order-42"), &fixtures::phone());
+    assert_eq!(store.insert(&v).await?, Inserted::Created);
+    assert_eq!(store.get(&v.id).await?, Some(v));
+    let pending = bare(2, "login", &fixtures::phone());
+    assert_eq!(store.insert(&pending).await?, Inserted::Created);
+    assert_eq!(
+        store.insert(&bare(3, "login", &fixtures::phone())).await?,
+        Inserted::Pending(Box::new(pending))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_plaintext_destination_reaches_the_files() -> anyhow::Result<()> {
+    let db = TempFile::new("plaintext-files");
+    let store = SqliteStore::connect(&db.url()).await?;
+    store.migrate().await?;
+    let mut email = full(2, "login", Some("k-email"), &fixtures::email());
+    email.identity = Some("user-8".into());
+    for v in [
+        full(1, "login", Some("k-phone"), &fixtures::phone()),
+        email,
+        bare(3, "signup", &fixtures::phone()),
+    ] {
+        assert_eq!(store.insert(&v).await?, Inserted::Created);
+    }
+    // After the WAL is checkpointed on close, and before (the WAL files themselves).
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    let secrets = ["4155552671", fixtures::EMAIL, "jane.doe"];
+    let scan = || -> anyhow::Result<usize> {
+        let mut scanned = 0;
+        for file in db.files() {
+            if let Ok(bytes) = std::fs::read(&file) {
+                scanned += 1;
+                for secret in secrets {
+                    ensure!(
+                        !contains(&bytes, secret),
+                        "{} holds `{secret}`",
+                        file.display()
+                    );
+                }
+            }
+        }
+        Ok(scanned)
+    };
+    ensure!(scan()? >= 1);
+    store.close().await;
+    ensure!(scan()? >= 1);
+    Ok(())
+}
+
+/// Writes `v` as it is, as the code before the pending rule could.
+async fn plant(store: &SqliteStore, v: &Verification) -> anyhow::Result<()> {
+    bind_insert(sqlx::query(sql::INSERT), VerificationRow::from(v))
+        .fetch_optional(store.pool())
+        .await?
+        .context("planted row was not written")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn migration_keeps_only_the_newest_pending_per_destination() -> anyhow::Result<()> {
+    // A database as the first release left it: only the first migration applied.
+    let dir = TempFile::new("migrations");
+    std::fs::create_dir(&dir.path)?;
+    let first = "0001_verifications.sql";
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../migrations/sqlite")
+            .join(first),
+        dir.path.join(first),
+    )?;
+    let db = TempFile::new("pending-rule");
+    let store = SqliteStore::connect(&db.url()).await?;
+    Migrator::new(dir.path.as_path())
+        .await?
+        .run(store.pool())
+        .await?;
+    std::fs::remove_dir_all(&dir.path)?;
+
+    // Three pending for one purpose and destination (two with the same creation time),
+    // one for another purpose, and a finished one.
+    let at_secs = |n: u128, purpose: &str, created: i64| {
+        let mut v = bare(n, purpose, &fixtures::phone());
+        v.created_at = at(created);
+        v.updated_at = at(created);
+        v
+    };
+    let oldest = at_secs(1, "login", 0);
+    let tied_low = at_secs(2, "login", 10);
+    let newest = at_secs(3, "login", 10);
+    let other_purpose = at_secs(4, "signup", 0);
+    let mut finished = at_secs(5, "login", 20);
+    finished.status = VerificationStatus::Approved;
+    for v in [&oldest, &tied_low, &newest, &other_purpose, &finished] {
+        plant(&store, v).await?;
+    }
+
+    store.migrate().await?;
+    for (v, expired) in [
+        (&oldest, true),
+        (&tied_low, true),
+        (&newest, false),
+        (&other_purpose, false),
+        (&finished, false),
+    ] {
+        let now = store.get(&v.id).await?.context("kept")?;
+        if expired {
+            assert_eq!(now.status, VerificationStatus::Expired, "{}", v.id);
+            assert_eq!(now.version, v.version + 1);
+            ensure!(
+                now.updated_at > v.updated_at,
+                "updated_at is the migration's time"
+            );
+        } else {
+            assert_eq!(&now, v);
+        }
+    }
+    // And the rule now holds.
+    assert_eq!(
+        store.insert(&at_secs(6, "login", 30)).await?,
+        Inserted::Pending(Box::new(newest))
+    );
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,813 @@
+//! The store suite: every test here is a body over a [`TestDb`], and [`both_backends!`] runs
+//! each body once on SQLite (`suite::sqlite::<name>`) and once on PostgreSQL
+//! (`suite::postgres::<name>`), each on a fresh database. What the port promises must hold
+//! on both, so a test belongs here unless it is about one backend's own machinery.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{Context, ensure};
+use domain::ports::{Inserted, StoreError, VerificationStore};
+use domain::{Channel, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus};
+
+use super::harness::{Backend, Bind, TestDb};
+use crate::fixtures::{self, at, bare, full};
+use crate::row::VerificationRow;
+use crate::sql;
+
+/// Declares `sqlite` and `postgres` modules with one `#[tokio::test]` per listed body.
+/// Multi-threaded, so concurrent tests really run tasks in parallel.
+macro_rules! both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::super::harness::run(
+                        super::super::harness::Backend::Sqlite,
+                        stringify!($test),
+                        super::$test,
+                    )
+                    .await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::super::harness::run(
+                        super::super::harness::Backend::Postgres,
+                        stringify!($test),
+                        super::$test,
+                    )
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    migrating_again_changes_nothing,
+    schema_is_exactly_the_documented_columns,
+    schema_refuses_values_outside_the_domain,
+    round_trip_keeps_every_field,
+    reused_idempotency_key_returns_the_first_and_writes_nothing,
+    reused_id_is_an_error_not_an_idempotent_hit,
+    concurrent_inserts_with_one_key_create_exactly_one,
+    live_pending_destination_is_returned_and_nothing_written,
+    expired_pending_destination_is_expired_and_replaced,
+    idempotency_key_is_decided_before_the_pending_destination,
+    concurrent_inserts_for_one_destination_create_exactly_one,
+    concurrent_replacements_of_an_expired_pending_create_exactly_one,
+    update_writes_every_mutable_field,
+    update_is_optimistic,
+    find_pending_returns_the_live_one,
+    find_by_idempotency_key_matches_purpose_and_key,
+    list_sealed_with_other_key_lists_old_keys_oldest_first,
+    list_sealed_with_other_key_drains_by_rewriting,
+    corrupt_rows_are_errors_not_panics,
+    no_plaintext_destination_reaches_the_database,
+    lookups_use_their_indexes,
+);
+
+/// A pending verification for `purpose` and the test phone number, created at `created`
+/// and expiring at `expires` (seconds after the fixtures' epoch).
+fn pending(n: u128, purpose: &str, created: i64, expires: i64) -> Verification {
+    let mut v = bare(n, purpose, &fixtures::phone());
+    v.created_at = at(created);
+    v.updated_at = at(created);
+    v.expires_at = at(expires);
+    v
+}
+
+/// Inserts `v` and insists it was created.
+async fn create(store: &dyn VerificationStore, v: &Verification) -> anyhow::Result<()> {
+    let inserted = store.insert(v).await?;
+    ensure!(
+        inserted == Inserted::Created,
+        "{} was not created: {inserted:?}",
+        v.id
+    );
+    Ok(())
+}
+
+async fn migrating_again_changes_nothing(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = full(1, "login", Some("order-42"), &fixtures::phone());
+    create(&*store, &v).await?;
+    // Every restart migrates; applied migrations must be skipped, data untouched.
+    db.migrate().await?;
+    db.migrate().await?;
+    assert_eq!(db.count_rows().await?, 1);
+    assert_eq!(store.get(&v.id).await?, Some(v));
+    Ok(())
+}
+
+async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Result<()> {
+    // A new column must be added here on purpose; this list is the proof that no code and
+    // no plaintext destination is ever stored.
+    let expected = [
+        "id",
+        "purpose",
+        "channel",
+        "status",
+        "provider_sid",
+        "destination_ciphertext",
+        "destination_key_id",
+        "destination_hash",
+        "to_masked",
+        "identity",
+        "idempotency_key",
+        "sends",
+        "checks",
+        "max_sends",
+        "max_checks",
+        "failure_code",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "version",
+    ];
+    assert_eq!(db.columns().await?, expected);
+    Ok(())
+}
+
+async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Result<()> {
+    type Corrupt = fn(&mut VerificationRow);
+    let cases: [(&str, Corrupt); 9] = [
+        ("status", |r| r.status = "lost".into()),
+        ("channel", |r| r.channel = "pigeon".into()),
+        ("sends", |r| r.sends = -1),
+        ("checks", |r| r.checks = -1),
+        ("max_sends", |r| r.max_sends = -1),
+        ("max_checks", |r| r.max_checks = -1),
+        ("failure_code", |r| r.failure_code = Some(-1)),
+        ("version", |r| r.version = -1),
+        ("idempotency_key", |r| {
+            r.idempotency_key = Some(String::new())
+        }),
+    ];
+    for (n, (column, corrupt)) in (100..).zip(cases) {
+        let mut row = VerificationRow::from(&bare(n, "login", &fixtures::phone()));
+        corrupt(&mut row);
+        let result = db.insert_raw(row).await;
+        ensure!(result.is_err(), "a bad `{column}` must be refused");
+    }
+    assert_eq!(db.count_rows().await?, 0);
+    Ok(())
+}
+
+async fn round_trip_keeps_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let phone = full(1, "login", Some("order-42"), &fixtures::phone());
+    let email = bare(2, "signup", &fixtures::email());
+    for v in [&phone, &email] {
+        create(&*store, v).await?;
+    }
+    assert_eq!(store.get(&phone.id).await?.as_ref(), Some(&phone));
+    assert_eq!(store.get(&email.id).await?.as_ref(), Some(&email));
+    assert_eq!(store.get(&fixtures::id(3)).await?, None);
+    Ok(())
+}
+
+async fn reused_idempotency_key_returns_the_first_and_writes_nothing(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    let first = full(1, "login", Some("order-42"), &fixtures::phone());
+    create(&*store, &first).await?;
+
+    let second = full(2, "login", Some("order-42"), &fixtures::email());
+    assert_eq!(
+        store.insert(&second).await?,
+        Inserted::Existing(Box::new(first.clone()))
+    );
+    assert_eq!(store.get(&second.id).await?, None);
+    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+    assert_eq!(db.count_rows().await?, 1);
+
+    // The key is scoped to the purpose, and verifications without a key never collide on
+    // it (pending ones for other destinations, so the pending rule stays out of the way).
+    let other_purpose = full(3, "signup", Some("order-42"), &fixtures::phone());
+    create(&*store, &other_purpose).await?;
+    create(&*store, &bare(4, "login", &fixtures::phone())).await?;
+    create(&*store, &bare(5, "login", &fixtures::email())).await?;
+    assert_eq!(db.count_rows().await?, 4);
+    Ok(())
+}
+
+async fn reused_id_is_an_error_not_an_idempotent_hit(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = bare(1, "login", &fixtures::phone());
+    create(&*store, &v).await?;
+
+    // Same id, fresh key, not pending: only the primary key collides.
+    let mut again = full(1, "login", Some("fresh-key"), &fixtures::phone());
+    again.id = v.id;
+    let error = store.insert(&again).await.expect_err("duplicate id");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+
+    // Same id, pending for another destination: likewise.
+    let mut pending_again = bare(2, "signup", &fixtures::email());
+    pending_again.id = v.id;
+    let error = store
+        .insert(&pending_again)
+        .await
+        .expect_err("duplicate id");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+
+    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&v));
+    assert_eq!(db.count_rows().await?, 1);
+    Ok(())
+}
+
+/// Runs `inserts` concurrently, alternating between two stores with pools of their own, and
+/// returns the ids created and the verifications the others were answered with.
+async fn insert_concurrently(
+    db: &TestDb,
+    inserts: Vec<Verification>,
+) -> anyhow::Result<(Vec<VerificationId>, Vec<Inserted>)> {
+    let stores = [db.port(), db.replica().await?];
+    let tasks: Vec<_> = inserts
+        .into_iter()
+        .zip(stores.iter().cycle())
+        .map(|(v, store)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move { store.insert(&v).await.map(|r| (v.id, r)) })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut others = Vec::new();
+    for task in tasks {
+        match task.await?? {
+            (id, Inserted::Created) => created.push(id),
+            (_, other) => others.push(other),
+        }
+    }
+    Ok((created, others))
+}
+
+async fn concurrent_inserts_with_one_key_create_exactly_one(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let inserts = (1..=20)
+        .map(|n| full(n, "login", Some("double-click"), &fixtures::phone()))
+        .collect();
+    let (created, others) = insert_concurrently(&db, inserts).await?;
+    assert_eq!(created.len(), 1, "exactly one insert may win");
+    assert_eq!(others.len(), 19);
+    for other in others {
+        let Inserted::Existing(first) = other else {
+            panic!("a loser must see the winner by key, got {other:?}");
+        };
+        assert_eq!(first.id, created[0], "every loser must see the winner");
+    }
+    assert_eq!(db.count_rows().await?, 1);
+    Ok(())
+}
+
+async fn live_pending_destination_is_returned_and_nothing_written(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    let first = pending(1, "login", 0, 600);
+    create(&*store, &first).await?;
+
+    // Any time before the first one's expiry, even the last millisecond of it.
+    for (n, created) in [(2, 10), (3, 599)] {
+        let second = pending(n, "login", created, created + 600);
+        assert_eq!(
+            store.insert(&second).await?,
+            Inserted::Pending(Box::new(first.clone()))
+        );
+        assert_eq!(store.get(&second.id).await?, None);
+    }
+    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+
+    // The slot is per purpose and destination, and only pending rows take it.
+    create(&*store, &pending(4, "signup", 10, 600)).await?;
+    let mut email = bare(5, "login", &fixtures::email());
+    email.created_at = at(10);
+    create(&*store, &email).await?;
+    let mut failed = pending(6, "login", 10, 600);
+    failed.status = VerificationStatus::Failed;
+    create(&*store, &failed).await?;
+    assert_eq!(db.count_rows().await?, 4);
+
+    // Once the first one is no longer pending, the slot is free.
+    let mut approved = first.clone();
+    approved.status = VerificationStatus::Approved;
+    approved.updated_at = at(20);
+    approved.version = 1;
+    store.update(&approved, 0).await?;
+    create(&*store, &pending(7, "login", 30, 630)).await?;
+    assert_eq!(db.count_rows().await?, 5);
+    Ok(())
+}
+
+async fn expired_pending_destination_is_expired_and_replaced(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    let old = pending(1, "login", 0, 600);
+    create(&*store, &old).await?;
+
+    // Created exactly at the old one's expiry: `expires_at <= now` counts as expired.
+    let new = pending(2, "login", 600, 1200);
+    create(&*store, &new).await?;
+    assert_eq!(store.get(&new.id).await?.as_ref(), Some(&new));
+
+    let mut expected = old.clone();
+    expected.status = VerificationStatus::Expired;
+    expected.updated_at = new.created_at;
+    expected.version = old.version + 1;
+    assert_eq!(store.get(&old.id).await?, Some(expected));
+
+    // And the new one now holds the slot.
+    assert_eq!(
+        store.insert(&pending(3, "login", 601, 1201)).await?,
+        Inserted::Pending(Box::new(new.clone()))
+    );
+    assert_eq!(db.count_rows().await?, 2);
+    Ok(())
+}
+
+async fn idempotency_key_is_decided_before_the_pending_destination(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    let mut first = pending(1, "login", 0, 600);
+    first.idempotency_key = Some(IdempotencyKey::parse("order-42")?);
+    create(&*store, &first).await?;
+
+    // Colliding on both the key and the pending slot is a replay, not a resend.
+    let mut retry = pending(2, "login", 5, 605);
+    retry.idempotency_key = first.idempotency_key.clone();
+    assert_eq!(
+        store.insert(&retry).await?,
+        Inserted::Existing(Box::new(first.clone()))
+    );
+
+    // With the key past the first one's expiry: still a replay, and the first one stays.
+    let mut late = pending(3, "login", 700, 1300);
+    late.idempotency_key = first.idempotency_key.clone();
+    assert_eq!(
+        store.insert(&late).await?,
+        Inserted::Existing(Box::new(first.clone()))
+    );
+    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+
+    // Another key on the same destination meets the pending slot.
+    let mut other_key = pending(4, "login", 5, 605);
+    other_key.idempotency_key = Some(IdempotencyKey::parse("order-43")?);
+    assert_eq!(
+        store.insert(&other_key).await?,
+        Inserted::Pending(Box::new(first.clone()))
+    );
+    assert_eq!(db.count_rows().await?, 1);
+    Ok(())
+}
+
+async fn concurrent_inserts_for_one_destination_create_exactly_one(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let inserts = (1..=20).map(|n| pending(n, "login", 0, 600)).collect();
+    let (created, others) = insert_concurrently(&db, inserts).await?;
+    assert_eq!(created.len(), 1, "exactly one insert may win: {created:?}");
+    assert_eq!(others.len(), 19);
+    for other in others {
+        let Inserted::Pending(live) = other else {
+            panic!("a loser must see the pending winner, got {other:?}");
+        };
+        assert_eq!(live.id, created[0], "every loser must see the winner");
+    }
+    assert_eq!(db.count_rows().await?, 1);
+    Ok(())
+}
+
+async fn concurrent_replacements_of_an_expired_pending_create_exactly_one(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    let old = pending(100, "login", 0, 600);
+    create(&*store, &old).await?;
+
+    let inserts = (1..=20).map(|n| pending(n, "login", 700, 1300)).collect();
+    let (created, others) = insert_concurrently(&db, inserts).await?;
+    assert_eq!(created.len(), 1, "exactly one insert may win: {created:?}");
+    for other in others {
+        let Inserted::Pending(live) = other else {
+            panic!("a loser must see the pending winner, got {other:?}");
+        };
+        assert_eq!(live.id, created[0], "every loser must see the winner");
+    }
+    // The old one was expired exactly once.
+    let expired = store.get(&old.id).await?.context("still stored")?;
+    assert_eq!(expired.status, VerificationStatus::Expired);
+    assert_eq!(expired.version, old.version + 1);
+    assert_eq!(db.count_rows().await?, 2);
+    Ok(())
+}
+
+async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = bare(1, "login", &fixtures::phone());
+    create(&*store, &v).await?;
+
+    let mut changed = store.get(&v.id).await?.context("just inserted")?;
+    changed.channel = Channel::Whatsapp;
+    changed.status = VerificationStatus::Failed;
+    changed.provider_sid = Some("VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into());
+    changed.destination = fixtures::keyring().seal(&fixtures::phone(), [42; 12]);
+    changed.to_masked = "+1415***0000".into();
+    changed.identity = Some("user-9".into());
+    changed.idempotency_key = Some(IdempotencyKey::parse("late-key")?);
+    changed.sends = 2;
+    changed.checks = 3;
+    changed.max_sends = 9;
+    changed.max_checks = 8;
+    changed.failure_code = Some(60410);
+    changed.updated_at = at(30);
+    changed.expires_at = at(900);
+    changed.version = 1;
+    store.update(&changed, 0).await?;
+    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&changed));
+
+    // Clearing the key releases it (the service does so past the idempotency window).
+    let key = IdempotencyKey::parse("late-key")?;
+    assert_eq!(
+        store
+            .find_by_idempotency_key(&changed.purpose, &key)
+            .await?
+            .as_ref(),
+        Some(&changed)
+    );
+    let mut released = changed.clone();
+    released.idempotency_key = None;
+    released.version = 2;
+    store.update(&released, 1).await?;
+    assert_eq!(
+        store
+            .find_by_idempotency_key(&changed.purpose, &key)
+            .await?,
+        None
+    );
+    assert_eq!(store.get(&v.id).await?, Some(released));
+    Ok(())
+}
+
+async fn update_is_optimistic(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = bare(1, "login", &fixtures::phone());
+    create(&*store, &v).await?;
+
+    // Two requests read version 0; the first to write wins.
+    let mut winner = store.get(&v.id).await?.context("inserted")?;
+    let mut loser = winner.clone();
+    winner.mark_sent("VE1".into(), at(1));
+    store.update(&winner, 0).await?;
+
+    loser.begin_check(at(2))?;
+    assert_eq!(
+        store.update(&loser, 0).await,
+        Err(StoreError::Conflict(v.id))
+    );
+    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&winner));
+
+    // Re-reading and retrying, as the port asks, succeeds.
+    let mut retry = store.get(&v.id).await?.context("still there")?;
+    let read_at = retry.version;
+    retry.begin_check(at(3))?;
+    store.update(&retry, read_at).await?;
+    assert_eq!(store.get(&v.id).await?, Some(retry));
+
+    let never_stored = bare(2, "login", &fixtures::phone());
+    assert_eq!(
+        store.update(&never_stored, 0).await,
+        Err(StoreError::NotFound(never_stored.id))
+    );
+    assert_eq!(db.count_rows().await?, 1);
+    Ok(())
+}
+
+async fn find_pending_returns_the_live_one(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let hash = fixtures::blind_index().hash(&fixtures::phone());
+    let login = Purpose::parse("login")?;
+    let now = at(100);
+
+    let mut finished = pending(1, "login", 0, 600);
+    finished.status = VerificationStatus::Approved;
+    let live = pending(2, "login", 10, 600);
+    let other_purpose = pending(3, "signup", 40, 600);
+    let lapsed = pending(4, "recovery", 20, 50);
+    let expires_now = pending(5, "reset", 30, 100);
+    let mut other_destination = bare(6, "login", &fixtures::email());
+    other_destination.created_at = at(60);
+    for v in [
+        &finished,
+        &live,
+        &other_purpose,
+        &lapsed,
+        &expires_now,
+        &other_destination,
+    ] {
+        create(&*store, v).await?;
+    }
+
+    assert_eq!(
+        store.find_pending(&login, &hash, now).await?.as_ref(),
+        Some(&live)
+    );
+    assert_eq!(
+        store
+            .find_pending(&Purpose::parse("signup")?, &hash, now)
+            .await?
+            .as_ref(),
+        Some(&other_purpose)
+    );
+    // At its expiry a pending verification is no longer live.
+    assert_eq!(store.find_pending(&login, &hash, at(600)).await?, None);
+    assert_eq!(
+        store
+            .find_pending(&Purpose::parse("recovery")?, &hash, now)
+            .await?,
+        None
+    );
+    assert_eq!(
+        store
+            .find_pending(&Purpose::parse("reset")?, &hash, now)
+            .await?,
+        None
+    );
+    assert_eq!(
+        store
+            .find_pending(&Purpose::parse("other")?, &hash, now)
+            .await?,
+        None
+    );
+    Ok(())
+}
+
+async fn find_by_idempotency_key_matches_purpose_and_key(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = full(1, "login", Some("order-42"), &fixtures::phone());
+    create(&*store, &v).await?;
+    let key = IdempotencyKey::parse("order-42")?;
+    let login = Purpose::parse("login")?;
+    assert_eq!(store.find_by_idempotency_key(&login, &key).await?, Some(v));
+    assert_eq!(
+        store
+            .find_by_idempotency_key(&Purpose::parse("signup")?, &key)
+            .await?,
+        None
+    );
+    assert_eq!(
+        store
+            .find_by_idempotency_key(&login, &IdempotencyKey::parse("order-43")?)
+            .await?,
+        None
+    );
+    Ok(())
+}
+
+/// A finished verification sealed with `key_id`, created at `created`.
+fn sealed_with(n: u128, key_id: &str, created: i64) -> Verification {
+    let mut v = full(n, "login", None, &fixtures::phone());
+    let nonce = [u8::try_from(n % 251).unwrap_or(0); 12];
+    v.destination = fixtures::keyring_with(key_id).seal(&fixtures::phone(), nonce);
+    v.created_at = at(created);
+    v.updated_at = at(created);
+    v
+}
+
+async fn list_sealed_with_other_key_lists_old_keys_oldest_first(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    // The current key is `k1`; `k0` sorts below it and `k2` above, so both ranges of the
+    // query are exercised. Inserted out of age order on purpose.
+    let rows = [
+        sealed_with(1, "k0", 50),
+        sealed_with(2, "k1", 10),
+        sealed_with(3, "k2", 20),
+        sealed_with(4, "k0", 30),
+        sealed_with(5, "k1", 5),
+        sealed_with(6, "k2", 40),
+        sealed_with(7, "k0", 30),
+    ];
+    for v in &rows {
+        create(&*store, v).await?;
+    }
+    let ids = |list: &[Verification]| list.iter().map(|v| v.id).collect::<Vec<_>>();
+
+    let all = store.list_sealed_with_other_key("k1", 100).await?;
+    // Oldest first; equal ages in id order.
+    assert_eq!(
+        ids(&all),
+        [3, 4, 7, 6, 1].map(fixtures::id),
+        "rows sealed with k0 and k2"
+    );
+    // Returned whole, ready to be re-sealed and written back.
+    assert_eq!(all.first(), Some(&rows[2]));
+
+    let batch = store.list_sealed_with_other_key("k1", 2).await?;
+    assert_eq!(batch.len(), 2);
+    assert!(batch.iter().all(|v| v.destination.key_id != "k1"));
+    assert_eq!(store.list_sealed_with_other_key("k1", 0).await?, []);
+
+    // Another current key lists the others.
+    let ids_k0: HashSet<_> = ids(&store.list_sealed_with_other_key("k0", 100).await?)
+        .into_iter()
+        .collect();
+    assert_eq!(ids_k0, [2, 3, 5, 6].map(fixtures::id).into_iter().collect());
+    assert_eq!(
+        ids(&store.list_sealed_with_other_key("k9", 100).await?).len(),
+        rows.len()
+    );
+    Ok(())
+}
+
+async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let current = fixtures::keyring();
+    let old = fixtures::keyring_with("k0");
+    for n in 1..=7 {
+        let mut v = sealed_with(n, "k0", i64::try_from(n)?);
+        // Every status is rotated, pending ones included (on purposes of their own).
+        if n % 2 == 0 {
+            v = pending(n, &format!("p{n}"), i64::try_from(n)?, 600);
+            v.destination = old.seal(&fixtures::phone(), [1; 12]);
+        }
+        create(&*store, &v).await?;
+    }
+
+    // What a rotation command does: re-seal each listed row and write it back.
+    let mut rewritten = 0;
+    loop {
+        let batch = store
+            .list_sealed_with_other_key(current.current_id(), 3)
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        ensure!(rewritten < 7, "the list must shrink as rows are rewritten");
+        for mut v in batch {
+            let destination = old.open(&v.destination)?;
+            let read_at = v.version;
+            v.destination = current.seal(&destination, [2; 12]);
+            v.version += 1;
+            store.update(&v, read_at).await?;
+            rewritten += 1;
+        }
+    }
+    assert_eq!(rewritten, 7);
+    for n in 1..=7 {
+        let v = store.get(&fixtures::id(n)).await?.context("stored")?;
+        assert_eq!(current.open(&v.destination)?, fixtures::phone());
+    }
+    Ok(())
+}
+
+async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let unknown_status = bare(1, "login", &fixtures::phone());
+    let mut row = VerificationRow::from(&unknown_status);
+    row.status = "lost".into();
+    db.insert_corrupt(row).await?;
+    let error = store.get(&unknown_status.id).await.expect_err("corrupt");
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+
+    let foreign_id = bare(2, "signup", &fixtures::phone());
+    let mut row = VerificationRow::from(&foreign_id);
+    row.id = "VE0123".into();
+    db.insert_corrupt(row).await?;
+    let error = store
+        .find_pending(&foreign_id.purpose, &foreign_id.destination_hash, at(1))
+        .await
+        .expect_err("corrupt");
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+
+    // An insert that has to read the corrupt row it collided with reports it too.
+    let error = store
+        .insert(&bare(3, "signup", &fixtures::phone()))
+        .await
+        .expect_err("corrupt");
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+
+    let mut row = VerificationRow::from(&sealed_with(4, "k0", 1));
+    row.sends = -3;
+    db.insert_corrupt(row).await?;
+    let error = store
+        .list_sealed_with_other_key("k1", 10)
+        .await
+        .expect_err("corrupt");
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    Ok(())
+}
+
+async fn no_plaintext_destination_reaches_the_database(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let phone = full(1, "login", Some("k-phone"), &fixtures::phone());
+    let mut email = full(2, "login", Some("k-email"), &fixtures::email());
+    email.identity = Some("user-8".into());
+    let pending_phone = bare(3, "signup", &fixtures::phone());
+    for v in [&phone, &email, &pending_phone] {
+        create(&*store, v).await?;
+    }
+    // A stored destination still opens with the keyring: it is sealed, not lost.
+    let stored = store.get(&email.id).await?.context("inserted")?;
+    assert_eq!(
+        fixtures::keyring().open(&stored.destination)?,
+        fixtures::email()
+    );
+
+    let cells = db.cells().await?;
+    ensure!(cells.len() >= 3 * 17, "the scan must see the rows");
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    let secrets = ["4155552671", fixtures::EMAIL, "jane.doe"];
+    for cell in &cells {
+        for secret in secrets {
+            assert!(
+                !contains(cell, secret),
+                "a column holds `{secret}`: {:?}",
+                String::from_utf8_lossy(cell)
+            );
+        }
+    }
+    // The scan does see text columns: the masks are there.
+    assert!(cells.iter().any(|c| contains(c, "+1415***2671")));
+    assert!(cells.iter().any(|c| contains(c, "j***@example.com")));
+    Ok(())
+}
+
+async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let (text, int) = (Bind::Text("login"), Bind::Int(0));
+    let cases = [
+        (
+            sql::FIND_PENDING,
+            vec![text, Bind::Text("ab"), int],
+            "verifications_one_pending_per_destination",
+        ),
+        (
+            sql::PENDING_SLOT,
+            vec![text, Bind::Text("ab")],
+            "verifications_one_pending_per_destination",
+        ),
+        (
+            sql::FIND_BY_IDEMPOTENCY_KEY,
+            vec![text, Bind::Text("order-42")],
+            "verifications_purpose_idempotency_key",
+        ),
+        (
+            sql::SEALED_WITH_OTHER_KEY,
+            vec![Bind::Text("k1"), Bind::Int(100)],
+            "verifications_by_key_id",
+        ),
+    ];
+    for (statement, binds, index) in cases {
+        let plan = db.plan(statement, &binds).await?;
+        assert!(plan.contains(index), "{statement}\n→ {plan}");
+    }
+    // Each range of the key rotation list is read from the index in the order it asks for,
+    // so a batch stops after `limit` entries per range: only the outer ordering of the (at
+    // most twice `limit`) rows the ranges returned sorts anything, and nothing scans the
+    // table.
+    let plan = db
+        .plan(
+            sql::SEALED_WITH_OTHER_KEY,
+            &[Bind::Text("k1"), Bind::Int(100)],
+        )
+        .await?;
+    assert!(!plan.contains("SCAN verifications"), "{plan}");
+    if db.backend() == Backend::Sqlite {
+        for range in ["(destination_key_id<?)", "(destination_key_id>?)"] {
+            let search =
+                format!("SEARCH verifications USING INDEX verifications_by_key_id {range}");
+            assert!(plan.contains(&search), "{plan}");
+        }
+        // The inner `ORDER BY`s are the index's: a co-routine (a range) sorts nothing, the
+        // temporary B-trees sort each side's results for the compound's outer `ORDER BY`.
+        for range in ["below", "above"] {
+            let inner = plan
+                .split(&format!("CO-ROUTINE {range}; "))
+                .nth(1)
+                .and_then(|rest| rest.split(&format!("SCAN {range}")).next())
+                .with_context(|| format!("no co-routine {range}: {plan}"))?;
+            assert!(!inner.contains("TEMP B-TREE"), "{plan}");
+        }
+    } else {
+        assert_eq!(
+            plan.matches("Index Scan using verifications_by_key_id")
+                .count(),
+            2,
+            "{plan}"
+        );
+        assert_eq!(plan.matches("Sort  (").count(), 1, "{plan}");
+    }
+    Ok(())
+}

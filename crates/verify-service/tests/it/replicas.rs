@@ -1,0 +1,139 @@
+//! Two verify-service instances on one PostgreSQL database behave as one service: state that
+//! must hold across replicas lives in the database, not in process memory.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use proto::verify::v1 as pb;
+use proto::verify::v1::verify_service_client::VerifyServiceClient;
+use tokio::sync::oneshot;
+use tonic::Code;
+use verify_service::app::Gateway;
+use verify_service::config::{self, Overrides, TwilioEnv};
+
+use crate::harness::fresh_postgres_database;
+
+struct Replica {
+    client: VerifyServiceClient<tonic::transport::Channel>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a gateway on `database_url` that sends to the sandbox at `sandbox` (not its own).
+async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
+    let toml = format!(
+        "[sandbox]\nmode = \"off\"\n[twilio]\nbase_url = \"{sandbox}\"\nmax_retries = 0\n{keys}"
+    );
+    let env = TwilioEnv {
+        account_sid: Some(twilio_sandbox::DEV_ACCOUNT_SID.into()),
+        auth_token: Some(twilio_sandbox::DEV_AUTH_TOKEN.into()),
+        verify_service_sid: Some(twilio_sandbox::DEV_SERVICE_SID.into()),
+        ..TwilioEnv::default()
+    };
+    let overrides = Overrides {
+        grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        database_url: Some(database_url.to_owned()),
+        data_dir: Some(std::env::temp_dir().join(format!("vg-rep-{}", uuid::Uuid::new_v4()))),
+        ..Overrides::default()
+    };
+    let settings = config::load_from_str(&toml, &overrides, &env).expect("settings");
+    let gateway = Gateway::bind(&settings).await.expect("replica binds");
+    assert!(
+        gateway.sandbox_addr().is_none(),
+        "replicas share one sandbox"
+    );
+    let addr = gateway.grpc_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    Replica {
+        client: VerifyServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect"),
+        _stop: stop,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_send_once_for_one_idempotency_key() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sandbox = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop_sandbox, sandbox_stopped) = oneshot::channel::<()>();
+    tokio::spawn(twilio_sandbox::serve(
+        listener,
+        twilio_sandbox::Sandbox::new(twilio_sandbox::SandboxConfig::dev()),
+        async {
+            let _ = sandbox_stopped.await;
+        },
+    ));
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keys = format!(
+        "[keys]\nblind_index_key = \"{}\"\nencryption_keys = \"k1:{}\"\n",
+        b64.encode([7u8; 32]),
+        b64.encode([9u8; 32])
+    );
+    let database_url = fresh_postgres_database().await;
+    let a = replica(&database_url, &sandbox, &keys).await;
+    let b = replica(&database_url, &sandbox, &keys).await;
+
+    let clients = Arc::new([a.client.clone(), b.client.clone()]);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = clients[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .start_verification(pb::StartVerificationRequest {
+                    purpose: "login".into(),
+                    to: "+14155552680".into(),
+                    channel: pb::Channel::Sms.into(),
+                    idempotency_key: "signup-7".into(),
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut in_progress = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(r) => {
+                ids.insert(r.into_inner().verification.expect("v").id);
+            }
+            Err(s) if s.code() == Code::Aborted => in_progress += 1,
+            Err(s) => panic!("unexpected error: {s:?}"),
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "every answer names the same verification: {ids:?}"
+    );
+
+    let inbox: Vec<serde_json::Value> =
+        reqwest::get(format!("{sandbox}/sandbox/messages?to=%2B14155552680"))
+            .await
+            .expect("inbox")
+            .json()
+            .await
+            .expect("json");
+    assert_eq!(
+        inbox.len(),
+        1,
+        "exactly one request reached the sandbox ({in_progress} callers were told to retry)"
+    );
+
+    // Replica B answers for what replica A recorded, and a check on B approves it.
+    let id = ids.into_iter().next().expect("one id");
+    let code = inbox[0]["code"].as_str().expect("code").to_owned();
+    let mut b_client = b.client.clone();
+    let checked = b_client
+        .check_verification(pb::CheckVerificationRequest { id, code })
+        .await
+        .expect("check on the other replica")
+        .into_inner();
+    assert!(checked.valid);
+    let _ = stop_sandbox.send(());
+}
