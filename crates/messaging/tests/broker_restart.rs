@@ -25,6 +25,10 @@ use support::{connect, delete_topology, envelope, rabbit_config, rabbitmq_ctl, u
 
 const EVENTS: usize = 10_000;
 const RESTART_AFTER: usize = 3_000;
+/// Events from this index on are published only once the broker is down, so that however
+/// fast the publishers and however slow `stop_app` on a busy machine, publishing goes on
+/// through the outage. Events before it race the stop.
+const HOLD_FROM: usize = 5_000;
 const PUBLISHERS: usize = 16;
 /// How long the test's publisher loop waits before retrying a failed publish.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -112,6 +116,7 @@ async fn publish_through_a_restart(
     let confirmed = Arc::new(Mutex::new(HashSet::new()));
     let confirmed_count = Arc::new(AtomicUsize::new(0));
     let failed_publishes = Arc::new(AtomicUsize::new(0));
+    let (broker_down_tx, broker_down) = tokio::sync::watch::channel(false);
 
     let restart = tokio::spawn({
         let confirmed_count = Arc::clone(&confirmed_count);
@@ -123,6 +128,7 @@ async fn publish_through_a_restart(
             let t0 = Instant::now();
             rabbitmqctl("stop_app").await;
             let stopped_in = t0.elapsed();
+            broker_down_tx.send_replace(true);
             rabbitmqctl("start_app").await;
             (at, stopped_in, t0.elapsed())
         }
@@ -140,12 +146,19 @@ async fn publish_through_a_restart(
                 Arc::clone(&confirmed_count),
                 Arc::clone(&failed_publishes),
             );
+            let mut broker_down = broker_down.clone();
             tokio::spawn(async move {
                 loop {
                     let i = next_index.fetch_add(1, Ordering::Relaxed);
                     let Some(envelope) = envelopes.get(i) else {
                         break;
                     };
+                    if i >= HOLD_FROM {
+                        broker_down
+                            .wait_for(|down| *down)
+                            .await
+                            .expect("the restart task reports the stop");
+                    }
                     // The outbox relay's loop in miniature: retry retryable failures with the
                     // same message id until the broker confirms.
                     loop {
