@@ -98,6 +98,7 @@ fn workspace_edges_follow_the_design() {
         ("telemetry", &[][..]),
         ("proto", &[][..]),
         ("twilio-sandbox", &["domain"][..]),
+        ("testkit", &[][..]),
         ("xtask", &["proto"][..]),
     ]);
     for (name, d) in &deps {
@@ -131,6 +132,17 @@ fn workspace_edges_follow_the_design() {
                 "`{name}` may not depend on `{dep}` (allowed: {ok:?})"
             );
         }
+    }
+}
+
+#[test]
+fn testkit_is_only_a_dev_dependency() {
+    for (name, d) in workspace_deps() {
+        assert!(
+            !d.contains("testkit"),
+            "`{name}` depends on `testkit` outside [dev-dependencies]: test support must not \
+             reach a shipped binary"
+        );
     }
 }
 

@@ -20,6 +20,9 @@ pub use rabbit::{RabbitBus, RabbitConfig, Topology};
 
 use domain::events::Envelope;
 
+/// The topic exchange both services use unless configured otherwise.
+pub const DEFAULT_EXCHANGE: &str = "verify.events";
+
 /// A message taken out of a dead-letter queue, with why it ended there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

@@ -15,6 +15,10 @@ pub enum StorageError {
     Connect(#[source] sqlx::Error),
     #[error("could not apply the database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("database URLs start with sqlite:, postgres: or postgresql: (got `{0}:`)")]
+    UnsupportedScheme(String),
+    #[error("the database does not answer")]
+    Unavailable(#[source] sqlx::Error),
 }
 
 /// Maps an error met while reading rows. Decoding failures mean a stored row does not fit

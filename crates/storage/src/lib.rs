@@ -16,6 +16,7 @@
 //! Timestamps are stored as integer milliseconds since the Unix epoch (`BIGINT` on
 //! PostgreSQL), so values read back are truncated to the millisecond.
 
+mod database;
 mod error;
 #[cfg(test)]
 mod fixtures;
@@ -27,6 +28,7 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use database::Database;
 pub use error::StorageError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

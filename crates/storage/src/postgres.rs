@@ -49,8 +49,9 @@ impl PostgresStore {
     /// URL or an unreachable server is reported here rather than on the first request.
     /// Call [`PostgresStore::migrate`] before use.
     ///
-    /// TLS is not compiled in: `sslmode=prefer` (the default) connects in plain text and
-    /// `sslmode=require` is refused, so run next to the database or over a private network.
+    /// TLS follows libpq's `sslmode` (rustls, with the Mozilla root certificates unless
+    /// `sslrootcert` names a CA file): `verify-full` checks the certificate and host name,
+    /// `require` encrypts without checking, `prefer` (the default) tries TLS first.
     pub async fn connect(url: &str) -> Result<PostgresStore, StorageError> {
         let mut options = PgConnectOptions::from_str(url)
             .map_err(StorageError::InvalidUrl)?
@@ -92,6 +93,18 @@ impl PostgresStore {
         let migrated = MIGRATOR.run(&pool).await;
         pool.close().await;
         migrated.map_err(StorageError::Migrate)
+    }
+
+    /// Takes a connection from the pool and pings the server over it.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        use sqlx::Connection;
+        let mut connection = self
+            .repo
+            .pool
+            .acquire()
+            .await
+            .map_err(StorageError::Unavailable)?;
+        connection.ping().await.map_err(StorageError::Unavailable)
     }
 
     /// Waits for in-flight statements and closes every connection.

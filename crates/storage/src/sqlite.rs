@@ -91,6 +91,18 @@ impl SqliteStore {
             .map_err(StorageError::Migrate)
     }
 
+    /// Takes a connection from the pool and pings the server over it.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        use sqlx::Connection;
+        let mut connection = self
+            .repo
+            .pool
+            .acquire()
+            .await
+            .map_err(StorageError::Unavailable)?;
+        connection.ping().await.map_err(StorageError::Unavailable)
+    }
+
     /// Waits for in-flight statements and closes every connection, so the WAL is
     /// checkpointed into the database file before the process exits.
     pub async fn close(&self) {

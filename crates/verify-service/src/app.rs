@@ -14,49 +14,15 @@ use crate::config::{Settings, Upstream};
 use crate::keys;
 use crate::service::{SystemClock, VerifyCore};
 
-/// The store named by a database URL.
-#[derive(Debug)]
-pub enum Store {
-    Sqlite(storage::SqliteStore),
-    Postgres(storage::PostgresStore),
-}
-
-/// Opens SQLite (`sqlite:…`) or PostgreSQL (`postgres://…`, `postgresql://…`).
-pub async fn open_store(url: &str) -> anyhow::Result<Store> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme {
-        "sqlite" => Ok(Store::Sqlite(
-            storage::SqliteStore::connect(url)
-                .await
-                .context("opening SQLite")?,
-        )),
-        "postgres" | "postgresql" => Ok(Store::Postgres(
-            storage::PostgresStore::connect(url)
-                .await
-                .context("connecting to PostgreSQL")?,
-        )),
-        _ => anyhow::bail!(
-            "database URL must start with sqlite:, postgres: or postgresql: (got `{scheme}:`)"
-        ),
+/// Opens the configured database, creating the data dir first when it is SQLite's home.
+pub async fn open_database(settings: &Settings) -> anyhow::Result<storage::Database> {
+    if settings.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     }
-}
-
-impl Store {
-    /// Applies the migrations of this kind of database (idempotent; PostgreSQL serialises
-    /// concurrent migrators with an advisory lock).
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            Store::Sqlite(s) => s.migrate().await.context("migrating SQLite"),
-            Store::Postgres(s) => s.migrate().await.context("migrating PostgreSQL"),
-        }
-    }
-
-    pub fn into_port(self) -> Arc<dyn VerificationStore> {
-        match self {
-            Store::Sqlite(s) => Arc::new(s),
-            Store::Postgres(s) => Arc::new(s),
-        }
-    }
+    storage::Database::open(&settings.database_url)
+        .await
+        .context("opening the database")
 }
 
 /// Re-encrypts every stored destination sealed with an older key under the current key,
@@ -102,20 +68,33 @@ pub struct Gateway {
     core: VerifyCore,
     grpc: TcpListener,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
+    database: storage::Database,
+    /// RabbitMQ in distributed mode; delivery events arrive over it.
+    bus: Option<messaging::RabbitBus>,
 }
 
 impl Gateway {
-    /// Opens the store (running migrations), loads keys, binds the listeners.
+    /// Opens the store (running migrations unless a separate step does), connects to
+    /// RabbitMQ when configured, loads keys, binds the listeners.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
-        if settings.database_url.starts_with("sqlite:") {
-            std::fs::create_dir_all(&settings.data_dir)
-                .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-        }
-        let store = open_store(&settings.database_url).await?;
+        let database = open_database(settings).await?;
         if settings.migrate_on_start {
-            store.migrate().await?;
+            database.migrate().await.context("migrating the database")?;
         }
+        let bus = match &settings.amqp_url {
+            Some(url) => {
+                let mut config =
+                    messaging::RabbitConfig::new(url.clone(), messaging::DEFAULT_EXCHANGE);
+                config.connection_name = "verify-service".into();
+                Some(
+                    messaging::RabbitBus::connect(config)
+                        .await
+                        .context("connecting to RabbitMQ")?,
+                )
+            }
+            None => None,
+        };
 
         let sandbox = match &settings.upstream {
             Upstream::Sandbox { addr } => {
@@ -141,7 +120,7 @@ impl Gateway {
         let core = VerifyCore::new(
             settings.policies.clone(),
             Arc::new(provider),
-            store.into_port(),
+            database.verifications(),
             Arc::new(SystemClock),
             keys.blind_index,
             keys.keyring,
@@ -153,6 +132,8 @@ impl Gateway {
             core,
             grpc,
             sandbox,
+            database,
+            bus,
         })
     }
 
@@ -164,7 +145,8 @@ impl Gateway {
         self.sandbox.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish, lets consumers
+    /// ack what they hold, and closes the broker and database connections.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -192,6 +174,10 @@ impl Gateway {
         if let Some(task) = sandbox_task {
             task.await.context("sandbox task")?.context("sandbox")?;
         }
+        if let Some(bus) = &self.bus {
+            bus.close().await;
+        }
+        self.database.close().await;
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ struct RawConfig {
     server: RawServer,
     sandbox: RawSandbox,
     storage: RawStorage,
+    bus: RawBus,
     twilio: RawTwilio,
     log: RawLog,
     #[serde(default)]
@@ -58,6 +59,12 @@ enum SandboxMode {
 struct RawStorage {
     database_url: String,
     migrate_on_start: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBus {
+    amqp_url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +168,8 @@ pub struct Settings {
     pub database_url: String,
     /// Apply migrations when serving starts; off where a separate step migrates.
     pub migrate_on_start: bool,
+    /// RabbitMQ (distributed mode); `None`: the embedded mode's in-process bus.
+    pub amqp_url: Option<SecretString>,
     pub data_dir: PathBuf,
     pub keys: KeySource,
     pub log_format: telemetry::LogFormat,
@@ -178,6 +187,7 @@ pub struct Overrides {
     pub sandbox_addr: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub amqp_url: Option<String>,
     pub log_format: Option<String>,
 }
 
@@ -297,12 +307,28 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         .clone()
         .or_else(|| non_empty(&raw.storage.database_url))
         .unwrap_or_else(|| default_database_url(&data_dir));
+    let amqp_url = o
+        .amqp_url
+        .as_deref()
+        .and_then(non_empty)
+        .or_else(|| non_empty(&raw.bus.amqp_url))
+        .map(|url| {
+            if url.starts_with("amqp://") || url.starts_with("amqps://") {
+                Ok(SecretString::from(url))
+            } else {
+                Err(anyhow::anyhow!(
+                    "bus.amqp_url must start with amqp:// or amqps://"
+                ))
+            }
+        })
+        .transpose()?;
 
     Ok(Settings {
         grpc_addr: o.grpc_addr.unwrap_or(raw.server.grpc_addr),
         upstream,
         database_url,
         migrate_on_start: raw.storage.migrate_on_start,
+        amqp_url,
         data_dir,
         keys,
         log_format,

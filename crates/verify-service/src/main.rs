@@ -34,8 +34,12 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// Database URL: `sqlite://path?mode=rwc` or `postgres://user@host/db`; defaults to
     /// SQLite in the data dir.
-    #[arg(long, global = true, env = "DATABASE_URL")]
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// RabbitMQ URL (`amqp://user:password@host:5672/%2f`) for the distributed mode; without
+    /// it the embedded in-process bus is used.
+    #[arg(long, global = true, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
@@ -64,23 +68,29 @@ async fn main() -> anyhow::Result<()> {
         sandbox_addr: cli.sandbox_addr,
         data_dir: cli.data_dir,
         database_url: cli.database_url,
+        amqp_url: cli.amqp_url,
         log_format: cli.log_format,
     })?;
     telemetry::init(settings.log_format, &settings.log_filter)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&settings).await,
         Command::Migrate => {
-            app::open_store(&settings.database_url)
-                .await?
-                .migrate()
-                .await?;
+            let database = app::open_database(&settings).await?;
+            database.migrate().await?;
+            database.close().await;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Reencrypt { batch } => {
             let keys = verify_service::keys::load(&settings.keys, &settings.data_dir)?;
-            let store = app::open_store(&settings.database_url).await?.into_port();
-            let n = app::reencrypt(store.as_ref(), &keys.keyring, batch.max(1)).await?;
+            let database = app::open_database(&settings).await?;
+            let n = app::reencrypt(
+                database.verifications().as_ref(),
+                &keys.keyring,
+                batch.max(1),
+            )
+            .await?;
+            database.close().await;
             tracing::info!(
                 rewritten = n,
                 key_id = keys.keyring.current_id(),

@@ -20,31 +20,13 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const NOT_REACHABLE: &str = "RabbitMQ is not reachable: run `cargo xtask deps up`";
-
-/// A variable from the environment, else from `<workspace root>/.tools/deps.env`, which
-/// `cargo xtask deps up` writes.
-fn deps_var(name: &str) -> Option<String> {
-    if let Ok(value) = std::env::var(name)
-        && !value.is_empty()
-    {
-        return Some(value);
-    }
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/deps.env");
-    let prefix = format!("{name}=");
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
-}
-
 pub fn amqp_url() -> String {
-    deps_var("AMQP_URL").unwrap_or_else(|| panic!("{NOT_REACHABLE} (AMQP_URL is not set)"))
+    testkit::amqp_url().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The `ctl` script of the throwaway broker: `$RABBITMQ_CTL rabbitmqctl stop_app`.
 pub fn rabbitmq_ctl() -> String {
-    deps_var("RABBITMQ_CTL").unwrap_or_else(|| panic!("{NOT_REACHABLE} (RABBITMQ_CTL is not set)"))
+    testkit::rabbitmq_ctl().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// An exchange name no other test uses, so tests run in parallel.
@@ -60,9 +42,12 @@ pub fn rabbit_config(exchange: &str) -> RabbitConfig {
 }
 
 pub async fn connect(config: RabbitConfig) -> RabbitBus {
-    RabbitBus::connect(config)
-        .await
-        .unwrap_or_else(|error| panic!("{NOT_REACHABLE} ({error})"))
+    RabbitBus::connect(config).await.unwrap_or_else(|error| {
+        panic!(
+            "RabbitMQ does not answer ({error}): {}",
+            testkit::NOT_REACHABLE
+        )
+    })
 }
 
 /// A RabbitMQ bus that remembers which subscriptions and delays it declared, so the test
@@ -123,7 +108,12 @@ pub async fn delete_topology(
 ) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
-        .unwrap_or_else(|error| panic!("{NOT_REACHABLE} ({error})"));
+        .unwrap_or_else(|error| {
+            panic!(
+                "RabbitMQ does not answer ({error}): {}",
+                testkit::NOT_REACHABLE
+            )
+        });
     let channel = connection.create_channel().await.expect("a channel");
     let mut queues = Vec::new();
     for s in subscriptions {

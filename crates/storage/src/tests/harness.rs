@@ -3,27 +3,20 @@
 //! asking the planner).
 //!
 //! SQLite gets a new file in the temp directory (several connections, like the embedded
-//! mode); PostgreSQL gets `CREATE DATABASE t_<uuid>` on the server named by
-//! `DATABASE_URL`, dropped when the test ends, also when it panics.
+//! mode); PostgreSQL gets `CREATE DATABASE t_<uuid>` on the server `cargo xtask deps up`
+//! runs ([`testkit::PgDatabase`]), dropped when the test ends, also when it panics.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use anyhow::Context;
 use domain::ports::VerificationStore;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::row::{VerificationRow, bind_insert};
 use crate::{PostgresStore, SqliteStore, sql};
-
-/// What a PostgreSQL test says when it has no server; CI must never pass without one.
-pub(crate) const NOT_REACHABLE: &str = "PostgreSQL is not reachable: run `cargo xtask deps up`";
-
-/// How long finding out that the server is not there may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) use testkit::PgDatabase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
@@ -83,85 +76,6 @@ impl Drop for TempFile {
     }
 }
 
-/// The PostgreSQL server tests run against: `DATABASE_URL` from the environment, else the
-/// line in `<workspace root>/.tools/deps.env`.
-pub(crate) fn database_url() -> anyhow::Result<String> {
-    let is_postgres =
-        |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && is_postgres(&url)
-    {
-        return Ok(url);
-    }
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/deps.env");
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("no DATABASE_URL, and {} is unreadable", file.display()))
-        .context(NOT_REACHABLE)?;
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix("DATABASE_URL="))
-        .map(str::trim)
-        .find(|url| is_postgres(url))
-        .map(str::to_owned)
-        .with_context(|| format!("{} has no PostgreSQL DATABASE_URL", file.display()))
-        .context(NOT_REACHABLE)
-}
-
-/// A connection to the server's own database, for creating and dropping test databases.
-async fn admin(url: &str) -> anyhow::Result<PgConnection> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(error)) => Err(anyhow::Error::new(error).context(NOT_REACHABLE)),
-        Err(_) => Err(anyhow::anyhow!("no answer in {CONNECT_TIMEOUT:?}").context(NOT_REACHABLE)),
-    }
-}
-
-/// A database of its own on the test server, dropped by [`PgDatabase::drop_database`].
-#[derive(Debug)]
-pub(crate) struct PgDatabase {
-    admin_url: String,
-    name: String,
-    pub(crate) url: String,
-}
-
-impl PgDatabase {
-    pub(crate) async fn create() -> anyhow::Result<PgDatabase> {
-        let admin_url = database_url()?;
-        let mut conn = admin(&admin_url).await?;
-        // Hex digits only: the name needs no quoting and fits PostgreSQL's 63 bytes.
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        conn.close().await?;
-        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
-        url.set_path(&format!("/{name}"));
-        Ok(PgDatabase {
-            admin_url,
-            name,
-            url: url.into(),
-        })
-    }
-
-    /// Best effort: a database left behind on the throwaway server costs only disk.
-    pub(crate) async fn drop_database(&self) {
-        let result = async {
-            let mut conn = admin(&self.admin_url).await?;
-            // FORCE ends sessions a failed test may have left open (PostgreSQL 13+).
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            sqlx::raw_sql(AssertSqlSafe(drop))
-                .execute(&mut conn)
-                .await?;
-            conn.close().await?;
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(error) = result {
-            eprintln!("could not drop test database {}: {error:#}", self.name);
-        }
-    }
-}
-
 /// A migrated store on a database of its own, with the raw access tests need.
 #[derive(Debug)]
 pub(crate) enum TestDb {
@@ -185,7 +99,7 @@ impl TestDb {
                 Ok(TestDb::Sqlite { store, file })
             }
             Backend::Postgres => {
-                let database = PgDatabase::create().await?;
+                let database = PgDatabase::create("t").await?;
                 let store = match PostgresStore::connect(&database.url).await {
                     Ok(store) => store,
                     Err(error) => {

@@ -3,9 +3,10 @@
 
 use domain::ports::{Inserted, VerificationStore};
 
-use super::harness::{NOT_REACHABLE, PgDatabase, database_url};
+use super::harness::PgDatabase;
 use crate::fixtures::{self, full};
 use crate::{PostgresStore, StorageError};
+use testkit::{NOT_REACHABLE, postgres_server_url};
 
 /// Runs `body` on a fresh, empty (unmigrated) database and drops it afterwards.
 async fn with_database<F, Fut>(body: F) -> anyhow::Result<()>
@@ -13,7 +14,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let database = PgDatabase::create().await?;
+    let database = PgDatabase::create("t").await?;
     let outcome = tokio::spawn(body(database.url.clone())).await;
     database.drop_database().await;
     match outcome {
@@ -28,7 +29,7 @@ where
 #[tokio::test]
 async fn the_test_server_is_configured() {
     // Not a skip in disguise: this fails with the instruction when there is no server.
-    let url = database_url().expect(NOT_REACHABLE);
+    let url = postgres_server_url().expect(NOT_REACHABLE);
     assert!(url.starts_with("postgres"), "{url}");
 }
 

@@ -41,43 +41,14 @@ macro_rules! on_both_backends {
     };
 }
 
-/// The PostgreSQL server's URL from the environment or `.tools/deps.env`.
-pub fn postgres_server_url() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && url.starts_with("postgres")
-    {
-        return url;
-    }
-    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/deps.env");
-    std::fs::read_to_string(&env_file)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("DATABASE_URL="))
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("PostgreSQL is not reachable: run `cargo xtask deps up`"))
-}
-
-/// Creates a database of its own for one test and returns its URL.
+/// Creates a database of its own for one test and returns its URL. The throwaway server is
+/// removed by `cargo xtask deps down`, so the database is not dropped here: a failed test
+/// leaves its rows to look at.
 pub async fn fresh_postgres_database() -> String {
-    use sqlx::Connection;
-    let server = postgres_server_url();
-    let mut admin_url = url::Url::parse(&server).expect("DATABASE_URL is a URL");
-    admin_url.set_path("/postgres");
-    let mut admin = sqlx::PgConnection::connect(admin_url.as_str())
+    testkit::PgDatabase::create("vgit")
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin_url} ({e}): run `cargo xtask deps up`")
-        });
-    let name = format!("vgit_{}", uuid::Uuid::new_v4().simple());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let mut url = admin_url;
-    url.set_path(&format!("/{name}"));
-    url.to_string()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .url
 }
 
 pub struct Harness {

@@ -1,0 +1,70 @@
+//! [`Database`]: the store a URL names, opened, migrated, probed and closed the same way
+//! whichever backend it is, so each service composes it without knowing the backend.
+
+use std::sync::Arc;
+
+use domain::ports::VerificationStore;
+
+use crate::error::StorageError;
+use crate::postgres::PostgresStore;
+use crate::sqlite::SqliteStore;
+
+/// SQLite (the embedded mode) or PostgreSQL (shared by replicas), chosen by URL scheme.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Database {
+    /// Opens `sqlite:…` or `postgres://…` / `postgresql://…`. Nothing is migrated here:
+    /// call [`Database::migrate`] (or let a separate migration step do it).
+    pub async fn open(url: &str) -> Result<Database, StorageError> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Database::Sqlite(SqliteStore::connect(url).await?)),
+            "postgres" | "postgresql" => Ok(Database::Postgres(PostgresStore::connect(url).await?)),
+            other => Err(StorageError::UnsupportedScheme(other.to_owned())),
+        }
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Brings the schema of this backend up to date; safe to run concurrently.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        match self {
+            Database::Sqlite(s) => s.migrate().await,
+            Database::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// One round trip to the database, for readiness probes.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        match self {
+            Database::Sqlite(s) => s.ping().await,
+            Database::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// The verification store port over this database (sharing its pool).
+    pub fn verifications(&self) -> Arc<dyn VerificationStore> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Waits for in-flight statements and closes every connection.
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(s) => s.close().await,
+            Database::Postgres(s) => s.close().await,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `webhook-ingest`: receives Twilio's webhooks for verify-gateway in the distributed mode.
+//! Configured by flags or their environment variables; secrets only from the environment.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use secrecy::SecretString;
+use url::Url;
+use webhook_ingest::{Ingest, Settings};
+
+/// webhook-ingest: the HTTP receiver of Twilio's signed webhooks for verify-gateway.
+///
+/// The Twilio auth token that signs webhooks is read from TWILIO_AUTH_TOKEN only.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address of the HTTP server.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_INGEST_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    addr: SocketAddr,
+    /// The public URL Twilio posts to, exactly as configured at Twilio (signatures cover it).
+    #[arg(long, global = true, env = "WEBHOOK_PUBLIC_BASE_URL")]
+    public_base_url: Option<Url>,
+    /// Database URL: `postgres://user:password@host/db`.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// RabbitMQ URL: `amqp://user:password@host:5672/%2f`.
+    #[arg(long, global = true, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Apply the database migrations before serving.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_MIGRATE_ON_START",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    migrate_on_start: bool,
+    /// Log format: pretty or json.
+    #[arg(
+        long,
+        global = true,
+        env = "VERIFY_LOG__FORMAT",
+        default_value = "pretty"
+    )]
+    log_format: String,
+    /// Log filter (tracing-subscriber's EnvFilter syntax).
+    #[arg(
+        long,
+        global = true,
+        env = "VERIFY_LOG__FILTER",
+        default_value = "info"
+    )]
+    log_filter: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let format = cli.log_format.parse().context("--log-format")?;
+    telemetry::init(format, &cli.log_filter)?;
+    let database_url = cli
+        .database_url
+        .clone()
+        .context("set DATABASE_URL (or --database-url)")?;
+    match cli.command.as_ref().unwrap_or(&Command::Serve) {
+        Command::Migrate => {
+            let database = storage::Database::open(&database_url)
+                .await
+                .context("opening the database")?;
+            database.migrate().await.context("migrating the database")?;
+            database.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let settings = Settings {
+                addr: cli.addr,
+                public_base_url: cli
+                    .public_base_url
+                    .context("set WEBHOOK_PUBLIC_BASE_URL (or --public-base-url)")?,
+                auth_token: SecretString::from(
+                    std::env::var("TWILIO_AUTH_TOKEN").unwrap_or_default(),
+                ),
+                database_url,
+                amqp_url: SecretString::from(cli.amqp_url.context("set AMQP_URL (or --amqp-url)")?),
+                migrate_on_start: cli.migrate_on_start,
+            };
+            let ingest = Ingest::bind(&settings).await?;
+            tracing::info!(addr = %ingest.local_addr()?, "webhook-ingest serving");
+            ingest.run(shutdown_signal()).await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
