@@ -4,5 +4,6 @@
 mod e2e;
 mod flows;
 mod harness;
+mod key_rotation;
 mod redaction;
 mod replicas;

@@ -13,13 +13,42 @@ use verify_service::config::{self, Overrides, TwilioEnv};
 
 use crate::harness::fresh_postgres_database;
 
-struct Replica {
-    client: VerifyServiceClient<tonic::transport::Channel>,
-    _stop: oneshot::Sender<()>,
+pub struct Replica {
+    pub client: VerifyServiceClient<tonic::transport::Channel>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Stops it and waits until in-flight work is done and its connections are closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("replica task")
+            .expect("replica ran cleanly");
+    }
+}
+
+/// Starts a sandbox of its own on a free port; returns its base URL and its stop switch.
+pub async fn standalone_sandbox() -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sandbox = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(twilio_sandbox::serve(
+        listener,
+        twilio_sandbox::Sandbox::new(twilio_sandbox::SandboxConfig::dev()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (sandbox, stop)
 }
 
 /// Starts a gateway on `database_url` that sends to the sandbox at `sandbox` (not its own).
-async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
+pub async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
     let toml = format!(
         "[sandbox]\nmode = \"off\"\n[twilio]\nbase_url = \"{sandbox}\"\nmax_retries = 0\n{keys}"
     );
@@ -43,31 +72,21 @@ async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
     );
     let addr = gateway.grpc_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway.run(async {
+    let task = tokio::spawn(gateway.run(async {
         let _ = stopped.await;
     }));
     Replica {
         client: VerifyServiceClient::connect(format!("http://{addr}"))
             .await
             .expect("connect"),
-        _stop: stop,
+        stop,
+        task,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_send_once_for_one_idempotency_key() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sandbox = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop_sandbox, sandbox_stopped) = oneshot::channel::<()>();
-    tokio::spawn(twilio_sandbox::serve(
-        listener,
-        twilio_sandbox::Sandbox::new(twilio_sandbox::SandboxConfig::dev()),
-        async {
-            let _ = sandbox_stopped.await;
-        },
-    ));
+    let (sandbox, stop_sandbox) = standalone_sandbox().await;
 
     let b64 = base64::engine::general_purpose::STANDARD;
     let keys = format!(
@@ -135,5 +154,7 @@ async fn two_replicas_send_once_for_one_idempotency_key() {
         .expect("check on the other replica")
         .into_inner();
     assert!(checked.valid);
+    a.shutdown().await;
+    b.shutdown().await;
     let _ = stop_sandbox.send(());
 }

@@ -1,0 +1,120 @@
+//! Key rotation on both backends: a new key encrypts new rows, old rows stay readable, and
+//! `verify-gateway reencrypt` moves old rows to the new key so the old one can be retired.
+
+use base64::Engine;
+use proto::verify::v1 as pb;
+
+use crate::harness::fresh_postgres_database;
+use crate::replicas::{replica, standalone_sandbox};
+
+const TO: &str = "+14155552690";
+
+fn b64(bytes: [u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The `[keys]` table for `encryption_keys` (first = current) and a fixed blind-index key.
+fn keys_toml(encryption_keys: &str) -> String {
+    format!(
+        "[keys]\nblind_index_key = \"{}\"\nencryption_keys = \"{encryption_keys}\"\n",
+        b64([3u8; 32])
+    )
+}
+
+async fn inbox_len(sandbox: &str) -> usize {
+    let messages: Vec<serde_json::Value> =
+        reqwest::get(format!("{sandbox}/sandbox/messages?to=%2B14155552690"))
+            .await
+            .expect("inbox")
+            .json()
+            .await
+            .expect("json");
+    messages.len()
+}
+
+async fn start(
+    client: &mut pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
+) -> pb::Verification {
+    client
+        .start_verification(pb::StartVerificationRequest {
+            purpose: "login".into(),
+            to: TO.into(),
+            channel: pb::Channel::Sms.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start")
+        .into_inner()
+        .verification
+        .expect("verification")
+}
+
+/// How many rows are sealed with a key other than `current`.
+async fn rows_not_under(database_url: &str, current: &str) -> usize {
+    let database = storage::Database::open(database_url).await.expect("open");
+    let rows = database
+        .verifications()
+        .list_sealed_with_other_key(current, 100)
+        .await
+        .expect("list");
+    database.close().await;
+    rows.len()
+}
+
+async fn rotate_on(database_url: String) {
+    let (sandbox, stop_sandbox) = standalone_sandbox().await;
+    let k1 = format!("k1:{}", b64([11u8; 32]));
+    let k2 = format!("k2:{}", b64([22u8; 32]));
+
+    // Before the rotation: k1 seals the row.
+    let before = replica(&database_url, &sandbox, &keys_toml(&k1)).await;
+    let first = start(&mut before.client.clone()).await;
+    before.shutdown().await;
+    assert_eq!(rows_not_under(&database_url, "k2").await, 1);
+
+    // k2 prepended: the old row is still read (the resend needs its destination), new rows
+    // would be sealed with k2.
+    let during = replica(&database_url, &sandbox, &keys_toml(&format!("{k2},{k1}"))).await;
+    let resent = start(&mut during.client.clone()).await;
+    assert_eq!(resent.id, first.id, "a resend on the pending verification");
+    assert_eq!(inbox_len(&sandbox).await, 2);
+    during.shutdown().await;
+
+    // The command re-encrypts what k1 sealed.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_verify-gateway"))
+        .args(["reencrypt", "--batch", "1"])
+        .env("DATABASE_URL", &database_url)
+        .env("VERIFY_KEYS__BLIND_INDEX_KEY", b64([3u8; 32]))
+        .env("VERIFY_KEYS__ENCRYPTION_KEYS", format!("{k2},{k1}"))
+        .env("VERIFY_LOG__FORMAT", "json")
+        .env_remove("AMQP_URL")
+        .output()
+        .expect("verify-gateway runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"rewritten\":1"), "{stdout}");
+    assert_eq!(rows_not_under(&database_url, "k2").await, 0);
+
+    // k1 retired: the row re-encrypted under k2 is still usable.
+    let after = replica(&database_url, &sandbox, &keys_toml(&k2)).await;
+    let again = start(&mut after.client.clone()).await;
+    assert_eq!(again.id, first.id);
+    assert_eq!(inbox_len(&sandbox).await, 3);
+    after.shutdown().await;
+    let _ = stop_sandbox.send(());
+}
+
+#[tokio::test]
+async fn rotation_on_sqlite() {
+    let file = std::env::temp_dir().join(format!("vg-rot-{}.db", uuid::Uuid::new_v4()));
+    rotate_on(format!("sqlite://{}?mode=rwc", file.display())).await;
+}
+
+#[tokio::test]
+async fn rotation_on_postgres() {
+    rotate_on(fresh_postgres_database().await).await;
+}
