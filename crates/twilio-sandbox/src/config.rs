@@ -1,7 +1,10 @@
-//! What a sandbox is started with: credentials, Verify services and lifecycle limits.
+//! What a sandbox is started with: credentials, Verify services, lifecycle limits and
+//! where (and how fast) delivery reports go.
 
 use std::fmt;
 use std::time::Duration;
+
+use url::Url;
 
 /// The account SID the dev defaults accept.
 pub const DEV_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -16,6 +19,13 @@ pub const DEFAULT_VERIFICATION_TTL: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_SLOW_DELAY: Duration = Duration::from_secs(5);
 /// How many sent messages the dev inbox keeps.
 pub const DEFAULT_INBOX_CAPACITY: usize = 1_000;
+/// How long after the `sent` report the final delivery report comes unless configured
+/// otherwise.
+pub const DEFAULT_DELIVERY_DELAY: Duration = Duration::from_millis(200);
+/// The wait before the first retry of a Verify Event post that failed unless configured
+/// otherwise; each further retry waits twice as long (0.625 + 1.25 + 2.5 + 5 s, so five
+/// attempts span about 10 s).
+pub const DEFAULT_EVENT_RETRY_DELAY: Duration = Duration::from_millis(625);
 
 /// Everything a sandbox needs; build it with [`SandboxConfig::dev`] and adjust the fields.
 #[derive(Clone)]
@@ -32,8 +42,17 @@ pub struct SandboxConfig {
     pub verification_ttl: Duration,
     /// How long the `slow` scenario waits before answering.
     pub slow_delay: Duration,
-    /// How many messages the inbox keeps; the oldest are dropped first.
+    /// How many messages the inbox keeps; the oldest are dropped first. The log of Verify
+    /// Event posts (`GET /sandbox/events`) keeps as many records.
     pub inbox_capacity: usize,
+    /// Where Verify Events (message status, Event Streams webhook sink format) are POSTed,
+    /// signed with `auth_token`; `None` posts nothing. A fragment is not sent.
+    pub events_url: Option<Url>,
+    /// The time between a message's `sent` report and its final report (`delivered` or
+    /// `undelivered`). The inbox shows the final status from then on.
+    pub delivery_delay: Duration,
+    /// The wait before retrying a failed event post; it doubles after every failure.
+    pub event_retry_delay: Duration,
 }
 
 /// One Verify service.
@@ -50,7 +69,8 @@ pub struct ServiceConfig {
 impl SandboxConfig {
     /// The documented dev defaults: [`DEV_ACCOUNT_SID`] / [`DEV_AUTH_TOKEN`], one service
     /// [`DEV_SERVICE_SID`] ("verify-gateway dev", 6-digit codes), a 10-minute TTL, a 5-second
-    /// slow scenario and an inbox of 1,000 messages.
+    /// slow scenario, an inbox of 1,000 messages, and no Verify Events (`events_url` is
+    /// `None`; set it to receive them, 200 ms after `sent` by default).
     pub fn dev() -> Self {
         SandboxConfig {
             account_sid: DEV_ACCOUNT_SID.to_owned(),
@@ -64,6 +84,9 @@ impl SandboxConfig {
             verification_ttl: DEFAULT_VERIFICATION_TTL,
             slow_delay: DEFAULT_SLOW_DELAY,
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            events_url: None,
+            delivery_delay: DEFAULT_DELIVERY_DELAY,
+            event_retry_delay: DEFAULT_EVENT_RETRY_DELAY,
         }
     }
 }
@@ -80,8 +103,24 @@ impl fmt::Debug for SandboxConfig {
             .field("verification_ttl", &self.verification_ttl)
             .field("slow_delay", &self.slow_delay)
             .field("inbox_capacity", &self.inbox_capacity)
+            .field("events_url", &self.events_url.as_ref().map(redacted))
+            .field("delivery_delay", &self.delivery_delay)
+            .field("event_retry_delay", &self.event_retry_delay)
             .finish()
     }
+}
+
+/// The events URL without its user info and query, which may carry a receiver's secret.
+fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Both fail only for URLs that cannot have credentials, which then have none to hide.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    if shown.query().is_some() {
+        shown.set_query(Some("[redacted]"));
+    }
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 #[cfg(test)]
@@ -99,6 +138,9 @@ mod tests {
         assert_eq!(config.services[0].code_length, 6);
         assert_eq!(config.verification_ttl, Duration::from_secs(600));
         assert_eq!(config.slow_delay, Duration::from_secs(5));
+        assert_eq!(config.events_url, None);
+        assert_eq!(config.delivery_delay, Duration::from_millis(200));
+        assert_eq!(config.event_retry_delay, Duration::from_millis(625));
     }
 
     #[test]
@@ -111,5 +153,21 @@ mod tests {
         assert!(!printed.contains("sandbox-auth-token"), "{printed}");
         assert!(!printed.contains("key-secret"), "{printed}");
         assert!(printed.contains("SKkey"), "{printed}");
+    }
+
+    #[test]
+    fn debug_hides_secrets_of_the_events_url() {
+        let mut config = SandboxConfig::dev();
+        config.events_url = Some(
+            Url::parse("https://user:pw@hooks.example.com/twilio?token=s3cret#frag")
+                .expect("a valid URL"),
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("pw"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("https://hooks.example.com/twilio?[redacted]"),
+            "{printed}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The HTTP face of the sandbox: Twilio Verify v2 routes behind Basic auth, the dev inbox
-//! and scenario list without auth, and Twilio-shaped errors for everything else.
+//! The HTTP face of the sandbox: Twilio Verify v2 routes behind Basic auth, the dev inbox,
+//! event log and scenario list without auth, and Twilio-shaped errors for everything else.
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -12,8 +12,10 @@ use axum::{Json, Router};
 use chrono::Utc;
 
 use crate::Sandbox;
+use crate::dispatch::Job;
 use crate::error::Error;
-use crate::scenario::{Scenario, scenarios};
+use crate::events;
+use crate::scenario::{self, Scenario, scenarios};
 use crate::store::{CODE_LENGTHS, Channel, NewStatus, StartRequest, Target};
 use crate::wire::{CheckJson, ScenariosJson, ServiceJson, ServiceListJson, VerificationJson};
 
@@ -41,6 +43,7 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
         )
         .route("/sandbox/scenarios", get(list_scenarios))
         .route("/sandbox/messages", get(list_messages))
+        .route("/sandbox/events", get(list_events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -257,9 +260,15 @@ async fn start(
         custom_code,
         amount: params.get("Amount"),
         payee: params.get("Payee"),
+        outcome: scenario::outcome(scenario, channel),
     };
-    let verification =
-        sandbox.with_store(|store| store.start(&request, Utc::now(), &mut rand::rng()))?;
+    let verification = sandbox.with_store(|store| {
+        let verification = store.start(&request, Utc::now(), &mut rand::rng())?;
+        // Queued while the store is locked, so two sends of one verification are reported
+        // in the order they were made.
+        report_delivery(sandbox, &verification, request.outcome);
+        Ok::<_, Error>(verification)
+    })?;
     tracing::info!(
         verification_sid = %verification.sid,
         channel = channel.as_str(),
@@ -267,6 +276,33 @@ async fn start(
         "sandbox.verification.sent"
     );
     Ok(verification)
+}
+
+/// Queues the Verify Events of the send just made, if events are configured and Twilio
+/// reports on the channel. Posting happens in the background; the answer does not wait.
+fn report_delivery(
+    sandbox: &Sandbox,
+    verification: &crate::store::Verification,
+    outcome: events::Outcome,
+) {
+    let Some(dispatcher) = &sandbox.inner.events else {
+        return;
+    };
+    if !events::reports_on(verification.channel) {
+        return;
+    }
+    let Some(attempt) = verification.send_attempts.last() else {
+        return;
+    };
+    dispatcher.enqueue(Job {
+        service_sid: verification.service_sid.clone(),
+        verification_sid: verification.sid.clone(),
+        attempt_sid: attempt.attempt_sid.clone(),
+        attempt_time: attempt.time,
+        channel: attempt.channel,
+        to: verification.to.clone(),
+        outcome,
+    });
 }
 
 async fn fetch_verification(
@@ -381,23 +417,39 @@ async fn list_scenarios() -> Response {
     Json(ScenariosJson(scenarios())).into_response()
 }
 
+/// The first non-empty value of `key` in a query string, leniently parsed.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = query
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
+    pairs
+        .into_iter()
+        .find(|(k, v)| k == key && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
 /// `GET /sandbox/messages[?to=…]`. A `+` left unencoded in the query decodes to a space;
 /// a leading space is read back as the `+` the caller meant.
 async fn list_messages(State(sandbox): State<Sandbox>, RawQuery(query): RawQuery) -> Response {
-    let pairs: Vec<(String, String)> = query
-        .as_deref()
-        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
-        .unwrap_or_default();
-    let to = pairs
-        .into_iter()
-        .find(|(k, _)| k == "to")
-        .map(|(_, v)| match v.strip_prefix(' ') {
-            Some(rest) => format!("+{rest}"),
-            None => v,
-        })
-        .filter(|v| !v.is_empty());
-    let messages = sandbox.with_store(|store| store.messages(to.as_deref()));
+    let to = query_param(query.as_deref(), "to").map(|v| match v.strip_prefix(' ') {
+        Some(rest) => format!("+{rest}"),
+        None => v,
+    });
+    let messages = sandbox.with_store(|store| store.messages(to.as_deref(), Utc::now()));
     Json(messages).into_response()
+}
+
+/// `GET /sandbox/events[?verification_sid=VE…]`: every Verify Event post, newest first.
+/// Empty when no events URL is configured.
+async fn list_events(State(sandbox): State<Sandbox>, RawQuery(query): RawQuery) -> Response {
+    let verification_sid = query_param(query.as_deref(), "verification_sid");
+    let records = sandbox
+        .inner
+        .events
+        .as_ref()
+        .map(|d| d.records(verification_sid.as_deref()))
+        .unwrap_or_default();
+    Json(records).into_response()
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! A local stand-in for Twilio Verify v2: the same paths, Basic auth, JSON bodies, error
-//! codes and lifecycle limits, plus an inbox of the codes it "sent" and magic destinations
-//! that inject Twilio's failures. Developers point an integration (or Twilio's own helper
-//! libraries) at it to try everything without credentials.
+//! codes and lifecycle limits, signed Verify Events reporting each message's delivery, an
+//! inbox of the codes it "sent" and magic destinations that inject Twilio's failures.
+//! Developers point an integration (or Twilio's own helper libraries) at it to try
+//! everything without credentials.
 
 mod auth;
 mod config;
+mod dispatch;
 mod error;
+mod events;
 mod http;
 mod scenario;
 mod store;
@@ -18,12 +21,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use config::{
-    DEFAULT_INBOX_CAPACITY, DEFAULT_SLOW_DELAY, DEFAULT_VERIFICATION_TTL, DEV_ACCOUNT_SID,
-    DEV_AUTH_TOKEN, DEV_SERVICE_SID, SandboxConfig, ServiceConfig,
+    DEFAULT_DELIVERY_DELAY, DEFAULT_EVENT_RETRY_DELAY, DEFAULT_INBOX_CAPACITY, DEFAULT_SLOW_DELAY,
+    DEFAULT_VERIFICATION_TTL, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_SERVICE_SID, SandboxConfig,
+    ServiceConfig,
 };
+pub use dispatch::{EVENT_POST_ATTEMPTS, EVENT_POST_TIMEOUT};
 pub use scenario::scenarios;
 
 use auth::Credentials;
+use dispatch::{Dispatcher, DispatcherConfig};
 use store::{CODE_LENGTHS, MAX_VERIFICATIONS, Store};
 
 /// A running sandbox's shared state; clones share it.
@@ -39,6 +45,8 @@ struct Inner {
     slow_delay: Duration,
     started: DateTime<Utc>,
     store: Mutex<Store>,
+    /// Posts Verify Events; `None` when no events URL is configured.
+    events: Option<Dispatcher>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -47,13 +55,16 @@ impl std::fmt::Debug for Sandbox {
             .field("account_sid", &self.inner.account_sid)
             .field("services", &self.inner.services)
             .field("slow_delay", &self.inner.slow_delay)
+            .field("events", &self.inner.events.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
     /// A sandbox with no verifications and an empty inbox. Service code lengths outside
-    /// Twilio's 4 to 10 are clamped.
+    /// Twilio's 4 to 10 are clamped. With `events_url` set, every send is reported there
+    /// by signed Verify Events, posted by background tasks: sends must then happen inside
+    /// a Tokio runtime, as they do when the sandbox is served.
     pub fn new(config: SandboxConfig) -> Self {
         let services = config
             .services
@@ -74,6 +85,24 @@ impl Sandbox {
                 service
             })
             .collect();
+        let events = config.events_url.and_then(|url| {
+            let dispatcher = Dispatcher::new(DispatcherConfig {
+                url,
+                account_sid: &config.account_sid,
+                auth_token: &config.auth_token,
+                delivery_delay: config.delivery_delay,
+                retry_delay: config.event_retry_delay,
+                log_capacity: config.inbox_capacity,
+            });
+            match dispatcher {
+                Ok(dispatcher) => Some(dispatcher),
+                Err(error) => {
+                    // Only a broken TLS setup gets here; the API still works without events.
+                    tracing::error!(%error, "sandbox.events.disabled");
+                    None
+                }
+            }
+        });
         Sandbox {
             inner: Arc::new(Inner {
                 credentials: Credentials::new(
@@ -87,9 +116,11 @@ impl Sandbox {
                 started: Utc::now(),
                 store: Mutex::new(Store::new(
                     config.verification_ttl,
+                    config.delivery_delay,
                     config.inbox_capacity,
                     MAX_VERIFICATIONS,
                 )),
+                events,
             }),
         }
     }

@@ -1,7 +1,7 @@
 //! The sandbox's memory: verifications following Twilio Verify's lifecycle rules (same
 //! verification while pending, 5 sends, 5 checks, expiry, soft deletion) and the bounded
-//! inbox of every code sent. Time and randomness are arguments, so the rules test without
-//! a clock.
+//! inbox of every code sent, with the delivery status each message ends with. Time and
+//! randomness are arguments, so the rules test without a clock.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::error::Error;
+use crate::events::{MessageStatus, Outcome};
 use crate::wire::serialize_iso8601;
 
 /// Sends allowed per verification; the next one answers 429 / 60203.
@@ -104,7 +105,9 @@ impl Verification {
     }
 }
 
-/// One code "sent" to a destination, as the inbox lists it.
+/// One code "sent" to a destination, as the inbox lists it. `status` is `sent` until the
+/// delivery delay has passed, then the status the send ends with (`delivered`,
+/// `undelivered` with an `error_code`, or still `sent` when no receipt ever comes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Message {
     pub(crate) to: String,
@@ -115,6 +118,29 @@ pub(crate) struct Message {
     pub(crate) locale: Option<String>,
     #[serde(serialize_with = "serialize_iso8601")]
     pub(crate) sent_at: DateTime<Utc>,
+    pub(crate) attempt_sid: String,
+    pub(crate) status: &'static str,
+    pub(crate) error_code: Option<&'static str>,
+    /// How the send ends, and from when.
+    #[serde(skip)]
+    outcome: Outcome,
+    #[serde(skip)]
+    settles_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// The message as it stands at `now`.
+    fn at(&self, now: DateTime<Utc>) -> Message {
+        let mut message = self.clone();
+        let (status, error_code) = if now >= self.settles_at {
+            (self.outcome.status, self.outcome.error_code)
+        } else {
+            (MessageStatus::Sent, None)
+        };
+        message.status = status.as_str();
+        message.error_code = error_code;
+        message
+    }
 }
 
 /// A request to start (or resend) a verification, already validated.
@@ -128,6 +154,8 @@ pub(crate) struct StartRequest<'a> {
     pub(crate) custom_code: Option<&'a str>,
     pub(crate) amount: Option<&'a str>,
     pub(crate) payee: Option<&'a str>,
+    /// How the message sent for this request ends.
+    pub(crate) outcome: Outcome,
 }
 
 /// Which verification a check is about.
@@ -148,6 +176,7 @@ pub(crate) enum NewStatus {
 #[derive(Debug)]
 pub(crate) struct Store {
     ttl: TimeDelta,
+    delivery_delay: TimeDelta,
     inbox_capacity: usize,
     max_verifications: usize,
     verifications: HashMap<String, Verification>,
@@ -157,13 +186,17 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) fn new(
         ttl: std::time::Duration,
+        delivery_delay: std::time::Duration,
         inbox_capacity: usize,
         max_verifications: usize,
     ) -> Self {
-        // A TTL too large for chrono is as good as "never expires" (about a century).
-        let ttl = TimeDelta::from_std(ttl).unwrap_or(TimeDelta::days(36_500));
+        // A duration too large for chrono is as good as "never" (about a century).
+        let never = TimeDelta::days(36_500);
+        let ttl = TimeDelta::from_std(ttl).unwrap_or(never);
+        let delivery_delay = TimeDelta::from_std(delivery_delay).unwrap_or(never);
         Store {
             ttl,
+            delivery_delay,
             inbox_capacity,
             max_verifications: max_verifications.max(1),
             verifications: HashMap::new(),
@@ -200,7 +233,7 @@ impl Store {
                 attempt_sid: new_sid("VL", rng),
             });
             let snapshot = verification.clone();
-            self.deliver(&snapshot, now);
+            self.deliver(&snapshot, request.outcome, now);
             return Ok(snapshot);
         }
 
@@ -233,7 +266,7 @@ impl Store {
         };
         self.verifications
             .insert(verification.sid.clone(), verification.clone());
-        self.deliver(&verification, now);
+        self.deliver(&verification, request.outcome, now);
         Ok(verification)
     }
 
@@ -323,12 +356,13 @@ impl Store {
         }
     }
 
-    /// Inbox messages, newest first, optionally only those sent to `to`.
-    pub(crate) fn messages(&self, to: Option<&str>) -> Vec<Message> {
+    /// Inbox messages as they stand at `now`, newest first, optionally only those sent
+    /// to `to`.
+    pub(crate) fn messages(&self, to: Option<&str>, now: DateTime<Utc>) -> Vec<Message> {
         self.inbox
             .iter()
             .filter(|m| to.is_none_or(|to| m.to == to))
-            .cloned()
+            .map(|m| m.at(now))
             .collect()
     }
 
@@ -396,10 +430,15 @@ impl Store {
         }
     }
 
-    fn deliver(&mut self, verification: &Verification, now: DateTime<Utc>) {
+    fn deliver(&mut self, verification: &Verification, outcome: Outcome, now: DateTime<Utc>) {
         if self.inbox_capacity == 0 {
             return;
         }
+        let attempt_sid = verification
+            .send_attempts
+            .last()
+            .map(|a| a.attempt_sid.clone())
+            .unwrap_or_default();
         self.inbox.push_front(Message {
             to: verification.to.clone(),
             channel: verification.channel.as_str(),
@@ -408,6 +447,11 @@ impl Store {
             service_sid: verification.service_sid.clone(),
             locale: verification.locale.clone(),
             sent_at: now,
+            attempt_sid,
+            status: MessageStatus::Sent.as_str(),
+            error_code: None,
+            outcome,
+            settles_at: now + self.delivery_delay,
         });
         self.inbox.truncate(self.inbox_capacity);
     }
@@ -453,8 +497,10 @@ mod tests {
         TimeDelta::seconds(n)
     }
 
+    const DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
     fn store() -> Store {
-        Store::new(std::time::Duration::from_secs(600), 100, 50)
+        Store::new(std::time::Duration::from_secs(600), DELAY, 100, 50)
     }
 
     fn request(to: &str, channel: Channel) -> StartRequest<'_> {
@@ -467,6 +513,7 @@ mod tests {
             custom_code: None,
             amount: None,
             payee: None,
+            outcome: Outcome::delivered(),
         }
     }
 
@@ -538,7 +585,7 @@ mod tests {
         }
         let sixth = store.start(&request(TO, Channel::Sms), t0() + secs(10), &mut rng);
         assert_eq!(sixth, Err(Error::MaxSendAttempts { retry_after: 590 }));
-        assert_eq!(store.messages(Some(TO)).len(), MAX_SENDS);
+        assert_eq!(store.messages(Some(TO), t0()).len(), MAX_SENDS);
         // Another destination is not affected.
         assert_ne!(
             start(&mut store, &mut rng, "+14155552672", t0()).sid,
@@ -679,7 +726,7 @@ mod tests {
         assert_eq!(v.code, "A1B2C3");
         assert_eq!(v.amount.as_deref(), Some("9.99"));
         assert_eq!(v.payee.as_deref(), Some("Acme"));
-        let inbox = store.messages(None);
+        let inbox = store.messages(None, t0());
         assert_eq!(inbox[0].locale.as_deref(), Some("fr"));
         assert_eq!(inbox[0].channel, "email");
     }
@@ -687,7 +734,7 @@ mod tests {
     #[test]
     fn inbox_is_newest_first_and_bounded() {
         let mut rng = StdRng::seed_from_u64(9);
-        let mut store = Store::new(std::time::Duration::from_secs(600), 3, 50);
+        let mut store = Store::new(std::time::Duration::from_secs(600), DELAY, 3, 50);
         let numbers = [
             "+14155552601",
             "+14155552602",
@@ -697,19 +744,23 @@ mod tests {
         for (i, to) in numbers.iter().enumerate() {
             start(&mut store, &mut rng, to, t0() + secs(i as i64));
         }
-        let all: Vec<_> = store.messages(None).into_iter().map(|m| m.to).collect();
+        let all: Vec<_> = store
+            .messages(None, t0())
+            .into_iter()
+            .map(|m| m.to)
+            .collect();
         assert_eq!(all, ["+14155552604", "+14155552603", "+14155552602"]);
-        assert_eq!(store.messages(Some("+14155552601")), Vec::new());
-        assert_eq!(store.messages(Some("+14155552603")).len(), 1);
-        let mut silent = Store::new(std::time::Duration::from_secs(600), 0, 50);
+        assert_eq!(store.messages(Some("+14155552601"), t0()), Vec::new());
+        assert_eq!(store.messages(Some("+14155552603"), t0()).len(), 1);
+        let mut silent = Store::new(std::time::Duration::from_secs(600), DELAY, 0, 50);
         start(&mut silent, &mut rng, TO, t0());
-        assert!(silent.messages(None).is_empty());
+        assert!(silent.messages(None, t0()).is_empty());
     }
 
     #[test]
     fn verifications_are_bounded() {
         let mut rng = StdRng::seed_from_u64(10);
-        let mut store = Store::new(std::time::Duration::from_secs(600), 10, 3);
+        let mut store = Store::new(std::time::Duration::from_secs(600), DELAY, 10, 3);
         let first = start(&mut store, &mut rng, "+14155552601", t0());
         for (i, to) in ["+14155552602", "+14155552603", "+14155552604"]
             .iter()
@@ -722,6 +773,46 @@ mod tests {
         // Expired ones are swept when the next verification starts.
         start(&mut store, &mut rng, "+14155552605", t0() + secs(1000));
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn inbox_status_settles_after_the_delivery_delay() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut store = store();
+        for (to, outcome) in [
+            ("+14155552601", Outcome::delivered()),
+            ("+14155552602", Outcome::undelivered("30003")),
+            (
+                "+14155552603",
+                Outcome {
+                    status: MessageStatus::Sent,
+                    error_code: None,
+                },
+            ),
+        ] {
+            let mut req = request(to, Channel::Sms);
+            req.outcome = outcome;
+            store.start(&req, t0(), &mut rng).expect("start");
+        }
+        let statuses = |at: DateTime<Utc>| -> Vec<(&'static str, Option<&'static str>)> {
+            store
+                .messages(None, at)
+                .into_iter()
+                .map(|m| (m.status, m.error_code))
+                .collect()
+        };
+        assert_eq!(statuses(t0()), [("sent", None); 3]);
+        assert_eq!(
+            statuses(t0() + secs(1)),
+            [
+                ("sent", None),
+                ("undelivered", Some("30003")),
+                ("delivered", None)
+            ]
+        );
+        let v = store.messages(Some("+14155552601"), t0());
+        assert_eq!(v.len(), 1);
+        assert!(v[0].attempt_sid.starts_with("VL"));
     }
 
     #[test]

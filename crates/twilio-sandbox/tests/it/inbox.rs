@@ -45,16 +45,23 @@ async fn inbox_lists_every_send_newest_first() -> anyhow::Result<()> {
     assert_eq!(
         keys_sorted,
         [
+            "attempt_sid",
             "channel",
             "code",
+            "error_code",
             "locale",
             "sent_at",
             "service_sid",
+            "status",
             "to",
             "verification_sid"
         ]
     );
     assert_eq!(newest["verification_sid"], first.body["sid"]);
+    assert_eq!(
+        all[2]["attempt_sid"],
+        first.body["send_code_attempts"][0]["attempt_sid"]
+    );
     assert_eq!(newest["service_sid"], DEV_SERVICE_SID);
     assert_eq!(newest["locale"], "pt-BR");
     assert!(all[2]["locale"].is_null());

@@ -29,6 +29,10 @@ async fn scenarios_are_listed_in_order_without_auth() -> anyhow::Result<()> {
         "server_error_500",
         "slow",
         "rate_limited_20429",
+        "delivered",
+        "undelivered_30003",
+        "landline_30006",
+        "silent",
     ] {
         assert!(
             text.contains(&format!("\"{required}\"")),
@@ -113,6 +117,30 @@ async fn slow_answers_normally_after_the_delay() -> anyhow::Result<()> {
     let approved = sandbox.check_to(&to, &code).await?;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(approved.str("status"), "approved");
+    Ok(())
+}
+
+#[tokio::test]
+async fn delivery_scenarios_are_accepted_on_every_phone_channel() -> anyhow::Result<()> {
+    let sandbox = start_dev().await?;
+    for (name, to) in [
+        ("delivered", "+14155550107"),
+        ("undelivered_30003", "+14155550108"),
+        ("landline_30006", "+14155550109"),
+        ("silent", "+14155550110"),
+    ] {
+        assert_eq!(destination(name), to);
+        // They fail later, in the delivery reports; the API accepts every send.
+        for channel in ["sms", "call", "whatsapp"] {
+            let answer = sandbox.create(to, channel).await?;
+            assert_eq!(
+                answer.status,
+                StatusCode::CREATED,
+                "{name} {channel}: {answer:?}"
+            );
+        }
+        assert_eq!(sandbox.inbox(Some(to)).await?.len(), 3, "{name}");
+    }
     Ok(())
 }
 

@@ -184,6 +184,25 @@ impl TestSandbox {
         Ok(answer.body.as_array().cloned().unwrap_or_default())
     }
 
+    /// `GET /sandbox/events`, optionally for one verification.
+    pub async fn events(&self, verification_sid: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let query = match verification_sid {
+            Some(sid) => format!(
+                "?{}",
+                serde_urlencoded::to_string([("verification_sid", sid)])?
+            ),
+            None => String::new(),
+        };
+        let answer = self
+            .send(
+                self.client
+                    .get(self.url(&format!("/sandbox/events{query}"))),
+            )
+            .await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        Ok(answer.body.as_array().cloned().unwrap_or_default())
+    }
+
     /// The code most recently sent to `to`.
     pub async fn latest_code(&self, to: &str) -> anyhow::Result<String> {
         let messages = self.inbox(Some(to)).await?;
