@@ -7,6 +7,7 @@
 
 mod channel;
 pub mod crypto;
+pub mod delivery;
 mod destination;
 mod email;
 pub mod events;
@@ -24,6 +25,7 @@ pub use id::{IdError, VerificationId};
 pub use phone::{NumberType, PhoneNumber, PhoneNumberError, Region, RegionError};
 pub use purpose::{Purpose, PurposeError};
 pub use verification::{
-    CheckOutcome, IdempotencyKey, IdempotencyKeyError, Locale, LocaleError, NewVerification,
-    OtpCode, OtpCodeError, Transition, TransitionError, Verification, VerificationStatus,
+    CheckOutcome, DeliveryVerdict, IdempotencyKey, IdempotencyKeyError, IgnoredBecause, Locale,
+    LocaleError, NewVerification, OtpCode, OtpCodeError, Transition, TransitionError, Verification,
+    VerificationStatus,
 };

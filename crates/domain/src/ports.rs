@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::crypto::DestinationHash;
+use crate::delivery::DeliveryReport;
+use crate::events::Envelope;
 use crate::{
     Channel, Destination, IdempotencyKey, Locale, OtpCode, Purpose, Verification, VerificationId,
 };
@@ -179,6 +181,18 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
 
     async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
 
+    /// The verification the provider knows by `provider_sid` (Twilio `VE…`): how a delivery
+    /// report, which names no verification of ours, finds its verification.
+    ///
+    /// Several verifications can hold one provider id (Twilio answers a start for a
+    /// destination that already has a pending verification in the same Verify Service with
+    /// that verification's id, whichever of our purposes asked); the newest by `created_at`
+    /// (then id) is returned, being the one a report about the latest send is about.
+    async fn find_by_provider_sid(
+        &self,
+        provider_sid: &str,
+    ) -> Result<Option<Verification>, StoreError>;
+
     /// The verification holding `key` for `purpose`, whatever its age.
     async fn find_by_idempotency_key(
         &self,
@@ -217,4 +231,88 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
         current_key_id: &str,
         limit: u32,
     ) -> Result<Vec<Verification>, StoreError>;
+}
+
+/// Whether a write that is idempotent on a key stored something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored now.
+    New,
+    /// The key was stored already; nothing was written.
+    Duplicate,
+}
+
+/// The delivery reports the gateway received, each recorded once together with the event it
+/// causes, so a report is never acted on twice and never lost between the database and the
+/// bus (a transactional outbox: [`Outbox`] publishes what this queues).
+#[async_trait]
+pub trait DeliveryReportStore: Send + Sync + fmt::Debug {
+    /// In one transaction, records `report` (received at `now`) and queues `event` in the
+    /// outbox, due at once.
+    ///
+    /// A report whose `dedupe_key` is stored already is a [`Recorded::Duplicate`] and writes
+    /// nothing, neither the report nor the event; concurrent calls with one key, from any
+    /// replica, record it exactly once. An `event` whose message id is in the outbox already
+    /// (under another report) is an error and writes nothing: message ids are fresh per event.
+    async fn record_report(
+        &self,
+        report: &DeliveryReport,
+        event: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError>;
+}
+
+/// A message of the outbox, claimed for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The outbox's id of the message, for [`Outbox::mark_published`] and
+    /// [`Outbox::retry_later`].
+    pub id: i64,
+    /// The message as it was queued (its time to the millisecond).
+    pub envelope: Envelope,
+    /// How many publishing attempts failed so far ([`Outbox::retry_later`] calls).
+    pub attempts: u32,
+}
+
+/// The transactional outbox: events written in the same transaction as the state they
+/// describe, published to the bus afterwards by a relay (at least once; consumers dedupe on
+/// the message id). Any number of relays, on any number of replicas, may work on one outbox.
+#[async_trait]
+pub trait Outbox: Send + Sync + fmt::Debug {
+    /// Queues `envelope`, due at once, unless a message with its id is queued already (then
+    /// [`Recorded::Duplicate`] and nothing is written). For events that do not come with a
+    /// delivery report ([`DeliveryReportStore::record_report`] queues those).
+    async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError>;
+
+    /// Claims up to `limit` unpublished messages due at `now` (those due longest first) and
+    /// returns them oldest first. A claimed message is leased until `now + lease`: no other
+    /// claim returns it before then, whichever replica asks, so concurrent relays never
+    /// publish one message at once. A relay that dies holding a lease only delays its
+    /// messages until the lease ends. The lease should exceed the time a batch takes to
+    /// publish; a zero lease makes the messages due again at once.
+    ///
+    /// A stored message that cannot be read back fails the claim once with
+    /// [`StoreError::Corrupt`] and is set aside (never due again, the reason kept as its
+    /// error), so it cannot stall the outbox; the next claim goes on without it.
+    async fn claim(
+        &self,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+
+    /// Marks the messages with `ids` published at `now`; they are never claimed again. Ids
+    /// that are unknown or published already are left alone.
+    async fn mark_published(&self, ids: &[i64], now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Records a failed attempt at publishing message `id` (attempts + 1, `error` kept for
+    /// inspection) and makes it due again at `at`. A published or unknown id is left alone.
+    async fn retry_later(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<(), StoreError>;
+
+    /// Deletes the messages published before `older_than`; returns how many.
+    async fn purge_published(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
 }

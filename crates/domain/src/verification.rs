@@ -15,6 +15,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{DestinationHash, SealedDestination};
+use crate::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
 use crate::{Channel, Purpose, VerificationId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,6 +153,8 @@ pub struct NewVerification {
     pub idempotency_key: Option<IdempotencyKey>,
     pub max_sends: u32,
     pub max_checks: u32,
+    /// The caller allows moving to the purpose's next channel when delivery fails.
+    pub allow_fallback: bool,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -176,6 +179,15 @@ pub struct Verification {
     pub max_checks: u32,
     /// The provider's error code when the verification failed (e.g. Twilio 60200).
     pub failure_code: Option<u32>,
+    /// The caller allows moving to the purpose's next channel when delivery fails or no
+    /// delivery report arrives in time.
+    pub allow_fallback: bool,
+    /// Every channel used so far, in order; the last one is `channel`.
+    pub channels_tried: Vec<Channel>,
+    /// Why the last fallback happened, if one did.
+    pub fallback_reason: Option<FallbackReason>,
+    /// The latest delivery status reported for the current send.
+    pub delivery_status: Option<DeliveryStatus>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -211,6 +223,32 @@ pub enum TransitionError {
     NoChecksLeft(u32),
     #[error("verification has used all {0} of its sends")]
     NoSendsLeft(u32),
+    #[error("the caller did not allow a fallback for this verification")]
+    FallbackNotAllowed,
+}
+
+/// What a delivery report means for a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryVerdict {
+    /// Recorded on the verification; nothing else to do.
+    Recorded,
+    /// Recorded, and it is a failure another channel may get around: the caller looks up
+    /// the purpose's next channel and calls [`Verification::fall_back`].
+    Failed(FallbackReason),
+    /// About an earlier send or a verification that is over: the record stays as it is.
+    Ignored(IgnoredBecause),
+}
+
+/// Why a delivery report changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoredBecause {
+    /// Approved, canceled, expired or otherwise over.
+    NotPending,
+    /// About a channel the verification has moved on from (e.g. a late SMS report after the
+    /// fallback to a call).
+    EarlierChannel,
+    /// The current send already has its final status.
+    AlreadyFinal,
 }
 
 impl Verification {
@@ -232,6 +270,10 @@ impl Verification {
             max_sends: n.max_sends,
             max_checks: n.max_checks,
             failure_code: None,
+            allow_fallback: n.allow_fallback,
+            channels_tried: vec![n.channel],
+            fallback_reason: None,
+            delivery_status: None,
             created_at: n.now,
             updated_at: n.now,
             expires_at: n.expires_at,
@@ -303,7 +345,77 @@ impl Verification {
             return Err(TransitionError::NoSendsLeft(self.max_sends));
         }
         self.sends += 1;
+        self.switch_to(channel);
+        self.touch(now);
+        Ok(())
+    }
+
+    /// A new send goes out on `channel`: its delivery is not known yet.
+    fn switch_to(&mut self, channel: Channel) {
+        if self.channels_tried.last() != Some(&channel) {
+            self.channels_tried.push(channel);
+        }
         self.channel = channel;
+        self.delivery_status = None;
+    }
+
+    /// Applies a delivery report. Only a report about the current send of a pending
+    /// verification changes anything, so late, repeated or out-of-order reports are
+    /// harmless: after a fallback the earlier channel's reports are ignored, and a send's
+    /// final status is never overwritten.
+    pub fn apply_delivery(
+        &mut self,
+        report: &DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> DeliveryVerdict {
+        if self.status != VerificationStatus::Pending {
+            return DeliveryVerdict::Ignored(IgnoredBecause::NotPending);
+        }
+        if report.channel.is_some_and(|c| c != self.channel) {
+            return DeliveryVerdict::Ignored(IgnoredBecause::EarlierChannel);
+        }
+        if self.delivery_status.is_some_and(DeliveryStatus::is_final) {
+            return DeliveryVerdict::Ignored(IgnoredBecause::AlreadyFinal);
+        }
+        self.delivery_status = Some(report.status);
+        self.touch(now);
+        if report.warrants_fallback() {
+            DeliveryVerdict::Failed(FallbackReason::DeliveryFailed {
+                status: report.status,
+                error_code: report.error_code,
+            })
+        } else {
+            DeliveryVerdict::Recorded
+        }
+    }
+
+    /// Whether the send numbered `send` (the value of `sends` when it went out) is still
+    /// the current one and has no final delivery status: the silence check of the
+    /// fallback timer.
+    pub fn is_silent(&self, send: u32) -> bool {
+        self.status == VerificationStatus::Pending
+            && self.sends == send
+            && !self.delivery_status.is_some_and(DeliveryStatus::is_final)
+    }
+
+    /// Claims a send on `next` because the current channel failed or stayed silent. It
+    /// counts against `max_sends` like any resend.
+    pub fn fall_back(
+        &mut self,
+        next: Channel,
+        reason: FallbackReason,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        self.ensure_pending()?;
+        if !self.allow_fallback {
+            return Err(TransitionError::FallbackNotAllowed);
+        }
+        if self.sends >= self.max_sends {
+            return Err(TransitionError::NoSendsLeft(self.max_sends));
+        }
+        self.sends += 1;
+        self.switch_to(next);
+        self.fallback_reason = Some(reason);
         self.touch(now);
         Ok(())
     }
@@ -388,9 +500,112 @@ mod tests {
             idempotency_key: None,
             max_sends,
             max_checks,
+            allow_fallback: true,
             now: at(0),
             expires_at: at(600),
         })
+    }
+
+    fn report(channel: Channel, status: DeliveryStatus, code: Option<u32>) -> DeliveryReport {
+        DeliveryReport {
+            dedupe_key: "ce:1".into(),
+            provider_sid: Some("VE1".into()),
+            message_sid: None,
+            channel: Some(channel),
+            status,
+            error_code: code,
+            occurred_at: at(1),
+        }
+    }
+
+    #[test]
+    fn a_failed_sms_falls_back_once_and_late_reports_change_nothing() {
+        let mut v = pending(3, 3);
+        let failed = report(Channel::Sms, DeliveryStatus::Undelivered, Some(30003));
+        let reason = match v.apply_delivery(&failed, at(1)) {
+            DeliveryVerdict::Failed(reason) => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert_eq!(reason.code(), "undelivered_30003");
+        // The same failure again (a redelivery) before the fallback is recorded: final.
+        assert_eq!(
+            v.apply_delivery(&failed, at(1)),
+            DeliveryVerdict::Ignored(IgnoredBecause::AlreadyFinal)
+        );
+        v.fall_back(Channel::Call, reason, at(2)).expect("fallback");
+        assert_eq!(v.channel, Channel::Call);
+        assert_eq!(v.channels_tried, vec![Channel::Sms, Channel::Call]);
+        assert_eq!(v.sends, 2);
+        assert_eq!(v.fallback_reason, Some(reason));
+        assert_eq!(v.delivery_status, None);
+        // The SMS failure once more, and a late "delivered" for the SMS: about an earlier
+        // channel, so nothing changes.
+        let before = v.clone();
+        assert_eq!(
+            v.apply_delivery(&failed, at(3)),
+            DeliveryVerdict::Ignored(IgnoredBecause::EarlierChannel)
+        );
+        let late = report(Channel::Sms, DeliveryStatus::Delivered, None);
+        assert_eq!(
+            v.apply_delivery(&late, at(3)),
+            DeliveryVerdict::Ignored(IgnoredBecause::EarlierChannel)
+        );
+        assert_eq!(v, before);
+        // The call is delivered.
+        let call = report(Channel::Call, DeliveryStatus::Delivered, None);
+        assert_eq!(v.apply_delivery(&call, at(4)), DeliveryVerdict::Recorded);
+        assert_eq!(v.delivery_status, Some(DeliveryStatus::Delivered));
+    }
+
+    #[test]
+    fn no_fallback_after_the_end_or_without_consent_or_sends() {
+        let failed = report(Channel::Sms, DeliveryStatus::Failed, None);
+        let mut approved = pending(3, 3);
+        approved.begin_check(at(1)).expect("pending");
+        approved.finish_check(CheckOutcome::Approved, at(1));
+        assert_eq!(
+            approved.apply_delivery(&failed, at(2)),
+            DeliveryVerdict::Ignored(IgnoredBecause::NotPending)
+        );
+        assert_eq!(
+            approved.fall_back(Channel::Call, FallbackReason::NoDeliveryReport, at(2)),
+            Err(TransitionError::NotPending(VerificationStatus::Approved))
+        );
+
+        let mut no_consent = pending(3, 3);
+        no_consent.allow_fallback = false;
+        assert!(matches!(
+            no_consent.apply_delivery(&failed, at(1)),
+            DeliveryVerdict::Failed(_)
+        ));
+        assert_eq!(
+            no_consent.fall_back(Channel::Call, FallbackReason::NoDeliveryReport, at(1)),
+            Err(TransitionError::FallbackNotAllowed)
+        );
+
+        let mut one_send = pending(3, 1);
+        assert_eq!(
+            one_send.fall_back(Channel::Call, FallbackReason::NoDeliveryReport, at(1)),
+            Err(TransitionError::NoSendsLeft(1))
+        );
+    }
+
+    #[test]
+    fn silence_is_about_the_current_send_only() {
+        let mut v = pending(3, 3);
+        assert!(v.is_silent(1));
+        v.apply_delivery(&report(Channel::Sms, DeliveryStatus::Sent, None), at(1));
+        assert!(v.is_silent(1), "sent is not a final status");
+        v.apply_delivery(
+            &report(Channel::Sms, DeliveryStatus::Delivered, None),
+            at(2),
+        );
+        assert!(!v.is_silent(1), "delivered");
+
+        let mut resent = pending(3, 3);
+        resent.begin_resend(Channel::Sms, at(1)).expect("resend");
+        assert!(!resent.is_silent(1), "a newer send took over");
+        assert!(resent.is_silent(2));
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct PurposeSettings {
     pub max_checks: u32,
     pub code_ttl: Duration,
     pub idempotency_window: Duration,
+    /// The order in which channels are tried when delivery fails or stays silent, e.g.
+    /// `[sms, call]`; empty: no fallback.
+    pub fallback: Vec<Channel>,
+    /// How long a send may go without a delivery report before the fallback happens.
+    pub fallback_after: Duration,
 }
 
 impl PurposeSettings {
@@ -44,6 +49,8 @@ impl PurposeSettings {
             max_checks: 3,
             code_ttl: twilio_limits::CODE_TTL,
             idempotency_window: Duration::from_secs(600),
+            fallback: Vec::new(),
+            fallback_after: Duration::from_secs(30),
         }
     }
 }
@@ -60,6 +67,8 @@ pub struct PurposePolicy {
     max_checks: u32,
     code_ttl: Duration,
     idempotency_window: Duration,
+    fallback: Vec<Channel>,
+    fallback_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +136,31 @@ impl PurposePolicy {
         if s.idempotency_window.is_zero() {
             return Err(invalid("idempotency_window must be more than 0".into()));
         }
+        if s.fallback.len() == 1 {
+            return Err(invalid(
+                "fallback must name at least two channels in order, e.g. [\"sms\", \"call\"] \
+                 (or none)"
+                    .into(),
+            ));
+        }
+        for (i, channel) in s.fallback.iter().enumerate() {
+            if !channels.contains(channel) {
+                return Err(invalid(format!(
+                    "fallback channel {channel} is not among its channels"
+                )));
+            }
+            if s.fallback[..i].contains(channel) {
+                return Err(invalid(format!("fallback names {channel} twice")));
+            }
+        }
+        if !s.fallback.is_empty() && (s.fallback_after.is_zero() || s.fallback_after >= s.code_ttl)
+        {
+            return Err(invalid(
+                "fallback_after must be more than 0 and less than code_ttl (a fallback after \
+                 expiry would be useless)"
+                    .into(),
+            ));
+        }
         Ok(PurposePolicy {
             purpose,
             service_sid: s.service_sid,
@@ -137,6 +171,8 @@ impl PurposePolicy {
             max_checks: s.max_checks,
             code_ttl: s.code_ttl,
             idempotency_window: s.idempotency_window,
+            fallback: s.fallback,
+            fallback_after: s.fallback_after,
         })
     }
 
@@ -207,6 +243,29 @@ impl PurposePolicy {
             });
         }
         Ok(channel)
+    }
+
+    /// The fallback chain (empty: none).
+    pub fn fallback(&self) -> &[Channel] {
+        &self.fallback
+    }
+
+    /// How long a send may stay without a delivery report before falling back; `None` when
+    /// the purpose has no fallback chain.
+    pub fn fallback_after(&self) -> Option<Duration> {
+        (!self.fallback.is_empty()).then_some(self.fallback_after)
+    }
+
+    /// The channel to fall back to from `current`: the one after it in the chain that has
+    /// not been tried yet and can reach the destination kind of `current` (a phone channel
+    /// never falls back to email, or the reverse). `None` when the chain ends or `current`
+    /// is not in it.
+    pub fn next_fallback(&self, current: Channel, tried: &[Channel]) -> Option<Channel> {
+        let at = self.fallback.iter().position(|c| *c == current)?;
+        self.fallback[at + 1..]
+            .iter()
+            .copied()
+            .find(|c| !tried.contains(c) && c.needs_phone() == current.needs_phone())
     }
 
     /// When a verification started at `now` stops accepting checks.
@@ -327,6 +386,75 @@ mod tests {
         assert!(with(|s| s.service_sid = "VA123".into()).is_err());
         let p = with(|_| {}).expect("valid");
         assert_eq!((p.max_checks(), p.max_sends()), (3, 3));
+    }
+
+    #[test]
+    fn fallback_chains_are_validated() {
+        let purpose = Purpose::parse("login").expect("valid");
+        let with = |fallback: Vec<Channel>, after: u64| {
+            let mut s = PurposeSettings::recommended(VA, vec![Channel::Sms, Channel::Call]);
+            s.fallback = fallback;
+            s.fallback_after = Duration::from_secs(after);
+            PurposePolicy::new(purpose.clone(), s)
+        };
+        assert!(with(vec![], 0).is_ok(), "no chain, no timer needed");
+        assert!(with(vec![Channel::Sms, Channel::Call], 30).is_ok());
+        assert!(with(vec![Channel::Sms], 30).is_err(), "a chain of one");
+        assert!(with(vec![Channel::Sms, Channel::Sms], 30).is_err(), "twice");
+        assert!(
+            with(vec![Channel::Sms, Channel::Email], 30).is_err(),
+            "not allowed"
+        );
+        assert!(
+            with(vec![Channel::Sms, Channel::Call], 0).is_err(),
+            "no delay"
+        );
+        assert!(
+            with(vec![Channel::Sms, Channel::Call], 600).is_err(),
+            "after expiry"
+        );
+        let p = with(vec![], 0).expect("valid");
+        assert_eq!(p.fallback_after(), None);
+    }
+
+    #[test]
+    fn next_fallback_follows_the_chain_once() {
+        let mut s = PurposeSettings::recommended(
+            VA,
+            vec![
+                Channel::Sms,
+                Channel::Whatsapp,
+                Channel::Call,
+                Channel::Email,
+            ],
+        );
+        s.fallback = vec![
+            Channel::Whatsapp,
+            Channel::Sms,
+            Channel::Email,
+            Channel::Call,
+        ];
+        let p = PurposePolicy::new(Purpose::parse("login").expect("valid"), s).expect("valid");
+        use Channel::*;
+        assert_eq!(p.next_fallback(Whatsapp, &[Whatsapp]), Some(Sms));
+        // Email cannot reach a phone number: skipped.
+        assert_eq!(p.next_fallback(Sms, &[Whatsapp, Sms]), Some(Call));
+        assert_eq!(
+            p.next_fallback(Call, &[Whatsapp, Sms, Call]),
+            None,
+            "end of chain"
+        );
+        // Started on SMS by the caller: WhatsApp comes before it, so only later ones.
+        assert_eq!(p.next_fallback(Sms, &[Sms]), Some(Call));
+        assert_eq!(p.next_fallback(Call, &[Sms, Call]), None);
+        assert_eq!(
+            p.next_fallback(Email, &[Email]),
+            None,
+            "no other email channel"
+        );
+        let plain = login();
+        assert_eq!(plain.next_fallback(Sms, &[Sms]), None, "no chain");
+        assert_eq!(p.fallback_after(), Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! whichever backend it is, so each service composes it without knowing the backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use domain::ports::VerificationStore;
+use domain::events::DedupeStore;
+use domain::ports::{DeliveryReportStore, Outbox, VerificationStore};
 
 use crate::error::StorageError;
 use crate::postgres::PostgresStore;
@@ -57,6 +59,33 @@ impl Database {
         match self {
             Database::Sqlite(s) => Arc::new(s.clone()),
             Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The delivery report port over this database (sharing its pool).
+    pub fn delivery_reports(&self) -> Arc<dyn DeliveryReportStore> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The transactional outbox over this database (sharing its pool), for the relays
+    /// that publish it and for events queued without a delivery report.
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The dedupe memory of message consumers over this database (sharing its pool), with
+    /// claims that hold for `lease` unless completed or released first. Every process on
+    /// the database dedupes together.
+    pub fn dedupe_store(&self, lease: Duration) -> Arc<dyn DedupeStore> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.dedupe_store(lease)),
+            Database::Postgres(s) => Arc::new(s.dedupe_store(lease)),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Errors of this crate: [`StorageError`] for opening and migrating a database, and the
-//! mapping of driver errors onto the port's [`StoreError`] inside the store methods.
+//! mapping of driver errors onto the ports' [`StoreError`] and [`DedupeError`] inside the
+//! store methods.
 
+use domain::events::DedupeError;
 use domain::ports::StoreError;
 
 /// Why a store could not be opened or brought to the current schema.
@@ -37,4 +39,9 @@ pub(crate) fn read_error(error: sqlx::Error) -> StoreError {
 /// Maps an error the database gave instead of an answer; callers fail closed on it.
 pub(crate) fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+/// Maps an error of the dedupe store's database; consumers treat it as retryable.
+pub(crate) fn dedupe_error(error: sqlx::Error) -> DedupeError {
+    DedupeError(error.to_string())
 }

@@ -2,6 +2,8 @@
 //! same realistic records (sealed with the domain's real keyring) without repeating itself.
 
 use chrono::{DateTime, TimeZone, Utc};
+use domain::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
+use domain::events::{Envelope, EventKind, MessageId};
 use domain::{
     BlindIndexKey, Channel, Destination, Email, EncryptionKey, IdempotencyKey, Keyring,
     NewVerification, PhoneNumber, Purpose, Verification, VerificationId, VerificationStatus,
@@ -65,6 +67,7 @@ pub(crate) fn bare(n: u128, purpose: &str, destination: &Destination) -> Verific
         idempotency_key: None,
         max_sends: 3,
         max_checks: 5,
+        allow_fallback: false,
         now: at(0),
         expires_at: at(600),
     })
@@ -84,7 +87,7 @@ pub(crate) fn full(
     } else {
         Channel::Email
     };
-    v.provider_sid = Some("VE0123456789abcdef0123456789abcdef".into());
+    v.provider_sid = Some(PROVIDER_SID.into());
     v.identity = Some("user-7".into());
     v.idempotency_key = key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
     v.sends = 2;
@@ -92,9 +95,58 @@ pub(crate) fn full(
     v.max_sends = 4;
     v.max_checks = 6;
     v.failure_code = Some(60200);
+    v.allow_fallback = true;
+    v.channels_tried = if destination.accepts(Channel::Call) {
+        vec![Channel::Sms, Channel::Whatsapp, Channel::Call]
+    } else {
+        vec![Channel::Email]
+    };
+    v.fallback_reason = Some(FallbackReason::DeliveryFailed {
+        status: DeliveryStatus::Undelivered,
+        error_code: Some(30003),
+    });
+    v.delivery_status = Some(DeliveryStatus::Sent);
     v.created_at = at(1);
     v.updated_at = at(2);
     v.expires_at = at(3);
     v.version = 7;
     v
+}
+
+/// The provider's verification id of the fixtures' reports.
+pub(crate) const PROVIDER_SID: &str = "VE0123456789abcdef0123456789abcdef";
+
+/// A delivery report with every field set, deduplicated by `key`.
+pub(crate) fn report(key: &str) -> DeliveryReport {
+    DeliveryReport {
+        dedupe_key: key.to_owned(),
+        provider_sid: Some(PROVIDER_SID.into()),
+        message_sid: Some("SM0123456789abcdef0123456789abcdef".into()),
+        channel: Some(Channel::Sms),
+        status: DeliveryStatus::Undelivered,
+        error_code: Some(30003),
+        occurred_at: at(5),
+    }
+}
+
+pub(crate) fn message_id(n: u128) -> MessageId {
+    MessageId::from_uuid(Uuid::from_u128(n))
+}
+
+/// An event numbered `n`, as a publisher would queue it: a trace header and a JSON payload
+/// (that of a delivery report, which holds no destination).
+pub(crate) fn envelope(n: u128) -> Envelope {
+    let kind = EventKind::parse("delivery.failed").expect("test kind is valid");
+    Envelope::new(
+        message_id(n),
+        kind,
+        1,
+        at(5),
+        format!(r#"{{"dedupe_key":"ce:{n}","status":"undelivered","error_code":30003}}"#)
+            .into_bytes(),
+    )
+    .with_header(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
 }

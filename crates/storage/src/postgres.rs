@@ -1,4 +1,5 @@
-//! The PostgreSQL store: the distributed mode's durable record, shared by every replica.
+//! The PostgreSQL store: the distributed mode's durable record, shared by every replica,
+//! with its dedupe memory ([`PostgresDedupeStore`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
+use crate::sql::outbox_columns;
 
 /// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -28,10 +30,28 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// forever. Migrations are exempt: building an index on a large table may take longer.
 const STATEMENT_TIMEOUT: &str = "5s";
 
-/// [`domain::ports::VerificationStore`] on PostgreSQL. Cloning is cheap and shares the pool.
+/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`] and
+/// [`domain::ports::Outbox`] on PostgreSQL. Cloning is cheap and shares the pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     repo: Repo<Postgres>,
+}
+
+/// [`domain::events::DedupeStore`] on PostgreSQL, sharing its [`PostgresStore`]'s pool:
+/// consumers on every replica dedupe together, and handled ids survive restarts. Made by
+/// [`PostgresStore::dedupe_store`].
+#[derive(Debug, Clone)]
+pub struct PostgresDedupeStore {
+    repo: Repo<Postgres>,
+    lease: Duration,
+}
+
+/// Now on the server's clock, in milliseconds since the Unix epoch: the statement's start,
+/// so one statement sees one value, and every replica the same clock.
+macro_rules! now_millis {
+    () => {
+        "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
+    };
 }
 
 impl Dialect for Postgres {
@@ -41,6 +61,57 @@ impl Dialect for Postgres {
     /// of the same key to finish before deciding. Stricter levels would only turn those
     /// waits into serialization failures to retry.
     const BEGIN_WRITE: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+    /// `FOR UPDATE SKIP LOCKED` locks the rows it picks and passes over rows a concurrent
+    /// claim holds, so relays on several replicas take disjoint batches without waiting for
+    /// each other; a row a concurrent claim leased and committed meanwhile is re-checked
+    /// against `next_attempt_at <= $1` on its new version and dropped. The locking select is
+    /// a CTE because a CTE with row locks is evaluated once, never inlined.
+    const CLAIM_OUTBOX: &'static str = concat!(
+        "WITH due AS (",
+        "SELECT id FROM outbox WHERE published_at IS NULL AND next_attempt_at <= $1",
+        " ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)",
+        " UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT id FROM due)",
+        " RETURNING ",
+        outbox_columns!()
+    );
+
+    /// The ids come as a `BIGINT[]`.
+    const MARK_PUBLISHED: &'static str = "UPDATE outbox SET published_at = $2 \
+         WHERE published_at IS NULL AND id = ANY($1)";
+
+    /// A concurrent claim of the same new id waits for this one's insert to commit, then
+    /// finds the lease running and returns nothing.
+    const CLAIM_MESSAGE: &'static str = concat!(
+        "INSERT INTO processed_messages (consumer, message_id, state, lease_until, claimed_at)",
+        " VALUES ($1, $2, 'in_progress', ",
+        now_millis!(),
+        " + $3, ",
+        now_millis!(),
+        ") ON CONFLICT (consumer, message_id) DO UPDATE",
+        " SET lease_until = excluded.lease_until, claimed_at = excluded.claimed_at",
+        " WHERE processed_messages.state = 'in_progress'",
+        " AND processed_messages.lease_until <= excluded.claimed_at",
+        " RETURNING state"
+    );
+
+    const COMPLETE_MESSAGE: &'static str = concat!(
+        "INSERT INTO processed_messages",
+        " (consumer, message_id, state, lease_until, claimed_at, completed_at)",
+        " VALUES ($1, $2, 'done', NULL, ",
+        now_millis!(),
+        ", ",
+        now_millis!(),
+        ") ON CONFLICT (consumer, message_id) DO UPDATE",
+        " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
+        " WHERE processed_messages.state <> 'done'"
+    );
+
+    type IdList = Vec<i64>;
+
+    fn id_list(ids: &[i64]) -> Vec<i64> {
+        ids.to_vec()
+    }
 }
 
 impl PostgresStore {
@@ -107,6 +178,17 @@ impl PostgresStore {
         connection.ping().await.map_err(StorageError::Unavailable)
     }
 
+    /// The dedupe memory of message consumers on this database: a claim holds for `lease`
+    /// (capped at a hundred years) unless completed or released first, after which another
+    /// delivery of the message may claim it. Leases run on the server's clock, so replicas'
+    /// clocks need not agree.
+    pub fn dedupe_store(&self, lease: Duration) -> PostgresDedupeStore {
+        PostgresDedupeStore {
+            repo: self.repo.clone(),
+            lease,
+        }
+    }
+
     /// Waits for in-flight statements and closes every connection.
     pub async fn close(&self) {
         self.repo.pool.close().await;
@@ -117,6 +199,15 @@ impl PostgresStore {
     pub(crate) fn pool(&self) -> &sqlx::PgPool {
         &self.repo.pool
     }
+
+    /// Applies the migrations up to `version` only, for tests that need an older schema.
+    #[cfg(test)]
+    pub(crate) async fn migrate_to(&self, version: i64) -> Result<(), StorageError> {
+        MIGRATOR
+            .run_to(version, &self.repo.pool)
+            .await
+            .map_err(StorageError::Migrate)
+    }
 }
 
-delegate_store!(PostgresStore);
+delegate_store!(PostgresStore, PostgresDedupeStore);

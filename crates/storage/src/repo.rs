@@ -1,9 +1,10 @@
-//! What every store does, written once over any `sqlx` database with the `verifications`
-//! schema: [`Repo`] runs the statements of `sql` and converts rows with `row`, and
-//! [`delegate_store!`] turns a backend's store into a [`domain::ports::VerificationStore`]
-//! by handing each call to its `Repo`. A backend only says how it opens a transaction that
-//! writes ([`Dialect`]); SQLite and PostgreSQL then share one implementation, so they cannot
-//! drift apart in behaviour.
+//! What every store does, written once over any `sqlx` database with the schema of the
+//! migrations: [`Repo`] runs the statements of `sql` and converts rows with `row` (the
+//! verifications here, delivery reports, the outbox and the dedupe memory in `messages`),
+//! and [`delegate_store!`] turns a backend's store into the port traits by handing each call
+//! to its `Repo`. A backend only says how it opens a transaction that writes and spells the
+//! few statements SQL does not let both databases share ([`Dialect`]); SQLite and PostgreSQL
+//! then share one implementation, so they cannot drift apart in behaviour.
 
 use chrono::{DateTime, Utc};
 use domain::ports::{Inserted, StoreError};
@@ -17,10 +18,39 @@ use crate::error::{read_error, unavailable};
 use crate::row::{VerificationRow, bind_insert, bind_update, to_millis};
 use crate::sql;
 
-/// How a database opens the transaction in which [`Repo::insert`] writes.
+/// What differs between the databases: how a writing transaction begins, and the statements
+/// that cannot be written once for both.
 pub(crate) trait Dialect: Database {
-    /// The statement that begins it.
+    /// The statement that begins a transaction that writes ([`Repo::insert`],
+    /// `record_report`, the outbox claim).
     const BEGIN_WRITE: &'static str;
+
+    /// Leases due outbox rows: `$1` is now, `$2` the end of the lease, `$3` the limit. Sets
+    /// `next_attempt_at` to `$2` on up to `$3` unpublished rows due at `$1`, those due longest
+    /// first, and returns them with the columns of [`crate::sql::outbox_columns!`] (in no
+    /// particular order). Run inside [`Dialect::BEGIN_WRITE`]; two concurrent runs never
+    /// return one row.
+    const CLAIM_OUTBOX: &'static str;
+
+    /// `$1` is a list of outbox ids ([`Dialect::id_list`]), `$2` now: marks the unpublished
+    /// ones among them published.
+    const MARK_PUBLISHED: &'static str;
+
+    /// Claims a message for a consumer on the database's clock: `$1` is the consumer, `$2`
+    /// the message id, `$3` the lease in milliseconds. Inserts an `in_progress` row, or takes
+    /// over one whose lease has ended, and then returns its `state`; returns nothing when the
+    /// message is done or its lease still runs.
+    const CLAIM_MESSAGE: &'static str;
+
+    /// `$1` is the consumer, `$2` the message id: records it `done` on the database's clock,
+    /// claimed or not.
+    const COMPLETE_MESSAGE: &'static str;
+
+    /// How a list of ids is bound as one parameter.
+    type IdList: for<'q> Encode<'q, Self> + Type<Self> + Send;
+
+    /// `ids` as [`Dialect::IdList`].
+    fn id_list(ids: &[i64]) -> Self::IdList;
 }
 
 /// How often an insert is tried again when the row it collided with changed before it could
@@ -71,6 +101,7 @@ where
     for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
     for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     pub(crate) fn new(pool: Pool<DB>) -> Self {
@@ -223,6 +254,18 @@ where
         fetch_verification(sqlx::query_as(sql::GET).bind(id.to_string()), &self.pool).await
     }
 
+    #[tracing::instrument(name = "storage.find_by_provider_sid", skip_all)]
+    pub(crate) async fn find_by_provider_sid(
+        &self,
+        provider_sid: &str,
+    ) -> Result<Option<Verification>, StoreError> {
+        fetch_verification(
+            sqlx::query_as(sql::FIND_BY_PROVIDER_SID).bind(provider_sid.to_owned()),
+            &self.pool,
+        )
+        .await
+    }
+
     #[tracing::instrument(
         name = "storage.find_by_idempotency_key",
         skip_all,
@@ -314,10 +357,12 @@ where
     }
 }
 
-/// Implements [`domain::ports::VerificationStore`] for a backend store with a `repo` field
-/// by handing every call to its [`Repo`].
+/// Implements [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`]
+/// and [`domain::ports::Outbox`] for a backend store with a `repo` field, and
+/// [`domain::events::DedupeStore`] for its dedupe store (with `repo` and `lease` fields), by
+/// handing every call to the [`Repo`].
 macro_rules! delegate_store {
-    ($store:ty) => {
+    ($store:ty, $dedupe:ty) => {
         #[async_trait::async_trait]
         impl domain::ports::VerificationStore for $store {
             async fn insert(
@@ -332,6 +377,13 @@ macro_rules! delegate_store {
                 id: &domain::VerificationId,
             ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
                 self.repo.get(id).await
+            }
+
+            async fn find_by_provider_sid(
+                &self,
+                provider_sid: &str,
+            ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
+                self.repo.find_by_provider_sid(provider_sid).await
             }
 
             async fn find_by_idempotency_key(
@@ -367,6 +419,91 @@ macro_rules! delegate_store {
                 self.repo
                     .list_sealed_with_other_key(current_key_id, limit)
                     .await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl domain::ports::DeliveryReportStore for $store {
+            async fn record_report(
+                &self,
+                report: &domain::delivery::DeliveryReport,
+                event: &domain::events::Envelope,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<domain::ports::Recorded, domain::ports::StoreError> {
+                self.repo.record_report(report, event, now).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl domain::ports::Outbox for $store {
+            async fn enqueue(
+                &self,
+                envelope: &domain::events::Envelope,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<domain::ports::Recorded, domain::ports::StoreError> {
+                self.repo.enqueue(envelope, now).await
+            }
+
+            async fn claim(
+                &self,
+                limit: u32,
+                now: chrono::DateTime<chrono::Utc>,
+                lease: std::time::Duration,
+            ) -> Result<Vec<domain::ports::OutboxMessage>, domain::ports::StoreError> {
+                self.repo.claim_outbox(limit, now, lease).await
+            }
+
+            async fn mark_published(
+                &self,
+                ids: &[i64],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.mark_published(ids, now).await
+            }
+
+            async fn retry_later(
+                &self,
+                id: i64,
+                at: chrono::DateTime<chrono::Utc>,
+                error: &str,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.retry_later(id, at, error).await
+            }
+
+            async fn purge_published(
+                &self,
+                older_than: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, domain::ports::StoreError> {
+                self.repo.purge_published(older_than).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl domain::events::DedupeStore for $dedupe {
+            async fn claim(
+                &self,
+                consumer: &str,
+                message_id: domain::events::MessageId,
+            ) -> Result<domain::events::Claim, domain::events::DedupeError> {
+                self.repo
+                    .claim_message(consumer, message_id, self.lease)
+                    .await
+            }
+
+            async fn complete(
+                &self,
+                consumer: &str,
+                message_id: domain::events::MessageId,
+            ) -> Result<(), domain::events::DedupeError> {
+                self.repo.complete_message(consumer, message_id).await
+            }
+
+            async fn release(
+                &self,
+                consumer: &str,
+                message_id: domain::events::MessageId,
+            ) -> Result<(), domain::events::DedupeError> {
+                self.repo.release_message(consumer, message_id).await
             }
         }
     };

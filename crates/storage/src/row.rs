@@ -1,12 +1,16 @@
-//! One verification as a database row: the conversion between [`Verification`] and the
-//! plain column values, and the binding of those values to statements. Written once,
-//! generic over the database, so every backend stores and reads the same representation.
+//! Domain values as database rows: the conversion between a [`Verification`], a
+//! [`DeliveryReport`] or an outbox [`Envelope`] and the plain column values, and the binding
+//! of those values to statements. Written once, generic over the database, so every backend
+//! stores and reads the same representation.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use domain::ports::StoreError;
+use domain::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
+use domain::events::{Envelope, EventKind, MessageId};
+use domain::ports::{OutboxMessage, StoreError};
 use domain::{
     Channel, DestinationHash, IdempotencyKey, Purpose, SealedDestination, Verification,
     VerificationId, VerificationStatus,
@@ -40,11 +44,19 @@ pub(crate) struct VerificationRow {
     pub updated_at: i64,
     pub expires_at: i64,
     pub version: i64,
+    pub allow_fallback: bool,
+    /// Channel names, comma-separated, in the order they were tried.
+    pub channels_tried: String,
+    /// See [`encode_fallback_reason`].
+    pub fallback_reason: Option<String>,
+    pub delivery_status: Option<String>,
 }
 
 /// A stored row that does not convert back into a domain value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CorruptRow {
+    /// What the row holds, e.g. `verification`.
+    what: &'static str,
     id: String,
     column: &'static str,
     problem: String,
@@ -54,8 +66,8 @@ impl fmt::Display for CorruptRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "verification row `{}`, column `{}`: {}",
-            self.id, self.column, self.problem
+            "{} row `{}`, column `{}`: {}",
+            self.what, self.id, self.column, self.problem
         )
     }
 }
@@ -69,6 +81,83 @@ impl From<CorruptRow> for StoreError {
 /// A timestamp as stored. Sub-millisecond precision is dropped.
 pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
+}
+
+/// A stored timestamp, if it is one chrono can represent.
+fn from_millis(millis: i64) -> Result<DateTime<Utc>, String> {
+    DateTime::<Utc>::from_timestamp_millis(millis)
+        .ok_or_else(|| format!("{millis} ms is not a representable time"))
+}
+
+/// A stored count or code, if it fits the domain's `u32`.
+fn to_u32(value: i64) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("{value} is out of range"))
+}
+
+/// The channel named exactly as [`Channel::as_str`] spells it.
+fn parse_channel(raw: &str) -> Option<Channel> {
+    Channel::ALL.into_iter().find(|c| c.as_str() == raw)
+}
+
+/// The delivery status named exactly as [`DeliveryStatus::as_str`] spells it (the domain's
+/// own parser also accepts Twilio's upper case, which the store never writes).
+fn parse_delivery_status(raw: &str) -> Option<DeliveryStatus> {
+    DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == raw)
+}
+
+/// `sms,call`: the names in order, nothing for no channel.
+fn encode_channels(channels: &[Channel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_channels(raw: &str) -> Result<Vec<Channel>, String> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    raw.split(',')
+        .map(|name| parse_channel(name).ok_or_else(|| format!("unknown channel `{name}`")))
+        .collect()
+}
+
+/// A small stable text, independent of how the domain type serializes, so stored rows
+/// survive a change there: `no_delivery_report`, or `delivery_failed:<status>` with
+/// `:<error code>` when the provider gave one (`delivery_failed:undelivered:30003`).
+fn encode_fallback_reason(reason: FallbackReason) -> String {
+    match reason {
+        FallbackReason::NoDeliveryReport => "no_delivery_report".to_owned(),
+        FallbackReason::DeliveryFailed {
+            status,
+            error_code: None,
+        } => format!("delivery_failed:{status}"),
+        FallbackReason::DeliveryFailed {
+            status,
+            error_code: Some(code),
+        } => format!("delivery_failed:{status}:{code}"),
+    }
+}
+
+fn decode_fallback_reason(raw: &str) -> Result<FallbackReason, String> {
+    if raw == "no_delivery_report" {
+        return Ok(FallbackReason::NoDeliveryReport);
+    }
+    let bad = || format!("unknown fallback reason `{raw}`");
+    let failed = raw.strip_prefix("delivery_failed:").ok_or_else(bad)?;
+    let (status, error_code) = match failed.split_once(':') {
+        Some((status, code)) => {
+            // Digits only: `u32::from_str` would also take a sign.
+            if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            (status, Some(code.parse::<u32>().map_err(|_| bad())?))
+        }
+        None => (failed, None),
+    };
+    let status = parse_delivery_status(status).ok_or_else(bad)?;
+    Ok(FallbackReason::DeliveryFailed { status, error_code })
 }
 
 impl From<&Verification> for VerificationRow {
@@ -94,6 +183,10 @@ impl From<&Verification> for VerificationRow {
             updated_at: to_millis(v.updated_at),
             expires_at: to_millis(v.expires_at),
             version: i64::from(v.version),
+            allow_fallback: v.allow_fallback,
+            channels_tried: encode_channels(&v.channels_tried),
+            fallback_reason: v.fallback_reason.map(encode_fallback_reason),
+            delivery_status: v.delivery_status.map(|s| s.as_str().to_owned()),
         }
     }
 }
@@ -103,17 +196,14 @@ impl TryFrom<VerificationRow> for Verification {
 
     fn try_from(row: VerificationRow) -> Result<Self, CorruptRow> {
         let bad = |column: &'static str, problem: String| CorruptRow {
+            what: "verification",
             id: row.id.clone(),
             column,
             problem,
         };
-        let count = |column: &'static str, value: i64| {
-            u32::try_from(value).map_err(|_| bad(column, format!("{value} is out of range")))
-        };
-        let time = |column: &'static str, millis: i64| {
-            DateTime::<Utc>::from_timestamp_millis(millis)
-                .ok_or_else(|| bad(column, format!("{millis} ms is not a representable time")))
-        };
+        let count = |column: &'static str, value: i64| to_u32(value).map_err(|p| bad(column, p));
+        let time =
+            |column: &'static str, millis: i64| from_millis(millis).map_err(|p| bad(column, p));
 
         let id = VerificationId::from_str(&row.id).map_err(|e| bad("id", e.to_string()))?;
         let purpose = Purpose::parse(&row.purpose).map_err(|e| bad("purpose", e.to_string()))?;
@@ -135,6 +225,22 @@ impl TryFrom<VerificationRow> for Verification {
             .failure_code
             .map(|code| count("failure_code", code))
             .transpose()?;
+        let channels_tried =
+            decode_channels(&row.channels_tried).map_err(|p| bad("channels_tried", p))?;
+        let fallback_reason = row
+            .fallback_reason
+            .as_deref()
+            .map(decode_fallback_reason)
+            .transpose()
+            .map_err(|p| bad("fallback_reason", p))?;
+        let delivery_status = row
+            .delivery_status
+            .as_deref()
+            .map(|raw| {
+                parse_delivery_status(raw)
+                    .ok_or_else(|| bad("delivery_status", format!("unknown status `{raw}`")))
+            })
+            .transpose()?;
 
         Ok(Verification {
             id,
@@ -146,6 +252,10 @@ impl TryFrom<VerificationRow> for Verification {
             max_sends: count("max_sends", row.max_sends)?,
             max_checks: count("max_checks", row.max_checks)?,
             failure_code,
+            allow_fallback: row.allow_fallback,
+            channels_tried,
+            fallback_reason,
+            delivery_status,
             created_at: time("created_at", row.created_at)?,
             updated_at: time("updated_at", row.updated_at)?,
             expires_at: time("expires_at", row.expires_at)?,
@@ -163,7 +273,7 @@ impl TryFrom<VerificationRow> for Verification {
     }
 }
 
-/// Binds every column of `row` as `$1` to `$20` of [`crate::sql::INSERT`].
+/// Binds every column of `row` as `$1` to `$24` of [`crate::sql::INSERT`].
 pub(crate) fn bind_insert<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
     row: VerificationRow,
@@ -175,6 +285,7 @@ where
     for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
 {
     query
         .bind(row.id)
@@ -197,9 +308,13 @@ where
         .bind(row.updated_at)
         .bind(row.expires_at)
         .bind(row.version)
+        .bind(row.allow_fallback)
+        .bind(row.channels_tried)
+        .bind(row.fallback_reason)
+        .bind(row.delivery_status)
 }
 
-/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$19` of
+/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$23` of
 /// [`crate::sql::UPDATE`].
 pub(crate) fn bind_update<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
@@ -213,6 +328,7 @@ where
     for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
 {
     query
         .bind(row.id)
@@ -234,6 +350,176 @@ where
         .bind(row.expires_at)
         .bind(row.version)
         .bind(row.idempotency_key)
+        .bind(row.allow_fallback)
+        .bind(row.channels_tried)
+        .bind(row.fallback_reason)
+        .bind(row.delivery_status)
+}
+
+/// The columns of `delivery_reports` the store writes, in the order of
+/// [`crate::sql::INSERT_REPORT`]'s parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReportRow {
+    pub dedupe_key: String,
+    pub provider_sid: Option<String>,
+    pub message_sid: Option<String>,
+    pub channel: Option<String>,
+    pub status: String,
+    pub error_code: Option<i64>,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    /// The outbox message recorded with the report.
+    pub message_id: String,
+}
+
+impl ReportRow {
+    /// The row of `report`, received at `received_at` and announced by the outbox message
+    /// `message_id`.
+    pub(crate) fn new(
+        report: &DeliveryReport,
+        received_at: DateTime<Utc>,
+        message_id: MessageId,
+    ) -> Self {
+        ReportRow {
+            dedupe_key: report.dedupe_key.clone(),
+            provider_sid: report.provider_sid.clone(),
+            message_sid: report.message_sid.clone(),
+            channel: report.channel.map(|c| c.as_str().to_owned()),
+            status: report.status.as_str().to_owned(),
+            error_code: report.error_code.map(i64::from),
+            occurred_at: to_millis(report.occurred_at),
+            received_at: to_millis(received_at),
+            message_id: message_id.to_string(),
+        }
+    }
+}
+
+/// Binds every column of `row` as `$1` to `$9` of [`crate::sql::INSERT_REPORT`].
+pub(crate) fn bind_report<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments>,
+    row: ReportRow,
+) -> Query<'q, DB, <DB as Database>::Arguments>
+where
+    DB: Database,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+{
+    query
+        .bind(row.dedupe_key)
+        .bind(row.provider_sid)
+        .bind(row.message_sid)
+        .bind(row.channel)
+        .bind(row.status)
+        .bind(row.error_code)
+        .bind(row.occurred_at)
+        .bind(row.received_at)
+        .bind(row.message_id)
+}
+
+/// An envelope as the outbox stores it, in the order of [`crate::sql::ENQUEUE`]'s first
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnvelopeRow {
+    pub message_id: String,
+    pub kind: String,
+    pub version: i64,
+    pub occurred_at: i64,
+    /// A JSON object of strings.
+    pub headers: String,
+    pub payload: Vec<u8>,
+}
+
+impl TryFrom<&Envelope> for EnvelopeRow {
+    type Error = StoreError;
+
+    fn try_from(envelope: &Envelope) -> Result<Self, StoreError> {
+        // A map of strings always serializes; should it ever fail, nothing is stored and
+        // the caller fails closed as on any store failure.
+        let headers = serde_json::to_string(&envelope.headers).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the headers of message {} do not encode as JSON: {e}",
+                envelope.message_id
+            ))
+        })?;
+        Ok(EnvelopeRow {
+            message_id: envelope.message_id.to_string(),
+            kind: envelope.kind.as_str().to_owned(),
+            version: i64::from(envelope.version),
+            occurred_at: to_millis(envelope.occurred_at),
+            headers,
+            payload: envelope.payload.clone(),
+        })
+    }
+}
+
+/// Binds the columns of `row` as `$1` to `$6` of [`crate::sql::ENQUEUE`].
+pub(crate) fn bind_envelope<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments>,
+    row: EnvelopeRow,
+) -> Query<'q, DB, <DB as Database>::Arguments>
+where
+    DB: Database,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    query
+        .bind(row.message_id)
+        .bind(row.kind)
+        .bind(row.version)
+        .bind(row.occurred_at)
+        .bind(row.headers)
+        .bind(row.payload)
+}
+
+/// The columns of `outbox` a claim returns, in the order of [`crate::sql::outbox_columns!`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub id: i64,
+    pub message_id: String,
+    pub kind: String,
+    pub version: i64,
+    pub occurred_at: i64,
+    pub headers: String,
+    pub payload: Vec<u8>,
+    pub attempts: i64,
+    /// When it was queued: claims return their batch oldest first.
+    pub created_at: i64,
+}
+
+impl TryFrom<OutboxRow> for OutboxMessage {
+    type Error = CorruptRow;
+
+    fn try_from(row: OutboxRow) -> Result<Self, CorruptRow> {
+        let bad = |column: &'static str, problem: String| CorruptRow {
+            what: "outbox message",
+            id: row.id.to_string(),
+            column,
+            problem,
+        };
+        let message_id =
+            MessageId::from_str(&row.message_id).map_err(|e| bad("message_id", e.to_string()))?;
+        let kind = EventKind::parse(&row.kind).map_err(|e| bad("kind", e.to_string()))?;
+        let version = to_u32(row.version).map_err(|p| bad("version", p))?;
+        let occurred_at = from_millis(row.occurred_at).map_err(|p| bad("occurred_at", p))?;
+        let headers: BTreeMap<String, String> = serde_json::from_str(&row.headers)
+            .map_err(|e| bad("headers", format!("not a JSON object of strings: {e}")))?;
+        let attempts = to_u32(row.attempts).map_err(|p| bad("attempts", p))?;
+        Ok(OutboxMessage {
+            id: row.id,
+            envelope: Envelope {
+                message_id,
+                kind,
+                version,
+                occurred_at,
+                headers,
+                payload: row.payload,
+            },
+            attempts,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +579,133 @@ mod tests {
         check("updated_at", |r| r.updated_at = i64::MIN);
         check("expires_at", |r| r.expires_at = i64::MAX);
         check("version", |r| r.version = -1);
+        check("channels_tried", |r| r.channels_tried = "sms,pigeon".into());
+        check("channels_tried", |r| r.channels_tried = "SMS".into());
+        check("channels_tried", |r| r.channels_tried = "sms,,call".into());
+        check("fallback_reason", |r| {
+            r.fallback_reason = Some("because".into())
+        });
+        check("delivery_status", |r| {
+            r.delivery_status = Some("Delivered".into())
+        });
+    }
+
+    #[test]
+    fn channel_lists_are_comma_separated_names() {
+        let cases: [(&[Channel], &str); 3] = [
+            (&[], ""),
+            (&[Channel::Sms], "sms"),
+            (&[Channel::Sms, Channel::Call, Channel::Sms], "sms,call,sms"),
+        ];
+        for (channels, text) in cases {
+            assert_eq!(encode_channels(channels), text);
+            assert_eq!(decode_channels(text).as_deref(), Ok(channels));
+        }
+        for bad in [",", "sms,", ",sms", " sms", "sms call", "Sms"] {
+            assert!(decode_channels(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fallback_reasons_have_a_stable_text() {
+        let failed = |status, error_code| FallbackReason::DeliveryFailed { status, error_code };
+        let cases = [
+            (FallbackReason::NoDeliveryReport, "no_delivery_report"),
+            (
+                failed(DeliveryStatus::Failed, None),
+                "delivery_failed:failed",
+            ),
+            (
+                failed(DeliveryStatus::Undelivered, Some(30003)),
+                "delivery_failed:undelivered:30003",
+            ),
+            (
+                failed(DeliveryStatus::Undelivered, Some(u32::MAX)),
+                "delivery_failed:undelivered:4294967295",
+            ),
+            (
+                failed(DeliveryStatus::Failed, Some(0)),
+                "delivery_failed:failed:0",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(encode_fallback_reason(reason), text);
+            assert_eq!(decode_fallback_reason(text), Ok(reason));
+        }
+        for bad in [
+            "",
+            "no_delivery_report:1",
+            "delivery_failed",
+            "delivery_failed:",
+            "delivery_failed:lost",
+            "delivery_failed:FAILED",
+            "delivery_failed:failed:",
+            "delivery_failed:failed:+1",
+            "delivery_failed:failed:-1",
+            "delivery_failed:failed:4294967296",
+            "delivery_failed:failed:1:2",
+            "DELIVERY_FAILED:failed",
+        ] {
+            assert!(decode_fallback_reason(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn good_outbox_row() -> OutboxRow {
+        let envelope = fixtures::envelope(1);
+        let row = EnvelopeRow::try_from(&envelope).expect("encodes");
+        OutboxRow {
+            id: 7,
+            message_id: row.message_id,
+            kind: row.kind,
+            version: row.version,
+            occurred_at: row.occurred_at,
+            headers: row.headers,
+            payload: row.payload,
+            attempts: 2,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn outbox_rows_round_trip() {
+        let message = OutboxMessage::try_from(good_outbox_row()).expect("converts");
+        assert_eq!(
+            message,
+            OutboxMessage {
+                id: 7,
+                envelope: fixtures::envelope(1),
+                attempts: 2,
+            }
+        );
+        assert_eq!(
+            good_outbox_row().headers,
+            r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#
+        );
+    }
+
+    #[test]
+    fn corrupt_outbox_columns_are_named() {
+        type Break = fn(&mut OutboxRow);
+        let cases: [(&str, Break); 8] = [
+            ("message_id", |r| r.message_id = "msg-1".into()),
+            ("kind", |r| r.kind = "Delivery.Failed".into()),
+            ("version", |r| r.version = -1),
+            ("occurred_at", |r| r.occurred_at = i64::MAX),
+            ("headers", |r| r.headers = "[]".into()),
+            ("headers", |r| r.headers = r#"{"a":1}"#.into()),
+            ("headers", |r| r.headers = String::new()),
+            ("attempts", |r| r.attempts = i64::from(u32::MAX) + 1),
+        ];
+        for (column, corrupt) in cases {
+            let mut row = good_outbox_row();
+            corrupt(&mut row);
+            let error = OutboxMessage::try_from(row).expect_err("corrupt row must not convert");
+            assert_eq!(error.column, column, "{error}");
+            assert!(
+                error.to_string().starts_with("outbox message row `7`"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The SQLite store: the embedded mode's durable record, in one local file.
+//! The SQLite store: the embedded mode's durable record, in one local file, with its
+//! dedupe memory ([`SqliteDedupeStore`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
+use crate::sql::outbox_columns;
 
 /// The SQLite schema, embedded in the binary so the embedded mode needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -26,10 +28,28 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// unavailable and the caller fails closed rather than queueing without bound.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`domain::ports::VerificationStore`] on SQLite. Cloning is cheap and shares the pool.
+/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`] and
+/// [`domain::ports::Outbox`] on SQLite. Cloning is cheap and shares the pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     repo: Repo<Sqlite>,
+}
+
+/// [`domain::events::DedupeStore`] on SQLite, sharing its [`SqliteStore`]'s pool: every
+/// process on the database file dedupes together, and handled ids survive restarts. Made
+/// by [`SqliteStore::dedupe_store`].
+#[derive(Debug, Clone)]
+pub struct SqliteDedupeStore {
+    repo: Repo<Sqlite>,
+    lease: Duration,
+}
+
+/// Now on SQLite's clock, in milliseconds since the Unix epoch (julianday arithmetic, which
+/// every SQLite version has). One statement sees one value.
+macro_rules! now_millis {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
 }
 
 impl Dialect for Sqlite {
@@ -38,6 +58,54 @@ impl Dialect for Sqlite {
     /// change them, and the transaction never has to upgrade a read snapshot to a write,
     /// which fails at once with `SQLITE_BUSY_SNAPSHOT` instead of waiting.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    /// SQLite has no row locks: the claim runs under the write lock of
+    /// [`Dialect::BEGIN_WRITE`], so a concurrent claim starts after this one committed and
+    /// finds the rows leased.
+    const CLAIM_OUTBOX: &'static str = concat!(
+        "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (",
+        "SELECT id FROM outbox WHERE published_at IS NULL AND next_attempt_at <= $1",
+        " ORDER BY next_attempt_at, id LIMIT $3)",
+        " RETURNING ",
+        outbox_columns!()
+    );
+
+    /// The ids come as a JSON array, which `json_each` turns into rows.
+    const MARK_PUBLISHED: &'static str = "UPDATE outbox SET published_at = $2 \
+         WHERE published_at IS NULL AND id IN (SELECT value FROM json_each($1))";
+
+    const CLAIM_MESSAGE: &'static str = concat!(
+        "INSERT INTO processed_messages (consumer, message_id, state, lease_until, claimed_at)",
+        " VALUES ($1, $2, 'in_progress', ",
+        now_millis!(),
+        " + $3, ",
+        now_millis!(),
+        ") ON CONFLICT (consumer, message_id) DO UPDATE",
+        " SET lease_until = excluded.lease_until, claimed_at = excluded.claimed_at",
+        " WHERE processed_messages.state = 'in_progress'",
+        " AND processed_messages.lease_until <= excluded.claimed_at",
+        " RETURNING state"
+    );
+
+    const COMPLETE_MESSAGE: &'static str = concat!(
+        "INSERT INTO processed_messages",
+        " (consumer, message_id, state, lease_until, claimed_at, completed_at)",
+        " VALUES ($1, $2, 'done', NULL, ",
+        now_millis!(),
+        ", ",
+        now_millis!(),
+        ") ON CONFLICT (consumer, message_id) DO UPDATE",
+        " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
+        " WHERE processed_messages.state <> 'done'"
+    );
+
+    /// A JSON array of the ids, e.g. `[1,2,3]`.
+    type IdList = String;
+
+    fn id_list(ids: &[i64]) -> String {
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        format!("[{}]", ids.join(","))
+    }
 }
 
 impl SqliteStore {
@@ -103,6 +171,16 @@ impl SqliteStore {
         connection.ping().await.map_err(StorageError::Unavailable)
     }
 
+    /// The dedupe memory of message consumers on this database: a claim holds for `lease`
+    /// (capped at a hundred years) unless completed or released first, after which another
+    /// delivery of the message may claim it. Leases run on SQLite's clock.
+    pub fn dedupe_store(&self, lease: Duration) -> SqliteDedupeStore {
+        SqliteDedupeStore {
+            repo: self.repo.clone(),
+            lease,
+        }
+    }
+
     /// Waits for in-flight statements and closes every connection, so the WAL is
     /// checkpointed into the database file before the process exits.
     pub async fn close(&self) {
@@ -114,6 +192,15 @@ impl SqliteStore {
     pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
         &self.repo.pool
     }
+
+    /// Applies the migrations up to `version` only, for tests that need an older schema.
+    #[cfg(test)]
+    pub(crate) async fn migrate_to(&self, version: i64) -> Result<(), StorageError> {
+        MIGRATOR
+            .run_to(version, &self.repo.pool)
+            .await
+            .map_err(StorageError::Migrate)
+    }
 }
 
 /// Whether `url` names an in-memory database (`sqlite::memory:`, `:memory:` or
@@ -122,4 +209,4 @@ fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-delegate_store!(SqliteStore);
+delegate_store!(SqliteStore, SqliteDedupeStore);

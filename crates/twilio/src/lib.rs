@@ -5,12 +5,17 @@
 //! [`TwilioError`], which names each Twilio error code the gateway acts on and converts into
 //! the domain's `ProviderError`. Calls are repeated only where that cannot send a second code
 //! or spend a second check.
+//!
+//! [`webhook`] checks the signatures of the webhooks Twilio sends back (message status
+//! callbacks and Verify Events) for the HTTP server that receives them.
 
 mod client;
 mod config;
 mod error;
+pub mod events;
 mod retry;
 mod sid;
+pub mod webhook;
 mod wire;
 
 pub use client::TwilioVerify;

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use domain::events::EventBus;
 use domain::ports::VerificationStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Settings, Upstream};
-use crate::keys;
 use crate::service::{SystemClock, VerifyCore};
+use crate::{fallback, keys};
 
 /// Opens the configured database, creating the data dir first when it is SQLite's home.
 pub async fn open_database(settings: &Settings) -> anyhow::Result<storage::Database> {
@@ -62,20 +63,49 @@ pub async fn reencrypt(
     }
 }
 
+/// The event bus of the gateway: RabbitMQ in the distributed mode, in process otherwise.
+#[derive(Debug, Clone)]
+enum GatewayBus {
+    Rabbit(Arc<messaging::RabbitBus>),
+    InProcess(Arc<messaging::InProcessBus>),
+}
+
+impl GatewayBus {
+    fn as_dyn(&self) -> Arc<dyn EventBus> {
+        match self {
+            GatewayBus::Rabbit(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
+            GatewayBus::InProcess(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
+        }
+    }
+
+    /// Lets consumers finish what they hold, then closes.
+    async fn close(&self) {
+        match self {
+            GatewayBus::Rabbit(bus) => bus.close().await,
+            GatewayBus::InProcess(bus) => bus.close(),
+        }
+    }
+}
+
+/// How long a consumer's claim on a message id holds before another replica may take it
+/// over (a replica that died mid-message).
+const DEDUPE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A gateway whose listeners are bound; `run` serves until shutdown.
 #[derive(Debug)]
 pub struct Gateway {
-    core: VerifyCore,
+    core: Arc<VerifyCore>,
     grpc: TcpListener,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
+    webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
-    /// RabbitMQ in distributed mode; delivery events arrive over it.
-    bus: Option<messaging::RabbitBus>,
+    bus: GatewayBus,
 }
 
 impl Gateway {
-    /// Opens the store (running migrations unless a separate step does), connects to
-    /// RabbitMQ when configured, loads keys, binds the listeners.
+    /// Opens the store (running migrations unless a separate step does), connects the bus
+    /// (RabbitMQ when configured, else in process), loads keys, binds the listeners and
+    /// subscribes the delivery consumer.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
         let database = open_database(settings).await?;
@@ -85,14 +115,34 @@ impl Gateway {
         let bus = match &settings.amqp_url {
             Some(url) => {
                 let mut config =
-                    messaging::RabbitConfig::new(url.clone(), messaging::DEFAULT_EXCHANGE);
+                    messaging::RabbitConfig::new(url.clone(), settings.amqp_exchange.clone());
                 config.connection_name = "verify-service".into();
-                Some(
+                GatewayBus::Rabbit(Arc::new(
                     messaging::RabbitBus::connect(config)
                         .await
                         .context("connecting to RabbitMQ")?,
-                )
+                ))
             }
+            None => GatewayBus::InProcess(Arc::new(messaging::InProcessBus::new())),
+        };
+
+        // The embedded webhook receiver, so delivery reports (and the fallback) work with no
+        // other process.
+        let webhooks = match &settings.webhooks {
+            Some(w) => Some(
+                webhook_ingest::Ingest::bind(
+                    &webhook_ingest::Settings {
+                        addr: w.addr,
+                        public_base_url: w.public_base_url.clone(),
+                        auth_token: w.auth_token.clone(),
+                        trusted_proxies: Vec::new(),
+                    },
+                    database.clone(),
+                    webhook_ingest::Bus::Shared(bus.as_dyn()),
+                )
+                .await
+                .context("starting the embedded webhook receiver")?,
+            ),
             None => None,
         };
 
@@ -101,10 +151,18 @@ impl Gateway {
                 let listener = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding the sandbox on {addr}"))?;
-                Some((
-                    listener,
-                    twilio_sandbox::Sandbox::new(twilio_sandbox::SandboxConfig::dev()),
-                ))
+                let mut config = twilio_sandbox::SandboxConfig::dev();
+                if let Some(webhooks) = &webhooks {
+                    config.events_url = Some(
+                        url::Url::parse(&format!(
+                            "{}{}",
+                            webhooks.public_base_url(),
+                            webhook_ingest::VERIFY_EVENTS_PATH
+                        ))
+                        .context("the sandbox's events URL")?,
+                    );
+                }
+                Some((listener, twilio_sandbox::Sandbox::new(config)))
             }
             Upstream::Twilio => None,
         };
@@ -117,14 +175,26 @@ impl Gateway {
         let provider =
             twilio::TwilioVerify::new(twilio_config).context("building the Twilio client")?;
 
-        let core = VerifyCore::new(
+        let core = Arc::new(VerifyCore::new(
             settings.policies.clone(),
             Arc::new(provider),
             database.verifications(),
             Arc::new(SystemClock),
             keys.blind_index,
             keys.keyring,
+            bus.as_dyn(),
+        ));
+        let subscription = fallback::subscription();
+        let consumer = messaging::Idempotent::new(
+            subscription.queue.clone(),
+            Arc::new(fallback::DeliveryHandler::new(Arc::clone(&core))),
+            database.dedupe_store(DEDUPE_LEASE),
         );
+        bus.as_dyn()
+            .subscribe(subscription, Arc::new(consumer))
+            .await
+            .context("subscribing to delivery events")?;
+
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", settings.grpc_addr))?;
@@ -132,6 +202,7 @@ impl Gateway {
             core,
             grpc,
             sandbox,
+            webhooks,
             database,
             bus,
         })
@@ -143,6 +214,11 @@ impl Gateway {
 
     pub fn sandbox_addr(&self) -> Option<SocketAddr> {
         self.sandbox.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Where the embedded webhook receiver listens, when it runs.
+    pub fn webhooks_addr(&self) -> Option<SocketAddr> {
+        self.webhooks.as_ref().and_then(|w| w.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish, lets consumers
@@ -162,21 +238,25 @@ impl Gateway {
                 stopped(stop_rx.clone()),
             ))
         });
+        let webhooks_task = self
+            .webhooks
+            .map(|w| tokio::spawn(w.run(stopped(stop_rx.clone()))));
         let grpc_task = tokio::spawn(crate::server::serve(
             self.grpc,
-            self.core,
+            (*self.core).clone(),
             stopped(stop_rx.clone()),
         ));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         grpc_task.await.context("gRPC task")??;
+        if let Some(task) = webhooks_task {
+            task.await.context("webhook task")?.context("webhooks")?;
+        }
         if let Some(task) = sandbox_task {
             task.await.context("sandbox task")?.context("sandbox")?;
         }
-        if let Some(bus) = &self.bus {
-            bus.close().await;
-        }
+        self.bus.close().await;
         self.database.close().await;
         Ok(())
     }

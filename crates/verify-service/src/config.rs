@@ -26,6 +26,7 @@ struct RawConfig {
     sandbox: RawSandbox,
     storage: RawStorage,
     bus: RawBus,
+    webhooks: RawWebhooks,
     twilio: RawTwilio,
     log: RawLog,
     #[serde(default)]
@@ -63,8 +64,17 @@ struct RawStorage {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    embedded: bool,
+    addr: SocketAddr,
+    public_base_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBus {
     amqp_url: String,
+    exchange: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +125,14 @@ struct RawPurpose {
     max_checks: u32,
     code_ttl_seconds: u64,
     idempotency_window_seconds: u64,
+    #[serde(default)]
+    fallback: Vec<Channel>,
+    #[serde(default = "default_fallback_after_seconds")]
+    fallback_after_seconds: u64,
+}
+
+fn default_fallback_after_seconds() -> u64 {
+    30
 }
 
 /// Twilio credentials as Twilio's own variables name them.
@@ -170,6 +188,10 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// RabbitMQ (distributed mode); `None`: the embedded mode's in-process bus.
     pub amqp_url: Option<SecretString>,
+    /// The RabbitMQ topic exchange.
+    pub amqp_exchange: String,
+    /// The webhook receiver run in this process (embedded mode only).
+    pub webhooks: Option<EmbeddedWebhooks>,
     pub data_dir: PathBuf,
     pub keys: KeySource,
     pub log_format: telemetry::LogFormat,
@@ -177,6 +199,17 @@ pub struct Settings {
     pub policies: Policies,
     /// The Twilio adapter's settings; in sandbox mode `app` points `base_url` at the sandbox.
     pub twilio: twilio::TwilioConfig,
+}
+
+/// The embedded webhook receiver.
+#[derive(Debug, Clone)]
+pub struct EmbeddedWebhooks {
+    pub addr: SocketAddr,
+    /// `None`: the receiver's own bound address.
+    pub public_base_url: Option<Url>,
+    /// The token Twilio signs webhooks with: the sandbox's in sandbox mode, else
+    /// `TWILIO_AUTH_TOKEN`.
+    pub auth_token: SecretString,
 }
 
 /// Overrides from the command line; `None` keeps the configured value.
@@ -188,6 +221,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub amqp_url: Option<String>,
+    pub amqp_exchange: Option<String>,
+    pub webhooks_addr: Option<SocketAddr>,
     pub log_format: Option<String>,
 }
 
@@ -288,6 +323,8 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
             max_checks: p.max_checks,
             code_ttl: Duration::from_secs(p.code_ttl_seconds),
             idempotency_window: Duration::from_secs(p.idempotency_window_seconds),
+            fallback: p.fallback,
+            fallback_after: Duration::from_secs(p.fallback_after_seconds),
         };
         purposes.push(PurposePolicy::new(purpose, settings)?);
     }
@@ -323,12 +360,43 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         })
         .transpose()?;
 
+    let webhooks = if raw.webhooks.embedded && amqp_url.is_none() {
+        let token = if sandbox_on {
+            Some(twilio_sandbox::DEV_AUTH_TOKEN.to_owned())
+        } else {
+            env.auth_token.clone()
+        };
+        match token {
+            Some(token) => Some(EmbeddedWebhooks {
+                addr: o.webhooks_addr.unwrap_or(raw.webhooks.addr),
+                public_base_url: non_empty(&raw.webhooks.public_base_url)
+                    .map(|u| {
+                        Url::parse(&u)
+                            .with_context(|| format!("webhooks.public_base_url `{u}` is not a URL"))
+                    })
+                    .transpose()?,
+                auth_token: SecretString::from(token),
+            }),
+            // API-key credentials without the account's auth token: nothing to check
+            // signatures with, so no receiver (and no delivery-driven fallback).
+            None => None,
+        }
+    } else {
+        None
+    };
+
     Ok(Settings {
         grpc_addr: o.grpc_addr.unwrap_or(raw.server.grpc_addr),
         upstream,
         database_url,
         migrate_on_start: raw.storage.migrate_on_start,
         amqp_url,
+        amqp_exchange: o
+            .amqp_exchange
+            .as_deref()
+            .and_then(non_empty)
+            .unwrap_or(raw.bus.exchange),
+        webhooks,
         data_dir,
         keys,
         log_format,

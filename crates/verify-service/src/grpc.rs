@@ -87,6 +87,17 @@ pub fn to_proto(v: &Verification) -> pb::Verification {
         update_time: Some(timestamp(v.updated_at)),
         expire_time: Some(timestamp(v.expires_at)),
         failure_code: v.failure_code.unwrap_or(0),
+        allow_fallback: v.allow_fallback,
+        channels_tried: v
+            .channels_tried
+            .iter()
+            .map(|c| channel_to_proto(*c).into())
+            .collect(),
+        fallback_reason: v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
+        delivery_status: v
+            .delivery_status
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -167,6 +178,7 @@ impl GrpcService {
                 "idempotency_key",
                 IdempotencyKey::parse,
             )?,
+            allow_fallback: m.allow_fallback,
         })
     }
 }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod fallback;
 pub mod grpc;
 pub mod keys;
 pub mod server;

@@ -29,6 +29,9 @@ struct Cli {
     /// Address of the embedded Twilio sandbox.
     #[arg(long, global = true)]
     sandbox_addr: Option<SocketAddr>,
+    /// Address of the embedded webhook receiver (embedded mode).
+    #[arg(long, global = true)]
+    webhooks_addr: Option<SocketAddr>,
     /// Directory for the SQLite database and development keys.
     #[arg(long, global = true, env = "VERIFY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -40,6 +43,9 @@ struct Cli {
     /// it the embedded in-process bus is used.
     #[arg(long, global = true, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: Option<String>,
+    /// The RabbitMQ topic exchange (the same as webhook-ingest's); default `verify.events`.
+    #[arg(long, global = true, env = "AMQP_EXCHANGE")]
+    amqp_exchange: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
@@ -69,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         database_url: cli.database_url,
         amqp_url: cli.amqp_url,
+        amqp_exchange: cli.amqp_exchange,
+        webhooks_addr: cli.webhooks_addr,
         log_format: cli.log_format,
     })?;
     telemetry::init(settings.log_format, &settings.log_filter)?;

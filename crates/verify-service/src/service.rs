@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::events::EventBus;
 use domain::ports::{
     Clock, Inserted, ProviderErrorKind, ProviderStart, ProviderStatus, VerificationStore,
     VerifyProvider,
@@ -32,17 +33,21 @@ pub struct StartInput {
     pub identity: Option<String>,
     pub client_ip: Option<std::net::IpAddr>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The caller allows moving to the purpose's next channel when delivery fails.
+    pub allow_fallback: bool,
 }
 
 /// The application: policies, ports and keys.
 #[derive(Debug, Clone)]
 pub struct VerifyCore {
-    policies: Arc<Policies>,
-    provider: Arc<dyn VerifyProvider>,
-    store: Arc<dyn VerificationStore>,
-    clock: Arc<dyn Clock>,
-    blind_index: BlindIndexKey,
-    keyring: Keyring,
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) provider: Arc<dyn VerifyProvider>,
+    pub(crate) store: Arc<dyn VerificationStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) blind_index: BlindIndexKey,
+    pub(crate) keyring: Keyring,
+    /// Where the silence checks of the fallback are scheduled.
+    pub(crate) bus: Arc<dyn EventBus>,
 }
 
 impl VerifyCore {
@@ -53,6 +58,7 @@ impl VerifyCore {
         clock: Arc<dyn Clock>,
         blind_index: BlindIndexKey,
         keyring: Keyring,
+        bus: Arc<dyn EventBus>,
     ) -> Self {
         VerifyCore {
             policies: Arc::new(policies),
@@ -61,6 +67,7 @@ impl VerifyCore {
             clock,
             blind_index,
             keyring,
+            bus,
         }
     }
 
@@ -188,6 +195,7 @@ impl VerifyCore {
             idempotency_key: input.idempotency_key.clone(),
             max_sends: policy.max_sends(),
             max_checks: policy.max_checks(),
+            allow_fallback: input.allow_fallback,
             now,
             expires_at: policy.expires_at(now),
         });
@@ -220,6 +228,7 @@ impl VerifyCore {
                 v.mark_sent(pv.sid, now);
                 self.store.update(&v, version).await?;
                 info!(verification_id = %v.id, "verification sent");
+                self.schedule_silence_check(policy, &v).await;
                 Ok(v)
             }
             Err(e) => {
@@ -280,6 +289,7 @@ impl VerifyCore {
                         self.store.update(&v, version).await?;
                     }
                     info!(sends = v.sends, "verification resent");
+                    self.schedule_silence_check(policy, &v).await;
                     return Ok(v);
                 }
                 Err(domain::ports::StoreError::Conflict(id)) => {
@@ -421,7 +431,10 @@ impl VerifyCore {
     }
 
     /// Reads a verification and, if it has expired since it was written, records that.
-    async fn load_current(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+    pub(crate) async fn load_current(
+        &self,
+        id: &VerificationId,
+    ) -> Result<Verification, ServiceError> {
         let mut v = self.read(id).await?;
         let version = v.version;
         if v.expire_if_due(self.clock.now()) {
@@ -442,6 +455,10 @@ fn not_checkable(id: &VerificationId, e: TransitionError) -> ServiceError {
         TransitionError::NotPending(status) => ServiceError::FailedPrecondition {
             reason: "VERIFICATION_NOT_PENDING",
             message: format!("verification {id} is {status}, not pending"),
+        },
+        TransitionError::FallbackNotAllowed => ServiceError::FailedPrecondition {
+            reason: "FALLBACK_NOT_ALLOWED",
+            message: e.to_string(),
         },
         TransitionError::NoChecksLeft(_) | TransitionError::NoSendsLeft(_) => {
             ServiceError::LimitReached {

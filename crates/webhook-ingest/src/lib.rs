@@ -1,87 +1,155 @@
-//! webhook-ingest: the HTTP server that receives Twilio's webhooks (message status callbacks
-//! and Verify Events), checks their signatures, drops duplicates, stores each event with an
-//! outbox row and publishes it to RabbitMQ.
+//! webhook-ingest: the HTTP server that receives Twilio's webhooks, checks their signatures,
+//! stores each delivery report once together with an outbox row, and publishes the outbox to
+//! the event bus.
 //!
-//! This version is the process around that: settings, the database and broker connections,
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database and the broker answer
-//! too, so a replica that could not store a webhook takes none), and a graceful shutdown that
-//! finishes in-flight requests before closing the connections.
+//! - `POST /webhooks/twilio/verify-events`: Verify Events (a JSON array of CloudEvents),
+//!   signed over the URL with `bodySHA256`.
+//! - `POST /webhooks/twilio/message-status`: Programmable Messaging status callbacks (form).
+//! - `GET /healthz` (the process answers), `GET /readyz` (the database answers too, so a
+//!   replica that could not store a webhook takes none; the broker is reported, but a broker
+//!   outage does not stop webhooks from being accepted into the outbox).
+//!
+//! A missing or malformed signature is 400, a wrong one 403, an oversized body 413, a
+//! malformed one 400; none of them stores anything. A good request is answered 200 once its
+//! reports are durably stored; the outbox relay then publishes them (publisher confirms), so
+//! a report is never lost while the broker is down and is published once it is back. Twilio
+//! retries; a report seen before (same CloudEvent id, or same `MessageSid` + status) is
+//! stored and published once.
+
+mod relay;
+mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
-use axum::routing::get;
+use domain::events::EventBus;
 use secrecy::SecretString;
-use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
 use url::Url;
 
-/// How long `/readyz` waits for the database before calling it unavailable; below the
-/// probes' own timeouts, so a slow database reads as "not ready", not as a hung process.
-const READY_DB_TIMEOUT: Duration = Duration::from_millis(1500);
+pub use routes::{MAX_BODY_BYTES, MESSAGE_STATUS_PATH, VERIFY_EVENTS_PATH};
 
-/// What webhook-ingest needs to run.
+/// What webhook-ingest needs to know besides its connections.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where the HTTP server listens.
     pub addr: SocketAddr,
-    /// The public URL Twilio posts to (and signs over), e.g. `https://webhooks.example.com`.
-    pub public_base_url: Url,
+    /// The public URL Twilio posts to (and signs over), e.g. `https://webhooks.example.com`;
+    /// the request's path and query are appended to it. `None`: the server's own address
+    /// (`http://127.0.0.1:8080`), right when the poster is on the same machine.
+    pub public_base_url: Option<Url>,
     /// The Twilio auth token webhooks are signed with.
     pub auth_token: SecretString,
-    /// `postgres://…` in the distributed mode (`sqlite:…` works for trying it out).
-    pub database_url: String,
-    /// The RabbitMQ broker events are published to.
-    pub amqp_url: SecretString,
-    /// Apply the database migrations before serving; off where a separate step migrates.
-    pub migrate_on_start: bool,
+    /// Peers (reverse proxies) whose `X-Forwarded-Proto` / `X-Forwarded-Host` are believed
+    /// when composing the signed URL; from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
     /// Checks what can be checked before connecting to anything.
     pub fn validate(&self) -> anyhow::Result<()> {
         use secrecy::ExposeSecret;
-        if !matches!(self.public_base_url.scheme(), "http" | "https")
-            || self.public_base_url.host().is_none()
-        {
-            anyhow::bail!(
-                "the public base URL must be an http(s) URL with a host (got `{}`)",
-                self.public_base_url
-            );
-        }
-        if self.public_base_url.query().is_some() || self.public_base_url.fragment().is_some() {
-            anyhow::bail!("the public base URL must not carry a query or a fragment");
+        if let Some(base) = &self.public_base_url {
+            if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+                anyhow::bail!(
+                    "the public base URL must be an http(s) URL with a host (got `{base}`)"
+                );
+            }
+            if base.query().is_some() || base.fragment().is_some() {
+                anyhow::bail!("the public base URL must not carry a query or a fragment");
+            }
         }
         let token = self.auth_token.expose_secret();
         if token.trim().is_empty() || token.contains("REPLACE_ME") {
             anyhow::bail!("TWILIO_AUTH_TOKEN is not set (webhook signatures are checked with it)");
         }
-        let amqp = self.amqp_url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            anyhow::bail!("the AMQP URL must start with amqp:// or amqps://");
-        }
         Ok(())
     }
 }
 
-/// What the request handlers share.
-#[derive(Debug)]
-struct AppState {
-    database: storage::Database,
-    bus: messaging::RabbitBus,
-    /// Set when shutdown begins: readiness turns false so traffic drains to other replicas.
-    draining: AtomicBool,
+/// The event bus webhook-ingest publishes to.
+#[derive(Debug, Clone)]
+pub enum Bus {
+    /// RabbitMQ, owned by this server: closed when it stops, and part of readiness.
+    Rabbit(Arc<messaging::RabbitBus>),
+    /// A bus owned by the process around it (the embedded mode's in-process bus).
+    Shared(Arc<dyn EventBus>),
 }
 
-/// A webhook-ingest whose listener is bound and whose connections are open.
+impl Bus {
+    fn as_dyn(&self) -> Arc<dyn EventBus> {
+        match self {
+            Bus::Rabbit(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
+            Bus::Shared(bus) => Arc::clone(bus),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        match self {
+            Bus::Rabbit(bus) => bus.is_connected(),
+            Bus::Shared(_) => true,
+        }
+    }
+}
+
+/// Opens the database (migrating it when asked) and connects to RabbitMQ on the default
+/// exchange: the distributed mode's connections. Fails when either cannot be reached now.
+pub async fn connect(
+    database_url: &str,
+    migrate: bool,
+    amqp_url: SecretString,
+) -> anyhow::Result<(storage::Database, Bus)> {
+    connect_to(database_url, migrate, amqp_url, messaging::DEFAULT_EXCHANGE).await
+}
+
+/// [`connect`] with the topic exchange named (it must match verify-service's).
+pub async fn connect_to(
+    database_url: &str,
+    migrate: bool,
+    amqp_url: SecretString,
+    exchange: &str,
+) -> anyhow::Result<(storage::Database, Bus)> {
+    {
+        use secrecy::ExposeSecret;
+        let amqp = amqp_url.expose_secret();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            anyhow::bail!("the AMQP URL must start with amqp:// or amqps://");
+        }
+    }
+    let database = storage::Database::open(database_url)
+        .await
+        .context("opening the database")?;
+    if migrate {
+        database.migrate().await.context("migrating the database")?;
+    }
+    let mut config = messaging::RabbitConfig::new(amqp_url, exchange);
+    config.connection_name = "webhook-ingest".into();
+    let bus = messaging::RabbitBus::connect(config)
+        .await
+        .context("connecting to RabbitMQ")?;
+    Ok((database, Bus::Rabbit(Arc::new(bus))))
+}
+
+/// What the request handlers and the relay share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) settings: Settings,
+    /// The configured public base URL, or the bound address; without a trailing slash.
+    pub(crate) public_base_url: String,
+    pub(crate) validator: twilio::webhook::SignatureValidator,
+    pub(crate) database: storage::Database,
+    pub(crate) bus: Bus,
+    /// Wakes the relay when a new report was stored, so it is published at once.
+    pub(crate) stored: Notify,
+    /// Set when shutdown begins: readiness turns false so traffic drains to other replicas.
+    pub(crate) draining: AtomicBool,
+}
+
+/// A webhook-ingest whose listener is bound.
 #[derive(Debug)]
 pub struct Ingest {
     listener: TcpListener,
@@ -89,31 +157,29 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Opens the database (migrating it unless told not to), connects to RabbitMQ and binds
-    /// the listener. Fails when either dependency cannot be reached now: a replica that
-    /// starts must be able to do its work.
-    pub async fn bind(settings: &Settings) -> anyhow::Result<Ingest> {
+    /// Binds the listener. The database must be migrated.
+    pub async fn bind(
+        settings: &Settings,
+        database: storage::Database,
+        bus: Bus,
+    ) -> anyhow::Result<Ingest> {
         settings.validate()?;
-        let database = storage::Database::open(&settings.database_url)
-            .await
-            .context("opening the database")?;
-        if settings.migrate_on_start {
-            database.migrate().await.context("migrating the database")?;
-        }
-        let mut config =
-            messaging::RabbitConfig::new(settings.amqp_url.clone(), messaging::DEFAULT_EXCHANGE);
-        config.connection_name = "webhook-ingest".into();
-        let bus = messaging::RabbitBus::connect(config)
-            .await
-            .context("connecting to RabbitMQ")?;
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding {}", settings.addr))?;
+        let public_base_url = match &settings.public_base_url {
+            Some(base) => base.as_str().trim_end_matches('/').to_owned(),
+            None => format!("http://{}", listener.local_addr()?),
+        };
         Ok(Ingest {
             listener,
             state: Arc::new(AppState {
+                settings: settings.clone(),
+                public_base_url,
+                validator: twilio::webhook::SignatureValidator::new(settings.auth_token.clone()),
                 database,
                 bus,
+                stored: Notify::new(),
                 draining: AtomicBool::new(false),
             }),
         })
@@ -123,65 +189,45 @@ impl Ingest {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests
-    /// finish, and closes the broker and database connections.
+    /// The base URL signatures are checked against (no trailing slash); Verify Events go to
+    /// this plus [`VERIFY_EVENTS_PATH`].
+    pub fn public_base_url(&self) -> &str {
+        &self.state.public_base_url
+    }
+
+    /// Serves and relays until `shutdown` resolves; then stops accepting, lets in-flight
+    /// requests finish, lets the relay finish its batch, and closes what it owns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let state = Arc::clone(&self.state);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let relay = tokio::spawn(relay::run(Arc::clone(&self.state), stop_rx));
         let drain = Arc::clone(&self.state);
-        axum::serve(self.listener, router(state))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                drain.draining.store(true, Ordering::SeqCst);
-                tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await
-            .context("serving HTTP")?;
-        self.state.bus.close().await;
-        self.state.database.close().await;
+        let served = axum::serve(
+            self.listener,
+            routes::router(Arc::clone(&self.state))
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            drain.draining.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await
+        .context("serving HTTP");
+        stop_tx.send_replace(true);
+        if let Err(e) = relay.await {
+            tracing::warn!(error = %e, "the outbox relay ended abnormally");
+        }
+        if let Bus::Rabbit(bus) = &self.state.bus {
+            bus.close().await;
+        }
+        if matches!(self.state.bus, Bus::Rabbit(_)) {
+            // Distributed mode: the database is ours to close. Embedded: the process's.
+            self.state.database.close().await;
+        }
         tracing::info!("stopped");
-        Ok(())
+        served
     }
-}
-
-fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-/// Liveness: the process answers. Dependencies are not consulted, so an outage of the
-/// database does not get every replica restarted.
-async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
-}
-
-/// Readiness: the database answers a ping and the broker connection is up.
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.database.ping()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("unavailable: {e}"),
-        Err(_) => "unavailable: no answer within 1.5 s".to_owned(),
-    };
-    let broker = if state.bus.is_connected() {
-        "ok"
-    } else {
-        "unavailable: reconnecting"
-    };
-    let draining = state.draining.load(Ordering::SeqCst);
-    let ready = database == "ok" && broker == "ok" && !draining;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "status": if ready { "ready" } else if draining { "draining" } else { "unavailable" },
-        "database": database,
-        "broker": broker,
-    });
-    (status, Json(body))
 }

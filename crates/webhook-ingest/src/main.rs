@@ -34,6 +34,19 @@ struct Cli {
     /// RabbitMQ URL: `amqp://user:password@host:5672/%2f`.
     #[arg(long, global = true, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: Option<String>,
+    /// The RabbitMQ topic exchange events are published to (the same as verify-service's).
+    #[arg(long, global = true, env = "AMQP_EXCHANGE", default_value = messaging::DEFAULT_EXCHANGE)]
+    amqp_exchange: String,
+    /// Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-Proto and
+    /// X-Forwarded-Host name the public URL; empty: only the public base URL counts.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Apply the database migrations before serving.
     #[arg(
         long,
@@ -91,21 +104,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let settings = Settings {
                 addr: cli.addr,
-                public_base_url: cli
-                    .public_base_url
-                    .context("set WEBHOOK_PUBLIC_BASE_URL (or --public-base-url)")?,
+                public_base_url: Some(
+                    cli.public_base_url
+                        .context("set WEBHOOK_PUBLIC_BASE_URL (or --public-base-url)")?,
+                ),
                 auth_token: SecretString::from(
                     std::env::var("TWILIO_AUTH_TOKEN").unwrap_or_default(),
                 ),
-                database_url,
-                amqp_url: SecretString::from(cli.amqp_url.context("set AMQP_URL (or --amqp-url)")?),
-                migrate_on_start: cli.migrate_on_start,
+                trusted_proxies: cli.trusted_proxies,
             };
-            let ingest = Ingest::bind(&settings).await?;
+            settings.validate()?;
+            let amqp_url =
+                SecretString::from(cli.amqp_url.context("set AMQP_URL (or --amqp-url)")?);
+            let (database, bus) = webhook_ingest::connect_to(
+                &database_url,
+                cli.migrate_on_start,
+                amqp_url,
+                &cli.amqp_exchange,
+            )
+            .await?;
+            let ingest = Ingest::bind(&settings, database, bus).await?;
             tracing::info!(addr = %ingest.local_addr()?, "webhook-ingest serving");
             ingest.run(shutdown_signal()).await
         }
     }
+}
+
+/// An IP network (`10.0.0.0/8`) or a single address (`10.0.0.7`).
+fn parse_net(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{raw}` is not an IP address or network"))
 }
 
 async fn shutdown_signal() {

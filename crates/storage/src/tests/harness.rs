@@ -12,16 +12,91 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use domain::ports::VerificationStore;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Database as SqlxDatabase, Encode, Row, Type};
 
 use crate::row::{VerificationRow, bind_insert};
-use crate::{PostgresStore, SqliteStore, sql};
+use crate::{Database, PostgresStore, SqliteStore, sql};
 pub(crate) use testkit::PgDatabase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// The schema a test starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Schema {
+    /// Every migration applied.
+    Latest,
+    /// The last schema before delivery reports (no fallback columns, no outbox): what a
+    /// database written by the previous release holds.
+    BeforeDeliveryReports,
+}
+
+impl Schema {
+    /// The last migration of this schema on `backend`, `None` for all.
+    fn version(self, backend: Backend) -> Option<i64> {
+        match (self, backend) {
+            (Schema::Latest, _) => None,
+            (Schema::BeforeDeliveryReports, Backend::Sqlite) => Some(3),
+            (Schema::BeforeDeliveryReports, Backend::Postgres) => Some(1),
+        }
+    }
+}
+
+/// The tables whose every cell the plaintext scan reads.
+pub(crate) const TABLES: [&str; 4] = [
+    "verifications",
+    "delivery_reports",
+    "outbox",
+    "processed_messages",
+];
+
+/// The insert of the first release, before the fallback columns: `$1` to `$20` as in
+/// [`bind_insert_before_delivery_reports`].
+pub(crate) const INSERT_BEFORE_DELIVERY_REPORTS: &str = "INSERT INTO verifications (\
+     id, purpose, channel, status, provider_sid, destination_ciphertext, \
+     destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
+     checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+
+/// Binds the columns `row` had before the fallback columns, as the previous release wrote.
+pub(crate) fn bind_insert_before_delivery_reports<'q, DB>(
+    query: Query<'q, DB, <DB as SqlxDatabase>::Arguments>,
+    row: VerificationRow,
+) -> Query<'q, DB, <DB as SqlxDatabase>::Arguments>
+where
+    DB: SqlxDatabase,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+{
+    query
+        .bind(row.id)
+        .bind(row.purpose)
+        .bind(row.channel)
+        .bind(row.status)
+        .bind(row.provider_sid)
+        .bind(row.destination_ciphertext)
+        .bind(row.destination_key_id)
+        .bind(row.destination_hash)
+        .bind(row.to_masked)
+        .bind(row.identity)
+        .bind(row.idempotency_key)
+        .bind(row.sends)
+        .bind(row.checks)
+        .bind(row.max_sends)
+        .bind(row.max_checks)
+        .bind(row.failure_code)
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .bind(row.expires_at)
+        .bind(row.version)
 }
 
 /// A value bound to a statement whose plan a test asks for.
@@ -90,12 +165,19 @@ pub(crate) enum TestDb {
 }
 
 impl TestDb {
-    pub(crate) async fn new(backend: Backend, test: &str) -> anyhow::Result<TestDb> {
+    pub(crate) async fn new(
+        backend: Backend,
+        test: &str,
+        schema: Schema,
+    ) -> anyhow::Result<TestDb> {
         match backend {
             Backend::Sqlite => {
                 let file = TempFile::new(test);
                 let store = SqliteStore::connect(&file.url()).await?;
-                store.migrate().await?;
+                match schema.version(backend) {
+                    None => store.migrate().await?,
+                    Some(version) => store.migrate_to(version).await?,
+                }
                 Ok(TestDb::Sqlite { store, file })
             }
             Backend::Postgres => {
@@ -107,10 +189,14 @@ impl TestDb {
                         return Err(error.into());
                     }
                 };
+                let migrated = match schema.version(backend) {
+                    None => store.migrate().await,
+                    Some(version) => store.migrate_to(version).await,
+                };
                 let db = TestDb::Postgres { store, database };
-                if let Err(error) = db.migrate().await {
+                if let Err(error) = migrated {
                     db.cleanup().await;
-                    return Err(error);
+                    return Err(error.into());
                 }
                 Ok(db)
             }
@@ -135,10 +221,25 @@ impl TestDb {
     /// Another store on the same database with a pool of its own, as a second replica
     /// (or a second process on the same SQLite file) would have.
     pub(crate) async fn replica(&self) -> anyhow::Result<Arc<dyn VerificationStore>> {
+        Ok(self.replica_database().await?.verifications())
+    }
+
+    /// The database under test as services compose it, sharing the store's pool.
+    pub(crate) fn database(&self) -> Database {
+        match self {
+            TestDb::Sqlite { store, .. } => Database::Sqlite(store.clone()),
+            TestDb::Postgres { store, .. } => Database::Postgres(store.clone()),
+        }
+    }
+
+    /// The database as another replica opens it, with a pool of its own.
+    pub(crate) async fn replica_database(&self) -> anyhow::Result<Database> {
         Ok(match self {
-            TestDb::Sqlite { file, .. } => Arc::new(SqliteStore::connect(&file.url()).await?),
+            TestDb::Sqlite { file, .. } => {
+                Database::Sqlite(SqliteStore::connect(&file.url()).await?)
+            }
             TestDb::Postgres { database, .. } => {
-                Arc::new(PostgresStore::connect(&database.url).await?)
+                Database::Postgres(PostgresStore::connect(&database.url).await?)
             }
         })
     }
@@ -164,15 +265,79 @@ impl TestDb {
     }
 
     pub(crate) async fn count_rows(&self) -> anyhow::Result<i64> {
-        const COUNT: &str = "SELECT COUNT(*) FROM verifications";
+        self.count("verifications").await
+    }
+
+    /// The rows of `table`.
+    pub(crate) async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// The one integer `select` returns, for looking at rows behind the store's back.
+    pub(crate) async fn scalar(&self, select: &str) -> anyhow::Result<i64> {
+        let select = AssertSqlSafe(select.to_owned());
         Ok(match self {
             TestDb::Sqlite { store, .. } => {
-                sqlx::query_scalar(COUNT).fetch_one(store.pool()).await?
+                sqlx::query_scalar(select).fetch_one(store.pool()).await?
             }
             TestDb::Postgres { store, .. } => {
-                sqlx::query_scalar(COUNT).fetch_one(store.pool()).await?
+                sqlx::query_scalar(select).fetch_one(store.pool()).await?
             }
         })
+    }
+
+    /// The one text (or NULL) `select` returns, for looking at rows behind the store's back.
+    pub(crate) async fn text(&self, select: &str) -> anyhow::Result<Option<String>> {
+        let select = AssertSqlSafe(select.to_owned());
+        Ok(match self {
+            TestDb::Sqlite { store, .. } => {
+                sqlx::query_scalar(select).fetch_one(store.pool()).await?
+            }
+            TestDb::Postgres { store, .. } => {
+                sqlx::query_scalar(select).fetch_one(store.pool()).await?
+            }
+        })
+    }
+
+    /// Runs `statement` (no parameters) behind the store's back.
+    pub(crate) async fn execute(&self, statement: &str) -> anyhow::Result<()> {
+        let statement = AssertSqlSafe(statement.to_owned());
+        match self {
+            TestDb::Sqlite { store, .. } => sqlx::query(statement)
+                .execute(store.pool())
+                .await
+                .map(drop)?,
+            TestDb::Postgres { store, .. } => sqlx::query(statement)
+                .execute(store.pool())
+                .await
+                .map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Writes `row` as the previous release did, without the fallback columns (on a
+    /// database at [`Schema::BeforeDeliveryReports`]).
+    pub(crate) async fn insert_before_delivery_reports(
+        &self,
+        row: VerificationRow,
+    ) -> anyhow::Result<()> {
+        match self {
+            TestDb::Sqlite { store, .. } => {
+                let insert = sqlx::query(INSERT_BEFORE_DELIVERY_REPORTS);
+                bind_insert_before_delivery_reports(insert, row)
+                    .execute(store.pool())
+                    .await
+                    .map(drop)?
+            }
+            TestDb::Postgres { store, .. } => {
+                let insert = sqlx::query(INSERT_BEFORE_DELIVERY_REPORTS);
+                bind_insert_before_delivery_reports(insert, row)
+                    .execute(store.pool())
+                    .await
+                    .map(drop)?
+            }
+        }
+        Ok(())
     }
 
     /// Writes `row` as it is, bypassing the store but not the schema's constraints.
@@ -229,39 +394,39 @@ impl TestDb {
         Ok(())
     }
 
-    /// The columns of `verifications`, in table order.
-    pub(crate) async fn columns(&self) -> anyhow::Result<Vec<String>> {
+    /// The columns of `table`, in table order.
+    pub(crate) async fn columns(&self, table: &str) -> anyhow::Result<Vec<String>> {
         Ok(match self {
             TestDb::Sqlite { store, .. } => {
-                sqlx::query_scalar(
-                    "SELECT name FROM pragma_table_info('verifications') ORDER BY cid",
-                )
-                .fetch_all(store.pool())
-                .await?
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY cid")
+                    .bind(table)
+                    .fetch_all(store.pool())
+                    .await?
             }
             TestDb::Postgres { store, .. } => {
                 sqlx::query_scalar(
                     "SELECT column_name::text FROM information_schema.columns \
-                 WHERE table_schema = current_schema() AND table_name = 'verifications' \
+                 WHERE table_schema = current_schema() AND table_name = $1 \
                  ORDER BY ordinal_position",
                 )
+                .bind(table)
                 .fetch_all(store.pool())
                 .await?
             }
         })
     }
 
-    /// Every non-NULL cell of every row, with plain SQL: on SQLite the bytes it holds
-    /// (numbers as their text), on PostgreSQL each column cast to text, and `bytea`
+    /// Every non-NULL cell of every row of `table`, with plain SQL: on SQLite the bytes it
+    /// holds (numbers as their text), on PostgreSQL each column cast to text, and `bytea`
     /// columns also as their raw bytes.
-    pub(crate) async fn cells(&self) -> anyhow::Result<Vec<Vec<u8>>> {
-        let columns = self.columns().await?;
+    pub(crate) async fn cells(&self, table: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+        let columns = self.columns(table).await?;
+        anyhow::ensure!(!columns.is_empty(), "no table `{table}`");
         let mut cells = Vec::new();
         for column in &columns {
             match self {
                 TestDb::Sqlite { store, .. } => {
-                    let select =
-                        format!("SELECT CAST(\"{column}\" AS BLOB) AS cell FROM verifications");
+                    let select = format!("SELECT CAST(\"{column}\" AS BLOB) AS cell FROM {table}");
                     for row in sqlx::query(AssertSqlSafe(select))
                         .fetch_all(store.pool())
                         .await?
@@ -271,7 +436,7 @@ impl TestDb {
                     }
                 }
                 TestDb::Postgres { store, .. } => {
-                    let select = format!("SELECT \"{column}\"::text AS cell FROM verifications");
+                    let select = format!("SELECT \"{column}\"::text AS cell FROM {table}");
                     for row in sqlx::query(AssertSqlSafe(select))
                         .fetch_all(store.pool())
                         .await?
@@ -282,13 +447,14 @@ impl TestDb {
                     let is_bytea: bool = sqlx::query_scalar(
                         "SELECT data_type = 'bytea' FROM information_schema.columns \
                          WHERE table_schema = current_schema() \
-                         AND table_name = 'verifications' AND column_name = $1",
+                         AND table_name = $1 AND column_name = $2",
                     )
+                    .bind(table)
                     .bind(column)
                     .fetch_one(store.pool())
                     .await?;
                     if is_bytea {
-                        let select = format!("SELECT \"{column}\" AS cell FROM verifications");
+                        let select = format!("SELECT \"{column}\" AS cell FROM {table}");
                         for row in sqlx::query(AssertSqlSafe(select))
                             .fetch_all(store.pool())
                             .await?
@@ -353,14 +519,20 @@ impl TestDb {
     }
 }
 
-/// Runs `body` on a fresh database of `backend` and cleans up afterwards, also when the
-/// body fails or panics (it runs as its own task, so a panic arrives here as a value).
-pub(crate) async fn run<F, Fut>(backend: Backend, test: &str, body: F) -> anyhow::Result<()>
+/// Runs `body` on a fresh database of `backend` at `schema` and cleans up afterwards, also
+/// when the body fails or panics (it runs as its own task, so a panic arrives here as a
+/// value).
+pub(crate) async fn run<F, Fut>(
+    backend: Backend,
+    schema: Schema,
+    test: &str,
+    body: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(Arc<TestDb>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let db = Arc::new(TestDb::new(backend, test).await?);
+    let db = Arc::new(TestDb::new(backend, test, schema).await?);
     let outcome = tokio::spawn(body(Arc::clone(&db))).await;
     db.cleanup().await;
     match outcome {

@@ -4,12 +4,13 @@
 use anyhow::{Context, ensure};
 use domain::ports::{Inserted, VerificationStore};
 use domain::{Verification, VerificationStatus};
-use sqlx::migrate::Migrator;
 
-use super::harness::TempFile;
+use super::harness::{
+    INSERT_BEFORE_DELIVERY_REPORTS, TempFile, bind_insert_before_delivery_reports,
+};
 use crate::fixtures::{self, at, bare, full};
-use crate::row::{VerificationRow, bind_insert};
-use crate::{SqliteStore, StorageError, sql};
+use crate::row::VerificationRow;
+use crate::{SqliteStore, StorageError};
 
 #[tokio::test]
 async fn connect_creates_the_file_with_wal_and_foreign_keys() -> anyhow::Result<()> {
@@ -101,34 +102,22 @@ async fn no_plaintext_destination_reaches_the_files() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `v` as it is, as the code before the pending rule could.
+/// Writes `v` as it is, as the code before the pending rule could (with the columns the
+/// first release had).
 async fn plant(store: &SqliteStore, v: &Verification) -> anyhow::Result<()> {
-    bind_insert(sqlx::query(sql::INSERT), VerificationRow::from(v))
-        .fetch_optional(store.pool())
-        .await?
-        .context("planted row was not written")?;
+    let insert = sqlx::query(INSERT_BEFORE_DELIVERY_REPORTS);
+    bind_insert_before_delivery_reports(insert, VerificationRow::from(v))
+        .execute(store.pool())
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn migration_keeps_only_the_newest_pending_per_destination() -> anyhow::Result<()> {
     // A database as the first release left it: only the first migration applied.
-    let dir = TempFile::new("migrations");
-    std::fs::create_dir(&dir.path)?;
-    let first = "0001_verifications.sql";
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../migrations/sqlite")
-            .join(first),
-        dir.path.join(first),
-    )?;
     let db = TempFile::new("pending-rule");
     let store = SqliteStore::connect(&db.url()).await?;
-    Migrator::new(dir.path.as_path())
-        .await?
-        .run(store.pool())
-        .await?;
-    std::fs::remove_dir_all(&dir.path)?;
+    store.migrate_to(1).await?;
 
     // Three pending for one purpose and destination (two with the same creation time),
     // one for another purpose, and a finished one.

@@ -1,30 +1,48 @@
 //! The store suite: every test here is a body over a [`TestDb`], and [`both_backends!`] runs
 //! each body once on SQLite (`suite::sqlite::<name>`) and once on PostgreSQL
-//! (`suite::postgres::<name>`), each on a fresh database. What the port promises must hold
-//! on both, so a test belongs here unless it is about one backend's own machinery.
+//! (`suite::postgres::<name>`), each on a fresh database (fully migrated, or at the schema
+//! named after `@`). What the ports promise must hold on both, so a test belongs here unless
+//! it is about one backend's own machinery.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use domain::ports::{Inserted, StoreError, VerificationStore};
+use domain::delivery::{DeliveryStatus, FallbackReason};
+use domain::events::{Claim, DedupeStore};
+use domain::ports::{Inserted, OutboxMessage, Recorded, StoreError, VerificationStore};
 use domain::{Channel, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus};
+use sqlx::{Postgres, Sqlite};
 
-use super::harness::{Backend, Bind, TestDb};
-use crate::fixtures::{self, at, bare, full};
+use super::harness::{Backend, Bind, TABLES, TestDb};
+use crate::fixtures::{self, at, bare, envelope, full, message_id, report};
+use crate::repo::Dialect;
 use crate::row::VerificationRow;
 use crate::sql;
 
-/// Declares `sqlite` and `postgres` modules with one `#[tokio::test]` per listed body.
+/// The schema a test of [`both_backends!`] starts from: the latest unless it names one.
+macro_rules! schema {
+    () => {
+        super::super::harness::Schema::Latest
+    };
+    ($schema:ident) => {
+        super::super::harness::Schema::$schema
+    };
+}
+
+/// Declares `sqlite` and `postgres` modules with one `#[tokio::test]` per listed body; a
+/// body listed as `name @ Schema` starts from that [`Schema`] instead of the latest.
 /// Multi-threaded, so concurrent tests really run tasks in parallel.
 macro_rules! both_backends {
-    ($($test:ident),* $(,)?) => {
+    ($($test:ident $(@ $schema:ident)?),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() -> anyhow::Result<()> {
                     super::super::harness::run(
                         super::super::harness::Backend::Sqlite,
+                        schema!($($schema)?),
                         stringify!($test),
                         super::$test,
                     )
@@ -38,6 +56,7 @@ macro_rules! both_backends {
                 async fn $test() -> anyhow::Result<()> {
                     super::super::harness::run(
                         super::super::harness::Backend::Postgres,
+                        schema!($($schema)?),
                         stringify!($test),
                         super::$test,
                     )
@@ -70,6 +89,20 @@ both_backends!(
     corrupt_rows_are_errors_not_panics,
     no_plaintext_destination_reaches_the_database,
     lookups_use_their_indexes,
+    fallback_fields_round_trip_in_every_form,
+    rows_from_before_delivery_reports_get_the_defaults @ BeforeDeliveryReports,
+    find_by_provider_sid_returns_the_newest_holder,
+    a_report_is_recorded_once_with_its_event,
+    a_reused_message_id_records_nothing,
+    concurrent_reports_with_one_key_record_exactly_one,
+    outbox_claims_lease_retry_and_publish,
+    outbox_enqueue_is_idempotent_on_the_message_id,
+    concurrent_claimers_never_share_a_message,
+    corrupt_outbox_rows_are_set_aside,
+    purge_deletes_published_rows_before_the_cutoff,
+    dedupe_claims_are_acquired_then_busy_then_done,
+    expired_dedupe_leases_are_reclaimed,
+    concurrent_dedupe_claims_acquire_exactly_once,
 );
 
 /// A pending verification for `purpose` and the test phone number, created at `created`
@@ -129,14 +162,65 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
         "updated_at",
         "expires_at",
         "version",
+        "allow_fallback",
+        "channels_tried",
+        "fallback_reason",
+        "delivery_status",
     ];
-    assert_eq!(db.columns().await?, expected);
+    assert_eq!(db.columns("verifications").await?, expected);
+    // Reports carry no destination and no message body.
+    let reports = [
+        "id",
+        "dedupe_key",
+        "provider_sid",
+        "message_sid",
+        "channel",
+        "status",
+        "error_code",
+        "occurred_at",
+        "received_at",
+        "message_id",
+    ];
+    assert_eq!(db.columns("delivery_reports").await?, reports);
+    let outbox = [
+        "id",
+        "message_id",
+        "kind",
+        "version",
+        "occurred_at",
+        "headers",
+        "payload",
+        "created_at",
+        "published_at",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+    ];
+    assert_eq!(db.columns("outbox").await?, outbox);
+    let processed = [
+        "consumer",
+        "message_id",
+        "state",
+        "lease_until",
+        "claimed_at",
+        "completed_at",
+    ];
+    assert_eq!(db.columns("processed_messages").await?, processed);
     Ok(())
 }
 
 async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Result<()> {
     type Corrupt = fn(&mut VerificationRow);
-    let cases: [(&str, Corrupt); 9] = [
+    let cases: [(&str, Corrupt); 12] = [
+        ("delivery_status", |r| {
+            r.delivery_status = Some("lost".into())
+        }),
+        ("delivery_status", |r| {
+            r.delivery_status = Some("DELIVERED".into())
+        }),
+        ("fallback_reason", |r| {
+            r.fallback_reason = Some("because".into())
+        }),
         ("status", |r| r.status = "lost".into()),
         ("channel", |r| r.channel = "pigeon".into()),
         ("sends", |r| r.sends = -1),
@@ -429,6 +513,10 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     changed.failure_code = Some(60410);
     changed.updated_at = at(30);
     changed.expires_at = at(900);
+    changed.allow_fallback = true;
+    changed.channels_tried = vec![Channel::Sms, Channel::Whatsapp];
+    changed.fallback_reason = Some(FallbackReason::NoDeliveryReport);
+    changed.delivery_status = Some(DeliveryStatus::Queued);
     changed.version = 1;
     store.update(&changed, 0).await?;
     assert_eq!(store.get(&v.id).await?.as_ref(), Some(&changed));
@@ -703,6 +791,33 @@ async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<(
         .await
         .expect_err("corrupt");
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+
+    // The fallback columns, each named in the error.
+    type Break = fn(&mut VerificationRow);
+    let cases: [(&str, Break); 5] = [
+        ("channels_tried", |r| r.channels_tried = "sms,pigeon".into()),
+        ("channels_tried", |r| r.channels_tried = "sms,".into()),
+        ("fallback_reason", |r| {
+            r.fallback_reason = Some("delivery_failed:lost".into())
+        }),
+        ("fallback_reason", |r| {
+            r.fallback_reason = Some("delivery_failed:failed:-1".into())
+        }),
+        ("delivery_status", |r| {
+            r.delivery_status = Some("lost".into())
+        }),
+    ];
+    for (n, (column, corrupt)) in (10..).zip(cases) {
+        let v = full(n, "login", None, &fixtures::phone());
+        let mut row = VerificationRow::from(&v);
+        corrupt(&mut row);
+        db.insert_corrupt(row).await?;
+        let error = store.get(&v.id).await.expect_err("corrupt");
+        let StoreError::Corrupt(message) = &error else {
+            panic!("expected Corrupt for `{column}`, got {error:?}");
+        };
+        assert!(message.contains(column), "{message}");
+    }
     Ok(())
 }
 
@@ -722,7 +837,28 @@ async fn no_plaintext_destination_reaches_the_database(db: Arc<TestDb>) -> anyho
         fixtures::email()
     );
 
-    let cells = db.cells().await?;
+    // The message side too: a report, its event, another event and a consumer's claim.
+    let database = db.database();
+    let recorded = database
+        .delivery_reports()
+        .record_report(&report("ce:1"), &envelope(1), at(10))
+        .await?;
+    ensure!(recorded == Recorded::New);
+    database.outbox().enqueue(&envelope(2), at(10)).await?;
+    let dedupe = database.dedupe_store(Duration::from_secs(60));
+    dedupe
+        .claim("verify-service.fallback", message_id(1))
+        .await?;
+
+    let mut cells = Vec::new();
+    for table in TABLES {
+        let table_cells = db.cells(table).await?;
+        ensure!(
+            !table_cells.is_empty(),
+            "the scan must see the rows of {table}"
+        );
+        cells.extend(table_cells);
+    }
     ensure!(cells.len() >= 3 * 17, "the scan must see the rows");
     let contains = |haystack: &[u8], needle: &str| {
         haystack
@@ -768,6 +904,24 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
             vec![Bind::Text("k1"), Bind::Int(100)],
             "verifications_by_key_id",
         ),
+        (
+            sql::FIND_BY_PROVIDER_SID,
+            vec![Bind::Text("VE1")],
+            "verifications_by_provider_sid",
+        ),
+        (
+            match db.backend() {
+                Backend::Sqlite => <Sqlite as Dialect>::CLAIM_OUTBOX,
+                Backend::Postgres => <Postgres as Dialect>::CLAIM_OUTBOX,
+            },
+            vec![int, Bind::Int(30), Bind::Int(10)],
+            "outbox_due",
+        ),
+        (
+            sql::PURGE_PUBLISHED,
+            vec![int, Bind::Int(1000)],
+            "outbox_published",
+        ),
     ];
     for (statement, binds, index) in cases {
         let plan = db.plan(statement, &binds).await?;
@@ -809,5 +963,603 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
         );
         assert_eq!(plan.matches("Sort  (").count(), 1, "{plan}");
     }
+    Ok(())
+}
+
+async fn fallback_fields_round_trip_in_every_form(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let v = bare(1, "login", &fixtures::phone());
+    create(&*store, &v).await?;
+
+    let reasons = [
+        None,
+        Some(FallbackReason::NoDeliveryReport),
+        Some(FallbackReason::DeliveryFailed {
+            status: DeliveryStatus::Failed,
+            error_code: None,
+        }),
+        Some(FallbackReason::DeliveryFailed {
+            status: DeliveryStatus::Undelivered,
+            error_code: Some(30008),
+        }),
+        Some(FallbackReason::DeliveryFailed {
+            status: DeliveryStatus::Undelivered,
+            error_code: Some(u32::MAX),
+        }),
+    ];
+    let statuses = std::iter::once(None).chain(DeliveryStatus::ALL.map(Some));
+    let channel_lists = [
+        vec![],
+        vec![Channel::Sms],
+        Channel::ALL.to_vec(),
+        vec![Channel::Call, Channel::Sms, Channel::Call],
+    ];
+    let mut current = v;
+    let cases = reasons
+        .into_iter()
+        .cycle()
+        .zip(statuses)
+        .zip(channel_lists.into_iter().cycle());
+    for ((reason, status), channels) in cases {
+        let mut next = current.clone();
+        next.fallback_reason = reason;
+        next.delivery_status = status;
+        next.channels_tried = channels;
+        next.allow_fallback = !current.allow_fallback;
+        next.version += 1;
+        store.update(&next, current.version).await?;
+        assert_eq!(store.get(&next.id).await?.as_ref(), Some(&next));
+        current = next;
+    }
+    Ok(())
+}
+
+async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> anyhow::Result<()> {
+    // Rows as the previous release wrote them: pending, finished on another channel, sent.
+    let pending = bare(1, "login", &fixtures::phone());
+    let mut finished = full(2, "login", Some("order-42"), &fixtures::email());
+    finished.status = VerificationStatus::Approved;
+    let mut sent = bare(3, "signup", &fixtures::phone());
+    sent.channel = Channel::Call;
+    sent.provider_sid = Some("VEold".into());
+    for v in [&pending, &finished, &sent] {
+        db.insert_before_delivery_reports(VerificationRow::from(v))
+            .await?;
+    }
+
+    db.migrate().await?;
+    let store = db.port();
+    for old in [&pending, &finished, &sent] {
+        let mut expected = old.clone();
+        expected.allow_fallback = false;
+        expected.channels_tried = vec![old.channel];
+        expected.fallback_reason = None;
+        expected.delivery_status = None;
+        // Not a transition: the version and `updated_at` stay.
+        assert_eq!(store.get(&old.id).await?, Some(expected));
+    }
+    // The new index answers for old rows, and the new tables are there.
+    assert_eq!(
+        store.find_by_provider_sid("VEold").await?.map(|v| v.id),
+        Some(sent.id)
+    );
+    let recorded = db
+        .database()
+        .delivery_reports()
+        .record_report(&report("ce:1"), &envelope(1), at(10))
+        .await?;
+    assert_eq!(recorded, Recorded::New);
+    // And new rows keep what they are given.
+    let mut new = full(4, "signup", None, &fixtures::email());
+    new.allow_fallback = true;
+    create(&*store, &new).await?;
+    assert_eq!(store.get(&new.id).await?, Some(new));
+    Ok(())
+}
+
+async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let with_sid = |n: u128, purpose: &str, sid: Option<&str>, created: i64| {
+        let mut v = full(n, purpose, None, &fixtures::phone());
+        v.provider_sid = sid.map(str::to_owned);
+        v.created_at = at(created);
+        v
+    };
+    // Twilio hands one verification id to starts for one destination in one Verify
+    // Service, whichever of our purposes asked.
+    let older = with_sid(1, "login", Some("VEshared"), 10);
+    let newer = with_sid(2, "signup", Some("VEshared"), 20);
+    let tied_low = with_sid(3, "reset", Some("VEtied"), 30);
+    let tied_high = with_sid(4, "recovery", Some("VEtied"), 30);
+    let other = with_sid(5, "other", Some("VEother"), 40);
+    let none = with_sid(6, "none", None, 50);
+    for v in [&newer, &older, &tied_high, &tied_low, &other, &none] {
+        create(&*store, v).await?;
+    }
+    assert_eq!(store.find_by_provider_sid("VEshared").await?, Some(newer));
+    assert_eq!(store.find_by_provider_sid("VEtied").await?, Some(tied_high));
+    assert_eq!(store.find_by_provider_sid("VEother").await?, Some(other));
+    assert_eq!(store.find_by_provider_sid("VEunknown").await?, None);
+    assert_eq!(store.find_by_provider_sid("").await?, None);
+    // The sid is written by `update` once the provider accepted the send.
+    let mut sent = none.clone();
+    sent.mark_sent("VEnew".into(), at(60));
+    store.update(&sent, none.version).await?;
+    assert_eq!(store.find_by_provider_sid("VEnew").await?, Some(sent));
+    Ok(())
+}
+
+/// The delivery report with `key`, as stored: every column but the id.
+async fn stored_report(db: &TestDb, key: &str) -> anyhow::Result<Vec<Option<String>>> {
+    let columns = [
+        "dedupe_key",
+        "provider_sid",
+        "message_sid",
+        "channel",
+        "status",
+        "CAST(error_code AS TEXT)",
+        "CAST(occurred_at AS TEXT)",
+        "CAST(received_at AS TEXT)",
+        "message_id",
+    ];
+    let mut values = Vec::new();
+    for column in columns {
+        let select = format!("SELECT {column} FROM delivery_reports WHERE dedupe_key = '{key}'");
+        let value = db.text(&select).await?;
+        values.push(value);
+    }
+    Ok(values)
+}
+
+async fn a_report_is_recorded_once_with_its_event(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let database = db.database();
+    let reports = database.delivery_reports();
+    let outbox = database.outbox();
+
+    let first = report("ce:1");
+    assert_eq!(
+        reports.record_report(&first, &envelope(1), at(10)).await?,
+        Recorded::New
+    );
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        stored_report(&db, "ce:1").await?,
+        [
+            some("ce:1"),
+            some(fixtures::PROVIDER_SID),
+            some("SM0123456789abcdef0123456789abcdef"),
+            some("sms"),
+            some("undelivered"),
+            some("30003"),
+            Some(crate::row::to_millis(at(5)).to_string()),
+            Some(crate::row::to_millis(at(10)).to_string()),
+            Some(message_id(1).to_string()),
+        ]
+    );
+    // The event is due at once, whole.
+    let claimed = outbox.claim(10, at(10), Duration::from_secs(30)).await?;
+    assert_eq!(
+        claimed,
+        [OutboxMessage {
+            id: claimed[0].id,
+            envelope: envelope(1),
+            attempts: 0,
+        }]
+    );
+
+    // The same report again (a retried callback) with a fresh event writes neither.
+    assert_eq!(
+        reports.record_report(&first, &envelope(2), at(11)).await?,
+        Recorded::Duplicate
+    );
+    // A report with only what a status callback gives is recorded too.
+    let mut bare_report = report("ms:SM1:failed");
+    bare_report.provider_sid = None;
+    bare_report.message_sid = None;
+    bare_report.channel = None;
+    bare_report.error_code = None;
+    bare_report.status = DeliveryStatus::Failed;
+    assert_eq!(
+        reports
+            .record_report(&bare_report, &envelope(3), at(12))
+            .await?,
+        Recorded::New
+    );
+    assert_eq!(db.count("delivery_reports").await?, 2);
+    assert_eq!(db.count("outbox").await?, 2);
+    let due = outbox.claim(10, at(100), Duration::from_secs(30)).await?;
+    let ids: Vec<_> = due.iter().map(|m| m.envelope.message_id).collect();
+    assert_eq!(ids, [message_id(1), message_id(3)], "never message 2");
+    Ok(())
+}
+
+async fn a_reused_message_id_records_nothing(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let database = db.database();
+    let reports = database.delivery_reports();
+    database.outbox().enqueue(&envelope(1), at(0)).await?;
+    // A new report whose event reuses a queued message id: recording the report alone
+    // would lose its event, so nothing is recorded.
+    let error = reports
+        .record_report(&report("ce:2"), &envelope(1), at(10))
+        .await
+        .expect_err("reused message id");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert_eq!(db.count("delivery_reports").await?, 0);
+    assert_eq!(db.count("outbox").await?, 1);
+    // With a fresh id it goes through.
+    assert_eq!(
+        reports
+            .record_report(&report("ce:2"), &envelope(2), at(10))
+            .await?,
+        Recorded::New
+    );
+    Ok(())
+}
+
+async fn concurrent_reports_with_one_key_record_exactly_one(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let stores = [
+        db.database().delivery_reports(),
+        db.replica_database().await?.delivery_reports(),
+    ];
+    let tasks: Vec<_> = (1..=20)
+        .zip(stores.iter().cycle())
+        .map(|(n, store)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move {
+                store
+                    .record_report(&report("ce:same"), &envelope(n), at(10))
+                    .await
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        match task.await?? {
+            Recorded::New => new += 1,
+            Recorded::Duplicate => {}
+        }
+    }
+    assert_eq!(new, 1, "exactly one recorder may win");
+    assert_eq!(db.count("delivery_reports").await?, 1);
+    assert_eq!(db.count("outbox").await?, 1);
+    Ok(())
+}
+
+/// The message ids of `messages`, in order.
+fn message_ids(messages: &[OutboxMessage]) -> Vec<domain::events::MessageId> {
+    messages.iter().map(|m| m.envelope.message_id).collect()
+}
+
+async fn outbox_claims_lease_retry_and_publish(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outbox = db.database().outbox();
+    let lease = Duration::from_secs(30);
+    for n in 1..=4 {
+        let queued_at = at(i64::try_from(n)?);
+        assert_eq!(
+            outbox.enqueue(&envelope(n), queued_at).await?,
+            Recorded::New
+        );
+    }
+    // Nothing is due before it was queued, and a limit of zero claims nothing.
+    assert_eq!(outbox.claim(10, at(0), lease).await?, []);
+    assert_eq!(outbox.claim(0, at(10), lease).await?, []);
+
+    // Oldest first, up to the limit; claimed messages are leased.
+    let first = outbox.claim(2, at(10), lease).await?;
+    assert_eq!(message_ids(&first), [message_id(1), message_id(2)]);
+    assert!(first.iter().all(|m| m.attempts == 0));
+    let second = outbox.claim(10, at(10), lease).await?;
+    assert_eq!(message_ids(&second), [message_id(3), message_id(4)]);
+    assert_eq!(outbox.claim(10, at(39), lease).await?, []);
+
+    // Published messages are never claimed again; marking twice changes nothing.
+    outbox.mark_published(&[first[0].id], at(20)).await?;
+    outbox
+        .mark_published(&[first[0].id, 999_999], at(25))
+        .await?;
+    outbox.mark_published(&[], at(25)).await?;
+    let published_at = db
+        .scalar(&format!(
+            "SELECT published_at FROM outbox WHERE id = {}",
+            first[0].id
+        ))
+        .await?;
+    assert_eq!(published_at, crate::row::to_millis(at(20)));
+
+    // A failed attempt counts and waits until it is due again.
+    outbox
+        .retry_later(first[1].id, at(100), "broker unavailable")
+        .await?;
+    // The lease of the first batch ended at 40: the other batch is due again, not the retry.
+    let again = outbox.claim(10, at(40), lease).await?;
+    assert_eq!(message_ids(&again), [message_id(3), message_id(4)]);
+    outbox
+        .mark_published(&again.iter().map(|m| m.id).collect::<Vec<_>>(), at(41))
+        .await?;
+    assert_eq!(outbox.claim(10, at(99), lease).await?, []);
+    let retried = outbox.claim(10, at(100), lease).await?;
+    assert_eq!(message_ids(&retried), [message_id(2)]);
+    assert_eq!(retried[0].attempts, 1);
+    let last_error = db
+        .text(&format!(
+            "SELECT last_error FROM outbox WHERE id = {}",
+            retried[0].id
+        ))
+        .await?;
+    assert_eq!(last_error.as_deref(), Some("broker unavailable"));
+    // Errors are stored cut to a bounded length.
+    outbox
+        .retry_later(retried[0].id, at(200), &"e".repeat(5000))
+        .await?;
+    let stored_len = db
+        .scalar(&format!(
+            "SELECT CAST(length(last_error) AS BIGINT) FROM outbox WHERE id = {}",
+            retried[0].id
+        ))
+        .await?;
+    assert_eq!(stored_len, 1000);
+    let retried = outbox.claim(10, at(200), lease).await?;
+    assert_eq!(retried[0].attempts, 2);
+    outbox.mark_published(&[retried[0].id], at(201)).await?;
+    // A retry of a published message changes nothing.
+    outbox.retry_later(retried[0].id, at(300), "late").await?;
+    assert_eq!(outbox.claim(10, at(1000), lease).await?, []);
+    let attempts = db
+        .scalar(&format!(
+            "SELECT attempts FROM outbox WHERE id = {}",
+            retried[0].id
+        ))
+        .await?;
+    assert_eq!(attempts, 2);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .await?,
+        0
+    );
+    Ok(())
+}
+
+async fn outbox_enqueue_is_idempotent_on_the_message_id(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outbox = db.database().outbox();
+    assert_eq!(outbox.enqueue(&envelope(1), at(0)).await?, Recorded::New);
+    // The same message again (a publisher retrying) is queued once.
+    let mut again = envelope(1);
+    again.payload = b"{}".to_vec();
+    assert_eq!(outbox.enqueue(&again, at(5)).await?, Recorded::Duplicate);
+    assert_eq!(db.count("outbox").await?, 1);
+    // Headers and payload come back as they went in; no headers is an empty object.
+    let mut plain = envelope(2);
+    plain.headers.clear();
+    plain.payload = vec![0, 159, 146, 150];
+    outbox.enqueue(&plain, at(1)).await?;
+    let claimed = outbox.claim(10, at(10), Duration::from_secs(1)).await?;
+    let envelopes: Vec<_> = claimed.into_iter().map(|m| m.envelope).collect();
+    assert_eq!(envelopes, [envelope(1), plain]);
+    Ok(())
+}
+
+async fn concurrent_claimers_never_share_a_message(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outboxes = [
+        db.database().outbox(),
+        db.replica_database().await?.outbox(),
+    ];
+    const MESSAGES: u128 = 60;
+    for n in 1..=MESSAGES {
+        outboxes[0].enqueue(&envelope(n), at(0)).await?;
+    }
+    // Eight relays on two replicas, each claiming small batches until nothing is left.
+    let relays: Vec<_> = (0..8)
+        .zip(outboxes.iter().cycle())
+        .map(|(_, outbox)| {
+            let outbox = Arc::clone(outbox);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = outbox.claim(3, at(10), Duration::from_secs(60)).await?;
+                    if batch.is_empty() {
+                        return Ok::<_, StoreError>(mine);
+                    }
+                    mine.extend(batch.into_iter().map(|m| m.envelope.message_id));
+                }
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for relay in relays {
+        claimed.extend(relay.await??);
+    }
+    // Whatever a relay gave up on because others held the rows was claimed by those.
+    claimed.extend(message_ids(
+        &outboxes[0]
+            .claim(1000, at(10), Duration::from_secs(60))
+            .await?,
+    ));
+    let distinct: HashSet<_> = claimed.iter().copied().collect();
+    assert_eq!(distinct.len(), claimed.len(), "a message was claimed twice");
+    assert_eq!(claimed.len(), usize::try_from(MESSAGES)?);
+    Ok(())
+}
+
+async fn corrupt_outbox_rows_are_set_aside(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outbox = db.database().outbox();
+    outbox.enqueue(&envelope(1), at(0)).await?;
+    // Rows a damaged database or a hand edit could hold, each breaking one column.
+    let insert = |message_id: &str, kind: &str, headers: &str, created: i64| {
+        format!(
+            "INSERT INTO outbox (message_id, kind, version, occurred_at, headers, payload, \
+             created_at, next_attempt_at, attempts) \
+             VALUES ('{message_id}', '{kind}', 1, 0, '{headers}', {payload}, {created}, 0, 0)",
+            payload = match db.backend() {
+                Backend::Sqlite => "X'00'",
+                Backend::Postgres => "'\\x00'::bytea",
+            }
+        )
+    };
+    db.execute(&insert("not-a-uuid", "delivery.failed", "{}", -3))
+        .await?;
+    db.execute(&insert(
+        &message_id(7).to_string(),
+        "Delivery Failed",
+        "{}",
+        -2,
+    ))
+    .await?;
+    db.execute(&insert(
+        &message_id(8).to_string(),
+        "delivery.failed",
+        "[1]",
+        -1,
+    ))
+    .await?;
+
+    // The claim that meets them fails once, naming a row and column...
+    let error = outbox
+        .claim(10, at(10), Duration::from_secs(30))
+        .await
+        .expect_err("corrupt rows");
+    let StoreError::Corrupt(message) = &error else {
+        panic!("expected Corrupt, got {error:?}");
+    };
+    assert!(
+        message.contains("outbox message") && message.contains("message_id"),
+        "{message}"
+    );
+    // ...and sets them aside with the reason, so the relay goes on with the others.
+    let claimed = outbox.claim(10, at(10), Duration::from_secs(30)).await?;
+    assert_eq!(message_ids(&claimed), [message_id(1)]);
+    assert_eq!(
+        outbox.claim(10, at(1_000_000), Duration::ZERO).await?.len(),
+        1
+    );
+    let set_aside = db
+        .scalar("SELECT COUNT(*) FROM outbox WHERE last_error LIKE 'corrupt: %'")
+        .await?;
+    assert_eq!(set_aside, 3);
+    for column in ["column `kind`", "column `headers`"] {
+        let count = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE last_error LIKE '%{column}%'"
+            ))
+            .await?;
+        assert_eq!(count, 1, "{column}");
+    }
+    Ok(())
+}
+
+async fn purge_deletes_published_rows_before_the_cutoff(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outbox = db.database().outbox();
+    // More than one purge batch of old published rows.
+    const OLD: u128 = 2100;
+    for n in 1..=OLD + 3 {
+        outbox.enqueue(&envelope(n), at(0)).await?;
+    }
+    let mut ids = Vec::new();
+    loop {
+        let batch = outbox.claim(500, at(1), Duration::from_secs(60)).await?;
+        if batch.is_empty() {
+            break;
+        }
+        ids.extend(batch.iter().map(|m| m.id));
+    }
+    ensure!(ids.len() == usize::try_from(OLD + 3)?);
+    let (old, recent) = ids.split_at(usize::try_from(OLD)?);
+    outbox.mark_published(old, at(10)).await?;
+    outbox.mark_published(&recent[..2], at(100)).await?;
+    // `recent[2]` stays unpublished.
+
+    assert_eq!(outbox.purge_published(at(10)).await?, 0, "strictly before");
+    assert_eq!(outbox.purge_published(at(11)).await?, u64::try_from(OLD)?);
+    assert_eq!(outbox.purge_published(at(11)).await?, 0);
+    assert_eq!(db.count("outbox").await?, 3);
+    assert_eq!(outbox.purge_published(at(1_000_000)).await?, 2);
+    // An unpublished message is never purged, however old.
+    assert_eq!(db.count("outbox").await?, 1);
+    Ok(())
+}
+
+async fn dedupe_claims_are_acquired_then_busy_then_done(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let lease = Duration::from_secs(60);
+    let dedupe = db.database().dedupe_store(lease);
+    let replica = db.replica_database().await?.dedupe_store(lease);
+    let consumer = "verify-service.fallback";
+    let id = message_id(1);
+
+    assert_eq!(dedupe.claim(consumer, id).await?, Claim::Acquired);
+    assert_eq!(dedupe.claim(consumer, id).await?, Claim::Busy);
+    assert_eq!(replica.claim(consumer, id).await?, Claim::Busy);
+    // Ids are per consumer.
+    assert_eq!(dedupe.claim("audit", id).await?, Claim::Acquired);
+
+    // A failed attempt gives the id back for the redelivery.
+    dedupe.release(consumer, id).await?;
+    assert_eq!(replica.claim(consumer, id).await?, Claim::Acquired);
+    replica.complete(consumer, id).await?;
+    for store in [&dedupe, &replica] {
+        assert_eq!(store.claim(consumer, id).await?, Claim::Done);
+    }
+    // Completing twice, or releasing a completed id, changes nothing.
+    dedupe.complete(consumer, id).await?;
+    dedupe.release(consumer, id).await?;
+    assert_eq!(dedupe.claim(consumer, id).await?, Claim::Done);
+
+    // Completing an id nobody claimed (the claim's row lost) records it done too; releasing
+    // one nobody claimed is nothing.
+    dedupe.complete(consumer, message_id(2)).await?;
+    assert_eq!(dedupe.claim(consumer, message_id(2)).await?, Claim::Done);
+    dedupe.release(consumer, message_id(3)).await?;
+    assert_eq!(
+        dedupe.claim(consumer, message_id(3)).await?,
+        Claim::Acquired
+    );
+    assert_eq!(db.count("processed_messages").await?, 4);
+    Ok(())
+}
+
+async fn expired_dedupe_leases_are_reclaimed(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let database = db.database();
+    let short = database.dedupe_store(Duration::from_millis(200));
+    let long = database.dedupe_store(Duration::from_secs(60));
+    let consumer = "verify-service.fallback";
+    let id = message_id(1);
+
+    // A holder that died: its lease ends and another delivery takes the id over.
+    assert_eq!(short.claim(consumer, id).await?, Claim::Acquired);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(long.claim(consumer, id).await?, Claim::Acquired);
+    // The new holder's lease runs now.
+    assert_eq!(short.claim(consumer, id).await?, Claim::Busy);
+    long.complete(consumer, id).await?;
+    // A completed id stays done however long ago it was claimed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(short.claim(consumer, id).await?, Claim::Done);
+    // A zero lease never holds.
+    let none = database.dedupe_store(Duration::ZERO);
+    assert_eq!(none.claim(consumer, message_id(2)).await?, Claim::Acquired);
+    assert_eq!(none.claim(consumer, message_id(2)).await?, Claim::Acquired);
+    Ok(())
+}
+
+async fn concurrent_dedupe_claims_acquire_exactly_once(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let lease = Duration::from_secs(60);
+    let stores: [Arc<dyn DedupeStore>; 2] = [
+        db.database().dedupe_store(lease),
+        db.replica_database().await?.dedupe_store(lease),
+    ];
+    let tasks: Vec<_> = (0..20)
+        .zip(stores.iter().cycle())
+        .map(|(_, store)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move { store.claim("verify-service.fallback", message_id(1)).await })
+        })
+        .collect();
+    let mut acquired = 0;
+    for task in tasks {
+        match task.await?? {
+            Claim::Acquired => acquired += 1,
+            Claim::Busy => {}
+            Claim::Done => panic!("nobody completed it"),
+        }
+    }
+    assert_eq!(acquired, 1, "exactly one delivery may handle the message");
     Ok(())
 }

@@ -71,6 +71,7 @@ async fn binary_serves_reflection_and_the_documented_walkthrough() {
     let child = Command::new(env!("CARGO_BIN_EXE_verify-gateway"))
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--sandbox-addr", &format!("127.0.0.1:{sandbox}")])
+        .args(["--webhooks-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(&data)
         .env_remove("TWILIO_ACCOUNT_SID")

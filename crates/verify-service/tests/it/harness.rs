@@ -21,6 +21,24 @@ pub enum Backend {
 /// Generates one `#[tokio::test]` per backend for each `async fn name(h: Harness)`.
 #[macro_export]
 macro_rules! on_both_backends {
+    (config = $toml:expr; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Harness::start_with($crate::harness::Backend::Sqlite, $toml).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Harness::start_with($crate::harness::Backend::Postgres, $toml).await).await;
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -85,6 +103,7 @@ impl Harness {
         let overrides = Overrides {
             grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
             sandbox_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            webhooks_addr: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.clone()),
             database_url: Some(database_url.clone()),
             ..Overrides::default()

@@ -61,6 +61,24 @@ async fn rows_not_under(database_url: &str, current: &str) -> usize {
     rows.len()
 }
 
+/// Opens the stored destination of `id` with exactly the keys in `encryption_keys`.
+async fn open_stored(database_url: &str, id: &str, encryption_keys: &str) -> Option<String> {
+    let keys = verify_service::keys::parse(&b64([3u8; 32]), encryption_keys).expect("keys");
+    let database = storage::Database::open(database_url).await.expect("open");
+    let id: domain::VerificationId = id.parse().expect("id");
+    let row = database
+        .verifications()
+        .get(&id)
+        .await
+        .expect("read")
+        .expect("row exists");
+    database.close().await;
+    keys.keyring
+        .open(&row.destination)
+        .ok()
+        .map(|d| d.expose().to_owned())
+}
+
 async fn rotate_on(database_url: String) {
     let (sandbox, stop_sandbox) = standalone_sandbox().await;
     let k1 = format!("k1:{}", b64([11u8; 32]));
@@ -71,9 +89,17 @@ async fn rotate_on(database_url: String) {
     let first = start(&mut before.client.clone()).await;
     before.shutdown().await;
     assert_eq!(rows_not_under(&database_url, "k2").await, 1);
+    assert_eq!(
+        open_stored(&database_url, &first.id, &k1).await.as_deref(),
+        Some(TO)
+    );
+    assert_eq!(
+        open_stored(&database_url, &first.id, &k2).await,
+        None,
+        "sealed with k1"
+    );
 
-    // k2 prepended: the old row is still read (the resend needs its destination), new rows
-    // would be sealed with k2.
+    // k2 prepended: the old row stays readable and the verification keeps working.
     let during = replica(&database_url, &sandbox, &keys_toml(&format!("{k2},{k1}"))).await;
     let resent = start(&mut during.client.clone()).await;
     assert_eq!(resent.id, first.id, "a resend on the pending verification");
@@ -98,8 +124,13 @@ async fn rotate_on(database_url: String) {
     );
     assert!(stdout.contains("\"rewritten\":1"), "{stdout}");
     assert_eq!(rows_not_under(&database_url, "k2").await, 0);
+    // k1 can be retired: k2 alone opens the row now.
+    assert_eq!(
+        open_stored(&database_url, &first.id, &k2).await.as_deref(),
+        Some(TO)
+    );
 
-    // k1 retired: the row re-encrypted under k2 is still usable.
+    // With k1 retired the verification still works.
     let after = replica(&database_url, &sandbox, &keys_toml(&k2)).await;
     let again = start(&mut after.client.clone()).await;
     assert_eq!(again.id, first.id);

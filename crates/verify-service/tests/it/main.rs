@@ -1,7 +1,9 @@
 //! Integration tests of verify-service: the whole gateway (gRPC server, SQLite store, Twilio
 //! adapter, embedded sandbox) started in-process on port 0 and driven by a real gRPC client.
 
+mod distributed;
 mod e2e;
+mod fallback;
 mod flows;
 mod harness;
 mod key_rotation;

@@ -48,9 +48,9 @@ pub async fn standalone_sandbox() -> (String, oneshot::Sender<()>) {
 }
 
 /// Starts a gateway on `database_url` that sends to the sandbox at `sandbox` (not its own).
-pub async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
+pub async fn replica(database_url: &str, sandbox: &str, extra_toml: &str) -> Replica {
     let toml = format!(
-        "[sandbox]\nmode = \"off\"\n[twilio]\nbase_url = \"{sandbox}\"\nmax_retries = 0\n{keys}"
+        "[sandbox]\nmode = \"off\"\n[twilio]\nbase_url = \"{sandbox}\"\nmax_retries = 0\n{extra_toml}"
     );
     let env = TwilioEnv {
         account_sid: Some(twilio_sandbox::DEV_ACCOUNT_SID.into()),
@@ -60,6 +60,7 @@ pub async fn replica(database_url: &str, sandbox: &str, keys: &str) -> Replica {
     };
     let overrides = Overrides {
         grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        webhooks_addr: Some("127.0.0.1:0".parse().expect("addr")),
         database_url: Some(database_url.to_owned()),
         data_dir: Some(std::env::temp_dir().join(format!("vg-rep-{}", uuid::Uuid::new_v4()))),
         ..Overrides::default()

@@ -1,0 +1,312 @@
+//! Delivery-aware fallback: when the provider reports that a message failed, or no report
+//! arrives within the purpose's `fallback_after_seconds`, the verification moves on to the
+//! purpose's next channel (e.g. SMS -> voice call), if the caller allowed it.
+//!
+//! Both triggers arrive as bus events (`delivery.reported` from webhook-ingest, the delayed
+//! `delivery.silence_check` scheduled after each send), at least once and in any order. The
+//! effect is idempotent by construction: the fallback is claimed in the store with the
+//! verification's version before the provider is called, and a report about a channel the
+//! verification has left, or a silence check for a send that is no longer the current one,
+//! changes nothing. The consumer is also wrapped in a deduplicating handler, so a redelivered
+//! message is not even looked at twice.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use domain::delivery::{
+    DELIVERY_REPORTED, DELIVERY_REPORTED_VERSION, DeliveryReport, FallbackReason, SILENCE_CHECK,
+    SILENCE_CHECK_VERSION, SilenceCheck,
+};
+use domain::events::{Delivery, Envelope, EventHandler, EventKind, HandlerError, MessageId};
+use domain::ports::{ProviderStart, StoreError};
+use domain::{DeliveryVerdict, Verification, VerificationId};
+use policy::PurposePolicy;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::ServiceError;
+use crate::service::VerifyCore;
+
+/// How often a read-modify-write is retried when another writer changed the row first.
+const CONFLICT_RETRIES: usize = 5;
+
+/// The subscription verify-service consumes delivery events on: one queue shared by all
+/// replicas (competing consumers), so each event is handled by one of them.
+pub fn subscription() -> domain::events::Subscription {
+    domain::events::Subscription {
+        queue: "verify-service.delivery".into(),
+        bindings: vec![DELIVERY_REPORTED.into(), SILENCE_CHECK.into()],
+        prefetch: 32,
+        max_attempts: 10,
+        retry_delay: std::time::Duration::from_secs(2),
+    }
+}
+
+impl VerifyCore {
+    /// Schedules the silence check of the send `v` just made, when a fallback from its
+    /// channel is possible. Best effort: a verification whose check could not be scheduled
+    /// still falls back on a failure report.
+    pub(crate) async fn schedule_silence_check(&self, policy: &PurposePolicy, v: &Verification) {
+        let Some(after) = policy.fallback_after() else {
+            return;
+        };
+        if !v.allow_fallback || policy.next_fallback(v.channel, &v.channels_tried).is_none() {
+            return;
+        }
+        let check = SilenceCheck {
+            verification_id: v.id.to_string(),
+            send: v.sends,
+        };
+        let envelope = match silence_envelope(&check, self.clock.now()) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(error = %e, "could not encode the silence check");
+                return;
+            }
+        };
+        match self.bus.publish_delayed(&envelope, after).await {
+            Ok(()) => debug!(
+                send = v.sends,
+                after_s = after.as_secs(),
+                "silence check scheduled"
+            ),
+            Err(e) => warn!(error = %e, "could not schedule the silence check"),
+        }
+    }
+
+    /// Applies a delivery report and falls back when it is a failure the purpose's chain can
+    /// get around.
+    pub async fn on_delivery_report(&self, report: &DeliveryReport) -> Result<(), ServiceError> {
+        let Some(sid) = report.provider_sid.as_deref() else {
+            debug!("delivery report without a verification id: not ours to act on");
+            return Ok(());
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(v) = self.store.find_by_provider_sid(sid).await? else {
+                debug!("delivery report for a verification this gateway does not know");
+                return Ok(());
+            };
+            let span =
+                info_span!("verify.delivery", verification_id = %v.id, status = %report.status);
+            match self.apply_report(v, report).instrument(span).await {
+                Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
+                other => return other,
+            }
+        }
+        Err(ServiceError::Store(StoreError::Unavailable(format!(
+            "verification {sid} kept changing under {CONFLICT_RETRIES} attempts"
+        ))))
+    }
+
+    /// One attempt of [`VerifyCore::on_delivery_report`] on the verification as read.
+    async fn apply_report(
+        &self,
+        mut v: Verification,
+        report: &DeliveryReport,
+    ) -> Result<(), ServiceError> {
+        let version = v.version;
+        let now = self.clock.now();
+        if v.expire_if_due(now) {
+            return self.write(&v, version).await;
+        }
+        let fallback = match v.apply_delivery(report, now) {
+            DeliveryVerdict::Ignored(why) => {
+                debug!(?why, "delivery report changes nothing");
+                return Ok(());
+            }
+            DeliveryVerdict::Recorded => None,
+            DeliveryVerdict::Failed(reason) => self.claim_fallback(&mut v, reason, now),
+        };
+        self.write(&v, version).await?;
+        match fallback {
+            Some(policy) => self.send_fallback(&policy, v).await,
+            None => info!("delivery report recorded"),
+        }
+        Ok(())
+    }
+
+    /// Falls back when send number `check.send` is still the current one and still has no
+    /// final delivery report.
+    pub async fn on_silence_check(&self, check: &SilenceCheck) -> Result<(), ServiceError> {
+        let Ok(id) = check.verification_id.parse::<VerificationId>() else {
+            warn!("silence check with a malformed verification id");
+            return Ok(());
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let mut v = match self.load_current(&id).await {
+                Ok(v) => v,
+                Err(ServiceError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if !v.is_silent(check.send) {
+                debug!(verification_id = %id, "no silence: a report arrived or a newer send exists");
+                return Ok(());
+            }
+            let version = v.version;
+            let now = self.clock.now();
+            let Some(policy) = self.claim_fallback(&mut v, FallbackReason::NoDeliveryReport, now)
+            else {
+                return Ok(());
+            };
+            match self.write(&v, version).await {
+                Ok(()) => {}
+                Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
+                Err(e) => return Err(e),
+            }
+            let span = info_span!("verify.silence", verification_id = %v.id);
+            self.send_fallback(&policy, v).instrument(span).await;
+            return Ok(());
+        }
+        Err(ServiceError::Store(StoreError::Conflict(id)))
+    }
+
+    /// Moves `v` to the purpose's next channel in memory when the caller allowed it and the
+    /// chain and the send limit leave room; returns the policy when it did.
+    fn claim_fallback(
+        &self,
+        v: &mut Verification,
+        reason: FallbackReason,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<PurposePolicy> {
+        let policy = match self.policy(&v.purpose) {
+            Ok(p) => p.clone(),
+            Err(_) => {
+                warn!(purpose = %v.purpose, "verification of a purpose no longer configured");
+                return None;
+            }
+        };
+        if !v.allow_fallback {
+            info!(reason = %reason.code(), "delivery failed; the caller did not allow a fallback");
+            return None;
+        }
+        let Some(next) = policy.next_fallback(v.channel, &v.channels_tried) else {
+            info!(reason = %reason.code(), channel = %v.channel, "delivery failed; no channel left to fall back to");
+            return None;
+        };
+        match v.fall_back(next, reason, now) {
+            Ok(()) => Some(policy),
+            Err(e) => {
+                info!(reason = %reason.code(), error = %e, "no fallback");
+                None
+            }
+        }
+    }
+
+    async fn write(&self, v: &Verification, version: u32) -> Result<(), ServiceError> {
+        self.store.update(v, version).await.map_err(Into::into)
+    }
+
+    /// Sends on the channel the fallback claimed. The claim is already stored, so a
+    /// redelivered event cannot send again; a provider refusal is logged, and the
+    /// verification stays pending on the new channel until it expires or is resent.
+    async fn send_fallback(&self, policy: &PurposePolicy, mut v: Verification) {
+        let to = match self.keyring.open(&v.destination) {
+            Ok(to) => to,
+            Err(e) => {
+                warn!(error = %e, "cannot open the stored destination for the fallback");
+                return;
+            }
+        };
+        let request = ProviderStart {
+            service: policy.service_sid().to_owned(),
+            to,
+            channel: v.channel,
+            locale: None,
+        };
+        match self.provider.start(&request).await {
+            Ok(pv) => {
+                if v.provider_sid.as_deref() != Some(pv.sid.as_str()) {
+                    let version = v.version;
+                    v.mark_sent(pv.sid, self.clock.now());
+                    if let Err(e) = self.store.update(&v, version).await {
+                        warn!(error = %e, "could not record the fallback's provider id");
+                    }
+                }
+                info!(
+                    channel = %v.channel,
+                    reason = %v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
+                    sends = v.sends,
+                    "fell back to the next channel"
+                );
+                self.schedule_silence_check(policy, &v).await;
+            }
+            Err(e) => warn!(
+                channel = %v.channel,
+                kind = ?e.kind,
+                twilio_code = ?e.code,
+                "the provider refused the fallback send"
+            ),
+        }
+    }
+}
+
+/// The envelope of a silence check; its message id is derived from the verification and
+/// the send, so scheduling it twice yields one message for the deduplicating consumer.
+pub fn silence_envelope(
+    check: &SilenceCheck,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Envelope, serde_json::Error> {
+    let payload = serde_json::to_vec(check)?;
+    let name = format!("silence:{}:{}", check.verification_id, check.send);
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    let kind = EventKind::parse(SILENCE_CHECK).map_err(serde::de::Error::custom)?;
+    Ok(Envelope::new(
+        MessageId::from_uuid(id),
+        kind,
+        SILENCE_CHECK_VERSION,
+        now,
+        payload,
+    ))
+}
+
+/// The bus consumer of delivery events.
+#[derive(Debug, Clone)]
+pub struct DeliveryHandler {
+    core: Arc<VerifyCore>,
+}
+
+impl DeliveryHandler {
+    pub fn new(core: Arc<VerifyCore>) -> Self {
+        DeliveryHandler { core }
+    }
+}
+
+#[async_trait]
+impl EventHandler for DeliveryHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let envelope = &delivery.envelope;
+        let outcome = match envelope.kind.as_str() {
+            DELIVERY_REPORTED => {
+                if envelope.version != DELIVERY_REPORTED_VERSION {
+                    return Err(HandlerError::permanent(format!(
+                        "{DELIVERY_REPORTED} version {} is unknown",
+                        envelope.version
+                    )));
+                }
+                let report: DeliveryReport = serde_json::from_slice(&envelope.payload)
+                    .map_err(|e| HandlerError::permanent(format!("malformed report: {e}")))?;
+                self.core.on_delivery_report(&report).await
+            }
+            SILENCE_CHECK => {
+                if envelope.version != SILENCE_CHECK_VERSION {
+                    return Err(HandlerError::permanent(format!(
+                        "{SILENCE_CHECK} version {} is unknown",
+                        envelope.version
+                    )));
+                }
+                let check: SilenceCheck = serde_json::from_slice(&envelope.payload)
+                    .map_err(|e| HandlerError::permanent(format!("malformed check: {e}")))?;
+                self.core.on_silence_check(&check).await
+            }
+            other => {
+                return Err(HandlerError::permanent(format!(
+                    "verify-service does not handle `{other}`"
+                )));
+            }
+        };
+        outcome.map_err(|e| match e {
+            // The store or the provider may answer later.
+            ServiceError::Store(_) | ServiceError::Provider(_) => HandlerError::retryable(e),
+            other => HandlerError::permanent(other),
+        })
+    }
+}
