@@ -1,6 +1,11 @@
-//! `cargo xtask bench`: starts the release build of the embedded gateway (verify-service,
-//! SQLite and the sandbox in one process), drives Start+Check flows through real gRPC
-//! clients and prints throughput and latency. Figures only; nothing is asserted.
+//! `cargo xtask bench [flows|delivery|all]`: starts the release build of the embedded
+//! gateway (verify-service, its webhook receiver, SQLite and the sandbox in one process) and
+//! prints figures, asserting nothing:
+//!
+//! - `flows`: Start+Check flows through real gRPC clients: throughput and latency.
+//! - `delivery` (see `bench_delivery.rs`): signed Verify Events posted to the webhook
+//!   receiver (accepted and stored per second), and the failure-to-fallback latency from
+//!   the sandbox's `undelivered` report to the voice call it leads to.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -38,8 +43,17 @@ fn flag(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
 }
 
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let which = match args.first().map(String::as_str) {
+        None | Some("all") => ["flows", "delivery"].as_slice(),
+        Some("flows") => ["flows"].as_slice(),
+        Some("delivery") => ["delivery"].as_slice(),
+        Some(a) if a.starts_with("--") => ["flows", "delivery"].as_slice(),
+        Some(other) => bail!("unknown benchmark `{other}` (flows, delivery or all)"),
+    };
     let flows = flag(args, "--flows", 2000)?;
     let concurrency = flag(args, "--concurrency", 32)?.max(1);
+    let events = flag(args, "--events", 5000)?;
+    let fallbacks = flag(args, "--fallbacks", 50)?.max(1);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     super::run(Command::new(cargo).current_dir(root).args([
         "build",
@@ -55,11 +69,14 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&data_dir);
     let grpc_port = free_port()?;
     let sandbox_port = free_port()?;
+    let webhooks_port = free_port()?;
     let child = Command::new(root.join("target/release/verify-gateway"))
         .arg("--grpc-addr")
         .arg(format!("127.0.0.1:{grpc_port}"))
         .arg("--sandbox-addr")
         .arg(format!("127.0.0.1:{sandbox_port}"))
+        .arg("--webhooks-addr")
+        .arg(format!("127.0.0.1:{webhooks_port}"))
         .arg("--data-dir")
         .arg(&data_dir)
         .env("VERIFY_LOG__FILTER", "warn")
@@ -73,12 +90,28 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(drive(grpc_port, sandbox_port, flows, concurrency));
+    let ports = crate::bench_delivery::Ports {
+        sandbox: sandbox_port,
+        webhooks: webhooks_port,
+    };
+    let result = runtime.block_on(async {
+        if which.contains(&"flows") {
+            drive(grpc_port, sandbox_port, flows, concurrency).await?;
+        }
+        if which.contains(&"delivery") {
+            let client = connect(grpc_port).await?;
+            crate::bench_delivery::ingest(&ports, events, concurrency).await?;
+            crate::bench_delivery::fallback(&ports, client, fallbacks).await?;
+        }
+        anyhow::Ok(())
+    });
     let _ = std::fs::remove_dir_all(&data_dir);
     result
 }
 
-async fn connect(grpc_port: u16) -> anyhow::Result<VerifyServiceClient<tonic::transport::Channel>> {
+pub(crate) async fn connect(
+    grpc_port: u16,
+) -> anyhow::Result<VerifyServiceClient<tonic::transport::Channel>> {
     let started = Instant::now();
     loop {
         match VerifyServiceClient::connect(format!("http://127.0.0.1:{grpc_port}")).await {
@@ -182,7 +215,7 @@ async fn drive(
     Ok(())
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
+pub(crate) fn pct(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -8,6 +8,7 @@
 //! - `bench`: drives Start+Check against the embedded gateway and prints figures.
 
 mod bench;
+mod bench_delivery;
 mod deploy_check;
 mod deps;
 
@@ -48,8 +49,11 @@ fn print_help() {
          ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests (CI)\n  \
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
-         bench   Start+Check load against the embedded gateway; prints requests/s, p50, p99\n          \
-         options: --flows N (default 2000) --concurrency C (default 32)"
+         bench   [flows|delivery|all] load against the embedded gateway; prints figures\n          \
+         flows: Start+Check requests/s, p50, p99 (--flows N, default 2000)\n          \
+         delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
+         failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
+         --concurrency C (default 32)"
     );
 }
 
