@@ -155,6 +155,8 @@ pub struct NewVerification {
     pub max_checks: u32,
     /// The caller allows moving to the purpose's next channel when delivery fails.
     pub allow_fallback: bool,
+    /// The W3C `traceparent` of the start (see [`Verification::trace_parent`]).
+    pub trace_parent: Option<String>,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -188,6 +190,9 @@ pub struct Verification {
     pub fallback_reason: Option<FallbackReason>,
     /// The latest delivery status reported for the current send.
     pub delivery_status: Option<DeliveryStatus>,
+    /// The W3C `traceparent` of the start that created it (trace and span id, no PII), so
+    /// later asynchronous work on it (a fallback) joins the start's trace.
+    pub trace_parent: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -274,6 +279,7 @@ impl Verification {
             channels_tried: vec![n.channel],
             fallback_reason: None,
             delivery_status: None,
+            trace_parent: n.trace_parent,
             created_at: n.now,
             updated_at: n.now,
             expires_at: n.expires_at,
@@ -501,6 +507,7 @@ mod tests {
             max_sends,
             max_checks,
             allow_fallback: true,
+            trace_parent: None,
             now: at(0),
             expires_at: at(600),
         })

@@ -263,8 +263,13 @@ async fn dispatch(
             () = stopped(&mut stop) => return,
         };
         let Some(job) = job else { return };
+        // A root: the consumer loop lives as long as the bus, and one trace per message is
+        // what a trace viewer can show; the handler joins the publisher's trace from the
+        // envelope's `traceparent` header.
         let span = info_span!(
+            parent: None,
             "messaging.handle",
+            otel.kind = "consumer",
             queue = %subscription.queue,
             message_id = %job.envelope.message_id,
             kind = %job.envelope.kind,

@@ -68,6 +68,7 @@ pub(crate) fn bare(n: u128, purpose: &str, destination: &Destination) -> Verific
         max_sends: 3,
         max_checks: 5,
         allow_fallback: false,
+        trace_parent: None,
         now: at(0),
         expires_at: at(600),
     })
@@ -106,12 +107,16 @@ pub(crate) fn full(
         error_code: Some(30003),
     });
     v.delivery_status = Some(DeliveryStatus::Sent);
+    v.trace_parent = Some(TRACE_PARENT.into());
     v.created_at = at(1);
     v.updated_at = at(2);
     v.expires_at = at(3);
     v.version = 7;
     v
 }
+
+/// The W3C trace context of [`full`] (a start's span in a caller's trace).
+pub(crate) const TRACE_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// The provider's verification id of the fixtures' reports.
 pub(crate) const PROVIDER_SID: &str = "VE0123456789abcdef0123456789abcdef";
@@ -145,8 +150,5 @@ pub(crate) fn envelope(n: u128) -> Envelope {
         format!(r#"{{"dedupe_key":"ce:{n}","status":"undelivered","error_code":30003}}"#)
             .into_bytes(),
     )
-    .with_header(
-        "traceparent",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    )
+    .with_header("traceparent", TRACE_PARENT)
 }

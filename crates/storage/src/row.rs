@@ -50,6 +50,8 @@ pub(crate) struct VerificationRow {
     /// See [`encode_fallback_reason`].
     pub fallback_reason: Option<String>,
     pub delivery_status: Option<String>,
+    /// The W3C `traceparent` of the start that made the latest send.
+    pub trace_parent: Option<String>,
 }
 
 /// A stored row that does not convert back into a domain value.
@@ -187,6 +189,7 @@ impl From<&Verification> for VerificationRow {
             channels_tried: encode_channels(&v.channels_tried),
             fallback_reason: v.fallback_reason.map(encode_fallback_reason),
             delivery_status: v.delivery_status.map(|s| s.as_str().to_owned()),
+            trace_parent: v.trace_parent.clone(),
         }
     }
 }
@@ -256,6 +259,7 @@ impl TryFrom<VerificationRow> for Verification {
             channels_tried,
             fallback_reason,
             delivery_status,
+            trace_parent: row.trace_parent,
             created_at: time("created_at", row.created_at)?,
             updated_at: time("updated_at", row.updated_at)?,
             expires_at: time("expires_at", row.expires_at)?,
@@ -273,7 +277,7 @@ impl TryFrom<VerificationRow> for Verification {
     }
 }
 
-/// Binds every column of `row` as `$1` to `$24` of [`crate::sql::INSERT`].
+/// Binds every column of `row` as `$1` to `$25` of [`crate::sql::INSERT`].
 pub(crate) fn bind_insert<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
     row: VerificationRow,
@@ -312,9 +316,10 @@ where
         .bind(row.channels_tried)
         .bind(row.fallback_reason)
         .bind(row.delivery_status)
+        .bind(row.trace_parent)
 }
 
-/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$23` of
+/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$24` of
 /// [`crate::sql::UPDATE`].
 pub(crate) fn bind_update<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
@@ -354,6 +359,7 @@ where
         .bind(row.channels_tried)
         .bind(row.fallback_reason)
         .bind(row.delivery_status)
+        .bind(row.trace_parent)
 }
 
 /// The columns of `delivery_reports` the store writes, in the order of

@@ -16,11 +16,11 @@ macro_rules! columns {
         "id, purpose, channel, status, provider_sid, destination_ciphertext, \
          destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
          checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
-         allow_fallback, channels_tried, fallback_reason, delivery_status"
+         allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent"
     };
 }
 
-/// Binds every column, `$1` to `$24`, in the order of [`columns!`]; returns the id when the
+/// Binds every column, `$1` to `$25`, in the order of [`columns!`]; returns the id when the
 /// row was written and nothing when it collided with a row holding the same id, the same
 /// purpose and idempotency key, or (for a pending row) the pending slot of its purpose and
 /// destination.
@@ -32,7 +32,7 @@ pub(crate) const INSERT: &str = concat!(
     "INSERT INTO verifications (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, ",
-    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
     " ON CONFLICT DO NOTHING RETURNING id"
 );
 
@@ -100,7 +100,7 @@ pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
     " ORDER BY created_at, id LIMIT $2"
 );
 
-/// `$1` is the id and `$2` the expected version; `$3` to `$23` are the columns that may
+/// `$1` is the id and `$2` the expected version; `$3` to `$24` are the columns that may
 /// change over a verification's life, in the order of [`crate::row::bind_update`]. Returns
 /// the id when the row was written.
 ///
@@ -112,7 +112,8 @@ pub(crate) const UPDATE: &str = "UPDATE verifications SET \
      destination_key_id = $7, destination_hash = $8, to_masked = $9, identity = $10, \
      sends = $11, checks = $12, max_sends = $13, max_checks = $14, failure_code = $15, \
      updated_at = $16, expires_at = $17, version = $18, idempotency_key = $19, \
-     allow_fallback = $20, channels_tried = $21, fallback_reason = $22, delivery_status = $23 \
+     allow_fallback = $20, channels_tried = $21, fallback_reason = $22, delivery_status = $23, \
+     trace_parent = $24 \
      WHERE id = $1 AND version = $2 \
      RETURNING id";
 

@@ -1,12 +1,19 @@
-//! Logging set-up for the services: `tracing` with pretty or JSON output, and a last line of
-//! defence that masks anything shaped like an E.164 number or an email address before a
-//! line leaves the process. The first line of defence is that domain types print masks.
+//! Observability set-up for the services: `tracing` with pretty or JSON log lines, an
+//! OpenTelemetry tracer behind every span (exported over OTLP/gRPC when a collector is
+//! configured), the W3C trace-context helpers in [`trace`], and a last line of defence that
+//! masks anything shaped like an E.164 number or an email address before a line or a span
+//! leaves the process. The first line of defence is that domain types print masks.
+
+pub mod trace;
 
 use std::io::{self, Write};
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,23 +44,76 @@ pub enum TelemetryError {
     Filter(String),
     #[error("a global subscriber is already set")]
     AlreadySet,
+    #[error("the OTLP span exporter: {0}")]
+    Exporter(String),
+    #[error("flushing spans at shutdown: {0}")]
+    Shutdown(String),
 }
 
-/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info,verify_service=debug`).
-pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+/// Where finished spans go. The binaries fill it from the standard OpenTelemetry variables
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`) in their `main`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceExport {
+    /// The collector's OTLP/gRPC endpoint (`http://otel-collector:4317`). `None` (or empty):
+    /// nothing is exported, but every span still has a trace context, so `traceparent`
+    /// headers are read and written all the same.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of exported spans.
+    pub service_name: String,
+}
+
+/// The installed telemetry. Keep it until the process ends and call
+/// [`Telemetry::shutdown`] last, so the spans still buffered are exported.
+#[derive(Debug)]
+#[must_use = "call `shutdown` before exiting, or buffered spans are lost"]
+pub struct Telemetry {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports the buffered spans and stops the exporter. Blocks for as long as the export
+    /// takes (bounded by the exporter's timeout), so call it from a blocking context
+    /// (`tokio::task::spawn_blocking`), not from a task on the runtime's worker threads.
+    pub fn shutdown(self) -> Result<(), TelemetryError> {
+        self.provider
+            .shutdown()
+            .map_err(|e| TelemetryError::Shutdown(e.to_string()))
+    }
+}
+
+/// Installs the global subscriber: log lines filtered by `filter` (`RUST_LOG` syntax, e.g.
+/// `info,verify_service=debug`), and the OpenTelemetry layer, which records INFO and more
+/// severe spans whatever the log filter says, so trace context propagates even when logs
+/// are quiet. Sets the W3C TraceContext propagator as the global propagator.
+///
+/// With an OTLP endpoint this must run inside a Tokio runtime: the exporter's gRPC channel
+/// lives on it.
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    export: &TraceExport,
+) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(Redacting(io::stdout));
-    let result = match format {
-        LogFormat::Pretty => builder.with_target(true).try_init(),
-        LogFormat::Json => builder
+    let provider = trace::provider(export)?;
+    let logs = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(Redacting(io::stdout))
+            .with_target(true)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .with_writer(Redacting(io::stdout))
+            .boxed(),
     };
-    result.map_err(|_| TelemetryError::AlreadySet)
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(trace::layer(&provider))
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadySet)?;
+    trace::install_globals(&provider);
+    Ok(Telemetry { provider })
 }
 
 /// Wraps a writer factory so every line written through it is passed through [`redact`].

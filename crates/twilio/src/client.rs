@@ -1,6 +1,8 @@
 //! The Verify V2 client: one pooled HTTP client, the four verification calls, and the
 //! `VerifyProvider` implementation the services hold.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +10,7 @@ use domain::OtpCode;
 use domain::ports::{
     ProviderCheck, ProviderError, ProviderStart, ProviderVerification, VerifyProvider,
 };
-use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,6 +28,35 @@ const USER_AGENT: &str = concat!(
     " (twilio-verify-v2; rust)"
 );
 
+/// Headers added to every request, computed as it is sent (each attempt of a repeated call
+/// asks again). The services set the W3C trace context of the current span here
+/// (`traceparent`, `tracestate`), so the request carries the caller's trace without this
+/// adapter knowing about tracing. Names that are not valid header names, and values that
+/// are not valid header values, are left out; the adapter's own headers (authorization,
+/// content type, accept, user agent) are never replaced.
+#[derive(Clone)]
+pub struct RequestHeaders(Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>);
+
+impl RequestHeaders {
+    pub fn new(headers: impl Fn() -> Vec<(&'static str, String)> + Send + Sync + 'static) -> Self {
+        RequestHeaders(Arc::new(headers))
+    }
+}
+
+impl fmt::Debug for RequestHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestHeaders(..)")
+    }
+}
+
+/// The headers a [`RequestHeaders`] hook may not set.
+const OWN_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::USER_AGENT,
+];
+
 /// A Twilio Verify V2 client. Cheap to clone: clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct TwilioVerify {
@@ -33,6 +64,7 @@ pub struct TwilioVerify {
     base: Url,
     credentials: Credentials,
     max_retries: u32,
+    request_headers: Option<RequestHeaders>,
 }
 
 impl TwilioVerify {
@@ -57,7 +89,14 @@ impl TwilioVerify {
             base,
             credentials: config.credentials,
             max_retries: config.max_retries,
+            request_headers: None,
         })
+    }
+
+    /// Adds the headers `headers` returns to every request (see [`RequestHeaders`]).
+    pub fn with_request_headers(mut self, headers: RequestHeaders) -> Self {
+        self.request_headers = Some(headers);
+        self
     }
 
     /// The base URL requests go to (Twilio's host for the region and edge, or the override).
@@ -73,6 +112,7 @@ impl TwilioVerify {
     ) -> Result<ProviderVerification, TwilioError> {
         let span = tracing::info_span!(
             "twilio.create_verification",
+            otel.kind = "client",
             service_sid = %request.service,
             verification_sid = field::Empty,
             channel = %request.channel,
@@ -109,6 +149,7 @@ impl TwilioVerify {
     ) -> Result<ProviderCheck, TwilioError> {
         let span = tracing::info_span!(
             "twilio.check_verification",
+            otel.kind = "client",
             service_sid = %service_sid,
             verification_sid = %verification_sid,
             http_status = field::Empty,
@@ -140,6 +181,7 @@ impl TwilioVerify {
     ) -> Result<ProviderVerification, TwilioError> {
         let span = tracing::info_span!(
             "twilio.fetch_verification",
+            otel.kind = "client",
             service_sid = %service_sid,
             verification_sid = %verification_sid,
             http_status = field::Empty,
@@ -165,6 +207,7 @@ impl TwilioVerify {
     ) -> Result<ProviderVerification, TwilioError> {
         let span = tracing::info_span!(
             "twilio.cancel_verification",
+            otel.kind = "client",
             service_sid = %service_sid,
             verification_sid = %verification_sid,
             http_status = field::Empty,
@@ -219,6 +262,7 @@ impl TwilioVerify {
         let mut attempt: u32 = 0;
         loop {
             let mut request = self.authorised(self.http.request(method.clone(), url.clone()));
+            request = self.with_extra_headers(request);
             if let Some(form) = form {
                 request = request.form(form);
             }
@@ -243,6 +287,25 @@ impl TwilioVerify {
                 }
             }
         }
+    }
+
+    /// The hook's headers, those that are valid and not the adapter's own.
+    fn with_extra_headers(&self, mut request: RequestBuilder) -> RequestBuilder {
+        let Some(hook) = &self.request_headers else {
+            return request;
+        };
+        for (name, value) in (hook.0)() {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) else {
+                continue;
+            };
+            if !OWN_HEADERS.contains(&name) {
+                request = request.header(name, value);
+            }
+        }
+        request
     }
 
     fn authorised(&self, request: RequestBuilder) -> RequestBuilder {

@@ -18,6 +18,6 @@ mod sid;
 pub mod webhook;
 mod wire;
 
-pub use client::TwilioVerify;
+pub use client::{RequestHeaders, TwilioVerify};
 pub use config::{Credentials, TwilioConfig};
 pub use error::{ApiError, TwilioError};

@@ -172,8 +172,12 @@ impl Gateway {
             twilio_config.base_url =
                 Some(url::Url::parse(&format!("http://{addr}")).context("sandbox URL")?);
         }
-        let provider =
-            twilio::TwilioVerify::new(twilio_config).context("building the Twilio client")?;
+        // Every Twilio request carries the trace context of the span it is made in.
+        let provider = twilio::TwilioVerify::new(twilio_config)
+            .context("building the Twilio client")?
+            .with_request_headers(twilio::RequestHeaders::new(
+                telemetry::trace::current_headers,
+            ));
 
         let core = Arc::new(VerifyCore::new(
             settings.policies.clone(),

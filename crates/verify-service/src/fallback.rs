@@ -9,6 +9,12 @@
 //! verification has left, or a silence check for a send that is no longer the current one,
 //! changes nothing. The consumer is also wrapped in a deduplicating handler, so a redelivered
 //! message is not even looked at twice.
+//!
+//! Tracing: the consumer's spans (`verify.delivery`, `verify.silence`, and `verify.fallback`
+//! around the fallback's send) are children of the trace context stored with the
+//! verification at its start, so one trace shows start -> failure -> fallback; they link to
+//! the trace of the message that triggered them (the webhook request, or the send that
+//! scheduled the silence check), whose `traceparent` travels in the envelope's headers.
 
 use std::sync::Arc;
 
@@ -21,7 +27,8 @@ use domain::events::{Delivery, Envelope, EventHandler, EventKind, HandlerError, 
 use domain::ports::{ProviderStart, StoreError};
 use domain::{DeliveryVerdict, Verification, VerificationId};
 use policy::PurposePolicy;
-use tracing::{Instrument, debug, info, info_span, warn};
+use telemetry::trace::TRACEPARENT;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::error::ServiceError;
 use crate::service::VerifyCore;
@@ -56,13 +63,24 @@ impl VerifyCore {
             verification_id: v.id.to_string(),
             send: v.sends,
         };
-        let envelope = match silence_envelope(&check, self.clock.now()) {
+        let mut envelope = match silence_envelope(&check, self.clock.now()) {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(error = %e, "could not encode the silence check");
                 return;
             }
         };
+        // The send's trace (the start's, or the fallback's within it) goes with the check.
+        let headers = telemetry::trace::current_headers();
+        if headers.is_empty() {
+            if let Some(trace_parent) = &v.trace_parent {
+                envelope = envelope.with_header(TRACEPARENT, trace_parent.clone());
+            }
+        } else {
+            for (name, value) in headers {
+                envelope = envelope.with_header(name, value);
+            }
+        }
         match self.bus.publish_delayed(&envelope, after).await {
             Ok(()) => debug!(
                 send = v.sends,
@@ -74,8 +92,12 @@ impl VerifyCore {
     }
 
     /// Applies a delivery report and falls back when it is a failure the purpose's chain can
-    /// get around.
-    pub async fn on_delivery_report(&self, report: &DeliveryReport) -> Result<(), ServiceError> {
+    /// get around. `trace` is the `traceparent` the report came with (the webhook request's).
+    pub async fn on_delivery_report(
+        &self,
+        report: &DeliveryReport,
+        trace: Option<&str>,
+    ) -> Result<(), ServiceError> {
         let Some(sid) = report.provider_sid.as_deref() else {
             debug!("delivery report without a verification id: not ours to act on");
             return Ok(());
@@ -85,9 +107,17 @@ impl VerifyCore {
                 debug!("delivery report for a verification this gateway does not know");
                 return Ok(());
             };
-            let span =
-                info_span!("verify.delivery", verification_id = %v.id, status = %report.status);
-            match self.apply_report(v, report).instrument(span).await {
+            let span = consumer_span(
+                info_span!(
+                    "verify.delivery",
+                    otel.kind = "consumer",
+                    verification_id = %v.id,
+                    status = %report.status,
+                ),
+                &v,
+                trace,
+            );
+            match self.apply_report(v, report, trace).instrument(span).await {
                 Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
                 other => return other,
             }
@@ -102,6 +132,7 @@ impl VerifyCore {
         &self,
         mut v: Verification,
         report: &DeliveryReport,
+        trace: Option<&str>,
     ) -> Result<(), ServiceError> {
         let version = v.version;
         let now = self.clock.now();
@@ -118,45 +149,71 @@ impl VerifyCore {
         };
         self.write(&v, version).await?;
         match fallback {
-            Some(policy) => self.send_fallback(&policy, v).await,
+            Some(policy) => self.send_fallback(&policy, v, trace).await,
             None => info!("delivery report recorded"),
         }
         Ok(())
     }
 
     /// Falls back when send number `check.send` is still the current one and still has no
-    /// final delivery report.
-    pub async fn on_silence_check(&self, check: &SilenceCheck) -> Result<(), ServiceError> {
+    /// final delivery report. `trace` is the `traceparent` the check came with (the send's).
+    pub async fn on_silence_check(
+        &self,
+        check: &SilenceCheck,
+        trace: Option<&str>,
+    ) -> Result<(), ServiceError> {
         let Ok(id) = check.verification_id.parse::<VerificationId>() else {
             warn!("silence check with a malformed verification id");
             return Ok(());
         };
         for _ in 0..CONFLICT_RETRIES {
-            let mut v = match self.load_current(&id).await {
+            let v = match self.load_current(&id).await {
                 Ok(v) => v,
                 Err(ServiceError::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            if !v.is_silent(check.send) {
-                debug!(verification_id = %id, "no silence: a report arrived or a newer send exists");
-                return Ok(());
-            }
-            let version = v.version;
-            let now = self.clock.now();
-            let Some(policy) = self.claim_fallback(&mut v, FallbackReason::NoDeliveryReport, now)
-            else {
-                return Ok(());
-            };
-            match self.write(&v, version).await {
-                Ok(()) => {}
+            let span = consumer_span(
+                info_span!(
+                    "verify.silence",
+                    otel.kind = "consumer",
+                    verification_id = %id,
+                    send = check.send,
+                ),
+                &v,
+                trace,
+            );
+            match self
+                .apply_silence(v, check.send, trace)
+                .instrument(span)
+                .await
+            {
                 Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
-                Err(e) => return Err(e),
+                other => return other,
             }
-            let span = info_span!("verify.silence", verification_id = %v.id);
-            self.send_fallback(&policy, v).instrument(span).await;
-            return Ok(());
         }
         Err(ServiceError::Store(StoreError::Conflict(id)))
+    }
+
+    /// One attempt of [`VerifyCore::on_silence_check`] on the verification as read.
+    async fn apply_silence(
+        &self,
+        mut v: Verification,
+        send: u32,
+        trace: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        if !v.is_silent(send) {
+            debug!("no silence: a report arrived or a newer send exists");
+            return Ok(());
+        }
+        let version = v.version;
+        let now = self.clock.now();
+        let Some(policy) = self.claim_fallback(&mut v, FallbackReason::NoDeliveryReport, now)
+        else {
+            return Ok(());
+        };
+        self.write(&v, version).await?;
+        self.send_fallback(&policy, v, trace).await;
+        Ok(())
     }
 
     /// Moves `v` to the purpose's next channel in memory when the caller allowed it and the
@@ -195,10 +252,26 @@ impl VerifyCore {
         self.store.update(v, version).await.map_err(Into::into)
     }
 
-    /// Sends on the channel the fallback claimed. The claim is already stored, so a
+    /// Sends on the channel the fallback claimed, in a `verify.fallback` span (a child of
+    /// the consumer's span, so in the start's trace) linked to `trace`, the trace of what
+    /// triggered it.
+    async fn send_fallback(&self, policy: &PurposePolicy, v: Verification, trace: Option<&str>) {
+        let span = info_span!(
+            "verify.fallback",
+            verification_id = %v.id,
+            channel = %v.channel,
+            reason = %v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
+        );
+        if let Some(trace) = trace {
+            telemetry::trace::add_link(&span, trace);
+        }
+        self.fallback_send(policy, v).instrument(span).await;
+    }
+
+    /// The send of [`VerifyCore::send_fallback`]. The claim is already stored, so a
     /// redelivered event cannot send again; a provider refusal is logged, and the
     /// verification stays pending on the new channel until it expires or is resent.
-    async fn send_fallback(&self, policy: &PurposePolicy, mut v: Verification) {
+    async fn fallback_send(&self, policy: &PurposePolicy, mut v: Verification) {
         let to = match self.keyring.open(&v.destination) {
             Ok(to) => to,
             Err(e) => {
@@ -239,6 +312,24 @@ impl VerifyCore {
     }
 }
 
+/// `span`, made a child of the trace context stored with `v` at its start and linked to
+/// `trace`, the trace of the message being handled; without a stored context (a
+/// verification from before tracing, or a start outside any trace) `trace` is the parent.
+fn consumer_span(span: Span, v: &Verification, trace: Option<&str>) -> Span {
+    let joined = v
+        .trace_parent
+        .as_deref()
+        .is_some_and(|start| telemetry::trace::set_parent(&span, start, None));
+    if let Some(trace) = trace {
+        if joined {
+            telemetry::trace::add_link(&span, trace);
+        } else {
+            telemetry::trace::set_parent(&span, trace, None);
+        }
+    }
+    span
+}
+
 /// The envelope of a silence check; its message id is derived from the verification and
 /// the send, so scheduling it twice yields one message for the deduplicating consumer.
 pub fn silence_envelope(
@@ -274,6 +365,7 @@ impl DeliveryHandler {
 impl EventHandler for DeliveryHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let envelope = &delivery.envelope;
+        let trace = envelope.headers.get(TRACEPARENT).map(String::as_str);
         let outcome = match envelope.kind.as_str() {
             DELIVERY_REPORTED => {
                 if envelope.version != DELIVERY_REPORTED_VERSION {
@@ -284,7 +376,7 @@ impl EventHandler for DeliveryHandler {
                 }
                 let report: DeliveryReport = serde_json::from_slice(&envelope.payload)
                     .map_err(|e| HandlerError::permanent(format!("malformed report: {e}")))?;
-                self.core.on_delivery_report(&report).await
+                self.core.on_delivery_report(&report, trace).await
             }
             SILENCE_CHECK => {
                 if envelope.version != SILENCE_CHECK_VERSION {
@@ -295,7 +387,7 @@ impl EventHandler for DeliveryHandler {
                 }
                 let check: SilenceCheck = serde_json::from_slice(&envelope.payload)
                     .map_err(|e| HandlerError::permanent(format!("malformed check: {e}")))?;
-                self.core.on_silence_check(&check).await
+                self.core.on_silence_check(&check, trace).await
             }
             other => {
                 return Err(HandlerError::permanent(format!(

@@ -49,6 +49,18 @@ struct Cli {
     /// Log format: pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// The OTLP/gRPC endpoint spans are exported to (`http://otel-collector:4317`); without
+    /// it nothing is exported, but `traceparent` headers are still read and passed on.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "verify-gateway"
+    )]
+    otel_service_name: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -79,11 +91,24 @@ async fn main() -> anyhow::Result<()> {
         webhooks_addr: cli.webhooks_addr,
         log_format: cli.log_format,
     })?;
-    telemetry::init(settings.log_format, &settings.log_filter)?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&settings).await,
+    let telemetry = telemetry::init(
+        settings.log_format,
+        &settings.log_filter,
+        &telemetry::TraceExport {
+            otlp_endpoint: cli.otlp_endpoint,
+            service_name: cli.otel_service_name,
+        },
+    )?;
+    let outcome = run(cli.command.unwrap_or(Command::Serve), &settings).await;
+    flush_spans(telemetry).await;
+    outcome
+}
+
+async fn run(command: Command, settings: &config::Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve(settings).await,
         Command::Migrate => {
-            let database = app::open_database(&settings).await?;
+            let database = app::open_database(settings).await?;
             database.migrate().await?;
             database.close().await;
             tracing::info!("migrations applied");
@@ -91,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reencrypt { batch } => {
             let keys = verify_service::keys::load(&settings.keys, &settings.data_dir)?;
-            let database = app::open_database(&settings).await?;
+            let database = app::open_database(settings).await?;
             let n = app::reencrypt(
                 database.verifications().as_ref(),
                 &keys.keyring,
@@ -106,6 +131,15 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Exports the spans still buffered; the export blocks, so it runs off the async workers.
+async fn flush_spans(telemetry: telemetry::Telemetry) {
+    match tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "spans may have been lost"),
+        Err(e) => tracing::warn!(error = %e, "the span flush did not finish"),
     }
 }
 

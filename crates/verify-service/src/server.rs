@@ -1,5 +1,7 @@
 //! Serves VerifyService with `grpc.health.v1` and server reflection (v1 and v1alpha, since
-//! grpcurl and Python's reflection client still use v1alpha) on one listener.
+//! grpcurl and Python's reflection client still use v1alpha) on one listener. Every
+//! VerifyService call runs in a `grpc.request` span that continues the caller's trace when
+//! its metadata carries `traceparent` (and `tracestate`).
 
 use std::future::Future;
 
@@ -36,6 +38,7 @@ pub async fn serve(
         .await;
 
     tonic::transport::Server::builder()
+        .trace_fn(request_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -43,4 +46,19 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .context("gRPC server failed")
+}
+
+/// The span a request runs in: named after the RPC, a child of the caller's span when the
+/// metadata names one. Health checks and reflection are probes and tooling, not work worth
+/// a trace: they run in no span.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let rpc = request.uri().path().trim_start_matches('/');
+    if rpc.starts_with("grpc.health.") || rpc.starts_with("grpc.reflection.") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("grpc.request", otel.name = %rpc, otel.kind = "server");
+    telemetry::trace::set_parent_from(&span, |name| {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    });
+    span
 }

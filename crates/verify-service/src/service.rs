@@ -196,6 +196,8 @@ impl VerifyCore {
             max_sends: policy.max_sends(),
             max_checks: policy.max_checks(),
             allow_fallback: input.allow_fallback,
+            // The `verify.start` span's context: a fallback later joins this trace.
+            trace_parent: telemetry::trace::current_traceparent(),
             now,
             expires_at: policy.expires_at(now),
         });
@@ -273,6 +275,10 @@ impl VerifyCore {
             })?;
             if v.idempotency_key.is_none() {
                 v.idempotency_key = input.idempotency_key.clone();
+            }
+            // A fallback from this send belongs to the trace of the start that made it.
+            if let Some(trace_parent) = telemetry::trace::current_traceparent() {
+                v.trace_parent = Some(trace_parent);
             }
             match self.store.update(&v, version).await {
                 Ok(()) => {

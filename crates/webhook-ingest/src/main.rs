@@ -72,6 +72,18 @@ struct Cli {
         default_value = "info"
     )]
     log_filter: String,
+    /// The OTLP/gRPC endpoint spans are exported to (`http://otel-collector:4317`); without
+    /// it nothing is exported, but trace context still travels with each report.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "webhook-ingest"
+    )]
+    otel_service_name: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -86,7 +98,25 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let format = cli.log_format.parse().context("--log-format")?;
-    telemetry::init(format, &cli.log_filter)?;
+    let telemetry = telemetry::init(
+        format,
+        &cli.log_filter,
+        &telemetry::TraceExport {
+            otlp_endpoint: cli.otlp_endpoint.clone(),
+            service_name: cli.otel_service_name.clone(),
+        },
+    )?;
+    let outcome = run(cli).await;
+    // Exports the spans still buffered; the export blocks, so it runs off the async workers.
+    match tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "spans may have been lost"),
+        Err(e) => tracing::warn!(error = %e, "the span flush did not finish"),
+    }
+    outcome
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let database_url = cli
         .database_url
         .clone()

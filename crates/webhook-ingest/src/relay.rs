@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::events::BusError;
+use telemetry::trace::{TRACEPARENT, TRACESTATE};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::AppState;
 
@@ -53,7 +54,21 @@ pub(crate) async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         };
         let mut published = Vec::new();
         for message in &claimed {
-            match bus.publish(&message.envelope).await {
+            // The publish shows in the trace of the webhook request that stored the report.
+            let span = info_span!(
+                parent: None,
+                "webhook.relay",
+                otel.kind = "producer",
+                message_id = %message.envelope.message_id,
+                kind = %message.envelope.kind,
+                attempts = message.attempts,
+            );
+            let headers = &message.envelope.headers;
+            if let Some(traceparent) = headers.get(TRACEPARENT) {
+                let tracestate = headers.get(TRACESTATE).map(String::as_str);
+                telemetry::trace::set_parent(&span, traceparent, tracestate);
+            }
+            match bus.publish(&message.envelope).instrument(span).await {
                 Ok(()) => published.push(message.id),
                 Err(e) => {
                     let delay = retry_delay(message.attempts);

@@ -115,18 +115,24 @@ fn signed_url(state: &AppState, peer: SocketAddr, uri: &Uri, headers: &HeaderMap
 }
 
 /// The bus envelope of a report. Its message id is derived from the report's dedupe key, so
-/// a report stored twice (it is not) would still be one message to consumers.
+/// a report stored twice (it is not) would still be one message to consumers. The trace
+/// context of the request it came in (`traceparent`, `tracestate`) goes with it, into the
+/// outbox and onto the bus, so the consumer can link its work to this request.
 fn envelope(report: &DeliveryReport) -> Result<Envelope, serde_json::Error> {
     let payload = serde_json::to_vec(report)?;
     let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, report.dedupe_key.as_bytes());
     let kind = EventKind::parse(DELIVERY_REPORTED).map_err(serde::de::Error::custom)?;
-    Ok(Envelope::new(
+    let mut envelope = Envelope::new(
         MessageId::from_uuid(id),
         kind,
         DELIVERY_REPORTED_VERSION,
         report.occurred_at,
         payload,
-    ))
+    );
+    for (name, value) in telemetry::trace::current_headers() {
+        envelope = envelope.with_header(name, value);
+    }
+    Ok(envelope)
 }
 
 /// Stores each report with its outbox row; counts new and duplicate ones. Any store
@@ -156,6 +162,9 @@ async fn store(state: &AppState, reports: &[DeliveryReport]) -> Result<(usize, u
     Ok((new, duplicates))
 }
 
+/// A new trace per request: Twilio sends no trace context, and one from the public internet
+/// would not be trusted.
+#[tracing::instrument(name = "webhook.verify_events", skip_all, fields(otel.kind = "server"))]
 async fn verify_events(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -192,6 +201,8 @@ async fn verify_events(
     }
 }
 
+/// A new trace per request, as for [`verify_events`].
+#[tracing::instrument(name = "webhook.message_status", skip_all, fields(otel.kind = "server"))]
 async fn message_status(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

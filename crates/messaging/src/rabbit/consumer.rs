@@ -181,8 +181,13 @@ async fn handle_delivery(
             return;
         }
     };
+    // A root: the consumer loop lives as long as the bus, and one trace per message is what
+    // a trace viewer can show; the handler joins the publisher's trace from the envelope's
+    // `traceparent` header.
     let span = info_span!(
+        parent: None,
         "messaging.handle",
+        otel.kind = "consumer",
         queue = %subscription.queue,
         message_id = %envelope.message_id,
         kind = %envelope.kind,

@@ -166,6 +166,7 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
         "channels_tried",
         "fallback_reason",
         "delivery_status",
+        "trace_parent",
     ];
     assert_eq!(db.columns("verifications").await?, expected);
     // Reports carry no destination and no message body.
@@ -211,7 +212,8 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
 
 async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Result<()> {
     type Corrupt = fn(&mut VerificationRow);
-    let cases: [(&str, Corrupt); 12] = [
+    let cases: [(&str, Corrupt); 13] = [
+        ("trace_parent", |r| r.trace_parent = Some(String::new())),
         ("delivery_status", |r| {
             r.delivery_status = Some("lost".into())
         }),
@@ -253,6 +255,11 @@ async fn round_trip_keeps_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
     assert_eq!(store.get(&phone.id).await?.as_ref(), Some(&phone));
     assert_eq!(store.get(&email.id).await?.as_ref(), Some(&email));
     assert_eq!(store.get(&fixtures::id(3)).await?, None);
+    // The start's trace context comes back as written, and its absence as absence.
+    let got = store.get(&phone.id).await?.context("stored")?;
+    assert_eq!(got.trace_parent.as_deref(), Some(fixtures::TRACE_PARENT));
+    let got = store.get(&email.id).await?.context("stored")?;
+    assert_eq!(got.trace_parent, None);
     Ok(())
 }
 
@@ -517,6 +524,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     changed.channels_tried = vec![Channel::Sms, Channel::Whatsapp];
     changed.fallback_reason = Some(FallbackReason::NoDeliveryReport);
     changed.delivery_status = Some(DeliveryStatus::Queued);
+    changed.trace_parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
     changed.version = 1;
     store.update(&changed, 0).await?;
     assert_eq!(store.get(&v.id).await?.as_ref(), Some(&changed));
@@ -1035,6 +1043,7 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
         expected.channels_tried = vec![old.channel];
         expected.fallback_reason = None;
         expected.delivery_status = None;
+        expected.trace_parent = None;
         // Not a transition: the version and `updated_at` stay.
         assert_eq!(store.get(&old.id).await?, Some(expected));
     }

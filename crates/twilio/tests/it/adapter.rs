@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use domain::ports::{ProviderErrorKind as K, ProviderStart, ProviderStatus, VerifyProvider};
 use domain::{Channel, Destination, Locale, OtpCode, PhoneNumber};
 use secrecy::SecretString;
-use twilio::{Credentials, TwilioVerify};
+use twilio::{Credentials, RequestHeaders, TwilioVerify};
 
 use crate::fake::{FakeTwilio, Reply};
 use crate::{ACCOUNT_SID, AUTH_TOKEN, SERVICE_SID, VERIFICATION_SID, config};
@@ -127,6 +127,58 @@ async fn check_fetch_and_cancel_send_what_the_contract_says() -> anyhow::Result<
         seen[2].header("content-type").is_none(),
         "a GET carries no form"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_header_hook_is_asked_for_every_attempt() -> anyhow::Result<()> {
+    let fake = FakeTwilio::start([
+        Reply::error(429, 20429, "Too many requests").header("retry-after", "0"),
+        Reply::verification(201, "pending"),
+        Reply::verification(200, "pending"),
+    ])
+    .await?;
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let twilio = TwilioVerify::new(config(fake.url()))?.with_request_headers(RequestHeaders::new(
+        move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            vec![
+                (
+                    "traceparent",
+                    format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b{n}-01"),
+                ),
+                // Neither an invalid name or value nor the adapter's own headers get through.
+                ("bad name", "x".to_owned()),
+                ("x-bad-value", "line\nbreak".to_owned()),
+                ("authorization", "Bearer stolen".to_owned()),
+                ("user-agent", "someone-else".to_owned()),
+            ]
+        },
+    ));
+    let provider: Arc<dyn VerifyProvider> = Arc::new(twilio);
+    provider.start(&start_request()?).await?;
+    provider.fetch(SERVICE_SID, VERIFICATION_SID).await?;
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 3);
+    for (n, request) in seen.iter().enumerate() {
+        assert_eq!(
+            request.header("traceparent"),
+            Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b{n}-01").as_str()),
+            "the hook's value of attempt {n}"
+        );
+        assert_eq!(request.header("x-bad-value"), None);
+        assert_eq!(
+            request.header("authorization"),
+            Some(basic(ACCOUNT_SID, AUTH_TOKEN).as_str())
+        );
+        assert!(
+            request
+                .header("user-agent")
+                .is_some_and(|ua| ua.starts_with("verify-gateway/"))
+        );
+    }
     Ok(())
 }
 

@@ -14,16 +14,17 @@ use tokio::sync::oneshot;
 use crate::harness::fresh_postgres_database;
 use crate::replicas::replica;
 
-struct Stack {
+/// The distributed stack, also used by `trace_context` to follow a trace over RabbitMQ.
+pub(crate) struct Stack {
     sandbox: String,
-    client: pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
+    pub(crate) client: pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
     ingest_base: String,
     http: reqwest::Client,
     stops: Vec<oneshot::Sender<()>>,
     replica: crate::replicas::Replica,
 }
 
-async fn stack() -> Stack {
+pub(crate) async fn stack() -> Stack {
     let database_url = fresh_postgres_database().await;
     let amqp_url = testkit::amqp_url().unwrap_or_else(|e| panic!("{e:#}"));
     // An exchange of its own, so concurrent tests on the broker never see each other's events.
@@ -99,7 +100,7 @@ async fn stack() -> Stack {
 }
 
 impl Stack {
-    async fn scenario(&self, name: &str) -> String {
+    pub(crate) async fn scenario(&self, name: &str) -> String {
         let all: serde_json::Value = self
             .http
             .get(format!("{}/sandbox/scenarios", self.sandbox))
@@ -179,7 +180,12 @@ impl Stack {
             .count()
     }
 
-    async fn wait_for_calls(&self, to: &str, n: usize, within: Duration) -> Option<Duration> {
+    pub(crate) async fn wait_for_calls(
+        &self,
+        to: &str,
+        n: usize,
+        within: Duration,
+    ) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < within {
             if self.calls(to).await >= n {
@@ -232,7 +238,7 @@ impl Stack {
             .as_u16()
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.replica.shutdown().await;
         for stop in self.stops {
             let _ = stop.send(());

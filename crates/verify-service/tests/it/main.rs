@@ -9,3 +9,4 @@ mod harness;
 mod key_rotation;
 mod redaction;
 mod replicas;
+mod trace_context;

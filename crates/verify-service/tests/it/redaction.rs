@@ -4,7 +4,10 @@
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use proto::verify::v1 as pb;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::harness::{Harness, wrong};
 
@@ -30,21 +33,39 @@ impl io::Write for Capture {
 
 static LOGS: OnceLock<Capture> = OnceLock::new();
 
+/// Every span of this test binary as OpenTelemetry exports it: the same global subscriber
+/// carries telemetry's OpenTelemetry layer (a process has one global subscriber), with an
+/// in-memory exporter. `trace_context` reads it.
+static SPANS: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+
 /// Installs the capturing subscriber once for the whole test binary.
 pub fn capture_logs() {
     LOGS.get_or_init(|| {
         let capture = Capture::default();
         let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("debug,verify_service=trace,twilio=trace,twilio_sandbox=trace,storage=trace,domain=trace,policy=trace")
+        let (provider, _) = SPANS.get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let provider = telemetry::trace::simple_provider("verify-gateway-it", exporter.clone());
+            (provider, exporter)
+        });
+        let logs = tracing_subscriber::fmt::layer()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .finish();
+            .with_filter(EnvFilter::new("debug,verify_service=trace,twilio=trace,twilio_sandbox=trace,storage=trace,domain=trace,policy=trace"));
+        let subscriber = tracing_subscriber::registry()
+            .with(logs)
+            .with(telemetry::trace::layer(provider));
         // Another subscriber can only be there if a test installed one; then this test
         // would find no lines and fail on its first assertion.
         let _ = tracing::subscriber::set_global_default(subscriber);
         capture
     });
+}
+
+/// The spans exported so far, by every test of this binary.
+pub fn spans() -> Vec<SpanData> {
+    let (_, exporter) = SPANS.get().expect("capture_logs ran in Harness::start");
+    exporter.get_finished_spans().expect("in-memory spans")
 }
 
 fn logs() -> String {
