@@ -91,6 +91,10 @@ impl GatewayBus {
 /// over (a replica that died mid-message).
 const DEDUPE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Message ids the embedded mode's in-memory dedupe remembers (the oldest are forgotten;
+/// a redelivery that old still changes nothing, as the state machine ignores it).
+const IN_PROCESS_DEDUPE_CAPACITY: usize = 100_000;
+
 /// A gateway whose listeners are bound; `run` serves until shutdown.
 #[derive(Debug)]
 pub struct Gateway {
@@ -189,10 +193,20 @@ impl Gateway {
             bus.as_dyn(),
         ));
         let subscription = fallback::subscription();
+        // Replicas on RabbitMQ dedupe together in the database. The in-process bus has one
+        // consumer in one process, and its messages do not outlive it: memory suffices and
+        // spares the single SQLite writer two writes per message.
+        let dedupe: Arc<dyn domain::events::DedupeStore> = match &bus {
+            GatewayBus::Rabbit(_) => database.dedupe_store(DEDUPE_LEASE),
+            GatewayBus::InProcess(_) => Arc::new(messaging::MemoryDedupeStore::new(
+                IN_PROCESS_DEDUPE_CAPACITY,
+                DEDUPE_LEASE,
+            )),
+        };
         let consumer = messaging::Idempotent::new(
             subscription.queue.clone(),
             Arc::new(fallback::DeliveryHandler::new(Arc::clone(&core))),
-            database.dedupe_store(DEDUPE_LEASE),
+            dedupe,
         );
         bus.as_dyn()
             .subscribe(subscription, Arc::new(consumer))
