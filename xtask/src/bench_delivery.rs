@@ -8,8 +8,8 @@
 //!   consumer reads and drops them: the figure is the receiving side's.
 //! - **fallback**: verifications to the sandbox's `undelivered_30003` number with
 //!   `allow_fallback`, one after another; for each, the time from the sandbox's
-//!   `undelivered` report (its event time) to the voice call the gateway placed (the
-//!   inbox's `sent_at`), both on the sandbox's clock.
+//!   `undelivered` report to the `sent` event it emits when the gateway's call request
+//!   reaches it, both event times on the sandbox's clock in milliseconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,7 +211,7 @@ pub(crate) async fn fallback(
                     .verification
                     .context("no verification")?;
                 if got.channel() == pb::Channel::Call {
-                    break (sid, time(&first["sent_at"])?);
+                    break sid;
                 }
             }
             if t0.elapsed() > Duration::from_secs(10) {
@@ -222,20 +222,46 @@ pub(crate) async fn fallback(
         start_to_call.push(t0.elapsed());
         let events_url = url::Url::parse_with_params(
             &format!("{sandbox}/sandbox/events"),
-            [("verification_sid", call.0.as_str())],
+            [("verification_sid", call.as_str())],
         )?;
-        let events = get_json(&http, events_url).await?;
-        let reported = events
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["message_status"] == "UNDELIVERED")
-            .map(|e| time(&e["time"]))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .into_iter()
-            .max()
-            .context("the sandbox posted no undelivered report")?;
-        report_to_call.push((call.1 - reported).to_std().unwrap_or_default());
+        // Both on the sandbox's clock in milliseconds: the SMS's `undelivered` report, and the
+        // `sent` event the sandbox emits the moment the gateway's call request reached it.
+        let event_time = |events: &serde_json::Value,
+                          status: &str,
+                          channel: &str|
+         -> anyhow::Result<Option<DateTime<Utc>>> {
+            let times = events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["message_status"] == status
+                        && e["channel"]
+                            .as_str()
+                            .is_some_and(|c| c.eq_ignore_ascii_case(channel))
+                })
+                .map(|e| time(&e["time"]))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(times.into_iter().min())
+        };
+        let mut reported = None;
+        let mut called = None;
+        for _ in 0..200 {
+            let events = get_json(&http, events_url.clone()).await?;
+            reported = event_time(&events, "UNDELIVERED", "sms")?;
+            called = event_time(&events, "SENT", "call")?;
+            if reported.is_some() && called.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reported = reported.context("the sandbox posted no undelivered report")?;
+        let called = called.context("the sandbox recorded no call")?;
+        report_to_call.push(
+            (called - reported)
+                .to_std()
+                .context("the call was recorded before the report that caused it")?,
+        );
         client
             .cancel_verification(pb::CancelVerificationRequest { id: v.id })
             .await?;
@@ -246,7 +272,7 @@ pub(crate) async fn fallback(
         "fallback latency bench: {runs} SMS verifications to the sandbox's undelivered_30003 number, allow_fallback, one at a time"
     );
     println!(
-        "  report -> call     p50 {:>8.2} ms   p99 {:>8.2} ms   (sandbox's undelivered event time to the call's sent_at)",
+        "  report -> call     p50 {:>8.2} ms   p99 {:>8.2} ms   (the sandbox's undelivered report to its sent event of the call, both its clock)",
         pct(&report_to_call, 0.50),
         pct(&report_to_call, 0.99)
     );

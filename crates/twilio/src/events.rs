@@ -8,6 +8,10 @@
 //!   `ErrorCode`, …, for messages sent through Programmable Messaging. They name no Verify
 //!   verification.
 //!
+//! Only final statuses (`delivered`, `read`, `undelivered`, `failed`) become reports:
+//! `queued` and `sent` say the provider took the message, which the gateway already knows
+//! from its own request, and storing them would double the work per send for nothing.
+//!
 //! The wire shapes stay in this module; a report carries no destination (`to` is read past,
 //! never kept), so storing it stores no personal data.
 
@@ -96,7 +100,8 @@ fn message_report(event: &CloudEvent, received_at: DateTime<Utc>) -> Option<Deli
         .message_status
         .as_deref()
         .and_then(DeliveryStatus::parse)
-        .or_else(|| DeliveryStatus::parse(&event.kind[MESSAGE_EVENT_PREFIX.len()..]))?;
+        .or_else(|| DeliveryStatus::parse(&event.kind[MESSAGE_EVENT_PREFIX.len()..]))
+        .filter(|status| status.is_final())?;
     let occurred_at = [event.time.as_deref(), data.created_at.as_deref()]
         .into_iter()
         .flatten()
@@ -133,7 +138,7 @@ fn non_empty(s: Option<&str>) -> Option<String> {
 }
 
 /// Reads a Programmable Messaging status callback from its form fields. `Ok(None)` for a
-/// status the gateway does not act on (`accepted`, `sending`, …).
+/// status the gateway does not act on (`accepted`, `queued`, `sending`, `sent`, …).
 pub fn parse_message_status(
     params: &[(String, String)],
     received_at: DateTime<Utc>,
@@ -154,7 +159,7 @@ pub fn parse_message_status(
     let raw_status = field("MessageStatus")
         .or_else(|| field("SmsStatus"))
         .ok_or(EventsError::MissingField("MessageStatus"))?;
-    let Some(status) = DeliveryStatus::parse(raw_status) else {
+    let Some(status) = DeliveryStatus::parse(raw_status).filter(|s| s.is_final()) else {
         return Ok(None);
     };
     let error_code = match field("ErrorCode") {
@@ -209,15 +214,17 @@ mod tests {
       {"specversion":"1.0","type":"com.twilio.accountsecurity.verify.verification.approved",
        "id":"EZ3","data":{"verification_sid":"VE1","verification_status":"APPROVED"}},
       {"specversion":"1.0","type":"com.twilio.accountsecurity.verify.message.accepted",
-       "id":"EZ4","data":{"verification_sid":"VE1","message_status":"ACCEPTED"}}
+       "id":"EZ4","data":{"verification_sid":"VE1","message_status":"ACCEPTED"}},
+      {"specversion":"1.0","type":"com.twilio.accountsecurity.verify.message.sent",
+       "id":"EZ5","data":{"verification_sid":"VE1","channel":"sms","message_status":"SENT"}}
     ]"#;
 
     #[test]
     fn verify_events_become_reports_without_the_destination() {
         let parsed = parse_verify_events(BATCH.as_bytes(), now()).expect("parses");
         assert_eq!(
-            parsed.skipped, 2,
-            "the verification event and the unknown status"
+            parsed.skipped, 3,
+            "the verification event, the unknown status and `sent`"
         );
         let [failed, delivered] = parsed.reports.as_slice() else {
             panic!("two reports: {parsed:?}");
@@ -309,8 +316,14 @@ mod tests {
         assert_eq!(whatsapp.channel, Some(Channel::Whatsapp));
         assert_eq!(whatsapp.status, DeliveryStatus::Read);
 
-        let sending = form(&[("MessageSid", "SM3"), ("MessageStatus", "sending")]);
-        assert_eq!(parse_message_status(&sending, now()), Ok(None));
+        for status in ["sending", "queued", "sent"] {
+            let not_final = form(&[("MessageSid", "SM3"), ("MessageStatus", status)]);
+            assert_eq!(
+                parse_message_status(&not_final, now()),
+                Ok(None),
+                "{status}"
+            );
+        }
     }
 
     #[test]
