@@ -11,6 +11,7 @@ mod bench;
 mod bench_delivery;
 mod deploy_check;
 mod deps;
+mod smoke;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +31,11 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("deps") => deps::run(&root, &args[1..]),
+        Some("smoke") => {
+            let env = std::fs::read_to_string(root.join(".tools/deps.env"))
+                .context("no .tools/deps.env: run `cargo xtask deps up` first")?;
+            smoke::run(&root, &env)
+        }
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -49,6 +55,7 @@ fn print_help() {
          ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests (CI)\n  \
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
+         smoke   the distributed fallback as separate processes (after deps up and a build)\n  \
          bench   [flows|delivery|all] load against the embedded gateway; prints figures\n          \
          flows: Start+Check requests/s, p50, p99 (--flows N, default 2000)\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
@@ -156,5 +163,7 @@ fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
             test.env(k, v);
         }
     }
-    run(&mut test)
+    run(&mut test)?;
+    // The distributed mode as separate processes, with the binaries the tests just built.
+    smoke::run(root, deps_env)
 }

@@ -66,6 +66,9 @@ impl Sandbox {
     /// by signed Verify Events, posted by background tasks: sends must then happen inside
     /// a Tokio runtime, as they do when the sandbox is served.
     pub fn new(config: SandboxConfig) -> Self {
+        // libphonenumber loads its metadata on first use, slowly in a debug build: do it now
+        // rather than in the first request.
+        let _ = domain::PhoneNumber::parse("+14155552671", None);
         let services = config
             .services
             .into_iter()

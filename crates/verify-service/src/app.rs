@@ -112,6 +112,10 @@ impl Gateway {
     /// subscribes the delivery consumer.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
+        // libphonenumber's metadata is loaded and its patterns compiled on first use, which
+        // takes a noticeable moment (over a second in a debug build); pay it while starting,
+        // not in the first caller's request.
+        let _ = domain::PhoneNumber::parse("+14155552671", None);
         let database = open_database(settings).await?;
         if settings.migrate_on_start {
             database.migrate().await.context("migrating the database")?;
