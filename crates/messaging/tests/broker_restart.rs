@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use domain::events::{
 use messaging::{Idempotent, MemoryDedupeStore, RabbitBus};
 use serde_json::json;
 
-use support::{connect, delete_topology, envelope, rabbit_config, rabbitmq_ctl, unique_exchange};
+use support::{connect, delete_topology, envelope, rabbit_config, unique_exchange};
 
 const EVENTS: usize = 10_000;
 const RESTART_AFTER: usize = 3_000;
@@ -92,7 +91,7 @@ async fn ten_thousand_events_survive_a_broker_restart() {
     if outcome.is_err() {
         // A failure between stop_app and start_app must not leave the broker down for the
         // cleanup and the next tests; start_app on a running broker does nothing.
-        rabbitmqctl("start_app").await;
+        testkit::rabbitmqctl("start_app").await;
     }
     bus.close().await;
     delete_topology(bus.topology(), &[subscription], &[]).await;
@@ -126,10 +125,10 @@ async fn publish_through_a_restart(
             }
             let at = confirmed_count.load(Ordering::Relaxed);
             let t0 = Instant::now();
-            rabbitmqctl("stop_app").await;
+            testkit::rabbitmqctl("stop_app").await;
             let stopped_in = t0.elapsed();
             broker_down_tx.send_replace(true);
-            rabbitmqctl("start_app").await;
+            testkit::rabbitmqctl("start_app").await;
             (at, stopped_in, t0.elapsed())
         }
     });
@@ -235,18 +234,4 @@ async fn publish_through_a_restart(
         failed_publishes.load(Ordering::Relaxed) > 0,
         "the restart should have happened while publishing"
     );
-}
-
-/// Runs `$RABBITMQ_CTL rabbitmqctl <action>` off the async threads.
-async fn rabbitmqctl(action: &'static str) {
-    let ctl = rabbitmq_ctl();
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new(&ctl)
-            .args(["rabbitmqctl", "-q", action])
-            .status()
-    })
-    .await
-    .expect("rabbitmqctl task")
-    .unwrap_or_else(|error| panic!("cannot run `$RABBITMQ_CTL rabbitmqctl {action}`: {error}"));
-    assert!(status.success(), "`rabbitmqctl {action}` failed: {status}");
 }

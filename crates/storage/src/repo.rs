@@ -73,6 +73,22 @@ impl<DB: Database> Clone for Repo<DB> {
     }
 }
 
+impl<DB: Database> Repo<DB> {
+    /// Takes a connection from the pool and pings the server over it.
+    pub(crate) async fn ping(&self) -> Result<(), crate::StorageError> {
+        use sqlx::Connection;
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(crate::StorageError::Unavailable)?;
+        connection
+            .ping()
+            .await
+            .map_err(crate::StorageError::Unavailable)
+    }
+}
+
 /// Runs a query for at most one verification on `executor` and converts the row back.
 async fn fetch_verification<'c, DB, E>(
     query: QueryAs<'_, DB, VerificationRow, <DB as Database>::Arguments>,

@@ -161,14 +161,7 @@ impl SqliteStore {
 
     /// Takes a connection from the pool and pings the server over it.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        use sqlx::Connection;
-        let mut connection = self
-            .repo
-            .pool
-            .acquire()
-            .await
-            .map_err(StorageError::Unavailable)?;
-        connection.ping().await.map_err(StorageError::Unavailable)
+        self.repo.ping().await
     }
 
     /// The dedupe memory of message consumers on this database: a claim holds for `lease`

@@ -215,6 +215,29 @@ fn mask_email_at(chars: &[char], at: usize, out: &mut String) -> Option<usize> {
     Some(at + 1)
 }
 
+/// Resolves when the process is asked to stop (SIGTERM, as from systemd, Kubernetes or
+/// docker, or Ctrl-C), so a service can finish its in-flight work and flush before exiting.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,21 @@ pub fn rabbitmq_ctl() -> anyhow::Result<String> {
         .context(NOT_REACHABLE)
 }
 
+/// Runs `$RABBITMQ_CTL rabbitmqctl <action>` (`stop_app`, `start_app`) off the async
+/// threads; panics with the reason when it cannot run or fails.
+pub async fn rabbitmqctl(action: &'static str) {
+    let ctl = rabbitmq_ctl().unwrap_or_else(|e| panic!("{e:#}"));
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&ctl)
+            .args(["rabbitmqctl", "-q", action])
+            .status()
+    })
+    .await
+    .expect("rabbitmqctl task")
+    .unwrap_or_else(|error| panic!("cannot run `$RABBITMQ_CTL rabbitmqctl {action}`: {error}"));
+    assert!(status.success(), "`rabbitmqctl {action}` failed: {status}");
+}
+
 /// A connection to the server's own database, for creating and dropping test databases.
 async fn admin(url: &str) -> anyhow::Result<PgConnection> {
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {

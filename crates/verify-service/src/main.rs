@@ -148,7 +148,7 @@ async fn serve(settings: &config::Settings) -> anyhow::Result<()> {
     let grpc = gateway.grpc_addr().context("gRPC address")?;
     tracing::info!(grpc = %grpc, sandbox = ?gateway.sandbox_addr(), "verify-gateway serving");
     print_welcome(grpc, gateway.sandbox_addr());
-    gateway.run(shutdown_signal()).await
+    gateway.run(telemetry::shutdown_signal()).await
 }
 
 fn print_welcome(grpc: SocketAddr, sandbox: Option<SocketAddr>) {
@@ -160,26 +160,5 @@ fn print_welcome(grpc: SocketAddr, sandbox: Option<SocketAddr>) {
             twilio_sandbox::DEV_ACCOUNT_SID,
             twilio_sandbox::DEV_AUTH_TOKEN,
         );
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             let ingest = Ingest::bind(&settings, database, bus).await?;
             tracing::info!(addr = %ingest.local_addr()?, "webhook-ingest serving");
-            ingest.run(shutdown_signal()).await
+            ingest.run(telemetry::shutdown_signal()).await
         }
     }
 }
@@ -166,25 +166,4 @@ fn parse_net(raw: &str) -> Result<ipnet::IpNet, String> {
     raw.parse::<ipnet::IpNet>()
         .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("`{raw}` is not an IP address or network"))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ async fn events_are_accepted_while_the_broker_is_down_and_published_once_it_is_b
     if outcome.is_err() {
         // A failure between stop_app and start_app must not leave the broker down for the
         // cleanup and the next tests; start_app on a running broker does nothing.
-        rabbitmqctl("start_app").await;
+        testkit::rabbitmqctl("start_app").await;
     }
     let harness = Arc::into_inner(harness).expect("the test task is done with the harness");
     match outcome {
@@ -72,7 +71,7 @@ async fn through_an_outage(harness: Arc<Harness>) {
     assert_eq!((status, &body["broker"]), (200, &json!("ok")), "{body}");
 
     let outage = Instant::now();
-    rabbitmqctl("stop_app").await;
+    testkit::rabbitmqctl("stop_app").await;
     let stop_took = outage.elapsed();
     // Readiness follows the database only: the broker is reported down, the replica stays
     // ready.
@@ -127,7 +126,7 @@ async fn through_an_outage(harness: Arc<Harness>) {
     assert!(harness.seen.raw_reports().is_empty());
 
     let starting = Instant::now();
-    rabbitmqctl("start_app").await;
+    testkit::rabbitmqctl("start_app").await;
     let back = Instant::now();
     let start_took = back - starting;
     let outage = back - outage;
@@ -185,18 +184,4 @@ async fn through_an_outage(harness: Arc<Harness>) {
         outbox_ids.iter().all(|id| per_id.contains_key(id)),
         "the handled ids are the outbox's"
     );
-}
-
-/// Runs `$RABBITMQ_CTL rabbitmqctl <action>` off the async threads.
-async fn rabbitmqctl(action: &'static str) {
-    let ctl = testkit::rabbitmq_ctl().unwrap_or_else(|e| panic!("{e:#}"));
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new(&ctl)
-            .args(["rabbitmqctl", "-q", action])
-            .status()
-    })
-    .await
-    .expect("rabbitmqctl task")
-    .unwrap_or_else(|error| panic!("cannot run `$RABBITMQ_CTL rabbitmqctl {action}`: {error}"));
-    assert!(status.success(), "`rabbitmqctl {action}` failed: {status}");
 }

@@ -24,11 +24,6 @@ pub fn amqp_url() -> String {
     testkit::amqp_url().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The `ctl` script of the throwaway broker: `$RABBITMQ_CTL rabbitmqctl stop_app`.
-pub fn rabbitmq_ctl() -> String {
-    testkit::rabbitmq_ctl().unwrap_or_else(|e| panic!("{e:#}"))
-}
-
 /// An exchange name no other test uses, so tests run in parallel.
 pub fn unique_exchange() -> String {
     format!("test.{}.events", Uuid::new_v4().simple())
