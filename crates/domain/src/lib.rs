@@ -5,6 +5,7 @@
 //! Nothing in this crate touches the network, the disk or the clock: time and randomness
 //! are arguments.
 
+pub mod abuse;
 mod channel;
 pub mod crypto;
 pub mod delivery;

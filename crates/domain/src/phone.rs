@@ -98,6 +98,7 @@ pub struct PhoneNumber {
     e164: String,
     region: Option<Region>,
     number_type: NumberType,
+    country_code: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +149,7 @@ impl PhoneNumber {
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
         Ok(PhoneNumber {
+            country_code: parsed.code().value(),
             region: parsed.country().id().map(Region),
             number_type: NumberType::from_lib(parsed.number_type(&phonenumber::metadata::DATABASE)),
             e164,
@@ -165,6 +167,37 @@ impl PhoneNumber {
 
     pub fn number_type(&self) -> NumberType {
         self.number_type
+    }
+
+    /// The number's range: its E.164 form without the last [`Self::RANGE_DIGITS`] digits,
+    /// keeping at least the country code and one digit (`+14155552671` → `+141555`).
+    /// Ranges are what SMS pumping works through (a carrier's block of numbers), so limits,
+    /// scoring and blocks use them; a range holds 100,000 numbers and, beside the mask's
+    /// last four digits, still leaves one digit unknown.
+    pub fn range_prefix(&self) -> &str {
+        let digits = self.e164.len() - 1;
+        let keep = digits
+            .saturating_sub(Self::RANGE_DIGITS)
+            .max(self.country_code_len() + 1);
+        &self.e164[..(1 + keep).min(self.e164.len())]
+    }
+
+    /// How many trailing digits [`Self::range_prefix`] drops.
+    pub const RANGE_DIGITS: usize = 5;
+
+    /// The number without its last two digits: its block of 100 neighbours, for spotting
+    /// runs of sequential numbers. Never shown: callers hash it ([`crate::BlindIndexKey::tag`]).
+    pub fn hundred_block(&self) -> &str {
+        &self.e164[..self.e164.len().saturating_sub(2).max(2)]
+    }
+
+    /// The country calling code (`1`, `44`, `225`).
+    pub fn country_code(&self) -> u16 {
+        self.country_code
+    }
+
+    fn country_code_len(&self) -> usize {
+        self.country_code.to_string().len()
     }
 
     /// A mask safe for logs and responses: `+1415***2671`.
@@ -262,5 +295,22 @@ mod tests {
                 proptest::prop_assert_eq!(again.as_ref().map(PhoneNumber::e164), Ok(n.e164()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_drop_the_last_five_digits_but_keep_the_country_code() {
+        let p = |raw: &str| PhoneNumber::parse(raw, None).expect("valid");
+        assert_eq!(p("+14155552671").range_prefix(), "+141555");
+        assert_eq!(p("+14155552671").hundred_block(), "+141555526");
+        assert_eq!(p("+14155552671").country_code(), 1);
+        assert_eq!(p("+447911123456").range_prefix(), "+4479111");
+        assert_eq!(p("+2250707123456").range_prefix(), "+22507071");
+        // Short national numbers keep their country code and one digit.
+        assert_eq!(p("+3725123456").range_prefix(), "+37251");
     }
 }

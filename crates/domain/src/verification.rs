@@ -14,6 +14,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use crate::abuse::RiskAssessment;
 use crate::crypto::{DestinationHash, SealedDestination};
 use crate::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
 use crate::{Channel, Purpose, VerificationId};
@@ -26,16 +27,20 @@ pub enum VerificationStatus {
     Expired,
     MaxAttemptsReached,
     Failed,
+    /// Never sent: fraud scoring refused it (a block, or a step-up the caller has not
+    /// done); [`Verification::risk`] says why.
+    Blocked,
 }
 
 impl VerificationStatus {
-    pub const ALL: [VerificationStatus; 6] = [
+    pub const ALL: [VerificationStatus; 7] = [
         VerificationStatus::Pending,
         VerificationStatus::Approved,
         VerificationStatus::Canceled,
         VerificationStatus::Expired,
         VerificationStatus::MaxAttemptsReached,
         VerificationStatus::Failed,
+        VerificationStatus::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +51,7 @@ impl VerificationStatus {
             VerificationStatus::Expired => "expired",
             VerificationStatus::MaxAttemptsReached => "max_attempts_reached",
             VerificationStatus::Failed => "failed",
+            VerificationStatus::Blocked => "blocked",
         }
     }
 
@@ -193,6 +199,9 @@ pub struct Verification {
     /// The W3C `traceparent` of the start that created it (trace and span id, no PII), so
     /// later asynchronous work on it (a fallback) joins the start's trace.
     pub trace_parent: Option<String>,
+    /// Fraud scoring's verdict on the start that created it, when scoring ran (enforced or
+    /// in shadow mode).
+    pub risk: Option<RiskAssessment>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -280,11 +289,29 @@ impl Verification {
             fallback_reason: None,
             delivery_status: None,
             trace_parent: n.trace_parent,
+            risk: None,
             created_at: n.now,
             updated_at: n.now,
             expires_at: n.expires_at,
             version: 0,
         }
+    }
+
+    /// The record of a start that fraud scoring refused: [`VerificationStatus::Blocked`],
+    /// nothing sent, no idempotency key held (a later start, e.g. after the step-up, is
+    /// scored afresh), and the assessment that refused it.
+    pub fn blocked(n: NewVerification, risk: RiskAssessment) -> Self {
+        let now = n.now;
+        let mut v = Verification::new(NewVerification {
+            idempotency_key: None,
+            expires_at: now,
+            ..n
+        });
+        v.status = VerificationStatus::Blocked;
+        v.sends = 0;
+        v.channels_tried.clear();
+        v.risk = Some(risk);
+        v
     }
 
     pub fn checks_left(&self) -> u32 {

@@ -260,6 +260,7 @@ impl TryFrom<VerificationRow> for Verification {
             fallback_reason,
             delivery_status,
             trace_parent: row.trace_parent,
+            risk: None,
             created_at: time("created_at", row.created_at)?,
             updated_at: time("updated_at", row.updated_at)?,
             expires_at: time("expires_at", row.expires_at)?,

@@ -64,6 +64,7 @@ fn status_to_proto(s: VerificationStatus) -> pb::VerificationStatus {
         VerificationStatus::Expired => pb::VerificationStatus::Expired,
         VerificationStatus::MaxAttemptsReached => pb::VerificationStatus::MaxAttemptsReached,
         VerificationStatus::Failed => pb::VerificationStatus::Failed,
+        VerificationStatus::Blocked => pb::VerificationStatus::Blocked,
     }
 }
 
