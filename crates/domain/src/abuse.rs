@@ -99,11 +99,11 @@ impl fmt::Display for Quota {
     /// `3 per 10 minutes`: how a reason names the limit.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.period_ms / 1000;
-        let (n, unit) = if secs % 86_400 == 0 {
+        let (n, unit) = if secs.is_multiple_of(86_400) {
             (secs / 86_400, "day")
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             (secs / 3600, "hour")
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             (secs / 60, "minute")
         } else {
             (secs, "second")
