@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::abuse::{RateLimitStore, RiskStore};
 use domain::events::DedupeStore;
 use domain::ports::{DeliveryReportStore, Outbox, VerificationStore};
 
@@ -73,6 +74,23 @@ impl Database {
     /// The transactional outbox over this database (sharing its pool), for the relays
     /// that publish it and for events queued without a delivery report.
     pub fn outbox(&self) -> Arc<dyn Outbox> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The rate limiter's state over this database (sharing its pool): every process on
+    /// the database enforces one limit per key.
+    pub fn rate_limits(&self) -> Arc<dyn RateLimitStore> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Fraud scoring's counters and blocks over this database (sharing its pool).
+    pub fn risk_store(&self) -> Arc<dyn RiskStore> {
         match self {
             Database::Sqlite(s) => Arc::new(s.clone()),
             Database::Postgres(s) => Arc::new(s.clone()),

@@ -2,6 +2,7 @@
 //! same realistic records (sealed with the domain's real keyring) without repeating itself.
 
 use chrono::{DateTime, TimeZone, Utc};
+use domain::abuse::{RiskAssessment, RiskDecision, RiskReason};
 use domain::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
 use domain::events::{Envelope, EventKind, MessageId};
 use domain::{
@@ -108,11 +109,34 @@ pub(crate) fn full(
     });
     v.delivery_status = Some(DeliveryStatus::Sent);
     v.trace_parent = Some(TRACE_PARENT.into());
+    v.risk = Some(risk(RiskDecision::StepUp, true));
     v.created_at = at(1);
     v.updated_at = at(2);
     v.expires_at = at(3);
     v.version = 7;
     v
+}
+
+/// A risk assessment with two reasons, one of them with characters JSON must escape.
+pub(crate) fn risk(decision: RiskDecision, shadow: bool) -> RiskAssessment {
+    RiskAssessment {
+        decision,
+        score: 85,
+        reasons: vec![
+            RiskReason {
+                code: "PREMIUM_RATE_NUMBER".into(),
+                message: "the number is in a premium-rate range (+44 70)".into(),
+                weight: 60,
+            },
+            RiskReason {
+                code: "IP_FAN_OUT".into(),
+                message: "7 destinations from one address in 10 minutes; \"quoted\" \\ \u{e9}"
+                    .into(),
+                weight: 25,
+            },
+        ],
+        shadow,
+    }
 }
 
 /// The W3C trace context of [`full`] (a start's span in a caller's trace).

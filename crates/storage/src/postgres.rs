@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use sqlx::Postgres;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
-use crate::sql::outbox_columns;
+use crate::sql::{self, outbox_columns};
 
 /// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -30,8 +30,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// forever. Migrations are exempt: building an index on a large table may take longer.
 const STATEMENT_TIMEOUT: &str = "5s";
 
-/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`] and
-/// [`domain::ports::Outbox`] on PostgreSQL. Cloning is cheap and shares the pool.
+/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`],
+/// [`domain::ports::Outbox`], [`domain::abuse::RateLimitStore`] and
+/// [`domain::abuse::RiskStore`] on PostgreSQL. Cloning is cheap and shares the pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     repo: Repo<Postgres>,
@@ -106,6 +107,39 @@ impl Dialect for Postgres {
         " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
         " WHERE processed_messages.state <> 'done'"
     );
+
+    const TAKE_LIMITS: &'static str = sql::take_limits!(
+        "json_to_recordset($2::json) AS input(key text, interval_ms bigint, period_ms bigint)",
+        "GREATEST"
+    );
+
+    const READ_LIMITS: &'static str =
+        sql::read_limits!("json_to_recordset($1::json) AS input(key text)");
+
+    const ADD_COUNTS: &'static str = sql::add_counts!(
+        "json_to_recordset($2::json) AS input(key text, attempts bigint, approved bigint)"
+    );
+
+    const READ_COUNTS: &'static str =
+        sql::read_counts!("json_to_recordset($1::json) AS input(i bigint, key text, since bigint)");
+
+    /// A lookup per target (see `sql` for why not a join): `LIMIT 1`, which the primary
+    /// key implies anyway, keeps the planner from flattening the lateral subquery into one.
+    const ACTIVE_BLOCKS: &'static str = concat!(
+        "SELECT b.* FROM json_to_recordset($2::json) AS input(kind text, value text)",
+        " CROSS JOIN LATERAL (SELECT ",
+        sql::block_columns!(),
+        " FROM risk_blocks",
+        " WHERE kind = input.kind AND value = input.value AND expires_at > $1 LIMIT 1) AS b"
+    );
+
+    /// Waits for a concurrent writer of the row to finish, then holds it until commit; in
+    /// `READ COMMITTED` the row read is its latest committed version.
+    const LOCK_BLOCK: &'static str = concat!(sql::block_state!(), " FOR UPDATE");
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     type IdList = Vec<i64>;
 

@@ -1,10 +1,11 @@
 //! What every store does, written once over any `sqlx` database with the schema of the
 //! migrations: [`Repo`] runs the statements of `sql` and converts rows with `row` (the
-//! verifications here, delivery reports, the outbox and the dedupe memory in `messages`),
-//! and [`delegate_store!`] turns a backend's store into the port traits by handing each call
-//! to its `Repo`. A backend only says how it opens a transaction that writes and spells the
-//! few statements SQL does not let both databases share ([`Dialect`]); SQLite and PostgreSQL
-//! then share one implementation, so they cannot drift apart in behaviour.
+//! verifications here, delivery reports, the outbox and the dedupe memory in `messages`, the
+//! rate limiter's and fraud scoring's state in `abuse`), and [`delegate_store!`] turns a
+//! backend's store into the port traits by handing each call to its `Repo`. A backend only
+//! says how it opens a transaction that writes and spells the few statements SQL does not
+//! let both databases share ([`Dialect`]); SQLite and PostgreSQL then share one
+//! implementation, so they cannot drift apart in behaviour.
 
 use chrono::{DateTime, Utc};
 use domain::ports::{Inserted, StoreError};
@@ -45,6 +46,33 @@ pub(crate) trait Dialect: Database {
     /// `$1` is the consumer, `$2` the message id: records it `done` on the database's clock,
     /// claimed or not.
     const COMPLETE_MESSAGE: &'static str;
+
+    /// [`crate::sql::take_limits!`] with `$2` a JSON array of
+    /// `{"key", "interval_ms", "period_ms"}` objects.
+    const TAKE_LIMITS: &'static str;
+
+    /// [`crate::sql::read_limits!`] with `$1` a JSON array of `{"key"}` objects.
+    const READ_LIMITS: &'static str;
+
+    /// [`crate::sql::add_counts!`] with `$2` a JSON array of
+    /// `{"key", "attempts", "approved"}` objects.
+    const ADD_COUNTS: &'static str;
+
+    /// [`crate::sql::read_counts!`] with `$1` a JSON array of `{"i", "key", "since"}`
+    /// objects.
+    const READ_COUNTS: &'static str;
+
+    /// The blocks in force at `$1` (now, in milliseconds) on the targets of `$2`, a JSON
+    /// array of distinct `{"kind", "value"}` objects, each looked up by the primary key;
+    /// the columns of [`crate::sql::block_columns!`], in no particular order.
+    const ACTIVE_BLOCKS: &'static str;
+
+    /// [`crate::sql::block_state!`], holding the row against concurrent writers until the
+    /// transaction ([`Dialect::BEGIN_WRITE`]) ends.
+    const LOCK_BLOCK: &'static str;
+
+    /// How many rows a statement wrote or deleted.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
 
     /// How a list of ids is bound as one parameter.
     type IdList: for<'q> Encode<'q, Self> + Type<Self> + Send;
@@ -373,8 +401,9 @@ where
     }
 }
 
-/// Implements [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`]
-/// and [`domain::ports::Outbox`] for a backend store with a `repo` field, and
+/// Implements [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`],
+/// [`domain::ports::Outbox`], [`domain::abuse::RateLimitStore`] and
+/// [`domain::abuse::RiskStore`] for a backend store with a `repo` field, and
 /// [`domain::events::DedupeStore`] for its dedupe store (with `repo` and `lease` fields), by
 /// handing every call to the [`Repo`].
 macro_rules! delegate_store {
@@ -491,6 +520,89 @@ macro_rules! delegate_store {
                 older_than: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, domain::ports::StoreError> {
                 self.repo.purge_published(older_than).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl domain::abuse::RateLimitStore for $store {
+            async fn take(
+                &self,
+                requests: &[domain::abuse::LimitRequest],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<domain::abuse::LimitDecision>, domain::ports::StoreError> {
+                self.repo.take_limits(requests, now).await
+            }
+
+            async fn peek(
+                &self,
+                requests: &[domain::abuse::LimitRequest],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<domain::abuse::LimitDecision>, domain::ports::StoreError> {
+                self.repo.peek_limits(requests, now).await
+            }
+
+            async fn purge_limits(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, domain::ports::StoreError> {
+                self.repo.purge_limits(now).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl domain::abuse::RiskStore for $store {
+            async fn add_counts(
+                &self,
+                adds: &[domain::abuse::CountAdd],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.add_counts(adds, now).await
+            }
+
+            async fn read_counts(
+                &self,
+                queries: &[domain::abuse::CountQuery],
+            ) -> Result<Vec<domain::abuse::Counts>, domain::ports::StoreError> {
+                self.repo.read_counts(queries).await
+            }
+
+            async fn purge_counts(
+                &self,
+                older_than: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, domain::ports::StoreError> {
+                self.repo.purge_counts(older_than).await
+            }
+
+            async fn add_block(
+                &self,
+                block: &domain::abuse::Block,
+            ) -> Result<domain::abuse::BlockAdded, domain::ports::StoreError> {
+                self.repo.add_block(block).await
+            }
+
+            async fn active_blocks(
+                &self,
+                targets: &[domain::abuse::BlockTarget],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<domain::abuse::Block>, domain::ports::StoreError> {
+                self.repo.active_blocks(targets, now).await
+            }
+
+            async fn list_blocks(
+                &self,
+                kind: Option<domain::abuse::BlockKind>,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<domain::abuse::Block>, domain::ports::StoreError> {
+                self.repo.list_blocks(kind, now, limit).await
+            }
+
+            async fn lift_block(
+                &self,
+                target: &domain::abuse::BlockTarget,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, domain::ports::StoreError> {
+                self.repo.lift_block(target, now).await
             }
         }
 

@@ -8,6 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use domain::abuse::{
+    Block, BlockKind, BlockSource, BlockTarget, Counts, RiskAssessment, RiskDecision, RiskReason,
+};
 use domain::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
 use domain::events::{Envelope, EventKind, MessageId};
 use domain::ports::{OutboxMessage, StoreError};
@@ -15,6 +18,7 @@ use domain::{
     Channel, DestinationHash, IdempotencyKey, Purpose, SealedDestination, Verification,
     VerificationId, VerificationStatus,
 };
+use serde_json::{Value, json};
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
 
@@ -52,6 +56,8 @@ pub(crate) struct VerificationRow {
     pub delivery_status: Option<String>,
     /// The W3C `traceparent` of the start that made the latest send.
     pub trace_parent: Option<String>,
+    /// See [`encode_risk`].
+    pub risk: Option<String>,
 }
 
 /// A stored row that does not convert back into a domain value.
@@ -162,6 +168,74 @@ fn decode_fallback_reason(raw: &str) -> Result<FallbackReason, String> {
     Ok(FallbackReason::DeliveryFailed { status, error_code })
 }
 
+/// A risk assessment as a JSON object, built by hand so stored rows do not depend on how
+/// (or whether) the domain types serialize: `{"decision":"block","score":90,"shadow":false,
+/// "reasons":[{"code":…,"message":…,"weight":…}]}`.
+fn encode_risk(risk: &RiskAssessment) -> String {
+    let reasons: Vec<Value> = risk
+        .reasons
+        .iter()
+        .map(|r| json!({"code": r.code, "message": r.message, "weight": r.weight}))
+        .collect();
+    json!({
+        "decision": risk.decision.as_str(),
+        "score": risk.score,
+        "shadow": risk.shadow,
+        "reasons": reasons,
+    })
+    .to_string()
+}
+
+/// The assessment [`encode_risk`] wrote. Every field must be there with its type; fields
+/// added by a later release are ignored.
+fn decode_risk(raw: &str) -> Result<RiskAssessment, String> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object().ok_or("not a JSON object")?;
+    let field = |name: &str| object.get(name).ok_or(format!("no `{name}`"));
+    let decision = field("decision")?
+        .as_str()
+        .and_then(RiskDecision::parse)
+        .ok_or("`decision` is not a known decision")?;
+    let score = json_u32(field("score")?).ok_or("`score` is not a u32")?;
+    let shadow = field("shadow")?
+        .as_bool()
+        .ok_or("`shadow` is not a boolean")?;
+    let reasons = field("reasons")?
+        .as_array()
+        .ok_or("`reasons` is not an array")?
+        .iter()
+        .map(decode_reason)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RiskAssessment {
+        decision,
+        score,
+        reasons,
+        shadow,
+    })
+}
+
+fn decode_reason(value: &Value) -> Result<RiskReason, String> {
+    let text = |name: &str| {
+        value
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or(format!("a reason's `{name}` is not a string"))
+    };
+    Ok(RiskReason {
+        code: text("code")?,
+        message: text("message")?,
+        weight: value
+            .get("weight")
+            .and_then(json_u32)
+            .ok_or("a reason's `weight` is not a u32")?,
+    })
+}
+
+fn json_u32(value: &Value) -> Option<u32> {
+    value.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
 impl From<&Verification> for VerificationRow {
     fn from(v: &Verification) -> Self {
         VerificationRow {
@@ -190,6 +264,7 @@ impl From<&Verification> for VerificationRow {
             fallback_reason: v.fallback_reason.map(encode_fallback_reason),
             delivery_status: v.delivery_status.map(|s| s.as_str().to_owned()),
             trace_parent: v.trace_parent.clone(),
+            risk: v.risk.as_ref().map(encode_risk),
         }
     }
 }
@@ -244,6 +319,12 @@ impl TryFrom<VerificationRow> for Verification {
                     .ok_or_else(|| bad("delivery_status", format!("unknown status `{raw}`")))
             })
             .transpose()?;
+        let risk = row
+            .risk
+            .as_deref()
+            .map(decode_risk)
+            .transpose()
+            .map_err(|p| bad("risk", p))?;
 
         Ok(Verification {
             id,
@@ -260,7 +341,7 @@ impl TryFrom<VerificationRow> for Verification {
             fallback_reason,
             delivery_status,
             trace_parent: row.trace_parent,
-            risk: None,
+            risk,
             created_at: time("created_at", row.created_at)?,
             updated_at: time("updated_at", row.updated_at)?,
             expires_at: time("expires_at", row.expires_at)?,
@@ -278,7 +359,7 @@ impl TryFrom<VerificationRow> for Verification {
     }
 }
 
-/// Binds every column of `row` as `$1` to `$25` of [`crate::sql::INSERT`].
+/// Binds every column of `row` as `$1` to `$26` of [`crate::sql::INSERT`].
 pub(crate) fn bind_insert<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
     row: VerificationRow,
@@ -318,9 +399,10 @@ where
         .bind(row.fallback_reason)
         .bind(row.delivery_status)
         .bind(row.trace_parent)
+        .bind(row.risk)
 }
 
-/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$24` of
+/// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$25` of
 /// [`crate::sql::UPDATE`].
 pub(crate) fn bind_update<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
@@ -361,6 +443,7 @@ where
         .bind(row.fallback_reason)
         .bind(row.delivery_status)
         .bind(row.trace_parent)
+        .bind(row.risk)
 }
 
 /// The columns of `delivery_reports` the store writes, in the order of
@@ -529,6 +612,140 @@ impl TryFrom<OutboxRow> for OutboxMessage {
     }
 }
 
+/// The columns of `risk_blocks` that make a [`Block`], in the order of
+/// [`crate::sql::block_columns!`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct BlockRow {
+    pub kind: String,
+    pub value: String,
+    pub reason: String,
+    pub detail: String,
+    pub source: String,
+    pub shadow: bool,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl From<&Block> for BlockRow {
+    fn from(block: &Block) -> Self {
+        BlockRow {
+            kind: block.target.kind.as_str().to_owned(),
+            value: block.target.value.clone(),
+            reason: block.reason.clone(),
+            detail: block.detail.clone(),
+            source: block.source.as_str().to_owned(),
+            shadow: block.shadow,
+            created_at: to_millis(block.created_at),
+            expires_at: to_millis(block.expires_at),
+        }
+    }
+}
+
+impl TryFrom<BlockRow> for Block {
+    type Error = CorruptRow;
+
+    fn try_from(row: BlockRow) -> Result<Self, CorruptRow> {
+        let bad = |column: &'static str, problem: String| CorruptRow {
+            what: "block",
+            id: format!("{} {}", row.kind, row.value),
+            column,
+            problem,
+        };
+        let kind = BlockKind::parse(&row.kind)
+            .ok_or_else(|| bad("kind", format!("unknown kind `{}`", row.kind)))?;
+        let source = BlockSource::parse(&row.source)
+            .ok_or_else(|| bad("source", format!("unknown source `{}`", row.source)))?;
+        let created_at = from_millis(row.created_at).map_err(|p| bad("created_at", p))?;
+        let expires_at = from_millis(row.expires_at).map_err(|p| bad("expires_at", p))?;
+        Ok(Block {
+            target: BlockTarget {
+                kind,
+                value: row.value,
+            },
+            reason: row.reason,
+            detail: row.detail,
+            source,
+            shadow: row.shadow,
+            created_at,
+            expires_at,
+        })
+    }
+}
+
+/// Binds every column of `row` as `$1` to `$8` of [`crate::sql::INSERT_BLOCK`] (and of
+/// [`crate::sql::REPLACE_BLOCK`], whose `$1` and `$2` are the same target).
+pub(crate) fn bind_block<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments>,
+    row: BlockRow,
+) -> Query<'q, DB, <DB as Database>::Arguments>
+where
+    DB: Database,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
+{
+    query
+        .bind(row.kind)
+        .bind(row.value)
+        .bind(row.reason)
+        .bind(row.detail)
+        .bind(row.source)
+        .bind(row.shadow)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+}
+
+/// What deciding on a new block needs of the block held on its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct HeldBlock {
+    pub expires_at: i64,
+    pub shadow: bool,
+    pub lifted_at: Option<i64>,
+}
+
+/// A key's state after a take: `key, tat, allowed` of [`crate::sql::take_limits!`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct TakenRow {
+    pub key: String,
+    pub tat: i64,
+    pub allowed: bool,
+}
+
+/// A key's stored state: `key, tat` of [`crate::sql::read_limits!`], no `tat` for a key
+/// not stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct LimitRow {
+    pub key: String,
+    pub tat: Option<i64>,
+}
+
+/// One query's sums: `i, attempts, approved` of [`crate::sql::read_counts!`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct CountsRow {
+    pub i: i64,
+    pub attempts: i64,
+    pub approved: i64,
+}
+
+impl TryFrom<&CountsRow> for Counts {
+    type Error = CorruptRow;
+
+    fn try_from(row: &CountsRow) -> Result<Self, CorruptRow> {
+        let count = |column: &'static str, value: i64| {
+            u64::try_from(value).map_err(|_| CorruptRow {
+                what: "counter sum",
+                id: row.i.to_string(),
+                column,
+                problem: format!("{value} is negative"),
+            })
+        };
+        Ok(Counts {
+            attempts: count("attempts", row.attempts)?,
+            approved: count("approved", row.approved)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -595,6 +812,106 @@ mod tests {
         check("delivery_status", |r| {
             r.delivery_status = Some("Delivered".into())
         });
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            "null",
+            r#"{"decision":"block","score":1,"shadow":false}"#,
+            r#"{"decision":"deny","score":1,"shadow":false,"reasons":[]}"#,
+            r#"{"decision":"Block","score":1,"shadow":false,"reasons":[]}"#,
+            r#"{"decision":"block","score":-1,"shadow":false,"reasons":[]}"#,
+            r#"{"decision":"block","score":4294967296,"shadow":false,"reasons":[]}"#,
+            r#"{"decision":"block","score":1.5,"shadow":false,"reasons":[]}"#,
+            r#"{"decision":"block","score":1,"shadow":0,"reasons":[]}"#,
+            r#"{"decision":"block","score":1,"shadow":false,"reasons":{}}"#,
+            r#"{"decision":"block","score":1,"shadow":false,"reasons":[{"code":"A","message":"m"}]}"#,
+            r#"{"decision":"block","score":1,"shadow":false,"reasons":[{"code":1,"message":"m","weight":1}]}"#,
+        ] {
+            check("risk", |r| r.risk = Some(bad.into()));
+        }
+    }
+
+    #[test]
+    fn risk_assessments_have_a_stable_json_text() {
+        let assessment = RiskAssessment {
+            decision: RiskDecision::Block,
+            score: 90,
+            reasons: vec![RiskReason {
+                code: "PREFIX_LOW_CONVERSION".into(),
+                message: "2% of starts approved".into(),
+                weight: 90,
+            }],
+            shadow: false,
+        };
+        let text = encode_risk(&assessment);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).expect("JSON"),
+            json!({
+                "decision": "block",
+                "score": 90,
+                "shadow": false,
+                "reasons": [
+                    {"code": "PREFIX_LOW_CONVERSION", "message": "2% of starts approved", "weight": 90}
+                ],
+            })
+        );
+        assert_eq!(decode_risk(&text), Ok(assessment));
+        // Every decision and the fixture's escapes come back; fields a later release adds
+        // are ignored.
+        for decision in [
+            RiskDecision::Allow,
+            RiskDecision::StepUp,
+            RiskDecision::Block,
+        ] {
+            let risk = fixtures::risk(decision, true);
+            assert_eq!(decode_risk(&encode_risk(&risk)), Ok(risk));
+        }
+        let newer = r#"{"decision":"allow","score":0,"shadow":true,"reasons":[],"model":"v2"}"#;
+        assert_eq!(
+            decode_risk(newer),
+            Ok(RiskAssessment {
+                decision: RiskDecision::Allow,
+                score: 0,
+                reasons: vec![],
+                shadow: true,
+            })
+        );
+    }
+
+    fn good_block_row() -> BlockRow {
+        BlockRow::from(&Block {
+            target: BlockTarget {
+                kind: BlockKind::Prefix,
+                value: "+4479111".into(),
+            },
+            reason: "PREFIX_LOW_CONVERSION".into(),
+            detail: "2% of starts approved".into(),
+            source: BlockSource::Scoring,
+            shadow: true,
+            created_at: crate::fixtures::at(0),
+            expires_at: crate::fixtures::at(3600),
+        })
+    }
+
+    #[test]
+    fn block_rows_round_trip_and_name_corrupt_columns() {
+        let row = good_block_row();
+        let block = Block::try_from(row.clone()).expect("converts");
+        assert_eq!(BlockRow::from(&block), row);
+        type Break = fn(&mut BlockRow);
+        let cases: [(&str, Break); 4] = [
+            ("kind", |r| r.kind = "Prefix".into()),
+            ("source", |r| r.source = "robot".into()),
+            ("created_at", |r| r.created_at = i64::MAX),
+            ("expires_at", |r| r.expires_at = i64::MIN),
+        ];
+        for (column, corrupt) in cases {
+            let mut row = good_block_row();
+            corrupt(&mut row);
+            let error = Block::try_from(row).expect_err("corrupt row must not convert");
+            assert_eq!(error.column, column, "{error}");
+        }
     }
 
     #[test]

@@ -16,11 +16,11 @@ macro_rules! columns {
         "id, purpose, channel, status, provider_sid, destination_ciphertext, \
          destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
          checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
-         allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent"
+         allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk"
     };
 }
 
-/// Binds every column, `$1` to `$25`, in the order of [`columns!`]; returns the id when the
+/// Binds every column, `$1` to `$26`, in the order of [`columns!`]; returns the id when the
 /// row was written and nothing when it collided with a row holding the same id, the same
 /// purpose and idempotency key, or (for a pending row) the pending slot of its purpose and
 /// destination.
@@ -32,7 +32,7 @@ pub(crate) const INSERT: &str = concat!(
     "INSERT INTO verifications (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, ",
-    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
     " ON CONFLICT DO NOTHING RETURNING id"
 );
 
@@ -100,7 +100,7 @@ pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
     " ORDER BY created_at, id LIMIT $2"
 );
 
-/// `$1` is the id and `$2` the expected version; `$3` to `$24` are the columns that may
+/// `$1` is the id and `$2` the expected version; `$3` to `$25` are the columns that may
 /// change over a verification's life, in the order of [`crate::row::bind_update`]. Returns
 /// the id when the row was written.
 ///
@@ -113,7 +113,7 @@ pub(crate) const UPDATE: &str = "UPDATE verifications SET \
      sends = $11, checks = $12, max_sends = $13, max_checks = $14, failure_code = $15, \
      updated_at = $16, expires_at = $17, version = $18, idempotency_key = $19, \
      allow_fallback = $20, channels_tried = $21, fallback_reason = $22, delivery_status = $23, \
-     trace_parent = $24 \
+     trace_parent = $24, risk = $25 \
      WHERE id = $1 AND version = $2 \
      RETURNING id";
 
@@ -169,3 +169,180 @@ pub(crate) const RELEASE_MESSAGE: &str = "DELETE FROM processed_messages \
 /// `$1` is the consumer, `$2` the message id: its state after a claim did not take it.
 pub(crate) const MESSAGE_STATE: &str =
     "SELECT state FROM processed_messages WHERE consumer = $1 AND message_id = $2";
+
+// Abuse protection: the rate limiter's GCRA state, fraud scoring's counters and blocks.
+//
+// A call that names several keys binds them as one JSON parameter, which each database
+// turns into rows its own way (`json_each` on SQLite, `json_to_recordset` on PostgreSQL):
+// the statements that read such a parameter are written here once as macros over that
+// table expression (`$input`, whose columns each macro names), and each
+// [`crate::repo::Dialect`] instantiates them with its own.
+//
+// PostgreSQL's planner expects 100 rows of such a parameter whatever it holds, and for so
+// many would rather hash a whole table than look each one up. Reads are therefore written
+// as lookups per input row that it cannot turn into a join (correlated subqueries), so
+// every key is one probe of the primary key however large the table.
+
+/// Takes one event from each key of `$input` (columns `key`, `interval_ms`, `period_ms`;
+/// keys distinct) at `$1` (now, in milliseconds): the step of [`domain::abuse::gcra`] as
+/// one upsert per key. `$greatest` is the database's two-argument maximum.
+///
+/// A new key's first event is always allowed (its interval, `period / limit`, is at most
+/// the period) and stores `now + interval`. A stored key computes
+/// `new_tat = greatest(tat, now) + interval` and is allowed when `new_tat - now <= period`;
+/// then `tat` becomes `new_tat`, else it stays. Every `SET` expression reads the row as it
+/// was before the statement, so `allowed` and `tat` decide on the same old `tat`. Returns
+/// `key, tat, allowed` per key, in no particular order; from the stored `tat` the caller
+/// recovers the old one (`tat - interval` when allowed, `tat` when not) to compute the rest
+/// of the decision with `gcra` itself.
+///
+/// The upsert is atomic per row on both databases: PostgreSQL's `ON CONFLICT DO UPDATE`
+/// locks the row and evaluates the `SET` on its latest version (waiting for a concurrent
+/// inserter), SQLite runs one writer at a time. Rows are proposed in key order, so on
+/// PostgreSQL two calls sharing keys lock them in the same order and cannot deadlock.
+/// `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+macro_rules! take_limits {
+    ($input:literal, $greatest:literal) => {
+        concat!(
+            "INSERT INTO rate_limits (key, tat, interval_ms, period_ms, allowed)",
+            " SELECT input.key, $1 + input.interval_ms, input.interval_ms, input.period_ms, TRUE",
+            " FROM ",
+            $input,
+            " WHERE true ORDER BY input.key",
+            " ON CONFLICT (key) DO UPDATE SET",
+            " tat = CASE WHEN ",
+            $greatest,
+            "(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms",
+            " THEN ",
+            $greatest,
+            "(rate_limits.tat, $1) + excluded.interval_ms ELSE rate_limits.tat END,",
+            " allowed = ",
+            $greatest,
+            "(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms,",
+            " interval_ms = excluded.interval_ms, period_ms = excluded.period_ms",
+            " RETURNING key, tat, allowed"
+        )
+    };
+}
+pub(crate) use take_limits;
+
+/// `key, tat` for every key of `$input` (column `key`), `tat` NULL for a key not stored.
+macro_rules! read_limits {
+    ($input:literal) => {
+        concat!(
+            "SELECT input.key,",
+            " (SELECT r.tat FROM rate_limits AS r WHERE r.key = input.key) AS tat",
+            " FROM ",
+            $input
+        )
+    };
+}
+pub(crate) use read_limits;
+
+/// Forgets every key whose `tat` is at or before `$1` (now, in milliseconds).
+///
+/// One statement rather than batches: `tat` has no index (see the migration), so each batch
+/// would scan the table again. On PostgreSQL a row a concurrent take moved past `$1` is
+/// re-checked on its new version and kept.
+pub(crate) const PURGE_LIMITS: &str = "DELETE FROM rate_limits WHERE tat <= $1";
+
+/// Adds the counts of `$input` (columns `key`, `attempts`, `approved`; keys distinct) to
+/// the bucket `$1` (the start of the minute, in milliseconds), each key in one upsert, in
+/// key order (see [`take_limits!`] for why both matter).
+macro_rules! add_counts {
+    ($input:literal) => {
+        concat!(
+            "INSERT INTO risk_counters (key, bucket, attempts, approved)",
+            " SELECT input.key, $1, input.attempts, input.approved FROM ",
+            $input,
+            " WHERE true ORDER BY input.key",
+            " ON CONFLICT (key, bucket) DO UPDATE SET",
+            " attempts = risk_counters.attempts + excluded.attempts,",
+            " approved = risk_counters.approved + excluded.approved"
+        )
+    };
+}
+pub(crate) use add_counts;
+
+/// The sums of every query of `$input` (columns `i`, its position, `key` and `since`, the
+/// start of the window's first minute in milliseconds) over the buckets from `since` on:
+/// `i, attempts, approved` for each query, zeros for a key never counted, ordered by `i`.
+/// Each sum is a range of the primary key. PostgreSQL sums `BIGINT`s as `NUMERIC`, hence
+/// the casts.
+macro_rules! read_counts {
+    ($input:literal) => {
+        concat!(
+            "SELECT input.i,",
+            " (SELECT CAST(COALESCE(SUM(c.attempts), 0) AS BIGINT) FROM risk_counters AS c",
+            " WHERE c.key = input.key AND c.bucket >= input.since) AS attempts,",
+            " (SELECT CAST(COALESCE(SUM(c.approved), 0) AS BIGINT) FROM risk_counters AS c",
+            " WHERE c.key = input.key AND c.bucket >= input.since) AS approved",
+            " FROM ",
+            $input,
+            " ORDER BY input.i"
+        )
+    };
+}
+pub(crate) use read_counts;
+
+/// Deletes up to `$2` buckets starting at or before `$1` (the last bucket start to delete),
+/// oldest first along `risk_counters_by_bucket`. Run until a batch comes back short, so no
+/// statement holds locks on an unbounded number of rows.
+pub(crate) const PURGE_COUNTS: &str = "DELETE FROM risk_counters \
+     WHERE bucket <= $1 AND (key, bucket) IN (\
+     SELECT key, bucket FROM risk_counters WHERE bucket <= $1 ORDER BY bucket LIMIT $2)";
+
+/// The columns of `risk_blocks` that make a [`domain::abuse::Block`], in the order of
+/// [`crate::row::BlockRow`].
+macro_rules! block_columns {
+    () => {
+        "kind, value, reason, detail, source, shadow, created_at, expires_at"
+    };
+}
+pub(crate) use block_columns;
+
+/// Binds a block's columns, `$1` to `$8` in the order of [`block_columns!`]; returns the
+/// kind when the block was written and nothing when the target has a row already (a
+/// concurrent inserter of the same target is waited for).
+pub(crate) const INSERT_BLOCK: &str = concat!(
+    "INSERT INTO risk_blocks (",
+    block_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    " ON CONFLICT (kind, value) DO NOTHING RETURNING kind"
+);
+
+/// What deciding on a new block needs of the target's row: `$1` is the kind, `$2` the
+/// value. Completed by each [`crate::repo::Dialect`] to lock the row.
+macro_rules! block_state {
+    () => {
+        "SELECT expires_at, shadow, lifted_at FROM risk_blocks WHERE kind = $1 AND value = $2"
+    };
+}
+pub(crate) use block_state;
+
+/// `$1` is the kind, `$2` the value: the block in force there now ends at `$3` instead.
+/// Its reason, source and start stay.
+pub(crate) const EXTEND_BLOCK: &str = "UPDATE risk_blocks SET expires_at = $3 \
+     WHERE kind = $1 AND value = $2";
+
+/// `$1` is the kind, `$2` the value, `$3` to `$8` the new block's other columns in the
+/// order of [`block_columns!`]: replaces the block that ended there. `lifted_at` stays: it
+/// is about the target, not about one block.
+pub(crate) const REPLACE_BLOCK: &str = "UPDATE risk_blocks SET \
+     reason = $3, detail = $4, source = $5, shadow = $6, created_at = $7, expires_at = $8 \
+     WHERE kind = $1 AND value = $2";
+
+/// Up to `$3` blocks in force at `$1` (now, in milliseconds), of the kind `$2` or of every
+/// kind when it is NULL, newest first: a range of `risk_blocks_by_expiry`, sorted.
+pub(crate) const LIST_BLOCKS: &str = concat!(
+    "SELECT ",
+    block_columns!(),
+    " FROM risk_blocks WHERE expires_at > $1 AND ($2 IS NULL OR kind = $2)",
+    " ORDER BY created_at DESC, kind, value LIMIT $3"
+);
+
+/// `$1` is the kind, `$2` the value, `$3` now: ends the block in force there now and
+/// remembers the lift. Returns the kind when there was one.
+pub(crate) const LIFT_BLOCK: &str = "UPDATE risk_blocks SET expires_at = $3, lifted_at = $3 \
+     WHERE kind = $1 AND value = $2 AND expires_at > $3 \
+     RETURNING kind";

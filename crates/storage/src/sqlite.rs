@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
 
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
-use crate::sql::outbox_columns;
+use crate::sql::{self, outbox_columns};
 
 /// The SQLite schema, embedded in the binary so the embedded mode needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -28,8 +31,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// unavailable and the caller fails closed rather than queueing without bound.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`] and
-/// [`domain::ports::Outbox`] on SQLite. Cloning is cheap and shares the pool.
+/// [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`],
+/// [`domain::ports::Outbox`], [`domain::abuse::RateLimitStore`] and
+/// [`domain::abuse::RiskStore`] on SQLite. Cloning is cheap and shares the pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     repo: Repo<Sqlite>,
@@ -98,6 +102,49 @@ impl Dialect for Sqlite {
         " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
         " WHERE processed_messages.state <> 'done'"
     );
+
+    /// `max` with two arguments is SQLite's scalar maximum.
+    const TAKE_LIMITS: &'static str = sql::take_limits!(
+        "(SELECT json_extract(value, '$.key') AS key,
+          json_extract(value, '$.interval_ms') AS interval_ms,
+          json_extract(value, '$.period_ms') AS period_ms
+          FROM json_each($2)) AS input",
+        "max"
+    );
+
+    const READ_LIMITS: &'static str = sql::read_limits!(
+        "(SELECT json_extract(value, '$.key') AS key FROM json_each($1)) AS input"
+    );
+
+    const ADD_COUNTS: &'static str = sql::add_counts!(
+        "(SELECT json_extract(value, '$.key') AS key,
+          json_extract(value, '$.attempts') AS attempts,
+          json_extract(value, '$.approved') AS approved
+          FROM json_each($2)) AS input"
+    );
+
+    const READ_COUNTS: &'static str = sql::read_counts!(
+        "(SELECT json_extract(value, '$.i') AS i,
+          json_extract(value, '$.key') AS key,
+          json_extract(value, '$.since') AS since
+          FROM json_each($1)) AS input"
+    );
+
+    /// SQLite's planner looks each target up in the primary key.
+    const ACTIVE_BLOCKS: &'static str = concat!(
+        "SELECT ",
+        sql::block_columns!(),
+        " FROM risk_blocks WHERE expires_at > $1 AND (kind, value) IN (",
+        "SELECT json_extract(value, '$.kind'), json_extract(value, '$.value')",
+        " FROM json_each($2))"
+    );
+
+    /// SQLite has no row locks: [`Dialect::BEGIN_WRITE`] holds the database's write lock.
+    const LOCK_BLOCK: &'static str = sql::block_state!();
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     /// A JSON array of the ids, e.g. `[1,2,3]`.
     type IdList = String;

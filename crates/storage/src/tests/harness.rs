@@ -33,6 +33,9 @@ pub(crate) enum Schema {
     /// The last schema before delivery reports (no fallback columns, no outbox): what a
     /// database written by the previous release holds.
     BeforeDeliveryReports,
+    /// The last schema before abuse protection (no `risk`, no `blocked`, no limiter or
+    /// scoring tables).
+    BeforeAbuse,
 }
 
 impl Schema {
@@ -42,17 +45,32 @@ impl Schema {
             (Schema::Latest, _) => None,
             (Schema::BeforeDeliveryReports, Backend::Sqlite) => Some(3),
             (Schema::BeforeDeliveryReports, Backend::Postgres) => Some(1),
+            (Schema::BeforeAbuse, Backend::Sqlite) => Some(5),
+            (Schema::BeforeAbuse, Backend::Postgres) => Some(3),
         }
     }
 }
 
 /// The tables whose every cell the plaintext scan reads.
-pub(crate) const TABLES: [&str; 4] = [
+pub(crate) const TABLES: [&str; 7] = [
     "verifications",
     "delivery_reports",
     "outbox",
     "processed_messages",
+    "rate_limits",
+    "risk_counters",
+    "risk_blocks",
 ];
+
+/// The insert of the release before abuse protection: every column of today but `risk`, so
+/// [`bind_insert`] binds `$1` to `$25` of it and the unused `risk` last.
+pub(crate) const INSERT_BEFORE_ABUSE: &str = "INSERT INTO verifications (\
+     id, purpose, channel, status, provider_sid, destination_ciphertext, \
+     destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
+     checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
+     allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20, $21, $22, $23, $24, $25 WHERE $26 IS NULL";
 
 /// The insert of the first release, before the fallback columns: `$1` to `$20` as in
 /// [`bind_insert_before_delivery_reports`].
@@ -104,6 +122,8 @@ where
 pub(crate) enum Bind {
     Text(&'static str),
     Int(i64),
+    /// A NULL text.
+    Null,
 }
 
 /// A database file in the temp directory, removed (with its WAL files) when dropped.
@@ -340,6 +360,25 @@ impl TestDb {
         Ok(())
     }
 
+    /// Writes `row` (without risk) as the release before abuse protection did, on a
+    /// database at [`Schema::BeforeAbuse`].
+    pub(crate) async fn insert_before_abuse(&self, row: VerificationRow) -> anyhow::Result<()> {
+        anyhow::ensure!(row.risk.is_none(), "that release had no risk");
+        match self {
+            TestDb::Sqlite { store, .. } => {
+                bind_insert(sqlx::query(INSERT_BEFORE_ABUSE), row)
+                    .execute(store.pool())
+                    .await?;
+            }
+            TestDb::Postgres { store, .. } => {
+                bind_insert(sqlx::query(INSERT_BEFORE_ABUSE), row)
+                    .execute(store.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `row` as it is, bypassing the store but not the schema's constraints.
     pub(crate) async fn insert_raw(&self, row: VerificationRow) -> Result<(), sqlx::Error> {
         match self {
@@ -482,6 +521,7 @@ impl TestDb {
                     query = match *bind {
                         Bind::Text(text) => query.bind(text),
                         Bind::Int(int) => query.bind(int),
+                        Bind::Null => query.bind(None::<String>),
                     };
                 }
                 let rows = query.fetch_all(store.pool()).await?;
@@ -506,6 +546,7 @@ impl TestDb {
                     query = match *bind {
                         Bind::Text(text) => query.bind(text),
                         Bind::Int(int) => query.bind(int),
+                        Bind::Null => query.bind(None::<String>),
                     };
                 }
                 let rows = query.fetch_all(&mut *conn).await?;

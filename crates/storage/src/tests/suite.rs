@@ -2,19 +2,27 @@
 //! each body once on SQLite (`suite::sqlite::<name>`) and once on PostgreSQL
 //! (`suite::postgres::<name>`), each on a fresh database (fully migrated, or at the schema
 //! named after `@`). What the ports promise must hold on both, so a test belongs here unless
-//! it is about one backend's own machinery.
+//! it is about one backend's own machinery. The abuse protection ports have theirs in
+//! `abuse`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use domain::abuse::{
+    Block, BlockAdded, BlockKind, BlockSource, BlockTarget, CountAdd, LimitRequest, Quota,
+    RiskDecision,
+};
 use domain::delivery::{DeliveryStatus, FallbackReason};
 use domain::events::{Claim, DedupeStore};
 use domain::ports::{Inserted, OutboxMessage, Recorded, StoreError, VerificationStore};
 use domain::{Channel, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus};
 use sqlx::{Postgres, Sqlite};
 
+// `both_backends!` names the harness `super::super::harness` from the modules it declares;
+// this makes that path work for the ones declared in `abuse` too.
+use super::harness;
 use super::harness::{Backend, Bind, TABLES, TestDb};
 use crate::fixtures::{self, at, bare, envelope, full, message_id, report};
 use crate::repo::Dialect;
@@ -67,6 +75,8 @@ macro_rules! both_backends {
     };
 }
 
+mod abuse;
+
 both_backends!(
     migrating_again_changes_nothing,
     schema_is_exactly_the_documented_columns,
@@ -91,6 +101,8 @@ both_backends!(
     lookups_use_their_indexes,
     fallback_fields_round_trip_in_every_form,
     rows_from_before_delivery_reports_get_the_defaults @ BeforeDeliveryReports,
+    rows_from_before_abuse_protection_keep_every_field @ BeforeAbuse,
+    blocked_verifications_round_trip_with_their_risk,
     find_by_provider_sid_returns_the_newest_holder,
     a_report_is_recorded_once_with_its_event,
     a_reused_message_id_records_nothing,
@@ -167,6 +179,7 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
         "fallback_reason",
         "delivery_status",
         "trace_parent",
+        "risk",
     ];
     assert_eq!(db.columns("verifications").await?, expected);
     // Reports carry no destination and no message body.
@@ -207,12 +220,32 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
         "completed_at",
     ];
     assert_eq!(db.columns("processed_messages").await?, processed);
+    // Limiter and scoring state: keys and targets name destinations only by their hash.
+    let limits = ["key", "tat", "interval_ms", "period_ms", "allowed"];
+    assert_eq!(db.columns("rate_limits").await?, limits);
+    let counters = ["key", "bucket", "attempts", "approved"];
+    assert_eq!(db.columns("risk_counters").await?, counters);
+    let blocks = [
+        "kind",
+        "value",
+        "reason",
+        "detail",
+        "source",
+        "shadow",
+        "created_at",
+        "expires_at",
+        "lifted_at",
+    ];
+    assert_eq!(db.columns("risk_blocks").await?, blocks);
     Ok(())
 }
 
 async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Result<()> {
     type Corrupt = fn(&mut VerificationRow);
-    let cases: [(&str, Corrupt); 13] = [
+    let cases: [(&str, Corrupt); 16] = [
+        ("risk", |r| r.risk = Some("not json".into())),
+        ("risk", |r| r.risk = Some("[]".into())),
+        ("risk", |r| r.risk = Some("\"block\"".into())),
         ("trace_parent", |r| r.trace_parent = Some(String::new())),
         ("delivery_status", |r| {
             r.delivery_status = Some("lost".into())
@@ -525,6 +558,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     changed.fallback_reason = Some(FallbackReason::NoDeliveryReport);
     changed.delivery_status = Some(DeliveryStatus::Queued);
     changed.trace_parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    changed.risk = Some(fixtures::risk(RiskDecision::Block, false));
     changed.version = 1;
     store.update(&changed, 0).await?;
     assert_eq!(store.get(&v.id).await?.as_ref(), Some(&changed));
@@ -802,7 +836,11 @@ async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<(
 
     // The fallback columns, each named in the error.
     type Break = fn(&mut VerificationRow);
-    let cases: [(&str, Break); 5] = [
+    let cases: [(&str, Break); 7] = [
+        ("risk", |r| r.risk = Some("{\"decision\":\"block\"".into())),
+        ("risk", |r| {
+            r.risk = Some(r#"{"decision":"deny","score":1,"shadow":false,"reasons":[]}"#.into())
+        }),
         ("channels_tried", |r| r.channels_tried = "sms,pigeon".into()),
         ("channels_tried", |r| r.channels_tried = "sms,".into()),
         ("fallback_reason", |r| {
@@ -857,6 +895,35 @@ async fn no_plaintext_destination_reaches_the_database(db: Arc<TestDb>) -> anyho
     dedupe
         .claim("verify-service.fallback", message_id(1))
         .await?;
+    // And abuse protection's state, keyed by the destination's hash.
+    let hash = fixtures::blind_index().hash(&fixtures::phone());
+    let quota = Quota::parse("3/10m")?;
+    let key = format!("send:login:dest:{}", hash.as_str());
+    let taken = database
+        .rate_limits()
+        .take(&[LimitRequest { key, quota }], at(10))
+        .await?;
+    ensure!(taken[0].allowed);
+    let risk = database.risk_store();
+    let counted = CountAdd {
+        key: format!("dest:{}", hash.as_str()),
+        attempts: 1,
+        approved: 0,
+    };
+    risk.add_counts(&[counted], at(10)).await?;
+    let block = Block {
+        target: BlockTarget {
+            kind: BlockKind::Destination,
+            value: hash.as_str().to_owned(),
+        },
+        reason: "TWILIO_60410".into(),
+        detail: "the provider's fraud guard refused the number".into(),
+        source: BlockSource::Provider,
+        shadow: false,
+        created_at: at(10),
+        expires_at: at(3610),
+    };
+    ensure!(risk.add_block(&block).await? == BlockAdded::New);
 
     let mut cells = Vec::new();
     for table in TABLES {
@@ -1044,6 +1111,7 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
         expected.fallback_reason = None;
         expected.delivery_status = None;
         expected.trace_parent = None;
+        expected.risk = None;
         // Not a transition: the version and `updated_at` stay.
         assert_eq!(store.get(&old.id).await?, Some(expected));
     }
@@ -1061,6 +1129,7 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
     // And new rows keep what they are given.
     let mut new = full(4, "signup", None, &fixtures::email());
     new.allow_fallback = true;
+    new.status = VerificationStatus::Blocked;
     create(&*store, &new).await?;
     assert_eq!(store.get(&new.id).await?, Some(new));
     Ok(())
@@ -1095,6 +1164,106 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
     sent.mark_sent("VEnew".into(), at(60));
     store.update(&sent, none.version).await?;
     assert_eq!(store.find_by_provider_sid("VEnew").await?, Some(sent));
+    Ok(())
+}
+
+async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
+    // Rows as the previous release wrote them (no risk): finished with every field set,
+    // pending, and sealed for an email.
+    let without_risk = |mut v: Verification| {
+        v.risk = None;
+        v
+    };
+    let finished = without_risk(full(1, "login", Some("order-42"), &fixtures::phone()));
+    let pending = bare(2, "login", &fixtures::phone());
+    let mut email = without_risk(full(3, "signup", Some("order-43"), &fixtures::email()));
+    email.status = VerificationStatus::Approved;
+    for v in [&finished, &pending, &email] {
+        db.insert_before_abuse(VerificationRow::from(v)).await?;
+    }
+
+    // On SQLite the migration rebuilds the table: every row and rule must survive it.
+    db.migrate().await?;
+    let store = db.port();
+    for v in [&finished, &pending, &email] {
+        assert_eq!(store.get(&v.id).await?.as_ref(), Some(v));
+    }
+    assert_eq!(
+        store.insert(&bare(4, "login", &fixtures::phone())).await?,
+        Inserted::Pending(Box::new(pending.clone()))
+    );
+    assert_eq!(
+        store
+            .insert(&full(5, "login", Some("order-42"), &fixtures::email()))
+            .await?,
+        Inserted::Existing(Box::new(finished.clone()))
+    );
+    assert_eq!(
+        store
+            .find_by_provider_sid(fixtures::PROVIDER_SID)
+            .await?
+            .map(|v| v.id),
+        Some(email.id)
+    );
+    assert_eq!(
+        store
+            .list_sealed_with_other_key("k9", 10)
+            .await?
+            .into_iter()
+            .map(|v| v.id)
+            .collect::<HashSet<_>>(),
+        [finished.id, pending.id, email.id].into_iter().collect()
+    );
+    // New rows may be blocked and carry their assessment.
+    let mut blocked = full(6, "reset", None, &fixtures::phone());
+    blocked.status = VerificationStatus::Blocked;
+    create(&*store, &blocked).await?;
+    assert_eq!(store.get(&blocked.id).await?, Some(blocked));
+    assert_eq!(db.count_rows().await?, 4);
+    Ok(())
+}
+
+async fn blocked_verifications_round_trip_with_their_risk(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let mut blocked = bare(1, "login", &fixtures::phone());
+    blocked.status = VerificationStatus::Blocked;
+    blocked.risk = Some(fixtures::risk(RiskDecision::Block, false));
+    create(&*store, &blocked).await?;
+    assert_eq!(store.get(&blocked.id).await?.as_ref(), Some(&blocked));
+    let stored = db
+        .text(&format!(
+            "SELECT risk FROM verifications WHERE id = '{}'",
+            blocked.id
+        ))
+        .await?
+        .context("risk stored")?;
+    let json: serde_json::Value = serde_json::from_str(&stored)?;
+    assert_eq!(json["decision"], "block");
+    assert_eq!(json["score"], 85);
+    assert_eq!(json["shadow"], false);
+    assert_eq!(json["reasons"][0]["code"], "PREMIUM_RATE_NUMBER");
+    assert_eq!(json["reasons"][1]["weight"], 25);
+
+    // A blocked start takes no pending slot: a later start for the destination is sent.
+    let mut allowed = bare(2, "login", &fixtures::phone());
+    allowed.risk = Some(fixtures::risk(RiskDecision::Allow, true));
+    create(&*store, &allowed).await?;
+    let hash = fixtures::blind_index().hash(&fixtures::phone());
+    assert_eq!(
+        store.find_pending(&allowed.purpose, &hash, at(1)).await?,
+        Some(allowed.clone())
+    );
+    // The assessment is written by updates too, and can be cleared.
+    let mut rescored = allowed.clone();
+    rescored.risk = Some(fixtures::risk(RiskDecision::StepUp, false));
+    rescored.version += 1;
+    store.update(&rescored, allowed.version).await?;
+    assert_eq!(store.get(&allowed.id).await?.as_ref(), Some(&rescored));
+    let mut cleared = rescored.clone();
+    cleared.risk = None;
+    cleared.version += 1;
+    store.update(&cleared, rescored.version).await?;
+    assert_eq!(store.get(&allowed.id).await?, Some(cleared));
     Ok(())
 }
 
