@@ -1,0 +1,566 @@
+//! Tests of the two-layer composition, against in-memory stores (the real stores are
+//! tested in the storage crate).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use chrono::TimeZone;
+use domain::abuse::{Quota, gcra};
+
+use super::*;
+
+/// The shared layer's contract over a map: [`gcra`] per key, counting calls and recording
+/// the keys asked about.
+#[derive(Debug, Default)]
+struct GcraStore {
+    tats: Mutex<HashMap<String, i64>>,
+    takes: AtomicUsize,
+    asked: Mutex<Vec<Vec<String>>>,
+    down: bool,
+}
+
+impl GcraStore {
+    fn down() -> Self {
+        GcraStore {
+            down: true,
+            ..GcraStore::default()
+        }
+    }
+
+    fn takes(&self) -> usize {
+        self.takes.load(Ordering::SeqCst)
+    }
+
+    fn last_asked(&self) -> Vec<String> {
+        self.asked
+            .lock()
+            .expect("test lock")
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn decide(
+        &self,
+        requests: &[LimitRequest],
+        now: DateTime<Utc>,
+        store: bool,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        if self.down {
+            return Err(StoreError::Unavailable("test store is down".to_owned()));
+        }
+        let now = now.timestamp_millis();
+        let mut tats = self.tats.lock().expect("test lock");
+        Ok(requests
+            .iter()
+            .map(|r| {
+                let (decision, new_tat) = gcra(tats.get(&r.key).copied(), now, &r.quota);
+                if let (true, Some(tat)) = (store, new_tat) {
+                    tats.insert(r.key.clone(), tat);
+                }
+                decision
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for GcraStore {
+    async fn take(
+        &self,
+        requests: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        self.takes.fetch_add(1, Ordering::SeqCst);
+        self.asked
+            .lock()
+            .expect("test lock")
+            .push(requests.iter().map(|r| r.key.clone()).collect());
+        self.decide(requests, now, true)
+    }
+
+    async fn peek(
+        &self,
+        requests: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        self.decide(requests, now, false)
+    }
+
+    async fn purge_limits(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = now.timestamp_millis();
+        let mut tats = self.tats.lock().expect("test lock");
+        let before = tats.len();
+        tats.retain(|_, tat| *tat > now);
+        Ok((before - tats.len()) as u64)
+    }
+}
+
+/// A store that allows everything and remembers nothing: the verdict then shows the local
+/// layer alone, and memory figures are the local layer's.
+#[derive(Debug, Default)]
+struct AllowAll;
+
+#[async_trait]
+impl RateLimitStore for AllowAll {
+    async fn take(
+        &self,
+        requests: &[LimitRequest],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        Ok(requests
+            .iter()
+            .map(|_| LimitDecision {
+                allowed: true,
+                remaining: u32::MAX,
+                retry_after: Duration::ZERO,
+            })
+            .collect())
+    }
+
+    async fn peek(
+        &self,
+        requests: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        self.take(requests, now).await
+    }
+
+    async fn purge_limits(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+fn q(raw: &str) -> Quota {
+    Quota::parse(raw).expect("test quota")
+}
+
+fn req(key: &str, quota: &str) -> LimitRequest {
+    LimitRequest {
+        key: key.to_owned(),
+        quota: q(quota),
+    }
+}
+
+/// `ms` milliseconds after a fixed instant.
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_700_000_000_000 + ms)
+        .single()
+        .expect("test instant")
+}
+
+fn settings(max_keys: usize) -> LocalSettings {
+    LocalSettings { max_keys }
+}
+
+fn limiter(store: &Arc<GcraStore>, max_keys: usize) -> Limiter {
+    Limiter::new(
+        Arc::clone(store) as Arc<dyn RateLimitStore>,
+        settings(max_keys),
+    )
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[tokio::test]
+async fn local_layer_refuses_without_asking_the_store() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 100);
+    let send = [req("send:login:ip:203.0.113.7", "3/10m")];
+
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let verdict = limiter.take(&send, at(0)).await.expect("take");
+        assert!(verdict.allowed());
+        assert!(!verdict.decisions()[0].local);
+        remaining.push(verdict.remaining());
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    assert_eq!(store.takes(), 3);
+
+    for (now, wait) in [(0, 200_000), (1_000, 199_000), (199_999, 1)] {
+        let verdict = limiter.take(&send, at(now)).await.expect("take");
+        let (index, refusal) = verdict.first_refusal().expect("refused");
+        assert_eq!(index, 0);
+        assert!(refusal.local);
+        assert_eq!(refusal.decision.retry_after, Duration::from_millis(wait));
+        assert_eq!(verdict.retry_after(), Duration::from_millis(wait));
+        assert_eq!(verdict.remaining(), 0);
+    }
+    assert_eq!(store.takes(), 3, "local refusals never reach the store");
+
+    // One interval after the burst, exactly one more is allowed, by both layers.
+    let verdict = limiter.take(&send, at(200_000)).await.expect("take");
+    assert!(verdict.allowed());
+    assert_eq!(verdict.remaining(), 0);
+    assert_eq!(store.takes(), 4);
+}
+
+#[tokio::test]
+async fn replicas_share_one_limit_through_the_store() {
+    let store = Arc::new(GcraStore::default());
+    let (a, b) = (limiter(&store, 100), limiter(&store, 100));
+    let send = [req("send:login:to:abc123", "3/10m")];
+
+    assert_eq!(a.take(&send, at(0)).await.expect("take").remaining(), 2);
+    assert_eq!(a.take(&send, at(0)).await.expect("take").remaining(), 1);
+    // B's own layer has seen nothing (2 left after this one); the shared layer says 0.
+    let third = b.take(&send, at(0)).await.expect("take");
+    assert!(third.allowed());
+    assert_eq!(third.remaining(), 0);
+
+    for replica in [&a, &b] {
+        let verdict = replica.take(&send, at(10_000)).await.expect("take");
+        let (_, refusal) = verdict.first_refusal().expect("refused");
+        assert!(!refusal.local);
+        assert_eq!(refusal.decision.retry_after, secs(190));
+        assert_eq!(verdict.remaining(), 0);
+    }
+    assert_eq!(store.takes(), 5);
+}
+
+#[tokio::test]
+async fn only_keys_the_local_layer_allowed_reach_the_store() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 100);
+    let send = [req("ip", "1/1m"), req("to", "5/1m")];
+
+    assert!(limiter.take(&send, at(0)).await.expect("take").allowed());
+    assert_eq!(store.last_asked(), ["ip", "to"]);
+
+    let verdict = limiter.take(&send, at(1)).await.expect("take");
+    assert_eq!(store.last_asked(), ["to"]);
+    let local: Vec<_> = verdict.decisions().iter().map(|d| d.local).collect();
+    assert_eq!(local, [true, false]);
+    assert_eq!(verdict.decisions()[0].request, send[0]);
+    assert_eq!(verdict.decisions()[1].decision.remaining, 3);
+    assert_eq!(
+        verdict.first_refusal().map(|(_, d)| d.request.key.as_str()),
+        Some("ip")
+    );
+
+    // When every key is refused locally there is no store call at all.
+    let ip_only = [req("ip", "1/1m")];
+    limiter.take(&ip_only, at(2)).await.expect("take");
+    assert_eq!(store.takes(), 2);
+}
+
+#[tokio::test]
+async fn verdict_names_the_longest_refusal() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 100);
+    let ip = req("ip", "1/1m");
+    let to = req("to", "3/10m");
+    let id = req("id", "10/1h");
+    limiter
+        .take(std::slice::from_ref(&ip), at(0))
+        .await
+        .expect("take");
+    for _ in 0..3 {
+        limiter
+            .take(std::slice::from_ref(&to), at(0))
+            .await
+            .expect("take");
+    }
+
+    let verdict = limiter
+        .take(&[ip.clone(), to.clone(), id.clone()], at(0))
+        .await
+        .expect("take");
+    assert!(!verdict.allowed());
+    let (index, refusal) = verdict.first_refusal().expect("refused");
+    assert_eq!(index, 1);
+    assert_eq!(refusal.request, to);
+    assert_eq!(refusal.decision.retry_after, secs(200));
+    assert_eq!(verdict.retry_after(), secs(200));
+    assert_eq!(verdict.remaining(), 0);
+    let keys: Vec<_> = verdict.decisions().iter().map(|d| &d.request).collect();
+    assert_eq!(keys, [&ip, &to, &id]);
+    assert_eq!(verdict.decisions()[2].decision.remaining, 9);
+}
+
+#[test]
+fn verdict_summaries() {
+    fn check(decisions: &[(bool, u32, u64)], refusal: Option<usize>, remaining: u32) {
+        let verdict = Verdict::new(
+            decisions
+                .iter()
+                .enumerate()
+                .map(|(i, &(allowed, remaining, retry_s))| KeyDecision {
+                    request: req(&i.to_string(), "5/1m"),
+                    decision: LimitDecision {
+                        allowed,
+                        remaining,
+                        retry_after: secs(retry_s),
+                    },
+                    local: false,
+                })
+                .collect(),
+        );
+        let index = verdict.first_refusal().map(|(index, d)| {
+            assert_eq!(d.request.key, index.to_string());
+            index
+        });
+        assert_eq!(index, refusal, "{decisions:?}");
+        let wait = refusal.map_or(0, |i| decisions[i].2);
+        assert_eq!(verdict.retry_after(), secs(wait), "{decisions:?}");
+        assert_eq!(verdict.remaining(), remaining, "{decisions:?}");
+        assert_eq!(verdict.allowed(), refusal.is_none(), "{decisions:?}");
+    }
+
+    check(&[], None, u32::MAX);
+    check(&[(true, 4, 0)], None, 4);
+    check(&[(true, 4, 0), (true, 1, 0), (true, 9, 0)], None, 1);
+    check(&[(true, 4, 0), (false, 0, 30)], Some(1), 0);
+    check(
+        &[(false, 0, 30), (false, 0, 90), (false, 0, 60)],
+        Some(1),
+        0,
+    );
+    // Equal waits: the first in request order.
+    check(&[(true, 2, 0), (false, 0, 60), (false, 0, 60)], Some(1), 0);
+}
+
+#[tokio::test]
+async fn peek_asks_only_the_shared_layer_and_takes_nothing() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 100);
+    let check = [req("check:id:u1", "2/1m")];
+
+    let peeked = limiter.peek(&check, at(0)).await.expect("peek");
+    assert!(peeked[0].allowed);
+    assert_eq!(peeked[0].remaining, 1);
+    assert_eq!(limiter.local_keys(), 0);
+
+    limiter.take(&check, at(0)).await.expect("take");
+    limiter.take(&check, at(0)).await.expect("take");
+    let peeked = limiter.peek(&check, at(0)).await.expect("peek");
+    assert!(!peeked[0].allowed);
+    assert_eq!(peeked[0].retry_after, secs(30));
+    assert_eq!(store.takes(), 2);
+    assert!(limiter.peek(&[], at(0)).await.expect("peek").is_empty());
+}
+
+#[test]
+fn the_limiter_can_be_shared_across_tasks() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    fn sendable<T: Send>(_: T) {}
+    let limiter = Limiter::new(Arc::new(AllowAll), settings(10));
+    shared(&limiter);
+    sendable(limiter.take(&[], at(0)));
+    sendable(limiter.peek(&[], at(0)));
+}
+
+#[tokio::test]
+async fn an_unavailable_store_fails_closed() {
+    let store = Arc::new(GcraStore::down());
+    let limiter = limiter(&store, 100);
+    let send = [req("ip", "5/1m")];
+    assert!(matches!(
+        limiter.take(&send, at(0)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(limiter.peek(&send, at(0)).await.is_err());
+}
+
+/// The local layer against the shared arithmetic on one key, over an irregular sequence of
+/// events: it never allows what [`gcra`] refuses; when the period is a multiple of the
+/// limit the two agree exactly, otherwise the local layer is stricter by the remainder
+/// `period % limit` milliseconds.
+#[tokio::test]
+async fn local_layer_agrees_with_the_shared_arithmetic() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: i64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        i64::try_from((seed >> 33) % u64::try_from(bound).expect("positive")).expect("small")
+    };
+    for raw in ["3/10m", "5/1m", "10/1s", "1/1s", "7/10m", "20/1h", "6/7s"] {
+        let quota = q(raw);
+        let interval = quota.emission_interval_ms();
+        let slack = quota.period_ms() - interval * i64::from(quota.limit());
+        let limiter = Limiter::new(Arc::new(AllowAll), settings(10));
+        let request = [LimitRequest {
+            key: "k".to_owned(),
+            quota,
+        }];
+        let (mut now, mut tat) = (0_i64, None);
+        let (mut allowed, mut refused) = (0, 0);
+        for _ in 0..2_000 {
+            // Mostly bursts and short gaps, sometimes a long pause.
+            now += match next(20) {
+                0..=9 => 0,
+                10..=18 => next(interval),
+                _ => next(quota.period_ms()),
+            };
+            let verdict = limiter.take(&request, at(now)).await.expect("take");
+            let local = verdict.decisions()[0].decision;
+            let (shared, new_tat) = gcra(tat, now, &quota);
+            if local.allowed {
+                allowed += 1;
+                assert!(shared.allowed, "{raw} at {now}");
+                assert!(local.remaining <= shared.remaining, "{raw} at {now}");
+                if slack == 0 {
+                    assert_eq!(local.remaining, shared.remaining, "{raw} at {now}");
+                }
+                tat = new_tat;
+            } else {
+                refused += 1;
+                assert_eq!(local.remaining, 0);
+                let wait = i64::try_from(local.retry_after.as_millis()).expect("small");
+                if shared.allowed {
+                    // Refused only within the rounding slack.
+                    assert!(slack > 0, "{raw} at {now}");
+                    assert!(!gcra(tat, now - slack, &quota).0.allowed, "{raw} at {now}");
+                    assert!(wait <= slack, "{raw} at {now}");
+                } else {
+                    let shared_wait = i64::try_from(shared.retry_after.as_millis()).expect("small");
+                    assert_eq!(wait, shared_wait + slack, "{raw} at {now}");
+                }
+            }
+        }
+        assert!(
+            allowed > 100 && refused > 100,
+            "{raw}: {allowed} / {refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_zero_bound_turns_the_local_layer_off() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 0);
+    let send = [req("ip", "1/1m")];
+    for _ in 0..3 {
+        limiter.take(&send, at(0)).await.expect("take");
+    }
+    assert_eq!(store.takes(), 3);
+    assert_eq!(limiter.local_keys(), 0);
+    let verdict = limiter.take(&send, at(0)).await.expect("take");
+    assert_eq!(verdict.first_refusal().map(|(_, d)| d.local), Some(false));
+}
+
+#[tokio::test]
+async fn the_bound_holds_and_stale_keys_go_first() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 10);
+
+    // Nine keys that are stale two seconds later.
+    for i in 0..9 {
+        limiter
+            .take(&[req(&format!("cold:{i}"), "1/1s")], at(0))
+            .await
+            .expect("take");
+    }
+    // A hot key, exhausted: the local layer refuses it.
+    let hot = [req("hot", "5/10m")];
+    for _ in 0..5 {
+        assert!(
+            limiter
+                .take(&hot, at(10_000))
+                .await
+                .expect("take")
+                .allowed()
+        );
+    }
+    assert_eq!(limiter.local_keys(), 10);
+    // One more key passes the bound: the stale ones are evicted, the hot key stays.
+    limiter
+        .take(&[req("cold:new", "1/1s")], at(10_000))
+        .await
+        .expect("take");
+    assert_eq!(limiter.local_keys(), 2);
+    let verdict = limiter.take(&hot, at(10_000)).await.expect("take");
+    assert_eq!(verdict.first_refusal().map(|(_, d)| d.local), Some(true));
+
+    // Fresh keys only: eviction frees nothing, so the layer forgets and stays bounded.
+    for i in 0..1_000 {
+        limiter
+            .take(&[req(&format!("flood:{i}"), "5/10m")], at(20_000))
+            .await
+            .expect("take");
+        assert!(limiter.local_keys() <= 10, "after {i}");
+    }
+
+    // Housekeeping drops what has gone stale by the latest call's time.
+    let held = limiter.local_keys();
+    assert!(held > 0);
+    assert_eq!(limiter.housekeeping(), 0);
+    limiter
+        .take(&[req("late", "5/10m")], at(3_600_000))
+        .await
+        .expect("take");
+    assert_eq!(limiter.housekeeping(), held);
+    assert_eq!(limiter.local_keys(), 1);
+}
+
+/// Resident set size in bytes, from `/proc/self/statm` (pages of 4 KiB); `None` off Linux.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "n/a".to_owned(),
+        |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    )
+}
+
+/// A million distinct keys (an attacker rotating addresses and numbers) never make the
+/// local layer hold more than its bound. Prints the figures; asserts none of them but the
+/// bound.
+#[tokio::test]
+async fn a_million_distinct_keys_stay_within_the_bound() {
+    const BOUND: usize = 100_000;
+    const TAKES: usize = 500_000;
+    let limiter = Limiter::new(Arc::new(AllowAll), settings(BOUND));
+    let rss_before = rss_bytes();
+
+    let mut most = 0;
+    let mut rss_peak = rss_before;
+    for i in 0..TAKES {
+        // Two new keys per take, one a millisecond: the per-IP key is never stale within
+        // the run (the layer must forget), the per-destination key is stale after 40 s
+        // (eviction suffices).
+        let requests = [
+            req(
+                &format!(
+                    "send:login:ip:10.{}.{}.{}",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                ),
+                "5/10m",
+            ),
+            req(&format!("send:login:to:{i:016x}"), "3/1m"),
+        ];
+        let now = at(i64::try_from(i).expect("small"));
+        assert!(limiter.take(&requests, now).await.expect("take").allowed());
+        let held = limiter.local_keys();
+        assert!(held <= BOUND, "{held} keys held after take {i}");
+        most = most.max(held);
+        if i % 50_000 == 0 {
+            rss_peak = rss_peak.max(rss_bytes());
+        }
+    }
+    let held = limiter.local_keys();
+    let rss_after = rss_bytes();
+    drop(limiter);
+    let rss_dropped = rss_bytes();
+    println!(
+        "{} distinct keys through the limiter (bound {BOUND}): at most {most} held, {held} at \
+         the end; RSS before {}, peak {}, after {}, after dropping the limiter {}",
+        TAKES * 2,
+        mib(rss_before),
+        mib(rss_peak.max(rss_after)),
+        mib(rss_after),
+        mib(rss_dropped),
+    );
+}
