@@ -1,0 +1,675 @@
+//! The assessment of one start: which counters to read, what they and the rules say, the
+//! decision, the blocks to impose and the counts the attempt adds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::abuse::{
+    Block, BlockKind, BlockSource, BlockTarget, CountAdd, CountQuery, Counts, RiskAssessment,
+    RiskDecision, RiskReason,
+};
+use domain::{DestinationHash, NumberType, Region};
+
+use crate::config::{FraudConfig, Mode};
+use crate::subject::Subject;
+
+/// What the shared store holds about a subject: the sums of the counters
+/// [`queries`] asked for, in the same order, and the blocks active on the targets
+/// [`block_targets`] named (shadow ones included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// A missing count reads as zero.
+    pub counts: Vec<Counts>,
+    pub blocks: Vec<Block>,
+    /// Whether something decided atomically across replicas (the per-destination rate
+    /// limit) knows this destination was attempted just before. The destination's counter
+    /// alone cannot tell concurrent attempts apart (each reads zero before any adds), which
+    /// would count one destination as several new ones; `Some(true)` marks the attempt a
+    /// repeat whatever the counter says. `None`: the counter decides.
+    pub repeat_destination: Option<bool>,
+}
+
+/// What scoring made of a start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// `None` only when the mode is [`Mode::Off`]. The start must not be sent when
+    /// [`RiskAssessment::refuses`].
+    pub assessment: Option<RiskAssessment>,
+    /// Blocks to impose (through `RiskStore::add_block`), whatever the send does.
+    pub blocks: Vec<Block>,
+    /// Counts to add for this attempt (through `RiskStore::add_counts` at `now`), whether
+    /// or not it is sent, so shadow and enforce see the same counters.
+    pub adds: Vec<CountAdd>,
+}
+
+/// The counter keys: short, namespaced, never a raw destination.
+pub(crate) mod keys {
+    use super::*;
+
+    pub fn country(c: Region) -> String {
+        format!("country:{c}")
+    }
+
+    pub fn prefix(p: &str) -> String {
+        format!("prefix:{p}")
+    }
+
+    pub fn destination(h: &DestinationHash) -> String {
+        format!("dest:{}", h.as_str())
+    }
+
+    pub fn ip_fan_out(ip: &str) -> String {
+        format!("ipfan:{ip}")
+    }
+
+    pub fn identity_fan_out(tag: &str) -> String {
+        format!("idfan:{tag}")
+    }
+
+    pub fn sequential(tag: &str) -> String {
+        format!("seq:{tag}")
+    }
+}
+
+/// What each counter read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// This destination's own attempts (and approvals) over the novelty window: zero
+    /// attempts means the destination is new.
+    Destination,
+    PrefixVelocity,
+    PrefixConversion,
+    CountryConversion,
+    Sequential,
+    IpFanOut,
+    IdentityFanOut,
+}
+
+fn since(now: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(window)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn later(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The counters a subject's assessment reads, each with what it is for.
+fn plan(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> Vec<(Slot, CountQuery)> {
+    let query = |key: String, window: Duration| CountQuery {
+        key,
+        since: since(now, window),
+    };
+    let mut plan = vec![(
+        Slot::Destination,
+        query(
+            keys::destination(&subject.destination),
+            config.novelty_window(),
+        ),
+    )];
+    if let Some(phone) = &subject.phone {
+        if config.prefix_velocity.enabled() {
+            plan.push((
+                Slot::PrefixVelocity,
+                query(
+                    keys::prefix(&phone.range_prefix),
+                    config.prefix_velocity.window,
+                ),
+            ));
+        }
+        if config.prefix_conversion.enabled() {
+            plan.push((
+                Slot::PrefixConversion,
+                query(
+                    keys::prefix(&phone.range_prefix),
+                    config.prefix_conversion.window,
+                ),
+            ));
+        }
+        if let Some(country) = phone.country
+            && config.country_conversion.enabled()
+        {
+            plan.push((
+                Slot::CountryConversion,
+                query(keys::country(country), config.country_conversion.window),
+            ));
+        }
+        if config.sequential.enabled() {
+            plan.push((
+                Slot::Sequential,
+                query(
+                    keys::sequential(&phone.hundred_block_tag),
+                    config.sequential.window,
+                ),
+            ));
+        }
+    }
+    if let Some(ip) = &subject.ip
+        && config.ip_fan_out.enabled()
+    {
+        plan.push((
+            Slot::IpFanOut,
+            query(keys::ip_fan_out(ip), config.ip_fan_out.window),
+        ));
+    }
+    if let Some(identity) = &subject.identity
+        && config.identity_fan_out.enabled()
+    {
+        plan.push((
+            Slot::IdentityFanOut,
+            query(
+                keys::identity_fan_out(identity),
+                config.identity_fan_out.window,
+            ),
+        ));
+    }
+    plan
+}
+
+/// The counters to read for `subject`, in the order [`Observed::counts`] must answer them.
+/// Empty when the mode is [`Mode::Off`].
+pub fn queries(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> Vec<CountQuery> {
+    if config.mode == Mode::Off {
+        return Vec::new();
+    }
+    plan(config, subject, now)
+        .into_iter()
+        .map(|(_, q)| q)
+        .collect()
+}
+
+/// The targets whose active blocks apply to `subject`: its destination, client IP, range
+/// and country.
+pub fn block_targets(subject: &Subject) -> Vec<BlockTarget> {
+    let target = |kind, value: &str| BlockTarget {
+        kind,
+        value: value.to_owned(),
+    };
+    let mut targets = vec![target(BlockKind::Destination, subject.destination.as_str())];
+    if let Some(ip) = &subject.ip {
+        targets.push(target(BlockKind::Ip, ip));
+    }
+    if let Some(phone) = &subject.phone {
+        targets.push(target(BlockKind::Prefix, &phone.range_prefix));
+        if let Some(country) = phone.country {
+            targets.push(target(BlockKind::Country, country.as_str()));
+        }
+    }
+    targets
+}
+
+/// The counts an approved check adds: one approval to the destination's country, range
+/// and own counter. Empty when the mode is [`Mode::Off`]. Only the channel-independent
+/// parts of `subject` are read (destination and phone parts).
+pub fn approved(config: &FraudConfig, subject: &Subject) -> Vec<CountAdd> {
+    if config.mode == Mode::Off {
+        return Vec::new();
+    }
+    let approval = |key| CountAdd {
+        key,
+        attempts: 0,
+        approved: 1,
+    };
+    let mut adds = Vec::new();
+    if let Some(phone) = &subject.phone {
+        if let Some(country) = phone.country {
+            adds.push(approval(keys::country(country)));
+        }
+        adds.push(approval(keys::prefix(&phone.range_prefix)));
+    }
+    adds.push(approval(keys::destination(&subject.destination)));
+    adds
+}
+
+/// How a finding takes part in the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Decides `block` outright: a denied country or number type, an active block.
+    Rule,
+    /// What the number is (its country, its type).
+    Context,
+    /// Behaviour of the number's range: grounds for blocking the range.
+    Range,
+    /// Fan-out from the client IP: grounds for blocking the IP.
+    IpFanOut,
+    /// Any other behaviour.
+    Other,
+}
+
+#[derive(Debug)]
+struct Finding {
+    class: Class,
+    reason: RiskReason,
+}
+
+/// How a reason names a number type.
+fn type_name(t: NumberType) -> String {
+    match t {
+        NumberType::Voip => "VoIP".to_owned(),
+        NumberType::Uan => "UAN".to_owned(),
+        other => other.as_str().replace('_', " "),
+    }
+}
+
+/// `10 minutes`, `hour`, `6 hours`: what follows "in the last" in a reason.
+fn window_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        3600 => "hour".to_owned(),
+        60 => "minute".to_owned(),
+        s if s > 3600 && s.is_multiple_of(3600) => format!("{} hours", s / 3600),
+        s if s > 60 && s.is_multiple_of(60) => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// How a reason names a block's target: never the destination or its hash.
+fn target_text(target: &BlockTarget) -> String {
+    match target.kind {
+        BlockKind::Prefix => format!("range {}", target.value),
+        BlockKind::Country => format!("country {}", target.value),
+        BlockKind::Destination => "this destination".to_owned(),
+        BlockKind::Ip => "the client IP".to_owned(),
+    }
+}
+
+fn active_block_code(kind: BlockKind) -> &'static str {
+    match kind {
+        BlockKind::Prefix => "BLOCKED_PREFIX",
+        BlockKind::Country => "BLOCKED_COUNTRY",
+        BlockKind::Destination => "BLOCKED_DESTINATION",
+        BlockKind::Ip => "BLOCKED_IP",
+    }
+}
+
+pub(crate) fn new_block(
+    target: BlockTarget,
+    reason: &str,
+    detail: String,
+    source: BlockSource,
+    shadow: bool,
+    now: DateTime<Utc>,
+    duration: Duration,
+) -> Block {
+    Block {
+        target,
+        reason: reason.to_owned(),
+        detail,
+        source,
+        shadow,
+        created_at: now,
+        expires_at: later(now, duration),
+    }
+}
+
+/// Scores one start from what the store holds, `observed` answering [`queries`] and
+/// [`block_targets`] for the same `subject` and `now`.
+pub fn assess(
+    config: &FraudConfig,
+    subject: &Subject,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Outcome {
+    if config.mode == Mode::Off {
+        return Outcome::default();
+    }
+    let shadow = config.mode == Mode::Shadow;
+    let plan = plan(config, subject, now);
+    let counts = |slot: Slot| {
+        plan.iter()
+            .position(|(s, _)| *s == slot)
+            .and_then(|i| observed.counts.get(i))
+            .copied()
+            .unwrap_or_default()
+    };
+    let own = counts(Slot::Destination);
+    let new_destination = own.attempts == 0 && observed.repeat_destination != Some(true);
+    let fresh = u64::from(new_destination);
+
+    let mut findings = Vec::new();
+    let mut find = |class, code: &str, message: String, weight: u32| {
+        if weight > 0 {
+            findings.push(Finding {
+                class,
+                reason: RiskReason {
+                    code: code.to_owned(),
+                    message,
+                    weight,
+                },
+            });
+        }
+    };
+    let rule_weight = config.block_score.max(1);
+
+    // Rules that decide outright.
+    if let Some(phone) = &subject.phone {
+        match phone.country {
+            Some(c) if config.block_countries.contains(&c) => find(
+                Class::Rule,
+                "COUNTRY_BLOCKED",
+                format!("country {c} is on the block list"),
+                rule_weight,
+            ),
+            Some(c)
+                if !config.allow_countries.is_empty() && !config.allow_countries.contains(&c) =>
+            {
+                find(
+                    Class::Rule,
+                    "COUNTRY_NOT_ALLOWED",
+                    format!("country {c} is not on the allow list"),
+                    rule_weight,
+                )
+            }
+            None if !config.allow_countries.is_empty() => find(
+                Class::Rule,
+                "COUNTRY_NOT_ALLOWED",
+                "the number belongs to no country, and only listed countries are allowed"
+                    .to_owned(),
+                rule_weight,
+            ),
+            _ => {}
+        }
+        if config.blocked_number_types.contains(&phone.number_type) {
+            find(
+                Class::Rule,
+                "NUMBER_TYPE_BLOCKED",
+                format!("{} numbers are blocked", type_name(phone.number_type)),
+                rule_weight,
+            );
+        }
+    }
+
+    // Active blocks: in enforce mode only enforced ones, so that switching from shadow to
+    // enforce does not suddenly enforce what shadow mode imposed; in shadow mode all, so
+    // shadow decisions are the ones enforce would have made.
+    let targets = block_targets(subject);
+    let mut blocked: Vec<&BlockTarget> = Vec::new();
+    for block in &observed.blocks {
+        let counts_here = block.expires_at > now
+            && targets.contains(&block.target)
+            && (shadow || !block.shadow)
+            && !blocked.contains(&&block.target);
+        if !counts_here {
+            continue;
+        }
+        blocked.push(&block.target);
+        let detail = if block.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", block.detail)
+        };
+        find(
+            Class::Rule,
+            active_block_code(block.target.kind),
+            format!(
+                "{} is blocked by {} until {} ({}{detail}){}",
+                target_text(&block.target),
+                block.source.as_str(),
+                block.expires_at.format("%Y-%m-%d %H:%M UTC"),
+                block.reason,
+                if block.shadow { " [shadow block]" } else { "" },
+            ),
+            rule_weight,
+        );
+    }
+
+    // What the number is.
+    if let Some(phone) = &subject.phone {
+        match phone.country {
+            Some(c) if config.high_risk_countries.contains(&c) => find(
+                Class::Context,
+                "HIGH_RISK_COUNTRY",
+                format!("country {c} is on the high-risk list"),
+                config.high_risk_country_weight,
+            ),
+            None => find(
+                Class::Context,
+                "UNKNOWN_COUNTRY",
+                "the number belongs to no country (a satellite or international network number)"
+                    .to_owned(),
+                config.unknown_country_weight,
+            ),
+            Some(_) => {}
+        }
+        if config.risky_number_types.contains(&phone.number_type) {
+            find(
+                Class::Context,
+                "RISKY_NUMBER_TYPE",
+                format!(
+                    "{} numbers are often used for abuse",
+                    type_name(phone.number_type)
+                ),
+                config.risky_number_type_weight,
+            );
+        }
+    }
+
+    // Behaviour. Conversion is approvals over new destinations; a destination seen before
+    // (a resend) is left out of its range's and country's figures while it is scored.
+    let seen = u64::from(!new_destination);
+    if let Some(phone) = &subject.phone {
+        let range = &phone.range_prefix;
+        let s = &config.prefix_velocity;
+        let n = counts(Slot::PrefixVelocity).attempts + fresh;
+        if let Some(t) = s.reached(n) {
+            find(
+                Class::Range,
+                "PREFIX_VELOCITY",
+                format!(
+                    "range {range} got {n} new destinations in the last {} (threshold {})",
+                    window_text(s.window),
+                    t.at
+                ),
+                t.weight,
+            );
+        }
+        let s = &config.prefix_conversion;
+        let c = counts(Slot::PrefixConversion);
+        let tried = c.attempts.saturating_sub(seen);
+        let approved = c.approved.saturating_sub(own.approved);
+        if let Some(t) = s.reached(tried, approved) {
+            find(
+                Class::Range,
+                "PREFIX_LOW_CONVERSION",
+                format!(
+                    "range {range} converted {approved} of {tried} new destinations in the last {} (under {}%)",
+                    window_text(s.window),
+                    t.below_percent
+                ),
+                t.weight,
+            );
+        }
+        let s = &config.sequential;
+        let n = counts(Slot::Sequential).attempts + fresh;
+        if let Some(t) = s.reached(n) {
+            find(
+                Class::Range,
+                "SEQUENTIAL_NUMBERS",
+                format!(
+                    "{n} new destinations in one block of 100 numbers in the last {} (threshold {})",
+                    window_text(s.window),
+                    t.at
+                ),
+                t.weight,
+            );
+        }
+        let s = &config.country_conversion;
+        if let Some(country) = phone.country {
+            let c = counts(Slot::CountryConversion);
+            let tried = c.attempts.saturating_sub(seen);
+            let approved = c.approved.saturating_sub(own.approved);
+            if let Some(t) = s.reached(tried, approved) {
+                find(
+                    Class::Other,
+                    "COUNTRY_LOW_CONVERSION",
+                    format!(
+                        "country {country} converted {approved} of {tried} new destinations in the last {} (under {}%)",
+                        window_text(s.window),
+                        t.below_percent
+                    ),
+                    t.weight,
+                );
+            }
+        }
+    }
+    let s = &config.ip_fan_out;
+    if subject.ip.is_some() {
+        let n = counts(Slot::IpFanOut).attempts + fresh;
+        if let Some(t) = s.reached(n) {
+            find(
+                Class::IpFanOut,
+                "IP_FAN_OUT",
+                format!(
+                    "{n} new destinations from the client IP in the last {} (threshold {})",
+                    window_text(s.window),
+                    t.at
+                ),
+                t.weight,
+            );
+        }
+    }
+    let s = &config.identity_fan_out;
+    if subject.identity.is_some() {
+        let n = counts(Slot::IdentityFanOut).attempts + fresh;
+        if let Some(t) = s.reached(n) {
+            find(
+                Class::Other,
+                "IDENTITY_FAN_OUT",
+                format!(
+                    "{n} new destinations for this identity in the last {} (threshold {})",
+                    window_text(s.window),
+                    t.at
+                ),
+                t.weight,
+            );
+        }
+    }
+
+    // The strongest first; equal weights keep the order above (rules first).
+    findings.sort_by_key(|f| std::cmp::Reverse(f.reason.weight));
+    let sum = |counted: &dyn Fn(Class) -> bool| {
+        findings
+            .iter()
+            .filter(|f| counted(f.class))
+            .fold(0u32, |acc, f| acc.saturating_add(f.reason.weight))
+    };
+    let score = sum(&|_| true);
+    // What the number is may ask for a step-up but never blocks: a block needs behaviour.
+    // (A block stops the sends whose approvals would show a range is fine after all; a
+    // step-up lets users through and the evidence with them.)
+    let behaviour = sum(&|c| !matches!(c, Class::Rule | Class::Context));
+    let ruled = findings.iter().any(|f| f.class == Class::Rule);
+    let mut decision = if ruled || behaviour >= config.block_score {
+        RiskDecision::Block
+    } else if score >= config.step_up_score {
+        RiskDecision::StepUp
+    } else {
+        RiskDecision::Allow
+    };
+    let mut reasons: Vec<RiskReason> = findings.iter().map(|f| f.reason.clone()).collect();
+    if decision == RiskDecision::StepUp && subject.step_up_completed {
+        decision = RiskDecision::Allow;
+        reasons.push(RiskReason {
+            code: "STEP_UP_COMPLETED".to_owned(),
+            message: "the caller completed a step-up check for this start, so no further step-up is asked"
+                .to_owned(),
+            weight: 0,
+        });
+    }
+
+    // Auto-blocks: when behaviour reaches the block score, on the range when its behaviour
+    // took part, and on the IP when its fan-out did. A target already blocked (as counted
+    // above) is not blocked again.
+    let mut blocks = Vec::new();
+    if behaviour >= config.block_score {
+        let mut impose = |target: BlockTarget, class: Class| {
+            let finding = findings.iter().find(|f| f.class == class);
+            if let Some(f) = finding
+                && !blocked.contains(&&target)
+            {
+                blocks.push(new_block(
+                    target,
+                    &f.reason.code,
+                    f.reason.message.clone(),
+                    BlockSource::Scoring,
+                    shadow,
+                    now,
+                    config.auto_block,
+                ));
+            }
+        };
+        if let Some(phone) = &subject.phone {
+            impose(
+                BlockTarget {
+                    kind: BlockKind::Prefix,
+                    value: phone.range_prefix.clone(),
+                },
+                Class::Range,
+            );
+        }
+        if let Some(ip) = &subject.ip {
+            impose(
+                BlockTarget {
+                    kind: BlockKind::Ip,
+                    value: ip.clone(),
+                },
+                Class::IpFanOut,
+            );
+        }
+    }
+
+    Outcome {
+        assessment: Some(RiskAssessment {
+            decision,
+            score,
+            reasons,
+            shadow,
+        }),
+        blocks,
+        adds: attempt_adds(subject, new_destination, ruled),
+    }
+}
+
+/// What a scored attempt adds: one to its destination's counter and, when the destination
+/// is new, one to each counter of new destinations (range, country, hundred-block, IP,
+/// identity), refused or not, so shadow and enforce count alike.
+///
+/// A start a rule refused (an active block, a denied country or number type) adds nothing
+/// to its range and country: while a range is blocked its users cannot approve, and
+/// counting them would keep its conversion down and block it again the moment the block
+/// ends, for ever, even when it was blocked by mistake.
+fn attempt_adds(subject: &Subject, new_destination: bool, ruled: bool) -> Vec<CountAdd> {
+    let attempt = |key| CountAdd {
+        key,
+        attempts: 1,
+        approved: 0,
+    };
+    let mut adds = vec![attempt(keys::destination(&subject.destination))];
+    if !new_destination {
+        return adds;
+    }
+    if let Some(phone) = &subject.phone {
+        if !ruled {
+            if let Some(country) = phone.country {
+                adds.push(attempt(keys::country(country)));
+            }
+            adds.push(attempt(keys::prefix(&phone.range_prefix)));
+        }
+        adds.push(attempt(keys::sequential(&phone.hundred_block_tag)));
+    }
+    if let Some(ip) = &subject.ip {
+        adds.push(attempt(keys::ip_fan_out(ip)));
+    }
+    if let Some(identity) = &subject.identity {
+        adds.push(attempt(keys::identity_fan_out(identity)));
+    }
+    adds
+}
+
+#[cfg(test)]
+mod tests;
