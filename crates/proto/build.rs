@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut compiler = protox::Compiler::new(["../../proto"])?;
     compiler.include_source_info(true).include_imports(true);
-    compiler.open_files(["verify/v1/verify.proto"])?;
+    compiler.open_files(["verify/v1/verify.proto", "verify/admin/v1/admin.proto"])?;
     std::fs::write(
         out_dir.join("verify_v1_descriptor.bin"),
         compiler.encode_file_descriptor_set(),

@@ -42,18 +42,23 @@ fn flag(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
-pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    let which = match args.first().map(String::as_str) {
-        None | Some("all") => ["flows", "delivery"].as_slice(),
-        Some("flows") => ["flows"].as_slice(),
-        Some("delivery") => ["delivery"].as_slice(),
-        Some(a) if a.starts_with("--") => ["flows", "delivery"].as_slice(),
-        Some(other) => bail!("unknown benchmark `{other}` (flows, delivery or all)"),
-    };
-    let flows = flag(args, "--flows", 2000)?;
-    let concurrency = flag(args, "--concurrency", 32)?.max(1);
-    let events = flag(args, "--events", 5000)?;
-    let fallbacks = flag(args, "--fallbacks", 50)?.max(1);
+/// A release gateway running in the embedded mode on free ports, killed on drop.
+pub(crate) struct BenchGateway {
+    _child: KillOnDrop,
+    pub grpc: u16,
+    pub sandbox: u16,
+    pub webhooks: u16,
+    data_dir: std::path::PathBuf,
+}
+
+impl Drop for BenchGateway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Builds the release binary once.
+pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     super::run(Command::new(cargo).current_dir(root).args([
         "build",
@@ -63,50 +68,88 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "verify-service",
         "--bin",
         "verify-gateway",
-    ]))?;
-    let data_dir =
-        std::env::temp_dir().join(format!("verify-gateway-bench-{}", std::process::id()));
+    ]))
+}
+
+/// Starts the release gateway with a fresh data directory and `env` set.
+pub(crate) fn spawn_gateway(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<BenchGateway> {
+    let data_dir = std::env::temp_dir().join(format!(
+        "verify-gateway-bench-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let grpc_port = free_port()?;
-    let sandbox_port = free_port()?;
-    let webhooks_port = free_port()?;
-    let child = Command::new(root.join("target/release/verify-gateway"))
+    let grpc = free_port()?;
+    let sandbox = free_port()?;
+    let webhooks = free_port()?;
+    let mut command = Command::new(root.join("target/release/verify-gateway"));
+    command
         .arg("--grpc-addr")
-        .arg(format!("127.0.0.1:{grpc_port}"))
+        .arg(format!("127.0.0.1:{grpc}"))
         .arg("--sandbox-addr")
-        .arg(format!("127.0.0.1:{sandbox_port}"))
+        .arg(format!("127.0.0.1:{sandbox}"))
         .arg("--webhooks-addr")
-        .arg(format!("127.0.0.1:{webhooks_port}"))
+        .arg(format!("127.0.0.1:{webhooks}"))
         .arg("--data-dir")
         .arg(&data_dir)
         .env("VERIFY_LOG__FILTER", "warn")
         .env_remove("TWILIO_ACCOUNT_SID")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting verify-gateway")?;
-    let _guard = KillOnDrop(child);
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.spawn().context("starting verify-gateway")?;
+    Ok(BenchGateway {
+        _child: KillOnDrop(child),
+        grpc,
+        sandbox,
+        webhooks,
+        data_dir,
+    })
+}
+
+pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let which = match args.first().map(String::as_str) {
+        None | Some("all") => ["flows", "delivery", "abuse"].as_slice(),
+        Some("flows") => ["flows"].as_slice(),
+        Some("delivery") => ["delivery"].as_slice(),
+        Some("abuse") => ["abuse"].as_slice(),
+        Some(a) if a.starts_with("--") => ["flows", "delivery", "abuse"].as_slice(),
+        Some(other) => bail!("unknown benchmark `{other}` (flows, delivery, abuse or all)"),
+    };
+    let flows = flag(args, "--flows", 2000)?;
+    let concurrency = flag(args, "--concurrency", 32)?.max(1);
+    let events = flag(args, "--events", 5000)?;
+    let fallbacks = flag(args, "--fallbacks", 50)?.max(1);
+    let legit = flag(args, "--legit", 1000)?;
+    let attack = flag(args, "--attack", 1000)?;
+    build_release(root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ports = crate::bench_delivery::Ports {
-        sandbox: sandbox_port,
-        webhooks: webhooks_port,
-    };
-    let result = runtime.block_on(async {
-        if which.contains(&"flows") {
-            drive(grpc_port, sandbox_port, flows, concurrency).await?;
+    runtime.block_on(async {
+        if which.iter().any(|w| *w == "flows" || *w == "delivery") {
+            let gateway = spawn_gateway(root, &[])?;
+            let ports = crate::bench_delivery::Ports {
+                sandbox: gateway.sandbox,
+                webhooks: gateway.webhooks,
+            };
+            if which.contains(&"flows") {
+                drive(gateway.grpc, gateway.sandbox, flows, concurrency).await?;
+            }
+            if which.contains(&"delivery") {
+                let client = connect(gateway.grpc).await?;
+                crate::bench_delivery::ingest(&ports, events, concurrency).await?;
+                crate::bench_delivery::fallback(&ports, client, fallbacks).await?;
+            }
         }
-        if which.contains(&"delivery") {
-            let client = connect(grpc_port).await?;
-            crate::bench_delivery::ingest(&ports, events, concurrency).await?;
-            crate::bench_delivery::fallback(&ports, client, fallbacks).await?;
+        if which.contains(&"abuse") {
+            crate::bench_abuse::run(root, legit, attack).await?;
         }
         anyhow::Ok(())
-    });
-    let _ = std::fs::remove_dir_all(&data_dir);
-    result
+    })
 }
 
 pub(crate) async fn connect(
@@ -127,11 +170,18 @@ pub(crate) async fn connect(
     }
 }
 
-/// A distinct valid US number per flow, so every flow is a fresh verification.
+/// A distinct valid US number per flow, spread over many area codes and exchanges as real
+/// users are (fraud scoring would rightly refuse thousands of numbers in one range).
 fn number(i: usize) -> String {
-    const AREAS: [u32; 8] = [212, 213, 312, 646, 617, 305, 206, 702];
-    let area = AREAS[(i / 9000) % AREAS.len()];
-    format!("+1{area}555{:04}", 1000 + i % 9000)
+    const AREAS: [u32; 16] = [
+        212, 213, 312, 646, 617, 305, 206, 702, 415, 404, 503, 512, 602, 614, 713, 818,
+    ];
+    // A fixed odd multiplier permutes the indices, so numbers never repeat.
+    let n = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000_000_000;
+    let area = AREAS[(n % 16) as usize];
+    let exchange = 200 + (n / 16) % 700;
+    let line = (n / 11_200) % 10_000;
+    format!("+1{area}{exchange}{line:04}")
 }
 
 #[derive(Default)]

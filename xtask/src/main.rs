@@ -5,9 +5,11 @@
 //! - `ci`: what CI runs: tools, PostgreSQL and RabbitMQ (`deps`), rustfmt check, clippy
 //!   `-D warnings`, buf lint, the deployment files' validators, all tests.
 //! - `deps`: a throwaway PostgreSQL and RabbitMQ on loopback (see `deps.rs`).
-//! - `bench`: drives Start+Check against the embedded gateway and prints figures.
+//! - `bench`: drives Start+Check against the embedded gateway, and an SMS-pumping scenario
+//!   (`bench abuse`), and prints figures.
 
 mod bench;
+mod bench_abuse;
 mod bench_delivery;
 mod deploy_check;
 mod deps;
@@ -56,10 +58,13 @@ fn print_help() {
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
          smoke   the distributed fallback as separate processes (after deps up and a build)\n  \
-         bench   [flows|delivery|all] load against the embedded gateway; prints figures\n          \
+         bench   [flows|delivery|abuse|all] load against the embedded gateway; prints figures\n          \
          flows: Start+Check requests/s, p50, p99 (--flows N, default 2000)\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
          failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
+         abuse: an SMS-pumping attack among legitimate users, enforce and shadow mode:\n          \
+         attack sends stopped, sends until each range is blocked, legit refused\n          \
+         (--legit N, default 1000; --attack N, default 1000)\n          \
          --concurrency C (default 32)"
     );
 }

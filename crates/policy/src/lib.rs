@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::abuse::Quota;
 use domain::{Channel, Destination, Purpose, Region};
 
 /// Twilio's own limits; our limits must stay within them.
@@ -35,6 +36,59 @@ pub struct PurposeSettings {
     pub fallback: Vec<Channel>,
     /// How long a send may go without a delivery report before the fallback happens.
     pub fallback_after: Duration,
+    /// The purpose's rate limits.
+    pub limits: RateLimits,
+}
+
+/// A purpose's rate limits, each a [`Quota`] or `None` (that limit is off). Keys are per
+/// purpose: one purpose's traffic never uses up another's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Sends (starts and resends) to one destination.
+    pub send_per_destination: Option<Quota>,
+    /// Sends asked for by one client IP address (IPv6 by /64).
+    pub send_per_client_ip: Option<Quota>,
+    /// Sends asked for by one identity (the caller's user id).
+    pub send_per_identity: Option<Quota>,
+    /// Sends to one range of numbers (the E.164 number without its last five digits).
+    pub send_per_range: Option<Quota>,
+    /// Sends to one destination country.
+    pub send_per_country: Option<Quota>,
+    /// Checks by one identity (or, without one, on one verification).
+    pub check_per_identity: Option<Quota>,
+    /// After a wrong code, how long the next check on that verification must wait.
+    pub check_cooldown: Duration,
+}
+
+impl RateLimits {
+    /// No limits at all.
+    pub fn none() -> Self {
+        RateLimits {
+            send_per_destination: None,
+            send_per_client_ip: None,
+            send_per_identity: None,
+            send_per_range: None,
+            send_per_country: None,
+            check_per_identity: None,
+            check_cooldown: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    /// The recommended limits: generous for people, tight for scripts.
+    fn default() -> Self {
+        let q = |raw: &str| Quota::parse(raw).ok();
+        RateLimits {
+            send_per_destination: q("5/10m"),
+            send_per_client_ip: q("20/10m"),
+            send_per_identity: q("10/10m"),
+            send_per_range: q("100/10m"),
+            send_per_country: q("20000/1d"),
+            check_per_identity: q("30/10m"),
+            check_cooldown: Duration::ZERO,
+        }
+    }
 }
 
 impl PurposeSettings {
@@ -51,6 +105,7 @@ impl PurposeSettings {
             idempotency_window: Duration::from_secs(600),
             fallback: Vec::new(),
             fallback_after: Duration::from_secs(30),
+            limits: RateLimits::default(),
         }
     }
 }
@@ -69,6 +124,7 @@ pub struct PurposePolicy {
     idempotency_window: Duration,
     fallback: Vec<Channel>,
     fallback_after: Duration,
+    limits: RateLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,6 +229,7 @@ impl PurposePolicy {
             idempotency_window: s.idempotency_window,
             fallback: s.fallback,
             fallback_after: s.fallback_after,
+            limits: s.limits,
         })
     }
 
@@ -252,6 +309,10 @@ impl PurposePolicy {
 
     /// How long a send may stay without a delivery report before falling back; `None` when
     /// the purpose has no fallback chain.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     pub fn fallback_after(&self) -> Option<Duration> {
         (!self.fallback.is_empty()).then_some(self.fallback_after)
     }

@@ -11,7 +11,10 @@ use domain::ports::VerificationStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Settings, Upstream};
+use crate::abuse::AbuseGuard;
+use crate::admin::AdminService;
+use crate::config::{AdminAccess, Settings, Upstream};
+use crate::metrics::Metrics;
 use crate::service::{SystemClock, VerifyCore};
 use crate::{fallback, keys};
 
@@ -95,6 +98,43 @@ const DEDUPE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 /// a redelivery that old still changes nothing, as the state machine ignores it).
 const IN_PROCESS_DEDUPE_CAPACITY: usize = 100_000;
 
+/// How often limiter and scoring state is tidied.
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long scoring's counters are kept: the longest window any signal reads.
+const COUNTERS_KEPT: chrono::Duration = chrono::Duration::days(2);
+
+/// Evicts stale in-process limiter keys and, in the database, limiter rows that hold no
+/// information and counter buckets past every window. Any replica may do it; the deletes
+/// are idempotent.
+async fn housekeeping(
+    abuse: Arc<AbuseGuard>,
+    database: storage::Database,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        abuse.housekeeping();
+        let now = chrono::Utc::now();
+        if let Err(e) = database.rate_limits().purge_limits(now).await {
+            tracing::warn!(error = %e, "purging rate-limit state failed");
+        }
+        if let Err(e) = database
+            .risk_store()
+            .purge_counts(now - COUNTERS_KEPT)
+            .await
+        {
+            tracing::warn!(error = %e, "purging scoring counters failed");
+        }
+    }
+}
+
 /// A gateway whose listeners are bound; `run` serves until shutdown.
 #[derive(Debug)]
 pub struct Gateway {
@@ -104,6 +144,9 @@ pub struct Gateway {
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
     bus: GatewayBus,
+    abuse: Arc<AbuseGuard>,
+    admin: Option<crate::server::Admin>,
+    metrics: Option<(TcpListener, Arc<Metrics>)>,
 }
 
 impl Gateway {
@@ -187,14 +230,47 @@ impl Gateway {
                 telemetry::trace::current_headers,
             ));
 
+        let metrics = Arc::new(Metrics::new());
+        let limiter = ratelimit::Limiter::new(
+            database.rate_limits(),
+            ratelimit::LocalSettings {
+                max_keys: settings.local_max_keys,
+            },
+        );
+        let abuse = Arc::new(AbuseGuard::new(
+            limiter,
+            database.risk_store(),
+            settings.fraud.clone(),
+            keys.blind_index.clone(),
+            Arc::clone(&metrics),
+        ));
+        let clock: Arc<dyn domain::ports::Clock> = Arc::new(SystemClock);
+        let admin = match &settings.admin {
+            AdminAccess::Off => None,
+            access => Some(crate::server::Admin {
+                service: AdminService::new(
+                    database.risk_store(),
+                    Arc::clone(&clock),
+                    Arc::clone(&metrics),
+                ),
+                token: match access {
+                    AdminAccess::Token(token) => Some(token.clone()),
+                    _ => None,
+                },
+            }),
+        };
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let core = Arc::new(VerifyCore::new(
             settings.policies.clone(),
             Arc::new(provider),
             database.verifications(),
-            Arc::new(SystemClock),
-            keys.blind_index,
-            keys.keyring,
+            clock,
+            keys,
             bus.as_dyn(),
+            Arc::clone(&abuse),
         ));
         let subscription = fallback::subscription();
         // Replicas on RabbitMQ dedupe together in the database. The in-process bus has one
@@ -227,6 +303,9 @@ impl Gateway {
             webhooks,
             database,
             bus,
+            abuse,
+            admin,
+            metrics: metrics_listener.map(|l| (l, metrics)),
         })
     }
 
@@ -236,6 +315,11 @@ impl Gateway {
 
     pub fn sandbox_addr(&self) -> Option<SocketAddr> {
         self.sandbox.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Where the embedded webhook receiver listens, when it runs.
@@ -266,12 +350,29 @@ impl Gateway {
         let grpc_task = tokio::spawn(crate::server::serve(
             self.grpc,
             (*self.core).clone(),
+            self.admin,
+            stopped(stop_rx.clone()),
+        ));
+        let metrics_task = self.metrics.map(|(listener, metrics)| {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                stopped(stop_rx.clone()),
+            ))
+        });
+        let housekeeping_task = tokio::spawn(housekeeping(
+            Arc::clone(&self.abuse),
+            self.database.clone(),
             stopped(stop_rx.clone()),
         ));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         grpc_task.await.context("gRPC task")??;
+        if let Some(task) = metrics_task {
+            task.await.context("metrics task")??;
+        }
+        housekeeping_task.await.context("housekeeping task")?;
         if let Some(task) = webhooks_task {
             task.await.context("webhook task")?.context("webhooks")?;
         }

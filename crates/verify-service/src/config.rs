@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use domain::abuse::Quota;
 use domain::{Channel, Purpose, Region};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use policy::{Policies, PurposePolicy, PurposeSettings};
+use policy::{Policies, PurposePolicy, PurposeSettings, RateLimits};
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -31,7 +32,132 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     keys: RawKeys,
+    rate_limits: RawRateLimits,
+    fraud: RawFraud,
+    admin: RawAdmin,
+    metrics: RawMetrics,
     purposes: BTreeMap<String, RawPurpose>,
+}
+
+/// Rate limits as `N/PERIOD` strings (`5/10m`); `"off"` turns one off. The top-level table
+/// holds every key; a purpose's `rate_limits` table overrides some of them.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    send_per_destination: Option<String>,
+    send_per_client_ip: Option<String>,
+    send_per_identity: Option<String>,
+    send_per_range: Option<String>,
+    send_per_country: Option<String>,
+    check_per_identity: Option<String>,
+    check_cooldown_seconds: Option<u64>,
+    /// Keys the in-process layer holds at most (per quota) before it evicts.
+    local_max_keys: Option<usize>,
+}
+
+impl RawRateLimits {
+    fn overlaid(&self, over: &RawRateLimits) -> RawRateLimits {
+        let pick = |a: &Option<String>, b: &Option<String>| b.clone().or_else(|| a.clone());
+        RawRateLimits {
+            send_per_destination: pick(&self.send_per_destination, &over.send_per_destination),
+            send_per_client_ip: pick(&self.send_per_client_ip, &over.send_per_client_ip),
+            send_per_identity: pick(&self.send_per_identity, &over.send_per_identity),
+            send_per_range: pick(&self.send_per_range, &over.send_per_range),
+            send_per_country: pick(&self.send_per_country, &over.send_per_country),
+            check_per_identity: pick(&self.check_per_identity, &over.check_per_identity),
+            check_cooldown_seconds: over.check_cooldown_seconds.or(self.check_cooldown_seconds),
+            local_max_keys: self.local_max_keys,
+        }
+    }
+
+    fn resolve(&self, table: &str) -> anyhow::Result<RateLimits> {
+        let quota = |name: &str, raw: &Option<String>| -> anyhow::Result<Option<Quota>> {
+            match raw.as_deref().map(str::trim) {
+                None | Some("") | Some("off") => Ok(None),
+                Some(q) => Quota::parse(q)
+                    .map(Some)
+                    .with_context(|| format!("{table}.{name}")),
+            }
+        };
+        Ok(RateLimits {
+            send_per_destination: quota("send_per_destination", &self.send_per_destination)?,
+            send_per_client_ip: quota("send_per_client_ip", &self.send_per_client_ip)?,
+            send_per_identity: quota("send_per_identity", &self.send_per_identity)?,
+            send_per_range: quota("send_per_range", &self.send_per_range)?,
+            send_per_country: quota("send_per_country", &self.send_per_country)?,
+            check_per_identity: quota("check_per_identity", &self.check_per_identity)?,
+            check_cooldown: Duration::from_secs(self.check_cooldown_seconds.unwrap_or(0)),
+        })
+    }
+}
+
+/// Fraud scoring: the mode and the lists operators tune most; every other knob keeps the
+/// `fraud` crate's recommended default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFraud {
+    mode: String,
+    #[serde(default)]
+    allow_countries: Vec<String>,
+    #[serde(default)]
+    block_countries: Vec<String>,
+    /// Replaces the default high-risk list when given.
+    #[serde(default)]
+    high_risk_countries: Option<Vec<String>>,
+    #[serde(default)]
+    step_up_score: Option<u32>,
+    #[serde(default)]
+    block_score: Option<u32>,
+    /// How long scoring blocks a range (or IP) it found abused.
+    #[serde(default)]
+    auto_block_minutes: Option<u64>,
+}
+
+fn resolve_fraud(raw: RawFraud) -> anyhow::Result<fraud::FraudConfig> {
+    let mut config = fraud::FraudConfig {
+        mode: fraud::Mode::parse(&raw.mode)
+            .with_context(|| format!("fraud.mode `{}` must be enforce, shadow or off", raw.mode))?,
+        ..fraud::FraudConfig::default()
+    };
+    let regions = |field: &str, list: &[String]| -> anyhow::Result<Vec<Region>> {
+        list.iter()
+            .map(|c| {
+                Region::parse(&c.trim().to_ascii_uppercase()).with_context(|| {
+                    format!("fraud.{field}: `{c}` is not an ISO 3166-1 alpha-2 code")
+                })
+            })
+            .collect()
+    };
+    config.allow_countries = regions("allow_countries", &raw.allow_countries)?;
+    config.block_countries = regions("block_countries", &raw.block_countries)?;
+    if let Some(list) = &raw.high_risk_countries {
+        config.high_risk_countries = regions("high_risk_countries", list)?;
+    }
+    if let Some(score) = raw.step_up_score {
+        config.step_up_score = score;
+    }
+    if let Some(score) = raw.block_score {
+        config.block_score = score;
+    }
+    if let Some(minutes) = raw.auto_block_minutes {
+        config.auto_block = Duration::from_secs(minutes.saturating_mul(60));
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// The bearer token of AdminService; secrets belong in `VERIFY_ADMIN__TOKEN`.
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// Where `/metrics` (Prometheus text format) is served; empty: not served.
+    addr: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +255,8 @@ struct RawPurpose {
     fallback: Vec<Channel>,
     #[serde(default = "default_fallback_after_seconds")]
     fallback_after_seconds: u64,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
 }
 
 fn default_fallback_after_seconds() -> u64 {
@@ -199,6 +327,25 @@ pub struct Settings {
     pub policies: Policies,
     /// The Twilio adapter's settings; in sandbox mode `app` points `base_url` at the sandbox.
     pub twilio: twilio::TwilioConfig,
+    /// Fraud scoring.
+    pub fraud: fraud::FraudConfig,
+    /// Keys the in-process rate limiter holds per limit before evicting.
+    pub local_max_keys: usize,
+    /// Who may call AdminService.
+    pub admin: AdminAccess,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Who may call AdminService.
+#[derive(Debug, Clone)]
+pub enum AdminAccess {
+    /// Callers presenting this bearer token.
+    Token(SecretString),
+    /// Anyone who can reach the loopback address the gateway listens on.
+    Loopback,
+    /// Nobody: no token is set and the gateway listens beyond loopback.
+    Off,
 }
 
 /// The embedded webhook receiver.
@@ -224,6 +371,7 @@ pub struct Overrides {
     pub amqp_exchange: Option<String>,
     pub webhooks_addr: Option<SocketAddr>,
     pub log_format: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Loads the layered configuration from the process environment.
@@ -297,6 +445,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         env.verify_service_sid.clone()
     };
     let mut purposes = Vec::new();
+    raw.rate_limits.resolve("rate_limits")?;
     for (name, p) in raw.purposes {
         let purpose = Purpose::parse(&name).with_context(|| format!("purpose name `{name}`"))?;
         let service_sid = non_empty(&p.service_sid)
@@ -325,6 +474,10 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
             idempotency_window: Duration::from_secs(p.idempotency_window_seconds),
             fallback: p.fallback,
             fallback_after: Duration::from_secs(p.fallback_after_seconds),
+            limits: raw
+                .rate_limits
+                .overlaid(&p.rate_limits)
+                .resolve(&format!("purposes.{name}.rate_limits"))?,
         };
         purposes.push(PurposePolicy::new(purpose, settings)?);
     }
@@ -385,8 +538,30 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         None
     };
 
+    let grpc_addr = o.grpc_addr.unwrap_or(raw.server.grpc_addr);
+    let admin = match non_empty(&raw.admin.token) {
+        Some(token) if token.len() < 16 || token.starts_with("REPLACE_ME") => {
+            bail!("admin.token must be a secret of at least 16 characters (VERIFY_ADMIN__TOKEN)")
+        }
+        Some(token) => AdminAccess::Token(SecretString::from(token)),
+        None if grpc_addr.ip().is_loopback() => AdminAccess::Loopback,
+        None => AdminAccess::Off,
+    };
+    let metrics_addr = match o.metrics_addr {
+        Some(addr) => Some(addr),
+        None => non_empty(&raw.metrics.addr)
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .with_context(|| format!("metrics.addr `{a}` is not host:port"))
+            })
+            .transpose()?,
+    };
     Ok(Settings {
-        grpc_addr: o.grpc_addr.unwrap_or(raw.server.grpc_addr),
+        grpc_addr,
+        fraud: resolve_fraud(raw.fraud)?,
+        local_max_keys: raw.rate_limits.local_max_keys.unwrap_or(100_000).max(1000),
+        admin,
+        metrics_addr,
         upstream,
         database_url,
         migrate_on_start: raw.storage.migrate_on_start,
@@ -539,6 +714,20 @@ mod tests {
         check("[server]\ngrpc_addr = \"nowhere\"", &none, "grpc_addr");
         check("[sandbox]\nmode = \"off\"", &none, "no Twilio credentials");
         check("[keys]\nblind_index_key = \"x\"", &none, "keys");
+        check(
+            "[rate_limits]\nsend_per_destination = \"5/10y\"",
+            &none,
+            "rate_limits.send_per_destination",
+        );
+        check(
+            "[purposes.login.rate_limits]\nsend_per_client_ip = \"0/1m\"",
+            &none,
+            "purposes.login.rate_limits.send_per_client_ip",
+        );
+        check("[fraud]\nmode = \"loud\"", &none, "fraud.mode");
+        check("[fraud]\nblock_countries = [\"XX\"]", &none, "fraud.block_countries");
+        check("[admin]\ntoken = \"short\"", &none, "admin.token");
+        check("[metrics]\naddr = \"nowhere\"", &none, "metrics.addr");
         let half = TwilioEnv {
             account_sid: Some(format!("AC{}", "a".repeat(32))),
             ..TwilioEnv::default()

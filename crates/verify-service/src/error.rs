@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use domain::abuse::{RiskAssessment, RiskDecision};
 use domain::ports::{ProviderError, ProviderErrorKind, StoreError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -33,6 +34,20 @@ pub enum ServiceError {
         reason: &'static str,
         message: String,
         retry_after: Option<Duration>,
+    },
+    /// A rate limit refused the request: `limit` names it (`send_per_destination`), the
+    /// description says what it allows, never whose destination it is.
+    #[error("{description}")]
+    RateLimited {
+        limit: &'static str,
+        description: String,
+        retry_after: Duration,
+    },
+    /// Fraud scoring refused the start; `verification_id` names the BLOCKED record.
+    #[error("fraud scoring refused the start (score {})", .assessment.score)]
+    Refused {
+        assessment: RiskAssessment,
+        verification_id: String,
     },
     /// Another request is working on the same idempotency key.
     #[error("a request with this idempotency key is in progress")]
@@ -87,6 +102,32 @@ impl From<ServiceError> for Status {
                 }
                 Status::with_error_details(Code::ResourceExhausted, message, d)
             }
+            ServiceError::RateLimited {
+                limit,
+                description,
+                retry_after,
+            } => {
+                let mut d = info(
+                    "RATE_LIMITED",
+                    HashMap::from([("limit".to_owned(), limit.to_owned())]),
+                );
+                // Whole seconds, rounded up: a caller retrying at once would be refused again.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                d.set_retry_info(Some(Duration::from_secs(secs.max(1))));
+                d.add_quota_failure_violation(limit, description.clone());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "rate limit {limit}: {description}; retry in {}s",
+                        secs.max(1)
+                    ),
+                    d,
+                )
+            }
+            ServiceError::Refused {
+                assessment,
+                verification_id,
+            } => refused_status(&assessment, verification_id),
             ServiceError::InProgress => {
                 let mut d = info("IDEMPOTENCY_KEY_IN_PROGRESS", HashMap::new());
                 d.set_retry_info(Some(Duration::from_secs(1)));
@@ -199,6 +240,56 @@ fn provider_status(e: ProviderError) -> Status {
         None => message.to_owned(),
     };
     Status::with_error_details(code, text, d)
+}
+
+/// A start fraud scoring refused: the decision, score, reason codes and the BLOCKED
+/// verification's id in `ErrorInfo`, the readable reasons in the message.
+fn refused_status(a: &RiskAssessment, verification_id: String) -> Status {
+    let codes = a
+        .reasons
+        .iter()
+        .map(|r| r.code.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let readable = a
+        .reasons
+        .iter()
+        .map(|r| r.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let metadata = HashMap::from([
+        ("decision".to_owned(), a.decision.as_str().to_owned()),
+        ("score".to_owned(), a.score.to_string()),
+        ("reasons".to_owned(), codes),
+        ("verification_id".to_owned(), verification_id),
+    ]);
+    match a.decision {
+        RiskDecision::StepUp => {
+            let mut d = info("STEP_UP_REQUIRED", metadata);
+            d.add_precondition_failure_violation(
+                "STEP_UP",
+                "step_up_completed",
+                "verify the user with a stronger check (a captcha, TOTP), then start again \
+                 with step_up_completed",
+            );
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                format!(
+                    "a step-up is required before sending (score {}): {readable}",
+                    a.score
+                ),
+                d,
+            )
+        }
+        RiskDecision::Block | RiskDecision::Allow => Status::with_error_details(
+            Code::PermissionDenied,
+            format!(
+                "sending was blocked by fraud scoring (score {}): {readable}",
+                a.score
+            ),
+            info("FRAUD_BLOCKED", metadata),
+        ),
+    }
 }
 
 fn store_status(e: StoreError) -> Status {

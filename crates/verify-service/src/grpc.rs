@@ -99,6 +99,30 @@ pub fn to_proto(v: &Verification) -> pb::Verification {
             .delivery_status
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default(),
+        risk: v.risk.as_ref().map(risk_to_proto),
+    }
+}
+
+fn risk_to_proto(r: &domain::abuse::RiskAssessment) -> pb::RiskAssessment {
+    use domain::abuse::RiskDecision;
+    pb::RiskAssessment {
+        decision: match r.decision {
+            RiskDecision::Allow => pb::RiskDecision::Allow,
+            RiskDecision::StepUp => pb::RiskDecision::StepUp,
+            RiskDecision::Block => pb::RiskDecision::Block,
+        }
+        .into(),
+        score: r.score,
+        reasons: r
+            .reasons
+            .iter()
+            .map(|reason| pb::RiskReason {
+                code: reason.code.clone(),
+                message: reason.message.clone(),
+                weight: reason.weight,
+            })
+            .collect(),
+        shadow: r.shadow,
     }
 }
 
@@ -180,6 +204,7 @@ impl GrpcService {
                 IdempotencyKey::parse,
             )?,
             allow_fallback: m.allow_fallback,
+            step_up_completed: m.step_up_completed,
         })
     }
 }
@@ -191,9 +216,10 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         request: Request<pb::StartVerificationRequest>,
     ) -> Result<Response<pb::StartVerificationResponse>, Status> {
         let input = self.parse_start(request.get_ref())?;
-        let v = self.core.start(input).await?;
+        let started = self.core.start(input).await?;
         Ok(Response::new(pb::StartVerificationResponse {
-            verification: Some(to_proto(&v)),
+            verification: Some(to_proto(&started.verification)),
+            attempts_left: started.attempts_left,
         }))
     }
 
@@ -207,10 +233,11 @@ impl pb::verify_service_server::VerifyService for GrpcService {
             return Err(ServiceError::invalid("code", "is required").into());
         }
         let code = OtpCode::parse(&m.code).map_err(|e| ServiceError::invalid("code", e))?;
-        let (v, valid) = self.core.check(&id, &code).await?;
+        let checked = self.core.check(&id, &code).await?;
         Ok(Response::new(pb::CheckVerificationResponse {
-            verification: Some(to_proto(&v)),
-            valid,
+            verification: Some(to_proto(&checked.verification)),
+            valid: checked.valid,
+            attempts_left: checked.attempts_left,
         }))
     }
 

@@ -5,11 +5,14 @@
 //! `app` composes the adapters; `service` holds the flows; `grpc` is the edge; `error` is the
 //! one table from errors to gRPC statuses.
 
+pub mod abuse;
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod fallback;
 pub mod grpc;
 pub mod keys;
+pub mod metrics;
 pub mod server;
 pub mod service;

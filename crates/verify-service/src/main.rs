@@ -49,6 +49,9 @@ struct Cli {
     /// Log format: pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Where Prometheus metrics are served (`0.0.0.0:9464`); default: not served.
+    #[arg(long, global = true)]
+    metrics_addr: Option<SocketAddr>,
     /// The OTLP/gRPC endpoint spans are exported to (`http://otel-collector:4317`); without
     /// it nothing is exported, but `traceparent` headers are still read and passed on.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -90,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         amqp_exchange: cli.amqp_exchange,
         webhooks_addr: cli.webhooks_addr,
         log_format: cli.log_format,
+        metrics_addr: cli.metrics_addr,
     })?;
     let telemetry = telemetry::init(
         settings.log_format,

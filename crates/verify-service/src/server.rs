@@ -9,12 +9,24 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use secrecy::SecretString;
+
+use crate::admin::AdminService;
 use crate::grpc::GrpcService;
 use crate::service::VerifyCore;
+
+/// AdminService as served: the service and its bearer token (`None`: no token needed,
+/// which the configuration allows only on a loopback address).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub service: AdminService,
+    pub token: Option<SecretString>,
+}
 
 pub async fn serve(
     listener: TcpListener,
     core: VerifyCore,
+    admin: Option<Admin>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let descriptors = [
@@ -43,6 +55,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcService::new(core).into_server())
+        .add_optional_service(admin.map(|a| a.service.into_server(a.token)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .context("gRPC server failed")

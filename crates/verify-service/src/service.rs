@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::abuse::RiskAssessment;
 use domain::events::EventBus;
 use domain::ports::{
     Clock, Inserted, ProviderErrorKind, ProviderStart, ProviderStatus, VerificationStore,
@@ -18,10 +19,21 @@ use policy::{Policies, PolicyError, PurposePolicy};
 use rand::RngCore;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::abuse::AbuseGuard;
 use crate::error::ServiceError;
 
 /// How often a read-modify-write is retried when another request changed the row first.
 const CONFLICT_RETRIES: usize = 5;
+
+/// How long a start to a destination waits for a concurrent start's first send to it.
+const FIRST_SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a start with an idempotency key that a rate limit refused looks for a
+/// concurrent start with the same key.
+const CONCURRENT_REPLAY_WAIT: Duration = Duration::from_millis(300);
+
+/// How often it looks meanwhile.
+const FIRST_SEND_POLL: Duration = Duration::from_millis(20);
 
 /// A parsed start request.
 #[derive(Debug, Clone)]
@@ -35,6 +47,24 @@ pub struct StartInput {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The caller allows moving to the purpose's next channel when delivery fails.
     pub allow_fallback: bool,
+    /// The caller verified the user with a stronger check after a step-up answer.
+    pub step_up_completed: bool,
+}
+
+/// A start's answer: the verification, and how many more starts the rate limits allow now.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub verification: Verification,
+    pub attempts_left: u32,
+}
+
+/// A check's answer.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub verification: Verification,
+    pub valid: bool,
+    /// The verification's checks left, or fewer when a check limit is closer.
+    pub attempts_left: u32,
 }
 
 /// The application: policies, ports and keys.
@@ -48,6 +78,8 @@ pub struct VerifyCore {
     pub(crate) keyring: Keyring,
     /// Where the silence checks of the fallback are scheduled.
     pub(crate) bus: Arc<dyn EventBus>,
+    /// Rate limits and fraud scoring.
+    pub(crate) abuse: Arc<AbuseGuard>,
 }
 
 impl VerifyCore {
@@ -56,18 +88,19 @@ impl VerifyCore {
         provider: Arc<dyn VerifyProvider>,
         store: Arc<dyn VerificationStore>,
         clock: Arc<dyn Clock>,
-        blind_index: BlindIndexKey,
-        keyring: Keyring,
+        keys: crate::keys::Keys,
         bus: Arc<dyn EventBus>,
+        abuse: Arc<AbuseGuard>,
     ) -> Self {
         VerifyCore {
             policies: Arc::new(policies),
             provider,
             store,
             clock,
-            blind_index,
-            keyring,
+            blind_index: keys.blind_index,
+            keyring: keys.keyring,
             bus,
+            abuse,
         }
     }
 
@@ -80,7 +113,11 @@ impl VerifyCore {
 
     /// Starts a verification, or resends on the pending one for the same destination, or
     /// returns the first result for a repeated idempotency key.
-    pub async fn start(&self, input: StartInput) -> Result<Verification, ServiceError> {
+    ///
+    /// A repeated key is answered before any limit (it sends nothing). Everything else
+    /// passes the rate limits and then fraud scoring before the provider is asked; a start
+    /// scoring refuses is recorded as BLOCKED and costs nothing upstream.
+    pub async fn start(&self, input: StartInput) -> Result<Started, ServiceError> {
         let policy = self.policy(&input.purpose)?;
         let channel = policy
             .choose_channel(input.channel, &input.to)
@@ -106,25 +143,177 @@ impl VerifyCore {
             {
                 tracing::Span::current().record("verification_id", v.id.to_string());
                 info!(status = %v.status, "idempotent replay");
-                return Ok(v);
+                let attempts_left = self.abuse.starts_left(policy, &input, &hash, now).await?;
+                return Ok(Started {
+                    verification: v,
+                    attempts_left,
+                });
             }
-            if let Some(pending) = self.store.find_pending(&input.purpose, &hash, now).await? {
-                // A concurrent request with the same key may have recorded it since `replay`
-                // looked: that is still a replay, not a resend.
-                if input.idempotency_key.is_some()
-                    && pending.idempotency_key == input.idempotency_key
-                {
-                    return self.idempotent_answer(pending, &hash);
+            let screened = match self
+                .abuse
+                .screen_start(policy, &input, channel, &hash, now)
+                .await
+            {
+                Ok(screened) => screened,
+                // A concurrent start with the same key may have taken the limit's last
+                // event: then this is its replay, not a new send to refuse.
+                Err(refused @ ServiceError::RateLimited { .. }) => {
+                    if let Some(key) = &input.idempotency_key
+                        && let Some(v) = self.concurrent_replay(policy, key, &hash).await?
+                    {
+                        return Ok(Started {
+                            verification: v,
+                            attempts_left: 0,
+                        });
+                    }
+                    return Err(refused);
                 }
-                if pending.provider_sid.is_none() {
-                    return Err(ServiceError::InProgress);
-                }
-                return self.resend(policy, pending, &input, channel).await;
+                Err(e) => return Err(e),
+            };
+            if let Some(risk) = &screened.risk
+                && risk.refuses()
+            {
+                return Err(self
+                    .record_blocked(policy, &input, channel, hash, risk.clone(), now)
+                    .await);
             }
-            self.send_new(policy, &input, channel, hash, now).await
+            let verification = self
+                .send_screened(policy, &input, channel, hash, now, screened.risk)
+                .await?;
+            Ok(Started {
+                verification,
+                attempts_left: screened.attempts_left,
+            })
         }
         .instrument(span)
         .await
+    }
+
+    async fn send_screened(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        channel: Channel,
+        hash: domain::DestinationHash,
+        now: DateTime<Utc>,
+        risk: Option<RiskAssessment>,
+    ) -> Result<Verification, ServiceError> {
+        if let Some(pending) = self.store.find_pending(&input.purpose, &hash, now).await? {
+            // A concurrent request with the same key may have recorded it since `replay`
+            // looked: that is still a replay, not a resend.
+            if input.idempotency_key.is_some() && pending.idempotency_key == input.idempotency_key {
+                return self.idempotent_answer(pending, &hash);
+            }
+            return self.resend_when_sent(policy, pending, input, channel).await;
+        }
+        self.send_new(policy, input, channel, hash, now, risk).await
+    }
+
+    /// Resends on `pending`, first waiting for its first send when a concurrent start is
+    /// still making it (as Twilio answers concurrent starts to one destination: each one
+    /// sends). A start that outwaits [`FIRST_SEND_WAIT`], or whose concurrent first send
+    /// failed, is told to retry.
+    async fn resend_when_sent(
+        &self,
+        policy: &PurposePolicy,
+        mut pending: Verification,
+        input: &StartInput,
+        channel: Channel,
+    ) -> Result<Verification, ServiceError> {
+        let deadline = tokio::time::Instant::now() + FIRST_SEND_WAIT;
+        while pending.provider_sid.is_none() {
+            if pending.status != VerificationStatus::Pending
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(ServiceError::InProgress);
+            }
+            tokio::time::sleep(FIRST_SEND_POLL).await;
+            pending = self.read(&pending.id).await?;
+        }
+        self.resend(policy, pending, input, channel).await
+    }
+
+    /// Records a start fraud scoring refused, and the error that answers it.
+    async fn record_blocked(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        channel: Channel,
+        hash: domain::DestinationHash,
+        risk: RiskAssessment,
+        now: DateTime<Utc>,
+    ) -> ServiceError {
+        let v = Verification::blocked(
+            self.new_record(policy, input, channel, hash, now),
+            risk.clone(),
+        );
+        tracing::Span::current().record("verification_id", v.id.to_string());
+        let reasons = risk
+            .reasons
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        warn!(decision = %risk.decision, score = risk.score, reasons = %reasons, "start refused by fraud scoring");
+        match self.store.insert(&v).await {
+            Ok(_) => ServiceError::Refused {
+                assessment: risk,
+                verification_id: v.id.to_string(),
+            },
+            // Fail closed: nothing was sent, and the caller learns the store failed.
+            Err(e) => e.into(),
+        }
+    }
+
+    fn new_record(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        channel: Channel,
+        hash: domain::DestinationHash,
+        now: DateTime<Utc>,
+    ) -> NewVerification {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        NewVerification {
+            id: VerificationId::from_uuid(uuid::Uuid::now_v7()),
+            purpose: input.purpose.clone(),
+            channel,
+            destination: self.keyring.seal(&input.to, nonce),
+            destination_hash: hash,
+            to_masked: input.to.masked(),
+            identity: input.identity.clone(),
+            idempotency_key: input.idempotency_key.clone(),
+            max_sends: policy.max_sends(),
+            max_checks: policy.max_checks(),
+            allow_fallback: input.allow_fallback,
+            // The `verify.start` span's context: a fallback later joins this trace.
+            trace_parent: telemetry::trace::current_traceparent(),
+            now,
+            expires_at: policy.expires_at(now),
+        }
+    }
+
+    /// The verification a concurrent start with the same key records, looked for a moment
+    /// after a rate limit refused this one: the limit's last event may have gone to that
+    /// start, and then this is its replay (answered as such, or "in progress"), not a new
+    /// send to refuse.
+    async fn concurrent_replay(
+        &self,
+        policy: &PurposePolicy,
+        key: &IdempotencyKey,
+        hash: &domain::DestinationHash,
+    ) -> Result<Option<Verification>, ServiceError> {
+        let deadline = tokio::time::Instant::now() + CONCURRENT_REPLAY_WAIT;
+        loop {
+            if let Some(v) = self.replay(policy, key, hash, self.clock.now()).await? {
+                return Ok(Some(v));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(FIRST_SEND_POLL).await;
+        }
     }
 
     /// The verification already holding `key`, if it is within the idempotency window.
@@ -181,26 +370,10 @@ impl VerifyCore {
         channel: Channel,
         hash: domain::DestinationHash,
         now: DateTime<Utc>,
+        risk: Option<RiskAssessment>,
     ) -> Result<Verification, ServiceError> {
-        let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
-        let mut v = Verification::new(NewVerification {
-            id: VerificationId::from_uuid(uuid::Uuid::now_v7()),
-            purpose: input.purpose.clone(),
-            channel,
-            destination: self.keyring.seal(&input.to, nonce),
-            destination_hash: hash.clone(),
-            to_masked: input.to.masked(),
-            identity: input.identity.clone(),
-            idempotency_key: input.idempotency_key.clone(),
-            max_sends: policy.max_sends(),
-            max_checks: policy.max_checks(),
-            allow_fallback: input.allow_fallback,
-            // The `verify.start` span's context: a fallback later joins this trace.
-            trace_parent: telemetry::trace::current_traceparent(),
-            now,
-            expires_at: policy.expires_at(now),
-        });
+        let mut v = Verification::new(self.new_record(policy, input, channel, hash.clone(), now));
+        v.risk = risk;
         // Record first: the unique idempotency key decides, in the database, which of two
         // concurrent requests sends.
         match self.store.insert(&v).await? {
@@ -209,10 +382,9 @@ impl VerifyCore {
             // A concurrent start recorded a pending verification for this destination since
             // `find_pending` looked; nothing was written: resend on it, as `start` would.
             Inserted::Pending(pending) => {
-                if pending.provider_sid.is_none() {
-                    return Err(ServiceError::InProgress);
-                }
-                return self.resend(policy, *pending, input, channel).await;
+                return self
+                    .resend_when_sent(policy, *pending, input, channel)
+                    .await;
             }
         }
         tracing::Span::current().record("verification_id", v.id.to_string());
@@ -234,6 +406,9 @@ impl VerifyCore {
                 Ok(v)
             }
             Err(e) => {
+                self.abuse
+                    .provider_refused(&e, &input.to, channel, now)
+                    .await;
                 v.mark_failed(e.code, now);
                 if e.is_retryable() {
                     // Nothing final happened upstream: let the caller retry with the same key.
@@ -288,7 +463,15 @@ impl VerifyCore {
                         channel,
                         locale: input.locale.clone(),
                     };
-                    let pv = self.provider.start(&request).await?;
+                    let pv = match self.provider.start(&request).await {
+                        Ok(pv) => pv,
+                        Err(e) => {
+                            self.abuse
+                                .provider_refused(&e, &input.to, channel, self.clock.now())
+                                .await;
+                            return Err(e.into());
+                        }
+                    };
                     if v.provider_sid.as_deref() != Some(pv.sid.as_str()) {
                         let version = v.version;
                         v.mark_sent(pv.sid, self.clock.now());
@@ -312,7 +495,7 @@ impl VerifyCore {
         &self,
         id: &VerificationId,
         code: &OtpCode,
-    ) -> Result<(Verification, bool), ServiceError> {
+    ) -> Result<Checked, ServiceError> {
         let span = info_span!("verify.check", verification_id = %id);
         async move {
             let mut v = self.load_current(id).await?;
@@ -321,6 +504,10 @@ impl VerifyCore {
                 reason: "VERIFICATION_NOT_SENT",
                 message: format!("verification {id} was never sent"),
             })?;
+            if v.status != VerificationStatus::Pending {
+                return Err(not_checkable(id, TransitionError::NotPending(v.status)));
+            }
+            let limit_left = self.abuse.screen_check(&policy, &v, self.clock.now()).await?;
             // Claim one attempt.
             let mut claimed = false;
             for _ in 0..CONFLICT_RETRIES {
@@ -352,11 +539,24 @@ impl VerifyCore {
                 Err(e) => return Err(e.into()),
             };
             let transition = self.finish(&mut v, outcome).await?;
+            match outcome {
+                CheckOutcome::Wrong => self.abuse.wrong_code(&policy, &v, self.clock.now()).await,
+                CheckOutcome::Approved => match self.keyring.open(&v.destination) {
+                    Ok(to) => self.abuse.approved(&to, v.channel, self.clock.now()).await,
+                    Err(e) => warn!(error = %e, "cannot open the destination to count the approval"),
+                },
+                CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
+            }
             info!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
             if transition == Transition::CancelUpstream {
                 self.cancel_upstream(policy.service_sid(), &sid).await;
             }
-            Ok((v, outcome == CheckOutcome::Approved))
+            let attempts_left = v.checks_left().min(limit_left);
+            Ok(Checked {
+                verification: v,
+                valid: outcome == CheckOutcome::Approved,
+                attempts_left,
+            })
         }
         .instrument(span)
         .await

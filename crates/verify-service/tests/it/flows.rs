@@ -348,8 +348,19 @@ on_both_backends!(
     our_check_limit_ends_it_and_cancels_upstream,
     idempotency_key_never_sends_twice,
     resends_are_limited_to_three,
-    twilio_verdicts_map_to_grpc_with_details,
     cancel_ends_a_verification,
     email_verifications_go_by_email,
     health_is_served,
 );
+
+/// Twilio's verdicts one after another on the sandbox's scenario numbers, with fraud scoring
+/// off: with it on, the Fraud Guard verdict blocks the scenario numbers' range (as it
+/// should), and the next scenario would be refused by the gateway before Twilio.
+mod scoring_off {
+    use super::*;
+
+    on_both_backends!(
+        config = "[fraud]\nmode = \"off\"\n";
+        twilio_verdicts_map_to_grpc_with_details,
+    );
+}

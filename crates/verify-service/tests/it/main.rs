@@ -1,6 +1,7 @@
 //! Integration tests of verify-service: the whole gateway (gRPC server, SQLite store, Twilio
 //! adapter, embedded sandbox) started in-process on port 0 and driven by a real gRPC client.
 
+mod abuse;
 mod distributed;
 mod e2e;
 mod fallback;

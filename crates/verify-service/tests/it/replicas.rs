@@ -159,3 +159,67 @@ async fn two_replicas_send_once_for_one_idempotency_key() {
     b.shutdown().await;
     let _ = stop_sandbox.send(());
 }
+
+/// The acceptance case of the shared limiter: a per-destination limit of 3, ten concurrent
+/// starts spread over two replicas on one database, no idempotency key: three sends reach
+/// the sandbox and seven callers are refused with the limit that refused them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_enforce_one_destination_limit() {
+    let (sandbox, stop_sandbox) = standalone_sandbox().await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let toml = format!(
+        "[keys]\nblind_index_key = \"{}\"\nencryption_keys = \"k1:{}\"\n\
+         [rate_limits]\nsend_per_destination = \"3/10m\"\n",
+        b64.encode([7u8; 32]),
+        b64.encode([9u8; 32])
+    );
+    let database_url = fresh_postgres_database().await;
+    let a = replica(&database_url, &sandbox, &toml).await;
+    let b = replica(&database_url, &sandbox, &toml).await;
+    let to = "+14155552682";
+
+    let clients = [a.client.clone(), b.client.clone()];
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut client = clients[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .start_verification(pb::StartVerificationRequest {
+                    purpose: "login".into(),
+                    to: to.into(),
+                    channel: pb::Channel::Sms.into(),
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    let (mut sent, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => sent += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                use tonic_types::StatusExt;
+                let quota = s.get_details_quota_failure().expect("QuotaFailure");
+                assert_eq!(quota.violations[0].subject, "send_per_destination");
+                limited += 1;
+            }
+            Err(s) => panic!("unexpected error: {s:?}"),
+        }
+    }
+    let inbox: Vec<serde_json::Value> =
+        reqwest::get(format!("{sandbox}/sandbox/messages?to=%2B14155552682"))
+            .await
+            .expect("inbox")
+            .json()
+            .await
+            .expect("json");
+    assert_eq!(
+        (sent, limited),
+        (3, 7),
+        "three starts pass the shared limit"
+    );
+    assert_eq!(inbox.len(), 3, "three sends reached the sandbox");
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = stop_sandbox.send(());
+}

@@ -1,0 +1,431 @@
+//! Abuse protection around the flows: the purpose's rate limits (in process, then shared
+//! through the database) and fraud scoring (the pure `fraud` crate over signals kept in the
+//! database), run before anything reaches the provider; approvals and the provider's own
+//! verdicts fed back into scoring; metrics of all of it.
+//!
+//! Limit keys and counter keys never hold a raw destination: destinations appear as their
+//! blind-index hash, identities as a keyed tag, numbers as their range at most.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::abuse::{
+    Block, BlockAdded, CountQuery, Counts, LimitDecision, LimitRequest, Quota, RiskAssessment,
+    RiskDecision, RiskStore,
+};
+use domain::ports::{ProviderError, StoreError};
+use domain::{BlindIndexKey, Channel, Destination, DestinationHash, Verification};
+use policy::PurposePolicy;
+use tracing::{info, warn};
+
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::service::StartInput;
+
+/// What screening a start decided, when it may go on.
+#[derive(Debug, Clone)]
+pub struct Screened {
+    /// Starts the rate limits still allow now (the smallest over the keys).
+    pub attempts_left: u32,
+    /// Scoring's verdict (`None` when scoring is off); the caller records a refusal.
+    pub risk: Option<RiskAssessment>,
+}
+
+/// Rate limits and fraud scoring, shared by every request of a process.
+#[derive(Debug)]
+pub struct AbuseGuard {
+    limiter: ratelimit::Limiter,
+    risk: Arc<dyn RiskStore>,
+    fraud: fraud::FraudConfig,
+    blind_index: BlindIndexKey,
+    metrics: Arc<Metrics>,
+}
+
+/// One limit of a purpose, named as QuotaFailure and the metrics name it.
+struct Named {
+    name: &'static str,
+    /// What the quota counts, completing "N per PERIOD …".
+    what: &'static str,
+    request: LimitRequest,
+}
+
+impl AbuseGuard {
+    pub fn new(
+        limiter: ratelimit::Limiter,
+        risk: Arc<dyn RiskStore>,
+        fraud: fraud::FraudConfig,
+        blind_index: BlindIndexKey,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AbuseGuard {
+            limiter,
+            risk,
+            fraud,
+            blind_index,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs the in-process limiter's eviction and reports its size.
+    pub fn housekeeping(&self) {
+        self.limiter.housekeeping();
+        self.metrics.local_keys(self.limiter.local_keys());
+    }
+
+    fn identity_tag(&self, identity: &str) -> String {
+        self.blind_index.tag("identity", identity)
+    }
+
+    /// The send limits of `policy` that apply to this start.
+    fn send_limits(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        hash: &DestinationHash,
+    ) -> Vec<Named> {
+        let limits = policy.limits();
+        let purpose = policy.purpose();
+        let mut out = Vec::new();
+        let mut add = |name, what, quota: Option<Quota>, key: String| {
+            if let Some(quota) = quota {
+                out.push(Named {
+                    name,
+                    what,
+                    request: LimitRequest {
+                        key: format!("send:{purpose}:{key}"),
+                        quota,
+                    },
+                });
+            }
+        };
+        add(
+            "send_per_destination",
+            "sends to one destination",
+            limits.send_per_destination,
+            format!("to:{}", hash.as_str()),
+        );
+        if let Some(ip) = input.client_ip {
+            add(
+                "send_per_client_ip",
+                "sends for one client IP address",
+                limits.send_per_client_ip,
+                format!("ip:{}", ratelimit::ip_key(ip)),
+            );
+        }
+        if let Some(identity) = &input.identity {
+            add(
+                "send_per_identity",
+                "sends for one identity",
+                limits.send_per_identity,
+                format!("id:{}", self.identity_tag(identity)),
+            );
+        }
+        if let Some(phone) = input.to.phone() {
+            add(
+                "send_per_range",
+                "sends to one range of numbers",
+                limits.send_per_range,
+                format!("range:{}", phone.range_prefix()),
+            );
+            if let Some(region) = phone.region() {
+                add(
+                    "send_per_country",
+                    "sends to one country",
+                    limits.send_per_country,
+                    format!("cc:{region}"),
+                );
+            }
+        }
+        out
+    }
+
+    /// Takes one send from each of the start's limits, or refuses with the limit that
+    /// refused; then scores the start.
+    pub async fn screen_start(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        channel: Channel,
+        hash: &DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<Screened, ServiceError> {
+        let limits = self.send_limits(policy, input, hash);
+        let (attempts_left, decisions) = self.take(&limits, now).await?;
+        // The per-destination limit is taken atomically across replicas: when this was not
+        // the first event of its window, the destination is a repeat for scoring too, even
+        // if a concurrent attempt has not counted it yet.
+        let repeat_destination = limits
+            .iter()
+            .zip(&decisions)
+            .find(|(l, _)| l.name == "send_per_destination")
+            .map(|(l, d)| d.remaining + 1 < l.request.quota.limit());
+        let risk = self.score(input, channel, repeat_destination, now).await?;
+        Ok(Screened {
+            attempts_left,
+            risk,
+        })
+    }
+
+    /// Starts the limits allow now, without taking one (for an idempotent replay).
+    pub async fn starts_left(
+        &self,
+        policy: &PurposePolicy,
+        input: &StartInput,
+        hash: &DestinationHash,
+        now: DateTime<Utc>,
+    ) -> Result<u32, ServiceError> {
+        let limits = self.send_limits(policy, input, hash);
+        if limits.is_empty() {
+            return Ok(u32::MAX);
+        }
+        let requests: Vec<LimitRequest> = limits.iter().map(|l| l.request.clone()).collect();
+        let decisions = self.limiter.peek(&requests, now).await?;
+        Ok(decisions
+            .iter()
+            .map(|d| if d.allowed { d.remaining + 1 } else { 0 })
+            .min()
+            .unwrap_or(u32::MAX))
+    }
+
+    /// Takes one event from each limit; the smallest remaining and each key's decision, or
+    /// the refusal.
+    async fn take(
+        &self,
+        limits: &[Named],
+        now: DateTime<Utc>,
+    ) -> Result<(u32, Vec<LimitDecision>), ServiceError> {
+        if limits.is_empty() {
+            return Ok((u32::MAX, Vec::new()));
+        }
+        let requests: Vec<LimitRequest> = limits.iter().map(|l| l.request.clone()).collect();
+        let verdict = self.limiter.take(&requests, now).await?;
+        if let Some((index, refusal)) = verdict.first_refusal() {
+            let limit = &limits[index];
+            self.metrics.limit_hit(limit.name, refusal.local);
+            info!(limit = limit.name, "rate limit refused the request");
+            return Err(ServiceError::RateLimited {
+                limit: limit.name,
+                description: format!("{}: at most {}", limit.what, limit.request.quota),
+                retry_after: refusal.decision.retry_after,
+            });
+        }
+        Ok((
+            verdict.remaining(),
+            verdict.decisions().iter().map(|d| d.decision).collect(),
+        ))
+    }
+
+    /// The check limits: per identity (or per verification without one), and the cooldown
+    /// after a wrong code. Returns the checks the limit still allows.
+    pub async fn screen_check(
+        &self,
+        policy: &PurposePolicy,
+        v: &Verification,
+        now: DateTime<Utc>,
+    ) -> Result<u32, ServiceError> {
+        let limits = policy.limits();
+        if !limits.check_cooldown.is_zero()
+            && let Some(cooldown) = cooldown_quota(limits.check_cooldown)
+        {
+            let request = LimitRequest {
+                key: format!("cooldown:{}", v.id),
+                quota: cooldown,
+            };
+            let decision = self
+                .limiter
+                .peek(std::slice::from_ref(&request), now)
+                .await?;
+            if let Some(d) = decision.first()
+                && !d.allowed
+            {
+                self.metrics.limit_hit("check_cooldown", false);
+                return Err(ServiceError::RateLimited {
+                    limit: "check_cooldown",
+                    description: format!(
+                        "after a wrong code the next check waits {} seconds",
+                        limits.check_cooldown.as_secs()
+                    ),
+                    retry_after: d.retry_after,
+                });
+            }
+        }
+        let Some(quota) = limits.check_per_identity else {
+            return Ok(u32::MAX);
+        };
+        let key = match &v.identity {
+            Some(identity) => format!("check:{}:id:{}", v.purpose, self.identity_tag(identity)),
+            None => format!("check:{}:ver:{}", v.purpose, v.id),
+        };
+        let named = [Named {
+            name: "check_per_identity",
+            what: "checks for one identity",
+            request: LimitRequest { key, quota },
+        }];
+        Ok(self.take(&named, now).await?.0)
+    }
+
+    /// After a wrong code: starts the verification's cooldown, if the purpose has one.
+    pub async fn wrong_code(&self, policy: &PurposePolicy, v: &Verification, now: DateTime<Utc>) {
+        let Some(cooldown) = cooldown_quota(policy.limits().check_cooldown) else {
+            return;
+        };
+        let request = LimitRequest {
+            key: format!("cooldown:{}", v.id),
+            quota: cooldown,
+        };
+        if let Err(e) = self.limiter.take(std::slice::from_ref(&request), now).await {
+            warn!(error = %e, "could not start the check cooldown");
+        }
+    }
+
+    fn subject(&self, input: &StartInput, channel: Channel) -> fraud::Subject {
+        let mut subject = fraud::Subject::new(channel, &input.to, &self.blind_index);
+        subject.ip = input.client_ip.map(ratelimit::ip_key);
+        subject.identity = input.identity.as_deref().map(|id| self.identity_tag(id));
+        subject.step_up_completed = input.step_up_completed;
+        subject
+    }
+
+    /// Scores a start: reads its signals and the blocks on it, decides, records the
+    /// attempt and any block the decision imposes.
+    async fn score(
+        &self,
+        input: &StartInput,
+        channel: Channel,
+        repeat_destination: Option<bool>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RiskAssessment>, ServiceError> {
+        if self.fraud.mode == fraud::Mode::Off {
+            return Ok(None);
+        }
+        let subject = self.subject(input, channel);
+        let queries = fraud::queries(&self.fraud, &subject, now);
+        let targets = fraud::block_targets(&subject);
+        let (counts, blocks) = tokio::try_join!(
+            self.risk.read_counts(&queries),
+            self.risk.active_blocks(&targets, now)
+        )?;
+        let observed = fraud::Observed {
+            counts,
+            blocks,
+            repeat_destination,
+        };
+        let outcome = fraud::assess(&self.fraud, &subject, &observed, now);
+        self.risk.add_counts(&outcome.adds, now).await?;
+        self.conversion_metrics(&queries, &observed.counts);
+        for block in &outcome.blocks {
+            self.impose(block).await?;
+        }
+        let Some(assessment) = outcome.assessment else {
+            return Ok(None);
+        };
+        let country = subject
+            .phone
+            .as_ref()
+            .and_then(|p| p.country)
+            .map_or_else(|| "unknown".to_owned(), |c| c.as_str().to_owned());
+        let country = country.as_str();
+        self.metrics.attempt(country);
+        self.metrics
+            .decision(assessment.decision.as_str(), country, assessment.shadow);
+        for reason in &assessment.reasons {
+            self.metrics
+                .reason(&reason.code, assessment.decision.as_str());
+        }
+        if assessment.decision != RiskDecision::Allow && assessment.shadow {
+            let reasons = assessment
+                .reasons
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            info!(decision = %assessment.decision, score = assessment.score, reasons = %reasons, "shadow mode: would refuse");
+        }
+        Ok(Some(assessment))
+    }
+
+    /// The conversion rates scoring just read, per country and range, over the longest
+    /// window it read them (the conversion window).
+    fn conversion_metrics(&self, queries: &[CountQuery], counts: &[Counts]) {
+        for (namespace, set) in [
+            (
+                "country:",
+                Metrics::country_conversion as fn(&Metrics, &str, f64),
+            ),
+            ("prefix:", Metrics::range_conversion),
+        ] {
+            let widest = queries
+                .iter()
+                .zip(counts)
+                .filter(|(q, _)| q.key.starts_with(namespace))
+                .min_by_key(|(q, _)| q.since);
+            if let Some((q, c)) = widest
+                && c.attempts > 0
+            {
+                let rate = c.approved.min(c.attempts) as f64 / c.attempts as f64;
+                set(&self.metrics, &q.key[namespace.len()..], rate);
+            }
+        }
+    }
+
+    async fn impose(&self, block: &Block) -> Result<(), StoreError> {
+        let added = self.risk.add_block(block).await?;
+        if added == BlockAdded::New {
+            self.metrics.block_imposed(
+                block.target.kind.as_str(),
+                block.source.as_str(),
+                &block.reason,
+            );
+            warn!(block = %block.target, reason = %block.reason, shadow = block.shadow, until = %block.expires_at, "block imposed");
+        }
+        Ok(())
+    }
+
+    /// Counts an approval for the destination's country and range.
+    pub async fn approved(&self, to: &Destination, channel: Channel, now: DateTime<Utc>) {
+        if self.fraud.mode == fraud::Mode::Off {
+            return;
+        }
+        if let Some(country) = to.phone().and_then(|p| p.region()) {
+            self.metrics.approval(country.as_str());
+        }
+        let subject = fraud::Subject::new(channel, to, &self.blind_index);
+        let adds = fraud::approved(&self.fraud, &subject);
+        if let Err(e) = self.risk.add_counts(&adds, now).await {
+            warn!(error = %e, "could not count the approval");
+        }
+    }
+
+    /// Feeds a provider refusal back into scoring: Twilio's Fraud Guard (60410) blocks the
+    /// range, a geo-permission refusal (60605, 21408) the country. Best effort: the
+    /// refusal itself already reached the caller.
+    pub async fn provider_refused(
+        &self,
+        e: &ProviderError,
+        to: &Destination,
+        channel: Channel,
+        now: DateTime<Utc>,
+    ) {
+        let Some(code) = e.code else { return };
+        let subject = fraud::Subject::new(channel, to, &self.blind_index);
+        let Some(block) = fraud::provider_verdict(&self.fraud, code, &subject, now) else {
+            return;
+        };
+        if let Err(err) = self.impose(&block).await {
+            warn!(error = %err, "could not record the provider's verdict");
+        }
+    }
+}
+
+/// One check per `cooldown`: after a take, the next is allowed once `cooldown` has passed.
+fn cooldown_quota(cooldown: Duration) -> Option<Quota> {
+    if cooldown.is_zero() {
+        return None;
+    }
+    Quota::new(1, cooldown.max(Duration::from_secs(1))).ok()
+}

@@ -1,0 +1,305 @@
+//! Prometheus metrics of abuse protection, served as text at `/metrics`: fraud decisions
+//! by decision, country and mode, their reasons, rate-limit refusals by limit, attempts and
+//! approvals by country (conversion = approved / attempts), the windowed conversion rate of
+//! the countries and ranges scoring looked at, blocks imposed, and the in-process limiter's
+//! key count. Label values are bounded: countries are ISO codes, reasons and limits fixed
+//! codes, and ranges are kept for the most recent [`MAX_RANGE_SERIES`] only.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Ranges with a conversion-rate series at once; the oldest series is dropped past it.
+pub const MAX_RANGE_SERIES: usize = 500;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    country: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+    layer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountryLabels {
+    country: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RangeLabels {
+    range: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockLabels {
+    kind: &'static str,
+    source: &'static str,
+    reason: String,
+}
+
+/// The gateway's metrics. Cloning is not needed: hold it in an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    reasons: Family<ReasonLabels, Counter>,
+    limits_hit: Family<LimitLabels, Counter>,
+    attempts: Family<CountryLabels, Counter>,
+    approvals: Family<CountryLabels, Counter>,
+    country_conversion: Family<CountryLabels, Gauge<f64, AtomicU64>>,
+    range_conversion: Family<RangeLabels, Gauge<f64, AtomicU64>>,
+    ranges: Mutex<VecDeque<String>>,
+    blocks: Family<BlockLabels, Counter>,
+    local_keys: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("verify");
+        let m = Metrics {
+            registry: Registry::default(),
+            decisions: Family::default(),
+            reasons: Family::default(),
+            limits_hit: Family::default(),
+            attempts: Family::default(),
+            approvals: Family::default(),
+            country_conversion: Family::default(),
+            range_conversion: Family::default(),
+            ranges: Mutex::new(VecDeque::new()),
+            blocks: Family::default(),
+            local_keys: Gauge::default(),
+        };
+        registry.register(
+            "fraud_decisions",
+            "Starts scored, by decision, destination country and mode (enforce or shadow)",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "fraud_reasons",
+            "Reasons behind scored starts, by reason code and the decision they were part of",
+            m.reasons.clone(),
+        );
+        registry.register(
+            "rate_limit_refusals",
+            "Requests refused by a rate limit, by limit and by the layer that refused",
+            m.limits_hit.clone(),
+        );
+        registry.register(
+            "send_attempts",
+            "Scored starts by destination country (conversion = approvals / attempts)",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "approvals",
+            "Approved checks by destination country",
+            m.approvals.clone(),
+        );
+        registry.register(
+            "country_conversion_rate",
+            "Approved / attempts over the scoring window, as last seen when scoring a start",
+            m.country_conversion.clone(),
+        );
+        registry.register(
+            "range_conversion_rate",
+            "Approved / attempts over the scoring window per number range (the most recent ranges only)",
+            m.range_conversion.clone(),
+        );
+        registry.register(
+            "blocks_imposed",
+            "Blocks imposed, by kind, source and reason",
+            m.blocks.clone(),
+        );
+        registry.register(
+            "rate_limit_local_keys",
+            "Keys the in-process rate limiter holds",
+            m.local_keys.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn decision(&self, decision: &'static str, country: &str, shadow: bool) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision,
+                country: country.to_owned(),
+                mode: if shadow { "shadow" } else { "enforce" },
+            })
+            .inc();
+    }
+
+    pub fn reason(&self, reason: &str, decision: &'static str) {
+        self.reasons
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+                decision,
+            })
+            .inc();
+    }
+
+    pub fn limit_hit(&self, limit: &'static str, local: bool) {
+        self.limits_hit
+            .get_or_create(&LimitLabels {
+                limit,
+                layer: if local { "local" } else { "shared" },
+            })
+            .inc();
+    }
+
+    pub fn attempt(&self, country: &str) {
+        self.attempts
+            .get_or_create(&CountryLabels {
+                country: country.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn approval(&self, country: &str) {
+        self.approvals
+            .get_or_create(&CountryLabels {
+                country: country.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn country_conversion(&self, country: &str, rate: f64) {
+        self.country_conversion
+            .get_or_create(&CountryLabels {
+                country: country.to_owned(),
+            })
+            .set(rate);
+    }
+
+    /// Sets a range's conversion rate, dropping the oldest range's series past
+    /// [`MAX_RANGE_SERIES`].
+    pub fn range_conversion(&self, range: &str, rate: f64) {
+        let labels = RangeLabels {
+            range: range.to_owned(),
+        };
+        if let Ok(mut ranges) = self.ranges.lock()
+            && !ranges.iter().any(|r| r == range)
+        {
+            ranges.push_back(range.to_owned());
+            while ranges.len() > MAX_RANGE_SERIES {
+                if let Some(old) = ranges.pop_front() {
+                    self.range_conversion.remove(&RangeLabels { range: old });
+                }
+            }
+        }
+        self.range_conversion.get_or_create(&labels).set(rate);
+    }
+
+    pub fn block_imposed(&self, kind: &'static str, source: &'static str, reason: &str) {
+        self.blocks
+            .get_or_create(&BlockLabels {
+                kind,
+                source,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn local_keys(&self, keys: usize) {
+        self.local_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = std::sync::Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("metrics server failed")
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_decisions_and_bounds_ranges() {
+        let m = Metrics::new();
+        m.decision("block", "GB", false);
+        m.reason("RANGE_LOW_CONVERSION", "block");
+        m.limit_hit("send_per_destination", false);
+        for i in 0..(MAX_RANGE_SERIES + 10) {
+            m.range_conversion(&format!("+44{i:06}"), 0.5);
+        }
+        let text = m.encode();
+        assert!(text.contains(
+            r#"verify_fraud_decisions_total{decision="block",country="GB",mode="enforce"} 1"#
+        ));
+        assert!(text.contains(
+            r#"verify_rate_limit_refusals_total{limit="send_per_destination",layer="shared"} 1"#
+        ));
+        let ranges = text
+            .lines()
+            .filter(|l| l.starts_with("verify_range_conversion_rate{"))
+            .count();
+        assert_eq!(ranges, MAX_RANGE_SERIES);
+        assert!(
+            !text.contains(r#"range="+44000000""#),
+            "the oldest range was dropped"
+        );
+    }
+}

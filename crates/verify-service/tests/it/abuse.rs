@@ -1,0 +1,262 @@
+//! Abuse protection through the real gateway: rate limits answered with RetryInfo and
+//! QuotaFailure, fraud scoring refusing before anything reaches the sandbox and recording
+//! why, shadow mode, the provider's verdicts fed back as blocks, and AdminService.
+
+use proto::verify::admin::v1 as admin;
+use proto::verify::admin::v1::admin_service_client::AdminServiceClient;
+use proto::verify::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::{Backend, Harness, wrong};
+use crate::on_both_backends;
+
+/// A GB premium-rate number (libphonenumber: PREMIUM_RATE).
+const PREMIUM: &str = "+449098700001";
+
+fn sms(to: &str) -> pb::StartVerificationRequest {
+    pb::StartVerificationRequest {
+        purpose: "login".into(),
+        to: to.into(),
+        channel: pb::Channel::Sms.into(),
+        ..Default::default()
+    }
+}
+
+async fn admin_client(h: &Harness) -> AdminServiceClient<tonic::transport::Channel> {
+    AdminServiceClient::connect(format!("http://{}", h.grpc_addr))
+        .await
+        .expect("admin client connects")
+}
+
+on_both_backends!(
+    premium_rate_numbers_are_blocked_before_the_provider,
+    fraud_guard_verdicts_block_the_range_until_an_operator_lifts_it,
+);
+
+async fn premium_rate_numbers_are_blocked_before_the_provider(h: Harness) {
+    let status = h.start_req(sms(PREMIUM)).await.expect_err("blocked");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "FRAUD_BLOCKED");
+    assert_eq!(info.metadata["decision"], "block");
+    assert!(
+        info.metadata["reasons"].contains("NUMBER_TYPE_BLOCKED"),
+        "{:?}",
+        info.metadata
+    );
+    assert!(status.message().contains("premium"), "{}", status.message());
+    assert!(
+        !status.message().contains("9098700001"),
+        "the reason never holds the number: {}",
+        status.message()
+    );
+    // Nothing reached the provider; the refusal is on record with its reasons.
+    assert!(h.inbox(PREMIUM).await.is_empty(), "nothing was sent");
+    let v = h
+        .get(&info.metadata["verification_id"])
+        .await
+        .expect("the blocked start is recorded");
+    assert_eq!(v.status(), pb::VerificationStatus::Blocked);
+    assert_eq!(v.sends_left, 0);
+    let risk = v.risk.expect("the assessment is recorded");
+    assert_eq!(risk.decision(), pb::RiskDecision::Block);
+    assert!(!risk.shadow);
+    assert!(
+        risk.reasons
+            .iter()
+            .any(|r| r.code == "NUMBER_TYPE_BLOCKED" && r.message.contains("premium"))
+    );
+    // A check on it is refused as on any verification that is not pending.
+    let err = h.check(&v.id, "123456").await.expect_err("not checkable");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    h.shutdown().await;
+}
+
+async fn fraud_guard_verdicts_block_the_range_until_an_operator_lifts_it(h: Harness) {
+    let guarded = h.scenario("fraud_guard_60410").await;
+    let err = h
+        .start_req(sms(&guarded))
+        .await
+        .expect_err("Twilio refuses");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let details = err.get_error_details();
+    assert_eq!(details.error_info().expect("info").reason, "TWILIO_60410");
+
+    // The verdict blocked the number's range: the operator sees it...
+    let range = "+141555";
+    let mut admin = admin_client(&h).await;
+    let blocks = admin
+        .list_blocks(admin::ListBlocksRequest {
+            kind: admin::BlockKind::Prefix.into(),
+            page_size: 0,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .blocks;
+    let block = blocks
+        .iter()
+        .find(|b| b.value == range)
+        .unwrap_or_else(|| panic!("the range is blocked: {blocks:?}"));
+    assert_eq!(block.source(), admin::BlockSource::Provider);
+    assert_eq!(block.reason, "TWILIO_60410");
+
+    // ...and another number of the range is refused without asking Twilio.
+    let neighbour = "+14155552690";
+    let err = h
+        .start_req(sms(neighbour))
+        .await
+        .expect_err("range blocked");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.get_error_details().error_info().expect("info").reason,
+        "FRAUD_BLOCKED"
+    );
+    assert!(h.inbox(neighbour).await.is_empty());
+
+    // Lifted, the range works again.
+    let lifted = admin
+        .lift_block(admin::LiftBlockRequest {
+            kind: admin::BlockKind::Prefix.into(),
+            value: range.into(),
+        })
+        .await
+        .expect("lift")
+        .into_inner();
+    assert!(lifted.lifted);
+    h.start_req(sms(neighbour))
+        .await
+        .expect("sent after the lift");
+    assert_eq!(h.inbox(neighbour).await.len(), 1);
+
+    // Bad admin input names the field.
+    let err = admin
+        .lift_block(admin::LiftBlockRequest {
+            kind: admin::BlockKind::Prefix.into(),
+            value: "4155".into(),
+        })
+        .await
+        .expect_err("not a range");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations[0]
+            .field,
+        "value"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn operators_block_and_the_block_holds() {
+    let h = Harness::start().await;
+    let mut admin = admin_client(&h).await;
+    let block = admin
+        .create_block(admin::CreateBlockRequest {
+            kind: admin::BlockKind::Country.into(),
+            value: "de".into(),
+            detail: "no customers in Germany yet".into(),
+            duration: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .block
+        .expect("block");
+    assert_eq!(block.value, "DE");
+    assert_eq!(block.source(), admin::BlockSource::Operator);
+    let err = h
+        .start_req(sms("+491701234567"))
+        .await
+        .expect_err("country blocked");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("no customers in Germany yet") || err.message().contains("DE"),
+        "the operator's reason is readable: {}",
+        err.message()
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn shadow_mode_records_the_decision_and_sends() {
+    let h = Harness::start_with(Backend::Sqlite, "[fraud]\nmode = \"shadow\"\n").await;
+    let v = h.start_req(sms(PREMIUM)).await.expect("shadow mode sends");
+    assert_eq!(v.status(), pb::VerificationStatus::Pending);
+    let risk = v.risk.expect("scored");
+    assert_eq!(risk.decision(), pb::RiskDecision::Block);
+    assert!(risk.shadow);
+    assert_eq!(h.inbox(PREMIUM).await.len(), 1, "sent despite the decision");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_answer_with_retry_info_and_the_quota_that_refused() {
+    let h = Harness::start_with(
+        Backend::Sqlite,
+        "[rate_limits]\nsend_per_destination = \"2/10m\"\ncheck_cooldown_seconds = 30\n",
+    )
+    .await;
+    let to = "+14155552681";
+    let mut client = h.client.clone();
+    let first = client
+        .start_verification(sms(to))
+        .await
+        .expect("first")
+        .into_inner();
+    assert_eq!(first.attempts_left, 1, "one more start is allowed");
+    let second = client
+        .start_verification(sms(to))
+        .await
+        .expect("second")
+        .into_inner();
+    assert_eq!(second.attempts_left, 0);
+    let refused = client
+        .start_verification(sms(to))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let details = refused.get_error_details();
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "send_per_destination");
+    assert!(quota.violations[0].description.contains("2 per 10 minutes"));
+    let retry = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        (1..=300).contains(&retry.as_secs()),
+        "one send frees up in 5 minutes: {retry:?}"
+    );
+    assert!(
+        !refused.message().contains("5552681"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(h.inbox(to).await.len(), 2, "two sends, no third");
+
+    // A wrong code starts the cooldown; the right one must wait for it.
+    let id = first.verification.expect("v").id;
+    let code = h.latest_code(to).await;
+    let checked = h.check(&id, &wrong(&code)).await.expect("wrong code");
+    assert!(!checked.valid);
+    assert_eq!(checked.attempts_left, 2);
+    let cooling = h.check(&id, &code).await.expect_err("cooldown");
+    assert_eq!(cooling.code(), Code::ResourceExhausted);
+    assert_eq!(
+        cooling
+            .get_error_details()
+            .quota_failure()
+            .expect("quota")
+            .violations[0]
+            .subject,
+        "check_cooldown"
+    );
+    h.shutdown().await;
+}
