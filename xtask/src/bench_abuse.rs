@@ -46,7 +46,7 @@ impl Rng {
 /// Legitimate traffic by country: a share and a template of a valid mobile number (`#` a
 /// random digit); numbers are redrawn until libphonenumber calls them valid.
 const LEGIT: [(u64, &str); 14] = [
-    (28, "+1#########"),
+    (28, "+1##########"),
     (10, "+447#########"),
     (8, "+4917########"),
     (8, "+336########"),
@@ -99,7 +99,7 @@ fn fill(rng: &mut Rng, template: &str) -> String {
         .collect()
 }
 
-fn stream(legit: usize, attack: usize) -> Vec<Action> {
+fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
     let mut rng = Rng(0x5EED_CAFE_F00D_0001);
     let total_share: u64 = LEGIT.iter().map(|(s, _)| s).sum();
     let mut legit_actions = Vec::new();
@@ -116,12 +116,10 @@ fn stream(legit: usize, attack: usize) -> Vec<Action> {
                 }
             })
             .map_or(LEGIT[0].1, |(_, t)| t);
-        let to = loop {
-            let candidate = fill(&mut rng, template);
-            if valid(&candidate) {
-                break candidate;
-            }
-        };
+        let to = (0..10_000)
+            .map(|_| fill(&mut rng, template))
+            .find(|candidate| valid(candidate))
+            .with_context(|| format!("no valid number drawn from the template {template}"))?;
         legit_actions.push(Action::Legit {
             to,
             ip: format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256),
@@ -161,7 +159,7 @@ fn stream(legit: usize, attack: usize) -> Vec<Action> {
             left_a -= 1;
         }
     }
-    out
+    Ok(out)
 }
 
 /// What the gateway did with one start.
@@ -286,7 +284,7 @@ fn percent(part: usize, whole: usize) -> f64 {
 }
 
 pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Result<()> {
-    let actions = stream(legit, attack);
+    let actions = stream(legit, attack)?;
     println!(
         "verify-gateway bench abuse: {legit} legitimate users (90% enter their code) and {attack} \
          attack attempts (sequential numbers in premium range {PREMIUM_RANGE}…, random numbers \

@@ -725,7 +725,11 @@ mod tests {
             "purposes.login.rate_limits.send_per_client_ip",
         );
         check("[fraud]\nmode = \"loud\"", &none, "fraud.mode");
-        check("[fraud]\nblock_countries = [\"XX\"]", &none, "fraud.block_countries");
+        check(
+            "[fraud]\nblock_countries = [\"XX\"]",
+            &none,
+            "fraud.block_countries",
+        );
         check("[admin]\ntoken = \"short\"", &none, "admin.token");
         check("[metrics]\naddr = \"nowhere\"", &none, "metrics.addr");
         let half = TwilioEnv {

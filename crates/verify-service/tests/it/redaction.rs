@@ -93,6 +93,30 @@ async fn logs_of_full_flows_carry_no_pii() {
     assert!(h.check(&email.id, &email_code).await.expect("check").valid);
     let err = h.start_sms("+1 415 555 2679 x12").await;
     assert!(err.is_err());
+    // Abuse protection's refusals: a blocked premium-rate number, and a destination over
+    // its rate limit. Neither the answers nor the logs may hold the numbers.
+    let blocked = h
+        .start_sms("+449098700077")
+        .await
+        .expect_err("premium rate is blocked");
+    assert!(
+        !format!("{blocked:?}").contains("9098700077"),
+        "{blocked:?}"
+    );
+    // Five starts pass the limit (the fourth and fifth meet max_sends instead).
+    for _ in 0..5 {
+        let _ = h.start_sms("+14155553699").await;
+    }
+    let limited = h
+        .start_sms("+14155553699")
+        .await
+        .expect_err("over the destination limit");
+    assert_eq!(limited.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        limited.message().contains("send_per_destination"),
+        "{limited:?}"
+    );
+    assert!(!format!("{limited:?}").contains("5553699"), "{limited:?}");
     h.shutdown().await;
 
     let logs = logs();
@@ -103,6 +127,9 @@ async fn logs_of_full_flows_carry_no_pii() {
         "4155552678",
         "555-2678",
         "4155552679",
+        "9098700077",
+        "4155553699",
+        "555-3699",
         "jane.secret",
         twilio_sandbox::DEV_AUTH_TOKEN,
     ] {
