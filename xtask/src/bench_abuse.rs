@@ -349,12 +349,22 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         percent(refused, legit_total)
     );
 
+    // Rate limits run on the wall clock, and the shadow run is slower (it sends the attack),
+    // so a start near a limit's edge may be limited in one run and scored in the other;
+    // decisions are compared where both runs scored.
+    let both = |(e, s): &(&Outcome, &Outcome)| e.decision().is_some() && s.decision().is_some();
+    let scored = enforce.iter().zip(&shadow).filter(both).count();
     let agree = enforce
         .iter()
         .zip(&shadow)
-        .filter(|(e, s)| e.decision() == s.decision() && e.decision().is_some())
+        .filter(both)
+        .filter(|(e, s)| e.decision() == s.decision())
         .count();
-    let scored = enforce.iter().filter(|e| e.decision().is_some()).count();
+    let limited_once = enforce
+        .iter()
+        .zip(&shadow)
+        .filter(|(e, s)| (**e == Outcome::RateLimited) != (**s == Outcome::RateLimited))
+        .count();
     let shadow_sent_attack = actions
         .iter()
         .zip(&shadow)
@@ -364,9 +374,23 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         .iter()
         .filter(|o| matches!(o, Outcome::Sent(Decision::Block | Decision::StepUp)))
         .count();
+    let differing: Vec<String> = actions
+        .iter()
+        .zip(enforce.iter().zip(&shadow))
+        .filter(|(_, (e, s))| e.decision().is_some() && e.decision() != s.decision())
+        .take(5)
+        .map(|(a, (e, s))| {
+            let who = match a {
+                Action::Legit { .. } => "legitimate".to_owned(),
+                Action::Attack { range, .. } => format!("attack on {range}"),
+            };
+            format!("{who}: enforce {e:?}, shadow {s:?}")
+        })
+        .collect();
     println!("shadow mode (same stream, fresh database)");
     println!(
-        "  decisions equal to enforce mode     {agree} of {scored} scored starts ({:.2}%)",
+        "  decisions equal to enforce mode     {agree} of {scored} starts both runs scored ({:.2}%); \
+         {limited_once} rate-limited in one run only",
         percent(agree, scored)
     );
     println!(
@@ -377,5 +401,8 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
             .count()
     );
     println!("  attack sends reaching the sandbox   {shadow_sent_attack} of {attack}");
+    for d in differing {
+        println!("  differs: {d}");
+    }
     Ok(())
 }
