@@ -260,3 +260,54 @@ async fn limits_answer_with_retry_info_and_the_quota_that_refused() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_count_decisions_and_refusals() {
+    let h = Harness::start_with(
+        Backend::Sqlite,
+        "[rate_limits]\nsend_per_destination = \"1/10m\"\n",
+    )
+    .await;
+    h.start_req(sms(PREMIUM)).await.expect_err("blocked");
+    h.start_req(sms("+14155552683")).await.expect("sent");
+    h.start_req(sms("+14155552683")).await.expect_err("limited");
+    let text = h
+        .http
+        .get(&h.metrics)
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        r#"verify_fraud_decisions_total{decision="block",country="GB",mode="enforce"} 1"#,
+        r#"verify_fraud_decisions_total{decision="allow",country="US",mode="enforce"} 1"#,
+        r#"verify_fraud_reasons_total{reason="NUMBER_TYPE_BLOCKED",decision="block"} 1"#,
+        // The in-process layer refuses it before the database is asked.
+        r#"verify_rate_limit_refusals_total{limit="send_per_destination",layer="local"} 1"#,
+        r#"verify_send_attempts_total{country="US"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_service_needs_its_token_when_one_is_set() {
+    let token = "an-admin-token-of-some-length";
+    let h = Harness::start_with(Backend::Sqlite, &format!("[admin]\ntoken = \"{token}\"\n")).await;
+    let mut admin = admin_client(&h).await;
+    let err = admin
+        .list_blocks(admin::ListBlocksRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(admin::ListBlocksRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    admin.list_blocks(request).await.expect("with the token");
+    h.shutdown().await;
+}

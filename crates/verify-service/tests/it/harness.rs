@@ -76,6 +76,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// `http://…/metrics` of this gateway.
+    pub metrics: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -104,6 +106,7 @@ impl Harness {
             grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
             sandbox_addr: Some("127.0.0.1:0".parse().expect("addr")),
             webhooks_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.clone()),
             database_url: Some(database_url.clone()),
             ..Overrides::default()
@@ -113,6 +116,10 @@ impl Harness {
         let gateway = Gateway::bind(&settings).await.expect("gateway binds");
         let grpc_addr = gateway.grpc_addr().expect("grpc addr");
         let sandbox = format!("http://{}", gateway.sandbox_addr().expect("sandbox runs"));
+        let metrics = format!(
+            "http://{}/metrics",
+            gateway.metrics_addr().expect("metrics are served")
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -127,6 +134,7 @@ impl Harness {
             http: reqwest::Client::new(),
             data_dir,
             database_url,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
