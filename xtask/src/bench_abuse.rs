@@ -44,7 +44,7 @@ impl Rng {
 }
 
 /// Legitimate traffic by country: a share and a template of a valid mobile number (`#` a
-/// random digit); numbers are redrawn until libphonenumber calls them valid.
+/// random digit); numbers are redrawn until libphonenumber calls them valid mobile numbers.
 const LEGIT: [(u64, &str); 14] = [
     (28, "+1##########"),
     (10, "+447#########"),
@@ -82,8 +82,16 @@ enum Action {
     },
 }
 
+/// A valid number a person would verify: a mobile one (the templates could also draw
+/// premium-rate or shared-cost numbers, which no legitimate user gives).
 fn valid(number: &str) -> bool {
-    phonenumber::parse(None, number).is_ok_and(|n| n.is_valid())
+    phonenumber::parse(None, number).is_ok_and(|n| {
+        n.is_valid()
+            && matches!(
+                n.number_type(&phonenumber::metadata::DATABASE),
+                phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile
+            )
+    })
 }
 
 fn fill(rng: &mut Rng, template: &str) -> String {
@@ -221,15 +229,25 @@ async fn start(
             let v = r.into_inner().verification;
             (Outcome::Sent(decision_of(v.as_ref())), v.map(|v| v.id))
         }
-        Err(s) => match s.code() {
-            Code::PermissionDenied => (Outcome::Refused(Decision::Block), None),
-            Code::FailedPrecondition => (Outcome::Refused(Decision::StepUp), None),
-            Code::ResourceExhausted => (Outcome::RateLimited, None),
-            _ => {
-                eprintln!("unexpected answer: {s:?}");
-                (Outcome::Error, None)
+        Err(s) => {
+            // Why legitimate users (the ones with an identity) were refused, for the first few.
+            static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            if !identity.is_empty()
+                && matches!(s.code(), Code::PermissionDenied | Code::FailedPrecondition)
+                && SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
+            {
+                eprintln!("  a legitimate user was refused: {}", s.message());
             }
-        },
+            match s.code() {
+                Code::PermissionDenied => (Outcome::Refused(Decision::Block), None),
+                Code::FailedPrecondition => (Outcome::Refused(Decision::StepUp), None),
+                Code::ResourceExhausted => (Outcome::RateLimited, None),
+                _ => {
+                    eprintln!("unexpected answer: {s:?}");
+                    (Outcome::Error, None)
+                }
+            }
+        }
     }
 }
 
