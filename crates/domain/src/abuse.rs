@@ -446,6 +446,11 @@ pub trait RiskStore: Send + Sync + fmt::Debug {
         limit: u32,
     ) -> Result<Vec<Block>, StoreError>;
 
+    /// Deletes the blocks that ended, and were lifted if at all, before `older_than`;
+    /// returns how many. Keep blocks at least as long as scoring's own blocks last, so an
+    /// operator's lift still exempts its target ([`BlockAdded::Exempt`]).
+    async fn purge_blocks(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Lifts the active block on `target` at `now`; returns whether there was one.
     async fn lift_block(
         &self,

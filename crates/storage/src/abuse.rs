@@ -306,6 +306,23 @@ where
         }
     }
 
+    pub(crate) async fn purge_blocks(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let result = sqlx::query(sql::PURGE_BLOCKS)
+                .bind(to_millis(older_than))
+                .bind(i64::from(PURGE_BATCH))
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let deleted = DB::rows_affected(&result);
+            purged += deleted;
+            if deleted < u64::from(PURGE_BATCH) {
+                return Ok(purged);
+            }
+        }
+    }
+
     #[tracing::instrument(
         name = "storage.blocks.add",
         skip_all,

@@ -573,6 +573,13 @@ macro_rules! delegate_store {
                 self.repo.purge_counts(older_than).await
             }
 
+            async fn purge_blocks(
+                &self,
+                older_than: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, domain::ports::StoreError> {
+                self.repo.purge_blocks(older_than).await
+            }
+
             async fn add_block(
                 &self,
                 block: &domain::abuse::Block,

@@ -292,6 +292,14 @@ pub(crate) const PURGE_COUNTS: &str = "DELETE FROM risk_counters \
      WHERE bucket <= $1 AND (key, bucket) IN (\
      SELECT key, bucket FROM risk_counters WHERE bucket <= $1 ORDER BY bucket LIMIT $2)";
 
+/// Deletes up to `$2` blocks that ended, and were lifted if at all, before `$1`, oldest
+/// first along `risk_blocks_by_expiry`; run until a batch comes back short.
+pub(crate) const PURGE_BLOCKS: &str = "DELETE FROM risk_blocks \
+     WHERE (kind, value) IN (\
+     SELECT kind, value FROM risk_blocks \
+     WHERE expires_at < $1 AND (lifted_at IS NULL OR lifted_at < $1) \
+     ORDER BY expires_at LIMIT $2)";
+
 /// The columns of `risk_blocks` that make a [`domain::abuse::Block`], in the order of
 /// [`crate::row::BlockRow`].
 macro_rules! block_columns {

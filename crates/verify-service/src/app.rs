@@ -101,8 +101,12 @@ const IN_PROCESS_DEDUPE_CAPACITY: usize = 100_000;
 /// How often limiter and scoring state is tidied.
 const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How long scoring's counters are kept: the longest window any signal reads.
-const COUNTERS_KEPT: chrono::Duration = chrono::Duration::days(2);
+/// How long scoring's counters are kept: longer than any signal's window (at most a week).
+const COUNTERS_KEPT: chrono::Duration = chrono::Duration::days(8);
+
+/// How long ended (or lifted) blocks are kept: for the record, and longer than any block
+/// scoring imposes, so an operator's lift keeps exempting its target.
+const BLOCKS_KEPT: chrono::Duration = chrono::Duration::days(30);
 
 /// Evicts stale in-process limiter keys and, in the database, limiter rows that hold no
 /// information and counter buckets past every window. Any replica may do it; the deletes
@@ -131,6 +135,9 @@ async fn housekeeping(
             .await
         {
             tracing::warn!(error = %e, "purging scoring counters failed");
+        }
+        if let Err(e) = database.risk_store().purge_blocks(now - BLOCKS_KEPT).await {
+            tracing::warn!(error = %e, "purging ended blocks failed");
         }
     }
 }

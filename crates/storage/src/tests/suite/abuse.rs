@@ -27,6 +27,7 @@ both_backends!(
     concurrent_counter_adds_all_count,
     purge_deletes_counter_buckets_that_ended,
     blocks_are_new_extended_or_exempt,
+    purge_deletes_blocks_that_ended_and_were_not_lifted_since,
     shadow_verdicts_are_never_enforced,
     active_and_listed_blocks_are_those_in_force,
     concurrent_adds_of_one_block_create_it_once,
@@ -460,6 +461,30 @@ async fn in_force(
         .await?;
     ensure!(active.len() <= 1, "one block per target: {active:?}");
     Ok(active.pop())
+}
+
+async fn purge_deletes_blocks_that_ended_and_were_not_lifted_since(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    use BlockSource::{Operator, Scoring};
+    let risk = db.database().risk_store();
+    let ended = target(BlockKind::Ip, "203.0.113.7");
+    let running = target(BlockKind::Prefix, "+4479111");
+    let lifted = target(BlockKind::Country, "GB");
+    risk.add_block(&block(&ended, Scoring, 0, 100)).await?;
+    risk.add_block(&block(&running, Scoring, 0, 10_000)).await?;
+    risk.add_block(&block(&lifted, Operator, 0, 10_000)).await?;
+    assert!(risk.lift_block(&lifted, at(500)).await?);
+
+    assert_eq!(risk.purge_blocks(at(100)).await?, 0, "ends exactly then");
+    assert_eq!(risk.purge_blocks(at(400)).await?, 1, "the ended one");
+    assert_eq!(db.count("risk_blocks").await?, 2);
+    // The lifted one is kept while its lift is recent: it carries the exemption.
+    assert_eq!(risk.purge_blocks(at(500)).await?, 0);
+    assert_eq!(risk.purge_blocks(at(501)).await?, 1);
+    assert!(in_force(&*risk, &running, at(501)).await?.is_some());
+    assert_eq!(db.count("risk_blocks").await?, 1);
+    Ok(())
 }
 
 async fn blocks_are_new_extended_or_exempt(db: Arc<TestDb>) -> anyhow::Result<()> {
