@@ -83,30 +83,9 @@ impl Dialect for Postgres {
 
     /// A concurrent claim of the same new id waits for this one's insert to commit, then
     /// finds the lease running and returns nothing.
-    const CLAIM_MESSAGE: &'static str = concat!(
-        "INSERT INTO processed_messages (consumer, message_id, state, lease_until, claimed_at)",
-        " VALUES ($1, $2, 'in_progress', ",
-        now_millis!(),
-        " + $3, ",
-        now_millis!(),
-        ") ON CONFLICT (consumer, message_id) DO UPDATE",
-        " SET lease_until = excluded.lease_until, claimed_at = excluded.claimed_at",
-        " WHERE processed_messages.state = 'in_progress'",
-        " AND processed_messages.lease_until <= excluded.claimed_at",
-        " RETURNING state"
-    );
+    const CLAIM_MESSAGE: &'static str = sql::claim_message!(now_millis!());
 
-    const COMPLETE_MESSAGE: &'static str = concat!(
-        "INSERT INTO processed_messages",
-        " (consumer, message_id, state, lease_until, claimed_at, completed_at)",
-        " VALUES ($1, $2, 'done', NULL, ",
-        now_millis!(),
-        ", ",
-        now_millis!(),
-        ") ON CONFLICT (consumer, message_id) DO UPDATE",
-        " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
-        " WHERE processed_messages.state <> 'done'"
-    );
+    const COMPLETE_MESSAGE: &'static str = sql::complete_message!(now_millis!());
 
     const TAKE_LIMITS: &'static str = sql::take_limits!(
         "json_to_recordset($2::json) AS input(key text, interval_ms bigint, period_ms bigint)",

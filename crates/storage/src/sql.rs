@@ -161,6 +161,44 @@ pub(crate) const PURGE_PUBLISHED: &str = "DELETE FROM outbox WHERE id IN (\
      ORDER BY published_at LIMIT $2) \
      RETURNING id";
 
+/// [`crate::repo::Dialect::CLAIM_MESSAGE`], with `$now` the database's clock in
+/// milliseconds (each backend's `now_millis!()`).
+macro_rules! claim_message {
+    ($($now:tt)*) => {
+        concat!(
+            "INSERT INTO processed_messages (consumer, message_id, state, lease_until, claimed_at)",
+            " VALUES ($1, $2, 'in_progress', ",
+            $($now)*,
+            " + $3, ",
+            $($now)*,
+            ") ON CONFLICT (consumer, message_id) DO UPDATE",
+            " SET lease_until = excluded.lease_until, claimed_at = excluded.claimed_at",
+            " WHERE processed_messages.state = 'in_progress'",
+            " AND processed_messages.lease_until <= excluded.claimed_at",
+            " RETURNING state"
+        )
+    };
+}
+pub(crate) use claim_message;
+
+/// [`crate::repo::Dialect::COMPLETE_MESSAGE`], with `$now` as for [`claim_message!`].
+macro_rules! complete_message {
+    ($($now:tt)*) => {
+        concat!(
+            "INSERT INTO processed_messages",
+            " (consumer, message_id, state, lease_until, claimed_at, completed_at)",
+            " VALUES ($1, $2, 'done', NULL, ",
+            $($now)*,
+            ", ",
+            $($now)*,
+            ") ON CONFLICT (consumer, message_id) DO UPDATE",
+            " SET state = 'done', lease_until = NULL, completed_at = excluded.completed_at",
+            " WHERE processed_messages.state <> 'done'"
+        )
+    };
+}
+pub(crate) use complete_message;
+
 /// `$1` is the consumer, `$2` the message id. Gives back a claim in progress; a handled
 /// message stays handled.
 pub(crate) const RELEASE_MESSAGE: &str = "DELETE FROM processed_messages \
