@@ -262,6 +262,16 @@ pub struct RiskAssessment {
 }
 
 impl RiskAssessment {
+    /// The reasons' codes, strongest first, comma-separated: how logs and error metadata
+    /// name them.
+    pub fn reason_codes(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Whether the start must not be sent: a step-up or block that is enforced.
     pub fn refuses(&self) -> bool {
         !self.shadow && self.decision != RiskDecision::Allow

@@ -67,10 +67,6 @@ impl AbuseGuard {
         }
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Runs the in-process limiter's eviction and reports its size.
     pub fn housekeeping(&self) {
         self.limiter.housekeeping();
@@ -229,13 +225,7 @@ impl AbuseGuard {
         now: DateTime<Utc>,
     ) -> Result<u32, ServiceError> {
         let limits = policy.limits();
-        if !limits.check_cooldown.is_zero()
-            && let Some(cooldown) = cooldown_quota(limits.check_cooldown)
-        {
-            let request = LimitRequest {
-                key: format!("cooldown:{}", v.id),
-                quota: cooldown,
-            };
+        if let Some(request) = cooldown_request(policy, v) {
             let decision = self
                 .limiter
                 .peek(std::slice::from_ref(&request), now)
@@ -271,12 +261,8 @@ impl AbuseGuard {
 
     /// After a wrong code: starts the verification's cooldown, if the purpose has one.
     pub async fn wrong_code(&self, policy: &PurposePolicy, v: &Verification, now: DateTime<Utc>) {
-        let Some(cooldown) = cooldown_quota(policy.limits().check_cooldown) else {
+        let Some(request) = cooldown_request(policy, v) else {
             return;
-        };
-        let request = LimitRequest {
-            key: format!("cooldown:{}", v.id),
-            quota: cooldown,
         };
         if let Err(e) = self.limiter.take(std::slice::from_ref(&request), now).await {
             warn!(error = %e, "could not start the check cooldown");
@@ -338,13 +324,7 @@ impl AbuseGuard {
                 .reason(&reason.code, assessment.decision.as_str());
         }
         if assessment.decision != RiskDecision::Allow && assessment.shadow {
-            let reasons = assessment
-                .reasons
-                .iter()
-                .map(|r| r.code.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            info!(decision = %assessment.decision, score = assessment.score, reasons = %reasons, "shadow mode: would refuse");
+            info!(decision = %assessment.decision, score = assessment.score, reasons = %assessment.reason_codes(), "shadow mode: would refuse");
         }
         Ok(Some(assessment))
     }
@@ -422,10 +402,15 @@ impl AbuseGuard {
     }
 }
 
-/// One check per `cooldown`: after a take, the next is allowed once `cooldown` has passed.
-fn cooldown_quota(cooldown: Duration) -> Option<Quota> {
+/// The cooldown of `v`'s checks, if its purpose has one: one check per cooldown, so after a
+/// take (a wrong code) the next is allowed once the cooldown has passed.
+fn cooldown_request(policy: &PurposePolicy, v: &Verification) -> Option<LimitRequest> {
+    let cooldown = policy.limits().check_cooldown;
     if cooldown.is_zero() {
         return None;
     }
-    Quota::new(1, cooldown.max(Duration::from_secs(1))).ok()
+    Some(LimitRequest {
+        key: format!("cooldown:{}", v.id),
+        quota: Quota::new(1, cooldown.max(Duration::from_secs(1))).ok()?,
+    })
 }

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 
 use crate::error::ServiceError;
+use crate::grpc::timestamp;
 use crate::metrics::Metrics;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -144,13 +145,6 @@ fn target(kind: i32, value: &str) -> Result<BlockTarget, ServiceError> {
         }
     };
     Ok(BlockTarget { kind, value })
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
 }
 
 fn block_to_proto(b: &Block) -> pb::Block {

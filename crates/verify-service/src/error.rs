@@ -245,12 +245,6 @@ fn provider_status(e: ProviderError) -> Status {
 /// A start fraud scoring refused: the decision, score, reason codes and the BLOCKED
 /// verification's id in `ErrorInfo`, the readable reasons in the message.
 fn refused_status(a: &RiskAssessment, verification_id: String) -> Status {
-    let codes = a
-        .reasons
-        .iter()
-        .map(|r| r.code.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
     let readable = a
         .reasons
         .iter()
@@ -260,7 +254,7 @@ fn refused_status(a: &RiskAssessment, verification_id: String) -> Status {
     let metadata = HashMap::from([
         ("decision".to_owned(), a.decision.as_str().to_owned()),
         ("score".to_owned(), a.score.to_string()),
-        ("reasons".to_owned(), codes),
+        ("reasons".to_owned(), a.reason_codes()),
         ("verification_id".to_owned(), verification_id),
     ]);
     match a.decision {

@@ -248,13 +248,7 @@ impl VerifyCore {
             risk.clone(),
         );
         tracing::Span::current().record("verification_id", v.id.to_string());
-        let reasons = risk
-            .reasons
-            .iter()
-            .map(|r| r.code.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        warn!(decision = %risk.decision, score = risk.score, reasons = %reasons, "start refused by fraud scoring");
+        warn!(decision = %risk.decision, score = risk.score, reasons = %risk.reason_codes(), "start refused by fraud scoring");
         match self.store.insert(&v).await {
             Ok(_) => ServiceError::Refused {
                 assessment: risk,
