@@ -197,18 +197,20 @@ fn fell_back_after_the_webhook<'a>(
     webhook
 }
 
-/// Polls until the exported spans hold a `verify.fallback` of `trace` and a Twilio request
-/// below it (spans are exported as they end, the fallback's after its request).
+/// Polls until the exported spans hold a `verify.fallback` of `trace`, a Twilio request
+/// below it and the span it runs in (spans are exported as they end: the request's first,
+/// then the fallback's, then its parent's, the consumer span that encloses it).
 async fn spans_with_fallback(trace: &str) -> Vec<SpanData> {
     let started = Instant::now();
     loop {
         let all = spans();
         if let [fallback] = named(&all, trace, "verify.fallback").as_slice() {
-            let fallback = id_of(fallback);
-            if named(&all, trace, "twilio.create_verification")
+            let (id, parent) = (id_of(fallback), parent_of(fallback));
+            let request_ended = named(&all, trace, "twilio.create_verification")
                 .iter()
-                .any(|s| parent_of(s) == fallback)
-            {
+                .any(|s| parent_of(s) == id);
+            let parent_ended = all.iter().any(|s| id_of(s) == parent);
+            if request_ended && parent_ended {
                 return all;
             }
         }
