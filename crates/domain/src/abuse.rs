@@ -448,6 +448,20 @@ pub trait RiskStore: Send + Sync + fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Vec<Block>, StoreError>;
 
+    /// What scoring one start reads, together: [`RiskStore::read_counts`] of `queries`
+    /// and [`RiskStore::active_blocks`] on `targets` at `now`. A store that can answer both
+    /// in one round trip does.
+    async fn read_signals(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Counts>, Vec<Block>), StoreError> {
+        let counts = self.read_counts(queries).await?;
+        let blocks = self.active_blocks(targets, now).await?;
+        Ok((counts, blocks))
+    }
+
     /// Up to `limit` blocks active at `now`, of one kind or all, newest first.
     async fn list_blocks(
         &self,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::abuse::{LimitDecision, LimitRequest};
 use crate::crypto::DestinationHash;
 use crate::delivery::DeliveryReport;
 use crate::events::Envelope;
@@ -162,6 +163,21 @@ pub enum Inserted {
     Pending(Box<Verification>),
 }
 
+/// What a write guarded by rate limits did ([`VerificationStore::insert_limited`],
+/// [`VerificationStore::update_limited`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limited<T> {
+    /// A limit refused: nothing was taken from any limit and nothing written. The decision
+    /// of every key, in the order of the requests.
+    Refused(Vec<LimitDecision>),
+    /// Every limit allowed: one event was taken from each and the write done, in one
+    /// transaction. The decision of every key, in order, and what the write did.
+    Done {
+        decisions: Vec<LimitDecision>,
+        outcome: T,
+    },
+}
+
 /// Our durable record of verifications.
 #[async_trait]
 pub trait VerificationStore: Send + Sync + fmt::Debug {
@@ -178,6 +194,19 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
     ///
     /// Reusing the id of a stored verification is an error, never an idempotent hit.
     async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError>;
+
+    /// In one transaction, takes one event from each of `limits` at `now` (as
+    /// [`crate::abuse::RateLimitStore::take`] does) and, when every one allows it,
+    /// [`VerificationStore::insert`]s `verification`. When any limit refuses, nothing is
+    /// taken from any of them and nothing is written: a refused start costs no other limit
+    /// an event. The events are taken whatever the insert finds ([`Inserted::Pending`] is a
+    /// resend, which is a send too). Empty `limits` is a plain insert.
+    async fn insert_limited(
+        &self,
+        verification: &Verification,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<Inserted>, StoreError>;
 
     async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
 
@@ -215,6 +244,18 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
         verification: &Verification,
         expected_version: u32,
     ) -> Result<(), StoreError>;
+
+    /// In one transaction, takes one event from each of `limits` at `now` and, when every
+    /// one allows it, [`VerificationStore::update`]s `verification`. A refusal takes and
+    /// writes nothing; an update that fails (`Conflict`, `NotFound`) returns its error and
+    /// takes nothing either, so a retry after re-reading the row is charged once.
+    async fn update_limited(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<()>, StoreError>;
 
     /// Up to `limit` verifications whose destination is sealed with a key other than
     /// `current_key_id`, oldest first, whatever their status: the work list of a key

@@ -21,9 +21,13 @@
 //! crate), whose state every replica shares and which is authoritative.
 //! [`Limiter::peek`] asks only the shared layer.
 //!
-//! Keys are independent, as in the store: when a request names several keys and one is
-//! refused, the others are still taken. Keys are opaque strings; [`ip_key`] builds the
-//! canonical form of a client address.
+//! [`Limiter::take`] treats keys independently, as [`RateLimitStore::take`] does: when a
+//! request names several keys and one is refused, the others are still taken. The hot
+//! paths instead split the layers: [`Limiter::take_local`] asks the in-process layer, and
+//! the keys it allows are taken by the store in the same transaction as the write they
+//! guard (`VerificationStore::insert_limited` / `update_limited`), all of them or none;
+//! [`LocalVerdict::merge`] joins the two answers. Keys are opaque strings; [`ip_key`]
+//! builds the canonical form of a client address.
 //!
 //! # The approximation
 //!
@@ -49,7 +53,6 @@
 mod keys;
 mod local;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +135,79 @@ impl Verdict {
     }
 }
 
+/// What the in-process layer decided about a call's keys ([`Limiter::take_local`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalVerdict {
+    requests: Vec<LimitRequest>,
+    decisions: Vec<LimitDecision>,
+    forward: Vec<LimitRequest>,
+}
+
+impl LocalVerdict {
+    /// The requests the in-process layer allowed, in order: what the shared layer decides.
+    pub fn forward(&self) -> &[LimitRequest] {
+        &self.forward
+    }
+
+    /// The in-process layer's decision about each request, in order.
+    pub fn decisions(&self) -> &[LimitDecision] {
+        &self.decisions
+    }
+
+    /// The verdict when the in-process layer refused a key: every key's local decision
+    /// (those it allowed as allowed, with their local `remaining`). `None` when it refused
+    /// none.
+    pub fn refused(&self) -> Option<Verdict> {
+        if self.decisions.iter().all(|d| d.allowed) {
+            return None;
+        }
+        Some(Verdict {
+            decisions: self
+                .requests
+                .iter()
+                .zip(&self.decisions)
+                .map(|(request, decision)| KeyDecision {
+                    request: request.clone(),
+                    decision: *decision,
+                    local: !decision.allowed,
+                })
+                .collect(),
+        })
+    }
+
+    /// The verdict over both layers, given the shared layer's decisions about
+    /// [`LocalVerdict::forward`] (in its order): a key refused locally carries the local
+    /// `retry_after` and `remaining` 0; a key allowed by both carries the shared decision,
+    /// its `remaining` lowered to the local one if that is smaller. A store that answered
+    /// a different number of decisions is an error (fail closed).
+    pub fn merge(self, shared: Vec<LimitDecision>) -> Result<Verdict, StoreError> {
+        check_len(&shared, self.forward.len())?;
+        let mut shared = shared.into_iter();
+        let mut decisions = Vec::with_capacity(self.requests.len());
+        for (request, local) in self.requests.into_iter().zip(self.decisions) {
+            let decision = if local.allowed {
+                let mut decision = shared
+                    .next()
+                    .ok_or_else(|| wrong_len(0, self.forward.len()))?;
+                decision.remaining = decision.remaining.min(local.remaining);
+                KeyDecision {
+                    request,
+                    decision,
+                    local: false,
+                }
+            } else {
+                KeyDecision {
+                    request,
+                    decision: local,
+                    local: true,
+                }
+            };
+            decisions.push(decision);
+        }
+        Ok(Verdict { decisions })
+    }
+}
+
 /// The two-layer limiter; one per process, shared by reference.
 pub struct Limiter {
     local: LocalLayer,
@@ -166,49 +242,34 @@ impl Limiter {
         requests: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
-        let local = self.local.take(requests, now);
-        let forward: Cow<'_, [LimitRequest]> = if local.iter().all(|d| d.allowed) {
-            Cow::Borrowed(requests)
-        } else {
-            requests
-                .iter()
-                .zip(&local)
-                .filter(|(_, d)| d.allowed)
-                .map(|(r, _)| r.clone())
-                .collect()
-        };
-        let shared = if forward.is_empty() {
+        let local = self.take_local(requests, now);
+        let shared = if local.forward.is_empty() {
             Vec::new()
         } else {
-            let shared = self.shared.take(&forward, now).await?;
-            check_len(&shared, forward.len())?;
-            shared
+            self.shared.take(&local.forward, now).await?
         };
+        local.merge(shared)
+    }
 
-        let answered = shared.len();
-        let mut shared = shared.into_iter();
-        let mut decisions = Vec::with_capacity(requests.len());
-        for (request, local) in requests.iter().zip(local) {
-            let decision = if local.allowed {
-                let mut decision = shared
-                    .next()
-                    .ok_or_else(|| wrong_len(answered, forward.len()))?;
-                decision.remaining = decision.remaining.min(local.remaining);
-                KeyDecision {
-                    request: request.clone(),
-                    decision,
-                    local: false,
-                }
-            } else {
-                KeyDecision {
-                    request: request.clone(),
-                    decision: local,
-                    local: true,
-                }
-            };
-            decisions.push(decision);
+    /// The in-process layer of [`Limiter::take`] alone: it takes one event from every key
+    /// it allows and says which requests the shared layer must still decide. The caller
+    /// takes those itself, in the same transaction as the write they guard
+    /// (`VerificationStore::insert_limited`), and merges the answer with
+    /// [`LocalVerdict::merge`]. When [`LocalVerdict::refused`], nothing should go to the
+    /// shared layer: the start is refused as it stands.
+    pub fn take_local(&self, requests: &[LimitRequest], now: DateTime<Utc>) -> LocalVerdict {
+        let decisions = self.local.take(requests, now);
+        let forward = requests
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| d.allowed)
+            .map(|(r, _)| r.clone())
+            .collect();
+        LocalVerdict {
+            requests: requests.to_vec(),
+            decisions,
+            forward,
         }
-        Ok(Verdict { decisions })
     }
 
     /// What the shared layer would answer to [`Limiter::take`], without taking anything: a

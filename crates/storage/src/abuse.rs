@@ -27,10 +27,10 @@ const BUCKET_MS: i64 = COUNTER_BUCKET.as_millis() as i64;
 
 /// How many counter buckets one statement of a purge deletes (as for the outbox: few round
 /// trips, no statement holding many row locks).
-const PURGE_BATCH: u32 = 1000;
+pub(crate) const PURGE_BATCH: u32 = 1000;
 
 /// The start of the counter bucket `at` falls in, in milliseconds.
-fn bucket_of(at: DateTime<Utc>) -> i64 {
+pub(crate) fn bucket_of(at: DateTime<Utc>) -> i64 {
     to_millis(at).div_euclid(BUCKET_MS) * BUCKET_MS
 }
 
@@ -38,7 +38,7 @@ fn bucket_of(at: DateTime<Utc>) -> i64 {
 /// `requests`: a key named twice is taken once in the first round and once more in the
 /// second, as two calls would. One upsert cannot change a row twice, and keys in one order
 /// keep concurrent upserts from deadlocking.
-fn rounds(requests: &[LimitRequest]) -> Vec<Vec<usize>> {
+pub(crate) fn rounds(requests: &[LimitRequest]) -> Vec<Vec<usize>> {
     let mut rounds: Vec<BTreeMap<&str, usize>> = Vec::new();
     for (i, request) in requests.iter().enumerate() {
         let free = rounds
@@ -57,9 +57,168 @@ fn rounds(requests: &[LimitRequest]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// The JSON input of one round of a take (`sql::take_limits!`): the keys of `round`, each
+/// with its quota's interval and period.
+pub(crate) fn take_input(requests: &[LimitRequest], round: &[usize]) -> String {
+    let input: Vec<_> = round
+        .iter()
+        .map(|&i| {
+            let quota = &requests[i].quota;
+            json!({
+                "key": requests[i].key,
+                "interval_ms": quota.emission_interval_ms(),
+                "period_ms": quota.period_ms(),
+            })
+        })
+        .collect();
+    Value::Array(input).to_string()
+}
+
+/// Turns the rows one round of a take returned into the decisions of its requests, each
+/// computed by `gcra` from the state the upsert left (one copy of the maths).
+pub(crate) fn decide_round(
+    requests: &[LimitRequest],
+    round: &[usize],
+    rows: Vec<TakenRow>,
+    now_ms: i64,
+    decisions: &mut [Option<LimitDecision>],
+) -> Result<(), StoreError> {
+    let mut taken: HashMap<String, TakenRow> =
+        rows.into_iter().map(|row| (row.key.clone(), row)).collect();
+    for &i in round {
+        let request = &requests[i];
+        let row = taken.remove(&request.key).ok_or_else(|| {
+            StoreError::Unavailable(format!("taking `{}` returned no state for it", request.key))
+        })?;
+        // The `tat` before this take: an allowed take added one interval to
+        // `max(tat, now)`, which is all `gcra` reads of it; a refused one changed nothing.
+        let before = if row.allowed {
+            row.tat - request.quota.emission_interval_ms()
+        } else {
+            row.tat
+        };
+        let (decision, _) = gcra(Some(before), now_ms, &request.quota);
+        if decision.allowed != row.allowed {
+            return Err(StoreError::Corrupt(format!(
+                "rate limit `{}`: the stored decision ({}) disagrees with gcra at tat {}",
+                request.key, row.allowed, row.tat
+            )));
+        }
+        decisions[i] = Some(decision);
+    }
+    Ok(())
+}
+
+/// The decisions of every round, in request order.
+pub(crate) fn collect_decisions(
+    decisions: Vec<Option<LimitDecision>>,
+) -> Result<Vec<LimitDecision>, StoreError> {
+    // Every request is in exactly one round.
+    decisions
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            StoreError::Unavailable("a rate limit request was left undecided".to_owned())
+        })
+}
+
+/// The JSON input of a peek (`sql::read_limits!`).
+pub(crate) fn peek_input(requests: &[LimitRequest]) -> String {
+    let input: Vec<_> = requests.iter().map(|r| json!({"key": r.key})).collect();
+    Value::Array(input).to_string()
+}
+
+/// What a take would decide for each request, from the stored states.
+pub(crate) fn peek_decisions(
+    requests: &[LimitRequest],
+    rows: Vec<LimitRow>,
+    now_ms: i64,
+) -> Vec<LimitDecision> {
+    let mut tats: HashMap<String, Option<i64>> =
+        rows.into_iter().map(|row| (row.key, row.tat)).collect();
+    // A key named twice answers as `take` would: the second time after the first.
+    requests
+        .iter()
+        .map(|request| {
+            let tat = tats.entry(request.key.clone()).or_default();
+            let (decision, new_tat) = gcra(*tat, now_ms, &request.quota);
+            if new_tat.is_some() {
+                *tat = new_tat;
+            }
+            decision
+        })
+        .collect()
+}
+
+/// The JSON input of `sql::add_counts!`: one row per key, in key order; `None` when there
+/// is nothing to add.
+pub(crate) fn counts_input(adds: &[CountAdd]) -> Option<String> {
+    if adds.is_empty() {
+        return None;
+    }
+    let mut sums: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for add in adds {
+        let sum = sums.entry(&add.key).or_default();
+        sum.0 += u64::from(add.attempts);
+        sum.1 += u64::from(add.approved);
+    }
+    let input: Vec<_> = sums
+        .into_iter()
+        .map(|(key, (attempts, approved))| {
+            json!({"key": key, "attempts": attempts, "approved": approved})
+        })
+        .collect();
+    Some(Value::Array(input).to_string())
+}
+
+/// The JSON input of `sql::read_counts!`.
+pub(crate) fn count_queries_input(queries: &[CountQuery]) -> String {
+    let input: Vec<_> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| json!({"i": i, "key": q.key, "since": bucket_of(q.since)}))
+        .collect();
+    Value::Array(input).to_string()
+}
+
+/// The sums of `len` queries from the rows `sql::read_counts!` returned.
+pub(crate) fn counts_from_rows(len: usize, rows: &[CountsRow]) -> Result<Vec<Counts>, StoreError> {
+    let mut counts = vec![Counts::default(); len];
+    for row in rows {
+        let slot = usize::try_from(row.i)
+            .ok()
+            .and_then(|i| counts.get_mut(i))
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("counter sums for unknown query {}", row.i))
+            })?;
+        *slot = Counts::try_from(row)?;
+    }
+    Ok(counts)
+}
+
+/// The JSON input of an active-blocks read: the distinct targets; `None` for none.
+pub(crate) fn targets_input(targets: &[BlockTarget]) -> Option<String> {
+    if targets.is_empty() {
+        return None;
+    }
+    let distinct: BTreeSet<&BlockTarget> = targets.iter().collect();
+    let input: Vec<_> = distinct
+        .into_iter()
+        .map(|t| json!({"kind": t.kind.as_str(), "value": t.value}))
+        .collect();
+    Some(Value::Array(input).to_string())
+}
+
+/// The rows as blocks, sorted by target.
+pub(crate) fn sorted_blocks(rows: Vec<BlockRow>) -> Result<Vec<Block>, StoreError> {
+    let mut active = blocks(rows)?;
+    active.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(active)
+}
+
 /// What adding a block does to the block held on its target (the target has a row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BlockWrite {
+pub(crate) enum BlockWrite {
     /// Nothing: an operator lifted a block there recently ([`BlockAdded::Exempt`]).
     Exempt,
     /// The held block is in force and now ends at `expires_at` ([`BlockAdded::Extended`]).
@@ -77,7 +236,7 @@ enum BlockWrite {
 /// - Shadow and enforced blocks do not mix, since shadow verdicts must never be enforced:
 ///   an enforced block over a shadow one replaces it (`New`, the first enforced block),
 ///   and a shadow block over an enforced one leaves its end as it is (`Extended`).
-fn decide(held: HeldBlock, block: &BlockRow, source: BlockSource) -> BlockWrite {
+pub(crate) fn decide(held: HeldBlock, block: &BlockRow, source: BlockSource) -> BlockWrite {
     let now = block.created_at;
     let duration = block.expires_at.saturating_sub(block.created_at);
     if source == BlockSource::Scoring
@@ -126,59 +285,35 @@ where
         let now_ms = to_millis(now);
         let mut decisions = vec![None; requests.len()];
         for round in rounds(requests) {
-            let input: Vec<_> = round
-                .iter()
-                .map(|&i| {
-                    let quota = &requests[i].quota;
-                    json!({
-                        "key": requests[i].key,
-                        "interval_ms": quota.emission_interval_ms(),
-                        "period_ms": quota.period_ms(),
-                    })
-                })
-                .collect();
             let rows: Vec<TakenRow> = sqlx::query_as(DB::TAKE_LIMITS)
                 .bind(now_ms)
-                .bind(Value::Array(input).to_string())
+                .bind(take_input(requests, &round))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            let mut taken: HashMap<String, TakenRow> =
-                rows.into_iter().map(|row| (row.key.clone(), row)).collect();
-            for i in round {
-                let request = &requests[i];
-                let row = taken.remove(&request.key).ok_or_else(|| {
-                    StoreError::Unavailable(format!(
-                        "taking `{}` returned no state for it",
-                        request.key
-                    ))
-                })?;
-                // The `tat` before this take: an allowed take added one interval to
-                // `max(tat, now)`, which is all `gcra` reads of it; a refused one changed
-                // nothing.
-                let before = if row.allowed {
-                    row.tat - request.quota.emission_interval_ms()
-                } else {
-                    row.tat
-                };
-                let (decision, _) = gcra(Some(before), now_ms, &request.quota);
-                if decision.allowed != row.allowed {
-                    return Err(StoreError::Corrupt(format!(
-                        "rate limit `{}`: the stored decision ({}) disagrees with gcra at \
-                         tat {}",
-                        request.key, row.allowed, row.tat
-                    )));
-                }
-                decisions[i] = Some(decision);
-            }
+            decide_round(requests, &round, rows, now_ms, &mut decisions)?;
         }
-        // Every request is in exactly one round.
-        decisions
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                StoreError::Unavailable("a rate limit request was left undecided".to_owned())
-            })
+        collect_decisions(decisions)
+    }
+
+    /// [`Repo::take_limits`] inside the open transaction `conn`.
+    pub(crate) async fn take_in(
+        conn: &mut DB::Connection,
+        requests: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LimitDecision>, StoreError> {
+        let now_ms = to_millis(now);
+        let mut decisions = vec![None; requests.len()];
+        for round in rounds(requests) {
+            let rows: Vec<TakenRow> = sqlx::query_as(DB::TAKE_LIMITS)
+                .bind(now_ms)
+                .bind(take_input(requests, &round))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            decide_round(requests, &round, rows, now_ms, &mut decisions)?;
+        }
+        collect_decisions(decisions)
     }
 
     #[tracing::instrument(name = "storage.limits.peek", skip_all, fields(keys = requests.len()))]
@@ -190,27 +325,12 @@ where
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let input: Vec<_> = requests.iter().map(|r| json!({"key": r.key})).collect();
         let rows: Vec<LimitRow> = sqlx::query_as(DB::READ_LIMITS)
-            .bind(Value::Array(input).to_string())
+            .bind(peek_input(requests))
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        let mut tats: HashMap<String, Option<i64>> =
-            rows.into_iter().map(|row| (row.key, row.tat)).collect();
-        // A key named twice answers as `take` would: the second time after the first.
-        let now_ms = to_millis(now);
-        Ok(requests
-            .iter()
-            .map(|request| {
-                let tat = tats.entry(request.key.clone()).or_default();
-                let (decision, new_tat) = gcra(*tat, now_ms, &request.quota);
-                if new_tat.is_some() {
-                    *tat = new_tat;
-                }
-                decision
-            })
-            .collect())
+        Ok(peek_decisions(requests, rows, to_millis(now)))
     }
 
     #[tracing::instrument(name = "storage.limits.purge", skip_all)]
@@ -229,25 +349,12 @@ where
         adds: &[CountAdd],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if adds.is_empty() {
+        let Some(input) = counts_input(adds) else {
             return Ok(());
-        }
-        // One row per key, in key order (see `sql::add_counts!`).
-        let mut sums: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for add in adds {
-            let sum = sums.entry(&add.key).or_default();
-            sum.0 += u64::from(add.attempts);
-            sum.1 += u64::from(add.approved);
-        }
-        let input: Vec<_> = sums
-            .into_iter()
-            .map(|(key, (attempts, approved))| {
-                json!({"key": key, "attempts": attempts, "approved": approved})
-            })
-            .collect();
+        };
         sqlx::query(DB::ADD_COUNTS)
             .bind(bucket_of(now))
-            .bind(Value::Array(input).to_string())
+            .bind(input)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -262,27 +369,23 @@ where
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let input: Vec<_> = queries
-            .iter()
-            .enumerate()
-            .map(|(i, q)| json!({"i": i, "key": q.key, "since": bucket_of(q.since)}))
-            .collect();
         let rows: Vec<CountsRow> = sqlx::query_as(DB::READ_COUNTS)
-            .bind(Value::Array(input).to_string())
+            .bind(count_queries_input(queries))
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        let mut counts = vec![Counts::default(); queries.len()];
-        for row in &rows {
-            let slot = usize::try_from(row.i)
-                .ok()
-                .and_then(|i| counts.get_mut(i))
-                .ok_or_else(|| {
-                    StoreError::Unavailable(format!("counter sums for unknown query {}", row.i))
-                })?;
-            *slot = Counts::try_from(row)?;
-        }
-        Ok(counts)
+        counts_from_rows(queries.len(), &rows)
+    }
+
+    /// Counters and blocks read side by side, on two connections: one round trip of
+    /// latency.
+    pub(crate) async fn read_signals(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Counts>, Vec<Block>), StoreError> {
+        tokio::try_join!(self.read_counts(queries), self.active_blocks(targets, now))
     }
 
     #[tracing::instrument(name = "storage.counters.purge", skip_all)]
@@ -393,23 +496,16 @@ where
         targets: &[BlockTarget],
         now: DateTime<Utc>,
     ) -> Result<Vec<Block>, StoreError> {
-        if targets.is_empty() {
+        let Some(input) = targets_input(targets) else {
             return Ok(Vec::new());
-        }
-        let distinct: BTreeSet<&BlockTarget> = targets.iter().collect();
-        let input: Vec<_> = distinct
-            .into_iter()
-            .map(|t| json!({"kind": t.kind.as_str(), "value": t.value}))
-            .collect();
+        };
         let rows: Vec<BlockRow> = sqlx::query_as(DB::ACTIVE_BLOCKS)
             .bind(to_millis(now))
-            .bind(Value::Array(input).to_string())
+            .bind(input)
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        let mut active = blocks(rows)?;
-        active.sort_by(|a, b| a.target.cmp(&b.target));
-        Ok(active)
+        sorted_blocks(rows)
     }
 
     #[tracing::instrument(name = "storage.blocks.list", skip_all, fields(limit = limit))]
@@ -447,7 +543,7 @@ where
 }
 
 /// The rows as blocks; a row that does not convert fails the whole read.
-fn blocks(rows: Vec<BlockRow>) -> Result<Vec<Block>, StoreError> {
+pub(crate) fn blocks(rows: Vec<BlockRow>) -> Result<Vec<Block>, StoreError> {
     rows.into_iter()
         .map(|row| Block::try_from(row).map_err(StoreError::from))
         .collect()

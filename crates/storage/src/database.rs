@@ -107,6 +107,15 @@ impl Database {
         }
     }
 
+    /// How much work the store did since it opened: SQLite counts its own transactions;
+    /// on PostgreSQL the server does (`pg_stat_database`), so this is `None`.
+    pub fn counts(&self) -> Option<crate::StoreCounts> {
+        match self {
+            Database::Sqlite(s) => Some(s.counts()),
+            Database::Postgres(_) => None,
+        }
+    }
+
     /// Waits for in-flight statements and closes every connection.
     pub async fn close(&self) {
         match self {

@@ -21,6 +21,10 @@ pub enum StorageError {
     UnsupportedScheme(String),
     #[error("the database does not answer")]
     Unavailable(#[source] sqlx::Error),
+    #[error("could not open the database: {0}")]
+    Open(String),
+    #[error("the database does not answer: {0}")]
+    NoAnswer(String),
 }
 
 /// Maps an error met while reading rows. Decoding failures mean a stored row does not fit

@@ -43,4 +43,4 @@ mod tests;
 pub use database::Database;
 pub use error::StorageError;
 pub use postgres::{PostgresDedupeStore, PostgresStore};
-pub use sqlite::{SqliteDedupeStore, SqliteStore};
+pub use sqlite::{SqliteDedupeStore, SqliteStore, StoreCounts};

@@ -19,28 +19,28 @@ use crate::sql;
 
 /// Leases (of outbox claims and message claims) are capped at about a hundred years, so
 /// adding one to a timestamp can never overflow the database's 64-bit integers.
-const MAX_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// How many published outbox rows one statement of a purge deletes: enough that a purge of
 /// a day's messages takes few round trips, few enough that no statement runs long or holds
 /// many row locks.
-const PURGE_BATCH: u32 = 1000;
+pub(crate) const PURGE_BATCH: u32 = 1000;
 
 /// The stored error of a failed publishing attempt is cut to this many characters: it is
 /// for inspection, and a broker's error text has no useful bound.
-const MAX_ERROR_CHARS: usize = 1000;
+pub(crate) const MAX_ERROR_CHARS: usize = 1000;
 
 /// When a message that cannot be read back is due again: never, until someone repairs it
 /// (and sets `next_attempt_at`); its `last_error` says why.
-const QUARANTINED: i64 = i64::MAX;
+pub(crate) const QUARANTINED: i64 = i64::MAX;
 
 /// `lease` in whole milliseconds, capped at [`MAX_LEASE`].
-fn lease_millis(lease: Duration) -> i64 {
+pub(crate) fn lease_millis(lease: Duration) -> i64 {
     i64::try_from(lease.min(MAX_LEASE).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// At most [`MAX_ERROR_CHARS`] characters of `error`.
-fn truncate_error(error: &str) -> String {
+pub(crate) fn truncate_error(error: &str) -> String {
     error.chars().take(MAX_ERROR_CHARS).collect()
 }
 

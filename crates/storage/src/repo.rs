@@ -8,7 +8,8 @@
 //! implementation, so they cannot drift apart in behaviour.
 
 use chrono::{DateTime, Utc};
-use domain::ports::{Inserted, StoreError};
+use domain::abuse::LimitRequest;
+use domain::ports::{Inserted, Limited, StoreError};
 use domain::{
     DestinationHash, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus,
 };
@@ -16,7 +17,7 @@ use sqlx::query::QueryAs;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::error::{read_error, unavailable};
-use crate::row::{VerificationRow, bind_insert, bind_update, to_millis};
+use crate::row::{TakenRow, VerificationRow, bind_insert, bind_update, to_millis};
 use crate::sql;
 
 /// What differs between the databases: how a writing transaction begins, and the statements
@@ -140,6 +141,11 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     <DB as Database>::Arguments: IntoArguments<DB>,
     VerificationRow: for<'r> FromRow<'r, DB::Row>,
+    TakenRow: for<'r> FromRow<'r, DB::Row>,
+    crate::row::LimitRow: for<'r> FromRow<'r, DB::Row>,
+    crate::row::CountsRow: for<'r> FromRow<'r, DB::Row>,
+    crate::row::BlockRow: for<'r> FromRow<'r, DB::Row>,
+    crate::row::HeldBlock: for<'r> FromRow<'r, DB::Row>,
     for<'t> String: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
     for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
@@ -179,6 +185,85 @@ where
             "inserting verification {} kept colliding with concurrent changes",
             verification.id
         )))
+    }
+
+    #[tracing::instrument(
+        name = "storage.insert_limited",
+        skip_all,
+        fields(verification_id = %verification.id, keys = limits.len())
+    )]
+    pub(crate) async fn insert_limited(
+        &self,
+        verification: &Verification,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<Inserted>, StoreError> {
+        for attempt in 1..=INSERT_ATTEMPTS {
+            let mut tx = self
+                .pool
+                .begin_with(DB::BEGIN_WRITE)
+                .await
+                .map_err(unavailable)?;
+            let decisions = Self::take_in(&mut tx, limits, now).await?;
+            if decisions.iter().any(|d| !d.allowed) {
+                tx.rollback().await.map_err(unavailable)?;
+                return Ok(Limited::Refused(decisions));
+            }
+            match Self::insert_in(&mut tx, verification).await? {
+                Some(outcome) => {
+                    tx.commit().await.map_err(unavailable)?;
+                    return Ok(Limited::Done { decisions, outcome });
+                }
+                None => {
+                    tx.rollback().await.map_err(unavailable)?;
+                    tracing::debug!(attempt, "the colliding row changed meanwhile; retrying");
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "inserting verification {} kept colliding with concurrent changes",
+            verification.id
+        )))
+    }
+
+    #[tracing::instrument(
+        name = "storage.update_limited",
+        skip_all,
+        fields(verification_id = %verification.id, keys = limits.len())
+    )]
+    pub(crate) async fn update_limited(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<()>, StoreError> {
+        if limits.is_empty() {
+            self.update(verification, expected_version).await?;
+            return Ok(Limited::Done {
+                decisions: Vec::new(),
+                outcome: (),
+            });
+        }
+        let mut tx = self
+            .pool
+            .begin_with(DB::BEGIN_WRITE)
+            .await
+            .map_err(unavailable)?;
+        let decisions = Self::take_in(&mut tx, limits, now).await?;
+        if decisions.iter().any(|d| !d.allowed) {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(Limited::Refused(decisions));
+        }
+        if !Self::update_row(&mut *tx, verification, expected_version).await? {
+            tx.rollback().await.map_err(unavailable)?;
+            return Err(self.why_not_updated(verification).await);
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Limited::Done {
+            decisions,
+            outcome: (),
+        })
     }
 
     /// One attempt at [`Repo::insert`] inside the open transaction `conn`. `None` means the
@@ -367,19 +452,24 @@ where
         if Self::update_row(&self.pool, verification, expected_version).await? {
             return Ok(());
         }
+        Err(self.why_not_updated(verification).await)
+    }
 
-        // Nothing matched: either someone else moved the row on, or it was never there.
-        let stored: Option<i64> = sqlx::query_scalar(sql::VERSION_OF)
+    /// Why an optimistic update matched nothing: someone else moved the row on
+    /// (`Conflict`), or it was never there (`NotFound`).
+    async fn why_not_updated(&self, verification: &Verification) -> StoreError {
+        let stored: Result<Option<i64>, StoreError> = sqlx::query_scalar(sql::VERSION_OF)
             .bind(verification.id.to_string())
             .fetch_optional(&self.pool)
             .await
-            .map_err(read_error)?;
+            .map_err(read_error);
         match stored {
-            Some(stored_version) => {
+            Ok(Some(stored_version)) => {
                 tracing::debug!(stored_version, "optimistic update lost to a newer write");
-                Err(StoreError::Conflict(verification.id))
+                StoreError::Conflict(verification.id)
             }
-            None => Err(StoreError::NotFound(verification.id)),
+            Ok(None) => StoreError::NotFound(verification.id),
+            Err(e) => e,
         }
     }
 
@@ -415,6 +505,28 @@ macro_rules! delegate_store {
                 verification: &domain::Verification,
             ) -> Result<domain::ports::Inserted, domain::ports::StoreError> {
                 self.repo.insert(verification).await
+            }
+
+            async fn insert_limited(
+                &self,
+                verification: &domain::Verification,
+                limits: &[domain::abuse::LimitRequest],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<domain::ports::Limited<domain::ports::Inserted>, domain::ports::StoreError>
+            {
+                self.repo.insert_limited(verification, limits, now).await
+            }
+
+            async fn update_limited(
+                &self,
+                verification: &domain::Verification,
+                expected_version: u32,
+                limits: &[domain::abuse::LimitRequest],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<domain::ports::Limited<()>, domain::ports::StoreError> {
+                self.repo
+                    .update_limited(verification, expected_version, limits, now)
+                    .await
             }
 
             async fn get(
@@ -593,6 +705,18 @@ macro_rules! delegate_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<domain::abuse::Block>, domain::ports::StoreError> {
                 self.repo.active_blocks(targets, now).await
+            }
+
+            async fn read_signals(
+                &self,
+                queries: &[domain::abuse::CountQuery],
+                targets: &[domain::abuse::BlockTarget],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<
+                (Vec<domain::abuse::Counts>, Vec<domain::abuse::Block>),
+                domain::ports::StoreError,
+            > {
+                self.repo.read_signals(queries, targets, now).await
             }
 
             async fn list_blocks(

@@ -18,7 +18,7 @@ use domain::delivery::{DeliveryStatus, FallbackReason};
 use domain::events::{Claim, DedupeStore};
 use domain::ports::{Inserted, OutboxMessage, Recorded, StoreError, VerificationStore};
 use domain::{Channel, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus};
-use sqlx::{Postgres, Sqlite};
+use sqlx::Postgres;
 
 // `both_backends!` names the harness `super::super::harness` from the modules it declares;
 // this makes that path work for the ones declared in `abuse` too.
@@ -76,6 +76,7 @@ macro_rules! both_backends {
 }
 
 mod abuse;
+mod limited;
 
 both_backends!(
     migrating_again_changes_nothing,
@@ -986,7 +987,7 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
         ),
         (
             match db.backend() {
-                Backend::Sqlite => <Sqlite as Dialect>::CLAIM_OUTBOX,
+                Backend::Sqlite => crate::sqlite::CLAIM_OUTBOX,
                 Backend::Postgres => <Postgres as Dialect>::CLAIM_OUTBOX,
             },
             vec![int, Bind::Int(30), Bind::Int(10)],

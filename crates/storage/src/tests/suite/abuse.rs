@@ -747,7 +747,7 @@ async fn corrupt_block_rows_are_errors(db: Arc<TestDb>) -> anyhow::Result<()> {
 }
 
 async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
-    use sqlx::{Postgres, Sqlite};
+    use sqlx::Postgres;
 
     use super::super::harness::Bind;
     use crate::repo::Dialect;
@@ -787,7 +787,7 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
     let read_json = [
         (
             match db.backend() {
-                Backend::Sqlite => <Sqlite as Dialect>::READ_LIMITS,
+                Backend::Sqlite => crate::sqlite::READ_LIMITS,
                 Backend::Postgres => <Postgres as Dialect>::READ_LIMITS,
             },
             vec![Bind::Text(r#"[{"key":"k"}]"#)],
@@ -795,7 +795,7 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
         ),
         (
             match db.backend() {
-                Backend::Sqlite => <Sqlite as Dialect>::READ_COUNTS,
+                Backend::Sqlite => crate::sqlite::READ_COUNTS,
                 Backend::Postgres => <Postgres as Dialect>::READ_COUNTS,
             },
             vec![Bind::Text(r#"[{"i":0,"key":"k","since":0}]"#)],
@@ -803,7 +803,7 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
         ),
         (
             match db.backend() {
-                Backend::Sqlite => <Sqlite as Dialect>::ACTIVE_BLOCKS,
+                Backend::Sqlite => crate::sqlite::ACTIVE_BLOCKS,
                 Backend::Postgres => <Postgres as Dialect>::ACTIVE_BLOCKS,
             },
             vec![Bind::Int(0), Bind::Text(r#"[{"kind":"ip","value":"v"}]"#)],

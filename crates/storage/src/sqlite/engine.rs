@@ -1,0 +1,427 @@
+//! How the SQLite store reaches its file: one writer thread that commits concurrent writes
+//! together, and reads run on the caller's thread.
+//!
+//! SQLite takes one writer at a time. A pool of connections that each begin their own
+//! write transaction only fights over that lock (the losers sleep in the busy handler),
+//! and a driver that runs every statement on a thread of its own pays two thread switches
+//! per statement. Here instead:
+//!
+//! - **Writes** are jobs: closures over a `rusqlite::Connection` sent to the one writer
+//!   thread. It takes every job waiting, runs them in one `BEGIN IMMEDIATE … COMMIT`
+//!   (group commit), each inside a savepoint so a job that fails rolls back alone, and only
+//!   after the commit tells each caller its outcome. A job's statements run back to back on
+//!   that thread: one thread switch per job at most, none per statement, and a busy writer
+//!   drains its queue without sleeping.
+//! - **Reads** run synchronously on the caller's thread, on a small set of read-only WAL
+//!   connections: a read is a few microseconds of SQLite work, cheaper than any hop to
+//!   another thread, and WAL lets it proceed beside the writer on the last committed state.
+//!   (An in-memory database has no WAL: there reads are jobs of the writer too.)
+//!
+//! Statements are written with `$n` placeholders (see `crate::sql`); [`bind`] binds each
+//! to the `n`th argument, wherever it appears, as SQLite numbers named parameters in order
+//! of first appearance.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use domain::ports::StoreError;
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OpenFlags, Row, Statement};
+
+/// How long a write waits in the queue before it is refused as unavailable: a writer this
+/// far behind means something is wrong, and the caller fails closed rather than queueing
+/// without bound.
+const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a statement waits for another process's lock on the file (another gateway
+/// process, `verify-gateway reencrypt`, a migration) before giving up.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most jobs one commit takes: enough to drain a busy queue, few enough that the first
+/// caller of a batch does not wait long for the last job.
+const MAX_BATCH: usize = 256;
+
+/// Read connections kept open for reuse; more are opened when more threads read at once.
+const IDLE_READERS: usize = 8;
+
+/// Prepared statements each connection keeps.
+const STATEMENT_CACHE: usize = 64;
+
+/// What a job hands back after it ran: told whether the batch committed, it answers its
+/// caller.
+type Deliver = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What a job does when its turn comes: given the connection to run on, or the reason it
+/// will not run (then it writes nothing and answers with that error).
+type Run = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Deliver + Send>;
+
+/// A write waiting for the writer thread.
+struct Job {
+    queued_at: Instant,
+    run: Run,
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// A file; readers open it too.
+    File(String),
+    /// A shared-cache in-memory database, by its URI: it lives as long as the writer's
+    /// connection, and only the writer uses it.
+    Memory(String),
+}
+
+/// Counts of the work the store did, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Read transactions (each read call, one or more statements).
+    pub reads: AtomicU64,
+    /// Write jobs that ran (each one atomic: a transaction of its own to its caller).
+    pub writes: AtomicU64,
+    /// Commits of the writer: one per batch of write jobs.
+    pub commits: AtomicU64,
+}
+
+/// The writer thread and the read connections of one SQLite database.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    location: Location,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("queued_at", &self.queued_at)
+            .finish()
+    }
+}
+
+/// Maps a driver error: a value that does not fit the type the code expects means a row
+/// that does not fit the schema, which no retry fixes; anything else is the database
+/// failing to answer.
+pub(crate) fn store_error(error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::InvalidColumnIndex(_)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(error.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn open(location: &Location, read_only: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    flags |= if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let conn = match location {
+        Location::File(path) => Connection::open_with_flags(path, flags)?,
+        Location::Memory(uri) => Connection::open_with_flags(
+            uri,
+            flags | OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE,
+        )?,
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    if let Location::File(_) = location {
+        if read_only {
+            conn.pragma_update(None, "query_only", true)?;
+        } else {
+            // WAL lets readers run beside the writer. With WAL, `NORMAL` sync never
+            // corrupts the database and survives a process crash; only an OS crash or power
+            // cut can lose the last commits, which the embedded mode accepts in exchange for
+            // not paying an fsync on every commit (production runs on PostgreSQL).
+            conn.pragma_update(None, "journal_mode", "wal")?;
+            conn.pragma_update(None, "synchronous", "normal")?;
+        }
+    }
+    Ok(conn)
+}
+
+impl Engine {
+    /// Opens the writer's connection (creating the file or the in-memory database) and
+    /// starts its thread.
+    pub(crate) fn start(location: Location) -> Result<Engine, String> {
+        let conn = open(&location, false).map_err(|e| e.to_string())?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread_counters = Arc::clone(&counters);
+        let writer = thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(&conn, &rx, &thread_counters))
+            .map_err(|e| format!("starting the writer thread: {e}"))?;
+        Ok(Engine {
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Mutex::new(Vec::new()),
+            location,
+            counters,
+        })
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Runs `f` as one atomic write: on the writer thread, committed together with the
+    /// writes queued beside it. `f`'s changes are rolled back when it returns an error; its
+    /// `Ok` reaches the caller only once the commit succeeded.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let run = move |conn: Result<&Connection, StoreError>| -> Deliver {
+            let outcome = conn.and_then(|conn| in_savepoint(conn, f));
+            Box::new(move |committed: Result<(), StoreError>| {
+                let answer = match outcome {
+                    Ok(value) => committed.map(|()| value),
+                    Err(e) => Err(e),
+                };
+                // The caller may have gone (its request was cancelled): nothing to tell.
+                let _ = tx.send(answer);
+            })
+        };
+        let job = Job {
+            queued_at: Instant::now(),
+            run: Box::new(run),
+        };
+        let sent = match &*self.jobs.lock().map_err(|_| poisoned())? {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Unavailable(
+                "the SQLite store is closed".to_owned(),
+            ));
+        }
+        rx.await.map_err(|_| {
+            StoreError::Unavailable("the SQLite writer stopped before answering".to_owned())
+        })?
+    }
+
+    /// Runs `f` on a read connection, on this thread: one read transaction that sees the
+    /// last commit. (On an in-memory database, a job of the writer.)
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if let Location::Memory(_) = self.location {
+            return self.write(f).await;
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let conn = self.reader()?;
+        // A read of several statements sees one snapshot; one statement is its own.
+        let result = f(&conn);
+        if !conn.is_autocommit() {
+            // `f` left a transaction open after an error: end it before the connection
+            // is reused.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.give_back(conn);
+        result
+    }
+
+    fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.readers.lock().map_err(|_| poisoned())?.pop() {
+            return Ok(conn);
+        }
+        open(&self.location, true).map_err(store_error)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut readers) = self.readers.lock()
+            && readers.len() < IDLE_READERS
+        {
+            readers.push(conn);
+        }
+    }
+
+    /// Stops taking writes, lets the writer finish what is queued (its connection then
+    /// closes, which checkpoints the WAL into the file) and closes the read connections.
+    pub(crate) fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Ok(mut writer) = self.writer.lock()
+            && let Some(handle) = writer.take()
+        {
+            let _ = handle.join();
+        }
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.clear();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("a lock of the SQLite store was poisoned".to_owned())
+}
+
+/// Runs `f` inside a savepoint: kept when it succeeds, rolled back when it fails or
+/// panics (a panic becomes an error, so one bad job cannot take the writer down).
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(store_error)?;
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(
+            "a write of the SQLite store panicked".to_owned(),
+        ))
+    });
+    let end = match &outcome {
+        Ok(_) => conn.execute_batch("RELEASE job"),
+        Err(_) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+    };
+    match end {
+        Ok(()) => outcome,
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// The writer thread: waits for a job, takes every job queued behind it, runs them all in
+/// one transaction and then answers each. Ends when the store is closed and the queue is
+/// empty.
+fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>, counters: &Counters) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(conn, batch, counters);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>, counters: &Counters) {
+    let now = Instant::now();
+    let (due, late): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .partition(|job| now.duration_since(job.queued_at) < QUEUE_DEADLINE);
+    for job in late {
+        // Never run: the caller learns the store is overloaded, and nothing was written.
+        let overloaded = StoreError::Unavailable(format!(
+            "the SQLite writer is more than {} s behind",
+            QUEUE_DEADLINE.as_secs()
+        ));
+        (job.run)(Err(overloaded.clone()))(Err(overloaded));
+    }
+    if due.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let error = store_error(e);
+        for job in due {
+            (job.run)(Err(error.clone()))(Err(error.clone()));
+        }
+        return;
+    }
+    let delivers: Vec<Deliver> = due.into_iter().map(|job| (job.run)(Ok(conn))).collect();
+    let committed = conn.execute_batch("COMMIT").map_err(store_error);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    } else {
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .writes
+            .fetch_add(delivers.len() as u64, Ordering::Relaxed);
+    }
+    for deliver in delivers {
+        deliver(committed.clone());
+    }
+}
+
+/// Binds `args` to `stmt`: each parameter `$n` to `args[n - 1]`.
+fn bind(stmt: &mut Statement<'_>, args: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    for index in 1..=stmt.parameter_count() {
+        let n = stmt
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(index);
+        let arg = n
+            .checked_sub(1)
+            .and_then(|i| args.get(i))
+            .ok_or(rusqlite::Error::InvalidParameterCount(n, args.len()))?;
+        stmt.raw_bind_parameter(index, arg)?;
+    }
+    Ok(())
+}
+
+/// Runs `sql` with `args` and maps every row it returns.
+pub(crate) fn query<T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+    mut map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut run = || -> rusqlite::Result<Vec<T>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        bind(&mut stmt, args)?;
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
+    };
+    run().map_err(store_error)
+}
+
+/// Runs `sql` with `args` and maps the first row it returns, if any.
+pub(crate) fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    let run = || -> rusqlite::Result<Option<T>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        bind(&mut stmt, args)?;
+        let mut rows = stmt.raw_query();
+        match rows.next()? {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
+        }
+    };
+    run().map_err(store_error)
+}
+
+/// Runs `sql` with `args` for its effect (it must return no rows); how many rows it
+/// changed.
+pub(crate) fn execute(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+) -> Result<u64, StoreError> {
+    let run = || -> rusqlite::Result<usize> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        bind(&mut stmt, args)?;
+        stmt.raw_execute()
+    };
+    run().map(|n| n as u64).map_err(store_error)
+}

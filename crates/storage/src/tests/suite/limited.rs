@@ -1,0 +1,225 @@
+//! Writes guarded by rate limits ([`VerificationStore::insert_limited`] and
+//! [`VerificationStore::update_limited`]) and the combined read of scoring's signals, on
+//! both backends: a start or a check takes every limit and writes, or takes nothing and
+//! writes nothing.
+
+use std::sync::Arc;
+
+use anyhow::ensure;
+use domain::abuse::{
+    Block, BlockKind, BlockSource, BlockTarget, CountAdd, CountQuery, LimitRequest, Quota,
+};
+use domain::ports::{Inserted, Limited, StoreError, VerificationStore};
+use domain::{Destination, PhoneNumber};
+
+use super::super::harness::TestDb;
+use crate::fixtures::{at, bare};
+
+both_backends!(
+    a_refused_limit_takes_no_other_limit_and_inserts_nothing,
+    a_limited_insert_that_finds_a_pending_one_still_takes,
+    a_limited_update_that_conflicts_takes_nothing,
+    concurrent_limited_inserts_allow_exactly_the_limit,
+    signals_read_together_equal_the_two_reads,
+);
+
+fn request(key: &str, quota: &str) -> LimitRequest {
+    LimitRequest {
+        key: key.to_owned(),
+        quota: Quota::parse(quota).expect("test quota is valid"),
+    }
+}
+
+/// The `n`th of some distinct US numbers.
+fn number(n: u32) -> Destination {
+    let raw = format!("+1415555{:04}", 1000 + n);
+    Destination::Phone(PhoneNumber::parse(&raw, None).expect("test number is valid"))
+}
+
+async fn a_refused_limit_takes_no_other_limit_and_inserts_nothing(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.database().verifications();
+    let limits = db.database().rate_limits();
+    let narrow = request("send:login:ip:a", "1/m");
+    let wide = request("send:login:cc:US", "3/m");
+    let both = [wide.clone(), narrow.clone()];
+
+    let first = bare(1, "login", &number(1));
+    let Limited::Done { decisions, outcome } = store.insert_limited(&first, &both, at(0)).await?
+    else {
+        anyhow::bail!("the first start is within every limit");
+    };
+    assert_eq!(outcome, Inserted::Created);
+    assert_eq!(decisions.len(), 2);
+    assert_eq!((decisions[0].remaining, decisions[1].remaining), (2, 0));
+
+    let second = bare(2, "login", &number(2));
+    let Limited::Refused(decisions) = store.insert_limited(&second, &both, at(1)).await? else {
+        anyhow::bail!("the narrow limit is used up");
+    };
+    ensure!(
+        decisions[0].allowed && !decisions[1].allowed,
+        "{decisions:?}"
+    );
+    assert_eq!(store.get(&second.id).await?, None, "nothing inserted");
+    // The wide limit was not charged for the refused start: two events are still left.
+    let peeked = limits.peek(&[wide.clone(), wide], at(1)).await?;
+    ensure!(peeked.iter().all(|d| d.allowed), "{peeked:?}");
+    Ok(())
+}
+
+async fn a_limited_insert_that_finds_a_pending_one_still_takes(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.database().verifications();
+    let limits = db.database().rate_limits();
+    let per_destination = request("send:login:to:h", "2/m");
+    let first = bare(1, "login", &number(1));
+    store
+        .insert_limited(&first, std::slice::from_ref(&per_destination), at(0))
+        .await?;
+    let again = bare(2, "login", &number(1));
+    let Limited::Done { decisions, outcome } = store
+        .insert_limited(&again, std::slice::from_ref(&per_destination), at(1))
+        .await?
+    else {
+        anyhow::bail!("two sends are allowed");
+    };
+    assert_eq!(outcome, Inserted::Pending(Box::new(first)));
+    assert_eq!(decisions[0].remaining, 0, "the resend is a send");
+    ensure!(!limits.peek(&[per_destination], at(1)).await?[0].allowed);
+    Ok(())
+}
+
+async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.database().verifications();
+    let limits = db.database().rate_limits();
+    let checks = request("check:login:ver:x", "1/m");
+    let mut v = bare(1, "login", &number(1));
+    store.insert(&v).await?;
+    let read_at = v.version;
+    v.checks += 1;
+    v.version += 1;
+
+    let stale = store
+        .update_limited(&v, read_at + 7, std::slice::from_ref(&checks), at(1))
+        .await;
+    ensure!(
+        matches!(stale, Err(StoreError::Conflict(id)) if id == v.id),
+        "{stale:?}"
+    );
+    ensure!(limits.peek(std::slice::from_ref(&checks), at(1)).await?[0].allowed);
+
+    let done = store
+        .update_limited(&v, read_at, std::slice::from_ref(&checks), at(1))
+        .await?;
+    ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
+    assert_eq!(store.get(&v.id).await?, Some(v.clone()));
+
+    let read_at = v.version;
+    v.checks += 1;
+    v.version += 1;
+    let refused = store
+        .update_limited(&v, read_at, std::slice::from_ref(&checks), at(2))
+        .await?;
+    ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
+    let stored = store.get(&v.id).await?.expect("stored");
+    assert_eq!(stored.checks, 1, "a refused update writes nothing");
+    Ok(())
+}
+
+async fn concurrent_limited_inserts_allow_exactly_the_limit(db: Arc<TestDb>) -> anyhow::Result<()> {
+    // Two replicas' pools, twenty starts to twenty numbers at once under one limit of 5.
+    let stores: [Arc<dyn VerificationStore>; 2] = [
+        db.database().verifications(),
+        db.replica_database().await?.verifications(),
+    ];
+    let shared = request("send:login:range:+141555", "5/10m");
+    let tasks: Vec<_> = (0..20u32)
+        .zip(stores.iter().cycle())
+        .map(|(n, store)| {
+            let store = Arc::clone(store);
+            let limits = [shared.clone()];
+            let v = bare(u128::from(n) + 1, "login", &number(n));
+            tokio::spawn(async move { store.insert_limited(&v, &limits, at(0)).await })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await?? {
+            Limited::Done {
+                outcome: Inserted::Created,
+                ..
+            } => created += 1,
+            Limited::Refused(_) => refused += 1,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (5, 15));
+    let mut stored = 0;
+    for n in 0..20u32 {
+        if stores[0]
+            .get(&crate::fixtures::id(u128::from(n) + 1))
+            .await?
+            .is_some()
+        {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 5, "only the allowed starts are recorded");
+    Ok(())
+}
+
+async fn signals_read_together_equal_the_two_reads(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let risk = db.database().risk_store();
+    let add = |key: &str, attempts| CountAdd {
+        key: key.to_owned(),
+        attempts,
+        approved: 1,
+    };
+    risk.add_counts(&[add("prefix:+141555", 3), add("country:US", 9)], at(0))
+        .await?;
+    let block = Block {
+        target: BlockTarget {
+            kind: BlockKind::Ip,
+            value: "203.0.113.7".into(),
+        },
+        reason: "R".into(),
+        detail: "d".into(),
+        source: BlockSource::Operator,
+        shadow: false,
+        created_at: at(0),
+        expires_at: at(3600),
+    };
+    risk.add_block(&block).await?;
+    let queries = [
+        CountQuery {
+            key: "country:US".into(),
+            since: at(-60),
+        },
+        CountQuery {
+            key: "prefix:+141555".into(),
+            since: at(-60),
+        },
+        CountQuery {
+            key: "never".into(),
+            since: at(-60),
+        },
+    ];
+    let targets = [
+        block.target.clone(),
+        BlockTarget {
+            kind: BlockKind::Country,
+            value: "US".into(),
+        },
+    ];
+    let (counts, blocks) = risk.read_signals(&queries, &targets, at(10)).await?;
+    assert_eq!(counts, risk.read_counts(&queries).await?);
+    assert_eq!(counts[0].attempts, 9);
+    assert_eq!(blocks, risk.active_blocks(&targets, at(10)).await?);
+    assert_eq!(blocks, vec![block]);
+    let (none, no_blocks) = risk.read_signals(&[], &[], at(10)).await?;
+    ensure!(none.is_empty() && no_blocks.is_empty());
+    Ok(())
+}
