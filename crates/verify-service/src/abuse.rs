@@ -23,13 +23,40 @@ use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::service::StartInput;
 
-/// What screening a start decided, when it may go on.
-#[derive(Debug, Clone)]
+/// What screening decided before a start is written: the in-process limits passed, the
+/// keys the shared layer must still take (in the same transaction as the record, through
+/// `VerificationStore::insert_limited`), and scoring's verdict with what it adds to the
+/// counters and the blocks it imposes once the start passed every limit.
+#[derive(Debug)]
 pub struct Screened {
-    /// Starts the rate limits still allow now (the smallest over the keys).
-    pub attempts_left: u32,
-    /// Scoring's verdict (`None` when scoring is off); the caller records a refusal.
+    limits: Vec<Named>,
+    local: ratelimit::LocalVerdict,
+    /// Scoring's verdict (`None` when scoring is off); a refusal is recorded as BLOCKED.
     pub risk: Option<RiskAssessment>,
+    adds: Vec<domain::abuse::CountAdd>,
+    blocks: Vec<Block>,
+    country: String,
+}
+
+impl Screened {
+    /// The keys the shared layer takes, with the write they guard.
+    pub fn shared_limits(&self) -> &[LimitRequest] {
+        self.local.forward()
+    }
+}
+
+/// What screening decided before a check claims its attempt (see [`Screened`]).
+#[derive(Debug)]
+pub struct CheckScreened {
+    limits: Vec<Named>,
+    local: ratelimit::LocalVerdict,
+}
+
+impl CheckScreened {
+    /// The keys the shared layer takes, with the claim they guard.
+    pub fn shared_limits(&self) -> &[LimitRequest] {
+        self.local.forward()
+    }
 }
 
 /// Rate limits and fraud scoring, shared by every request of a process.
@@ -43,6 +70,7 @@ pub struct AbuseGuard {
 }
 
 /// One limit of a purpose, named as QuotaFailure and the metrics name it.
+#[derive(Debug)]
 struct Named {
     name: &'static str,
     /// What the quota counts, completing "N per PERIOD …".
@@ -140,8 +168,9 @@ impl AbuseGuard {
         out
     }
 
-    /// Takes one send from each of the start's limits, or refuses with the limit that
-    /// refused; then scores the start.
+    /// Screens a start before anything is written: its limits in this process (a refusal
+    /// here never reaches the database), then scoring over the counters and blocks read in
+    /// one go. The shared limits are taken with the record ([`AbuseGuard::started`]).
     pub async fn screen_start(
         &self,
         policy: &PurposePolicy,
@@ -151,20 +180,67 @@ impl AbuseGuard {
         now: DateTime<Utc>,
     ) -> Result<Screened, ServiceError> {
         let limits = self.send_limits(policy, input, hash);
-        let (attempts_left, decisions) = self.take(&limits, now).await?;
-        // The per-destination limit is taken atomically across replicas: when this was not
-        // the first event of its window, the destination is a repeat for scoring too, even
-        // if a concurrent attempt has not counted it yet.
+        let requests: Vec<LimitRequest> = limits.iter().map(|l| l.request.clone()).collect();
+        let local = self.limiter.take_local(&requests, now);
+        if let Some(verdict) = local.refused() {
+            return Err(self.refusal(&limits, &verdict));
+        }
+        // When this replica has sent to the destination within its limit's window before,
+        // it is a repeat for scoring too, even if the counters have not shown it yet.
         let repeat_destination = limits
             .iter()
-            .zip(&decisions)
+            .zip(local.decisions())
             .find(|(l, _)| l.name == "send_per_destination")
             .map(|(l, d)| d.remaining + 1 < l.request.quota.limit());
-        let risk = self.score(input, channel, repeat_destination, now).await?;
+        let subject = self.subject(input, channel);
+        let country = subject
+            .phone
+            .as_ref()
+            .and_then(|p| p.country)
+            .map_or_else(|| "unknown".to_owned(), |c| c.as_str().to_owned());
+        let (risk, adds, blocks) = self.score(&subject, repeat_destination, now).await?;
         Ok(Screened {
-            attempts_left,
+            limits,
+            local,
             risk,
+            adds,
+            blocks,
+            country,
         })
+    }
+
+    /// After the record was written with the shared limits' `decisions` (those of
+    /// [`Screened::shared_limits`], in order): refuses when a shared limit refused;
+    /// otherwise counts the attempt, imposes scoring's blocks, and returns the starts the
+    /// limits still allow and scoring's verdict.
+    pub async fn started(
+        &self,
+        screened: Screened,
+        decisions: Vec<LimitDecision>,
+        now: DateTime<Utc>,
+    ) -> Result<(u32, Option<RiskAssessment>), ServiceError> {
+        let verdict = screened.local.merge(decisions)?;
+        if !verdict.allowed() {
+            return Err(self.refusal(&screened.limits, &verdict));
+        }
+        self.risk.add_counts(&screened.adds, now).await?;
+        for block in &screened.blocks {
+            self.impose(block).await?;
+        }
+        if let Some(assessment) = &screened.risk {
+            let country = screened.country.as_str();
+            self.metrics.attempt(country);
+            self.metrics
+                .decision(assessment.decision.as_str(), country, assessment.shadow);
+            for reason in &assessment.reasons {
+                self.metrics
+                    .reason(&reason.code, assessment.decision.as_str());
+            }
+            if assessment.decision != RiskDecision::Allow && assessment.shadow {
+                info!(decision = %assessment.decision, score = assessment.score, reasons = %assessment.reason_codes(), "shadow mode: would refuse");
+            }
+        }
+        Ok((verdict.remaining(), screened.risk))
     }
 
     /// Starts the limits allow now, without taking one (for an idempotent replay).
@@ -188,42 +264,36 @@ impl AbuseGuard {
             .unwrap_or(u32::MAX))
     }
 
-    /// Takes one event from each limit; the smallest remaining and each key's decision, or
-    /// the refusal.
-    async fn take(
-        &self,
-        limits: &[Named],
-        now: DateTime<Utc>,
-    ) -> Result<(u32, Vec<LimitDecision>), ServiceError> {
-        if limits.is_empty() {
-            return Ok((u32::MAX, Vec::new()));
+    /// The error that answers a refusal of `verdict`, the decisions about `limits`.
+    fn refusal(&self, limits: &[Named], verdict: &ratelimit::Verdict) -> ServiceError {
+        let Some((index, refusal)) = verdict.first_refusal() else {
+            return ServiceError::Store(StoreError::Unavailable(
+                "a refusal without a refused limit".to_owned(),
+            ));
+        };
+        let Some(limit) = limits.get(index) else {
+            return ServiceError::Store(StoreError::Unavailable(
+                "a refusal of an unknown limit".to_owned(),
+            ));
+        };
+        self.metrics.limit_hit(limit.name, refusal.local);
+        info!(limit = limit.name, "rate limit refused the request");
+        ServiceError::RateLimited {
+            limit: limit.name,
+            description: format!("{}: at most {}", limit.what, limit.request.quota),
+            retry_after: refusal.decision.retry_after,
         }
-        let requests: Vec<LimitRequest> = limits.iter().map(|l| l.request.clone()).collect();
-        let verdict = self.limiter.take(&requests, now).await?;
-        if let Some((index, refusal)) = verdict.first_refusal() {
-            let limit = &limits[index];
-            self.metrics.limit_hit(limit.name, refusal.local);
-            info!(limit = limit.name, "rate limit refused the request");
-            return Err(ServiceError::RateLimited {
-                limit: limit.name,
-                description: format!("{}: at most {}", limit.what, limit.request.quota),
-                retry_after: refusal.decision.retry_after,
-            });
-        }
-        Ok((
-            verdict.remaining(),
-            verdict.decisions().iter().map(|d| d.decision).collect(),
-        ))
     }
 
-    /// The check limits: per identity (or per verification without one), and the cooldown
-    /// after a wrong code. Returns the checks the limit still allows.
+    /// Screens a check before its attempt is claimed: the cooldown after a wrong code, and
+    /// the check limit per identity (or per verification without one) in this process. The
+    /// shared layer takes the limit with the claim ([`AbuseGuard::checked`]).
     pub async fn screen_check(
         &self,
         policy: &PurposePolicy,
         v: &Verification,
         now: DateTime<Utc>,
-    ) -> Result<u32, ServiceError> {
+    ) -> Result<CheckScreened, ServiceError> {
         let limits = policy.limits();
         if let Some(request) = cooldown_request(policy, v) {
             let decision = self
@@ -244,19 +314,43 @@ impl AbuseGuard {
                 });
             }
         }
-        let Some(quota) = limits.check_per_identity else {
-            return Ok(u32::MAX);
-        };
-        let key = match &v.identity {
-            Some(identity) => format!("check:{}:id:{}", v.purpose, self.identity_tag(identity)),
-            None => format!("check:{}:ver:{}", v.purpose, v.id),
-        };
-        let named = [Named {
-            name: "check_per_identity",
-            what: "checks for one identity",
-            request: LimitRequest { key, quota },
-        }];
-        Ok(self.take(&named, now).await?.0)
+        let mut named = Vec::new();
+        if let Some(quota) = limits.check_per_identity {
+            let key = match &v.identity {
+                Some(identity) => {
+                    format!("check:{}:id:{}", v.purpose, self.identity_tag(identity))
+                }
+                None => format!("check:{}:ver:{}", v.purpose, v.id),
+            };
+            named.push(Named {
+                name: "check_per_identity",
+                what: "checks for one identity",
+                request: LimitRequest { key, quota },
+            });
+        }
+        let requests: Vec<LimitRequest> = named.iter().map(|l| l.request.clone()).collect();
+        let local = self.limiter.take_local(&requests, now);
+        if let Some(verdict) = local.refused() {
+            return Err(self.refusal(&named, &verdict));
+        }
+        Ok(CheckScreened {
+            limits: named,
+            local,
+        })
+    }
+
+    /// After the claim was written with the shared limits' `decisions`: refuses when one
+    /// refused, else returns the checks the limit still allows.
+    pub fn checked(
+        &self,
+        screened: CheckScreened,
+        decisions: Vec<LimitDecision>,
+    ) -> Result<u32, ServiceError> {
+        let verdict = screened.local.merge(decisions)?;
+        if !verdict.allowed() {
+            return Err(self.refusal(&screened.limits, &verdict));
+        }
+        Ok(verdict.remaining())
     }
 
     /// After a wrong code: starts the verification's cooldown, if the purpose has one.
@@ -277,56 +371,37 @@ impl AbuseGuard {
         subject
     }
 
-    /// Scores a start: reads its signals and the blocks on it, decides, records the
-    /// attempt and any block the decision imposes.
+    /// Scores a start: reads its signals and the blocks on it in one read and decides.
+    /// Returns the verdict, the counts the attempt adds and the blocks it imposes, which
+    /// [`AbuseGuard::started`] writes once the start passed its limits.
+    #[allow(clippy::type_complexity)]
     async fn score(
         &self,
-        input: &StartInput,
-        channel: Channel,
+        subject: &fraud::Subject,
         repeat_destination: Option<bool>,
         now: DateTime<Utc>,
-    ) -> Result<Option<RiskAssessment>, ServiceError> {
+    ) -> Result<
+        (
+            Option<RiskAssessment>,
+            Vec<domain::abuse::CountAdd>,
+            Vec<Block>,
+        ),
+        ServiceError,
+    > {
         if self.fraud.mode == fraud::Mode::Off {
-            return Ok(None);
+            return Ok((None, Vec::new(), Vec::new()));
         }
-        let subject = self.subject(input, channel);
-        let queries = fraud::queries(&self.fraud, &subject, now);
-        let targets = fraud::block_targets(&subject);
-        let (counts, blocks) = tokio::try_join!(
-            self.risk.read_counts(&queries),
-            self.risk.active_blocks(&targets, now)
-        )?;
+        let queries = fraud::queries(&self.fraud, subject, now);
+        let targets = fraud::block_targets(subject);
+        let (counts, blocks) = self.risk.read_signals(&queries, &targets, now).await?;
         let observed = fraud::Observed {
             counts,
             blocks,
             repeat_destination,
         };
-        let outcome = fraud::assess(&self.fraud, &subject, &observed, now);
-        self.risk.add_counts(&outcome.adds, now).await?;
+        let outcome = fraud::assess(&self.fraud, subject, &observed, now);
         self.conversion_metrics(&queries, &observed.counts);
-        for block in &outcome.blocks {
-            self.impose(block).await?;
-        }
-        let Some(assessment) = outcome.assessment else {
-            return Ok(None);
-        };
-        let country = subject
-            .phone
-            .as_ref()
-            .and_then(|p| p.country)
-            .map_or_else(|| "unknown".to_owned(), |c| c.as_str().to_owned());
-        let country = country.as_str();
-        self.metrics.attempt(country);
-        self.metrics
-            .decision(assessment.decision.as_str(), country, assessment.shadow);
-        for reason in &assessment.reasons {
-            self.metrics
-                .reason(&reason.code, assessment.decision.as_str());
-        }
-        if assessment.decision != RiskDecision::Allow && assessment.shadow {
-            info!(decision = %assessment.decision, score = assessment.score, reasons = %assessment.reason_codes(), "shadow mode: would refuse");
-        }
-        Ok(Some(assessment))
+        Ok((outcome.assessment, outcome.adds, outcome.blocks))
     }
 
     /// The conversion rates scoring just read, per country and range, over the longest

@@ -152,6 +152,7 @@ pub struct Gateway {
     database: storage::Database,
     bus: GatewayBus,
     abuse: Arc<AbuseGuard>,
+    counters: Arc<crate::counters::BufferedCounters>,
     admin: Option<crate::server::Admin>,
     metrics: Option<(TcpListener, Arc<Metrics>)>,
 }
@@ -238,15 +239,21 @@ impl Gateway {
             ));
 
         let metrics = Arc::new(Metrics::new());
+        let watched = database.clone();
+        metrics.watch_store(move || watched.counts());
         let limiter = ratelimit::Limiter::new(
             database.rate_limits(),
             ratelimit::LocalSettings {
                 max_keys: settings.local_max_keys,
             },
         );
+        // Scoring's counters are added in memory and flushed in batches (`counters`).
+        let counters = Arc::new(crate::counters::BufferedCounters::new(
+            database.risk_store(),
+        ));
         let abuse = Arc::new(AbuseGuard::new(
             limiter,
-            database.risk_store(),
+            Arc::clone(&counters) as Arc<dyn domain::abuse::RiskStore>,
             settings.fraud.clone(),
             keys.blind_index.clone(),
             Arc::clone(&metrics),
@@ -311,6 +318,7 @@ impl Gateway {
             database,
             bus,
             abuse,
+            counters,
             admin,
             metrics: metrics_listener.map(|l| (l, metrics)),
         })
@@ -372,10 +380,18 @@ impl Gateway {
             self.database.clone(),
             stopped(stop_rx.clone()),
         ));
+        // Stopped only after the gRPC server, so the last flush holds every request's counts.
+        let (flush_tx, flush_rx) = watch::channel(false);
+        let flush_task = tokio::spawn(crate::counters::flush_periodically(
+            Arc::clone(&self.counters),
+            stopped(flush_rx),
+        ));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         grpc_task.await.context("gRPC task")??;
+        let _ = flush_tx.send(true);
+        flush_task.await.context("counter flush task")?;
         if let Some(task) = metrics_task {
             task.await.context("metrics task")??;
         }

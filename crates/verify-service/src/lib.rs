@@ -9,6 +9,7 @@ pub mod abuse;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub mod fallback;
 pub mod grpc;

@@ -51,6 +51,14 @@ struct RangeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    kind: &'static str,
+}
+
+/// Where the store's own counts of its work come from, read at each scrape.
+type StoreSource = Box<dyn Fn() -> Option<storage::StoreCounts> + Send + Sync>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BlockLabels {
     kind: &'static str,
     source: &'static str,
@@ -71,6 +79,19 @@ pub struct Metrics {
     ranges: Mutex<VecDeque<String>>,
     blocks: Family<BlockLabels, Counter>,
     local_keys: Gauge,
+    store_transactions: Family<StoreLabels, Counter>,
+    store_commits: Counter,
+    store_source: std::sync::OnceLock<Source>,
+    store_seen: Mutex<storage::StoreCounts>,
+}
+
+/// The store's source of counts, named in `Debug` output only.
+struct Source(StoreSource);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreSource")
+    }
 }
 
 impl Default for Metrics {
@@ -94,6 +115,10 @@ impl Metrics {
             ranges: Mutex::new(VecDeque::new()),
             blocks: Family::default(),
             local_keys: Gauge::default(),
+            store_transactions: Family::default(),
+            store_commits: Counter::default(),
+            store_source: std::sync::OnceLock::new(),
+            store_seen: Mutex::new(storage::StoreCounts::default()),
         };
         registry.register(
             "fraud_decisions",
@@ -140,7 +165,47 @@ impl Metrics {
             "Keys the in-process rate limiter holds",
             m.local_keys.clone(),
         );
+        registry.register(
+            "store_transactions",
+            "Transactions of the embedded store, by kind: read, or write (each atomic to its caller)",
+            m.store_transactions.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Commits of the embedded store's writer (it commits concurrent writes together)",
+            m.store_commits.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Reads the store's counts of its work at every scrape (the embedded store counts
+    /// them; `source` answers `None` where the database server does).
+    pub fn watch_store(
+        &self,
+        source: impl Fn() -> Option<storage::StoreCounts> + Send + Sync + 'static,
+    ) {
+        let _ = self.store_source.set(Source(Box::new(source)));
+    }
+
+    /// Brings the store's counters up to what it reports now.
+    fn sync_store(&self) {
+        let Some(now) = self.store_source.get().and_then(|source| (source.0)()) else {
+            return;
+        };
+        let Ok(mut seen) = self.store_seen.lock() else {
+            return;
+        };
+        let read = now.reads.saturating_sub(seen.reads);
+        let write = now.writes.saturating_sub(seen.writes);
+        let commits = now.commits.saturating_sub(seen.commits);
+        self.store_transactions
+            .get_or_create(&StoreLabels { kind: "read" })
+            .inc_by(read);
+        self.store_transactions
+            .get_or_create(&StoreLabels { kind: "write" })
+            .inc_by(write);
+        self.store_commits.inc_by(commits);
+        *seen = now;
     }
 
     pub fn decision(&self, decision: &'static str, country: &str, shadow: bool) {
@@ -230,6 +295,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        self.sync_store();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

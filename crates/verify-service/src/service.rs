@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use domain::abuse::RiskAssessment;
 use domain::events::EventBus;
 use domain::ports::{
-    Clock, Inserted, ProviderErrorKind, ProviderStart, ProviderStatus, VerificationStore,
+    Clock, Inserted, Limited, ProviderErrorKind, ProviderStart, ProviderStatus, VerificationStore,
     VerifyProvider,
 };
 use domain::{
@@ -155,58 +155,89 @@ impl VerifyCore {
                 .await
             {
                 Ok(screened) => screened,
-                // A concurrent start with the same key may have taken the limit's last
-                // event: then this is its replay, not a new send to refuse.
                 Err(refused @ ServiceError::RateLimited { .. }) => {
-                    if let Some(key) = &input.idempotency_key
-                        && let Some(v) = self.concurrent_replay(policy, key, &hash).await?
-                    {
-                        return Ok(Started {
-                            verification: v,
-                            attempts_left: 0,
-                        });
-                    }
-                    return Err(refused);
+                    return self.unless_concurrent_replay(policy, &input, &hash, refused).await;
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(risk) = &screened.risk
-                && risk.refuses()
-            {
-                return Err(self
-                    .record_blocked(policy, &input, channel, hash, risk.clone(), now)
-                    .await);
-            }
-            let verification = self
-                .send_screened(policy, &input, channel, hash, now, screened.risk)
+            // The record is written before anything is sent, in one transaction with the
+            // shared limits: pending (the unique indexes decide which concurrent request
+            // sends), or BLOCKED with its assessment when scoring refuses.
+            let refusal = screened.risk.clone().filter(RiskAssessment::refuses);
+            let record = self.new_record(policy, &input, channel, hash.clone(), now);
+            let v = match &refusal {
+                Some(risk) => Verification::blocked(record, risk.clone()),
+                None => {
+                    let mut v = Verification::new(record);
+                    v.risk = screened.risk.clone();
+                    v
+                }
+            };
+            let written = self
+                .store
+                .insert_limited(&v, screened.shared_limits(), now)
                 .await?;
+            let (decisions, inserted) = match written {
+                Limited::Refused(decisions) => (decisions, None),
+                Limited::Done { decisions, outcome } => (decisions, Some(outcome)),
+            };
+            let attempts_left = match self.abuse.started(screened, decisions, now).await {
+                Ok((attempts_left, _)) => attempts_left,
+                Err(refused @ ServiceError::RateLimited { .. }) => {
+                    return self.unless_concurrent_replay(policy, &input, &hash, refused).await;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(inserted) = inserted else {
+                return Err(ServiceError::Store(domain::ports::StoreError::Unavailable(
+                    "the limits allowed a start the store did not record".to_owned(),
+                )));
+            };
+            if let Some(risk) = refusal {
+                tracing::Span::current().record("verification_id", v.id.to_string());
+                warn!(decision = %risk.decision, score = risk.score, reasons = %risk.reason_codes(), "start refused by fraud scoring");
+                return Err(ServiceError::Refused {
+                    assessment: risk,
+                    verification_id: v.id.to_string(),
+                });
+            }
+            let verification = match inserted {
+                Inserted::Created => self.send_recorded(policy, &input, channel, v).await?,
+                Inserted::Existing(existing) => self.idempotent_answer(*existing, &hash)?,
+                // Another start to this destination is pending: this one resends on it.
+                Inserted::Pending(pending) => {
+                    self.resend_when_sent(policy, *pending, &input, channel)
+                        .await?
+                }
+            };
             Ok(Started {
                 verification,
-                attempts_left: screened.attempts_left,
+                attempts_left,
             })
         }
         .instrument(span)
         .await
     }
 
-    async fn send_screened(
+    /// Answers a start a rate limit refused: a concurrent start with the same key may have
+    /// taken the limit's last event, and then this is its replay, not a new send to
+    /// refuse.
+    async fn unless_concurrent_replay(
         &self,
         policy: &PurposePolicy,
         input: &StartInput,
-        channel: Channel,
-        hash: domain::DestinationHash,
-        now: DateTime<Utc>,
-        risk: Option<RiskAssessment>,
-    ) -> Result<Verification, ServiceError> {
-        if let Some(pending) = self.store.find_pending(&input.purpose, &hash, now).await? {
-            // A concurrent request with the same key may have recorded it since `replay`
-            // looked: that is still a replay, not a resend.
-            if input.idempotency_key.is_some() && pending.idempotency_key == input.idempotency_key {
-                return self.idempotent_answer(pending, &hash);
-            }
-            return self.resend_when_sent(policy, pending, input, channel).await;
+        hash: &domain::DestinationHash,
+        refused: ServiceError,
+    ) -> Result<Started, ServiceError> {
+        if let Some(key) = &input.idempotency_key
+            && let Some(v) = self.concurrent_replay(policy, key, hash).await?
+        {
+            return Ok(Started {
+                verification: v,
+                attempts_left: 0,
+            });
         }
-        self.send_new(policy, input, channel, hash, now, risk).await
+        Err(refused)
     }
 
     /// Resends on `pending`, first waiting for its first send when a concurrent start is
@@ -231,32 +262,6 @@ impl VerifyCore {
             pending = self.read(&pending.id).await?;
         }
         self.resend(policy, pending, input, channel).await
-    }
-
-    /// Records a start fraud scoring refused, and the error that answers it.
-    async fn record_blocked(
-        &self,
-        policy: &PurposePolicy,
-        input: &StartInput,
-        channel: Channel,
-        hash: domain::DestinationHash,
-        risk: RiskAssessment,
-        now: DateTime<Utc>,
-    ) -> ServiceError {
-        let v = Verification::blocked(
-            self.new_record(policy, input, channel, hash, now),
-            risk.clone(),
-        );
-        tracing::Span::current().record("verification_id", v.id.to_string());
-        warn!(decision = %risk.decision, score = risk.score, reasons = %risk.reason_codes(), "start refused by fraud scoring");
-        match self.store.insert(&v).await {
-            Ok(_) => ServiceError::Refused {
-                assessment: risk,
-                verification_id: v.id.to_string(),
-            },
-            // Fail closed: nothing was sent, and the caller learns the store failed.
-            Err(e) => e.into(),
-        }
     }
 
     fn new_record(
@@ -357,30 +362,15 @@ impl VerifyCore {
         Ok(existing)
     }
 
-    async fn send_new(
+    /// Sends a verification just recorded as pending and records the outcome: the
+    /// provider's id, or the failure.
+    async fn send_recorded(
         &self,
         policy: &PurposePolicy,
         input: &StartInput,
         channel: Channel,
-        hash: domain::DestinationHash,
-        now: DateTime<Utc>,
-        risk: Option<RiskAssessment>,
+        mut v: Verification,
     ) -> Result<Verification, ServiceError> {
-        let mut v = Verification::new(self.new_record(policy, input, channel, hash.clone(), now));
-        v.risk = risk;
-        // Record first: the unique idempotency key decides, in the database, which of two
-        // concurrent requests sends.
-        match self.store.insert(&v).await? {
-            Inserted::Created => {}
-            Inserted::Existing(existing) => return self.idempotent_answer(*existing, &hash),
-            // A concurrent start recorded a pending verification for this destination since
-            // `find_pending` looked; nothing was written: resend on it, as `start` would.
-            Inserted::Pending(pending) => {
-                return self
-                    .resend_when_sent(policy, *pending, input, channel)
-                    .await;
-            }
-        }
         tracing::Span::current().record("verification_id", v.id.to_string());
         let request = ProviderStart {
             service: policy.service_sid().to_owned(),
@@ -501,16 +491,30 @@ impl VerifyCore {
             if v.status != VerificationStatus::Pending {
                 return Err(not_checkable(id, TransitionError::NotPending(v.status)));
             }
-            let limit_left = self.abuse.screen_check(&policy, &v, self.clock.now()).await?;
-            // Claim one attempt.
-            let mut claimed = false;
+            let screened = self.abuse.screen_check(&policy, &v, self.clock.now()).await?;
+            // Claim one attempt, with the shared check limit in the same transaction.
+            let mut limit_left = None;
             for _ in 0..CONFLICT_RETRIES {
                 let version = v.version;
-                v.begin_check(self.clock.now()).map_err(|e| not_checkable(id, e))?;
-                match self.store.update(&v, version).await {
-                    Ok(()) => {
-                        claimed = true;
+                let now = self.clock.now();
+                v.begin_check(now).map_err(|e| not_checkable(id, e))?;
+                match self
+                    .store
+                    .update_limited(&v, version, screened.shared_limits(), now)
+                    .await
+                {
+                    Ok(Limited::Done { decisions, .. }) => {
+                        limit_left = Some(self.abuse.checked(screened, decisions)?);
                         break;
+                    }
+                    Ok(Limited::Refused(decisions)) => {
+                        return Err(match self.abuse.checked(screened, decisions) {
+                            Err(refused) => refused,
+                            Ok(_) => domain::ports::StoreError::Unavailable(
+                                "the store refused a check every limit allowed".to_owned(),
+                            )
+                            .into(),
+                        });
                     }
                     Err(domain::ports::StoreError::Conflict(_)) => {
                         v = self.load_current(id).await?;
@@ -518,9 +522,9 @@ impl VerifyCore {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if !claimed {
+            let Some(limit_left) = limit_left else {
                 return Err(domain::ports::StoreError::Conflict(*id).into());
-            }
+            };
             let outcome = match self.provider.check(policy.service_sid(), &sid, code).await {
                 Ok(c) if c.valid && c.status == ProviderStatus::Approved => CheckOutcome::Approved,
                 Ok(c) => match c.status {
