@@ -19,7 +19,7 @@ use pb::verify_service_client::VerifyServiceClient;
 use proto::verify::v1 as pb;
 use tonic::Code;
 
-use crate::bench::{connect, spawn_gateway};
+use crate::bench::{Upstream, connect, spawn_gateway};
 
 /// A small deterministic generator (xorshift64*), so both runs replay one stream.
 struct Rng(u64);
@@ -252,7 +252,7 @@ async fn start(
 }
 
 async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Result<Vec<Outcome>> {
-    let gateway = spawn_gateway(root, &[("VERIFY_FRAUD__MODE", mode)])?;
+    let gateway = spawn_gateway(root, Upstream::Sandbox, &[("VERIFY_FRAUD__MODE", mode)])?;
     let mut client = connect(gateway.grpc).await?;
     let http = reqwest::Client::new();
     let inbox = format!("http://127.0.0.1:{}/sandbox/messages", gateway.sandbox);

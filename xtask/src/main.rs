@@ -5,12 +5,18 @@
 //! - `ci`: what CI runs: tools, PostgreSQL and RabbitMQ (`deps`), rustfmt check, clippy
 //!   `-D warnings`, buf lint, the deployment files' validators, all tests.
 //! - `deps`: a throwaway PostgreSQL and RabbitMQ on loopback (see `deps.rs`).
-//! - `bench`: drives Start+Check against the embedded gateway, and an SMS-pumping scenario
-//!   (`bench abuse`), and prints figures.
+//! - `bench`: drives Start+Check flows against the gateway alone (a fixed-answer Twilio
+//!   upstream in xtask), webhooks and fallbacks through the embedded gateway, an SMS-pumping
+//!   scenario (`bench abuse`) and, when asked, a million destinations (`bench memory`), and
+//!   prints figures.
 
 mod bench;
 mod bench_abuse;
 mod bench_delivery;
+mod bench_measure;
+mod bench_memory;
+mod bench_numbers;
+mod bench_upstream;
 mod deploy_check;
 mod deps;
 mod smoke;
@@ -58,14 +64,19 @@ fn print_help() {
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
          smoke   the distributed fallback as separate processes (after deps up and a build)\n  \
-         bench   [flows|delivery|abuse|all] load against the embedded gateway; prints figures\n          \
-         flows: Start+Check requests/s, p50, p99 (--flows N, default 2000)\n          \
+         bench   [flows|delivery|abuse|memory|all] load against the gateway; prints figures\n          \
+         (all: flows, delivery and abuse; memory only when named)\n          \
+         flows: Start+Check against a fixed-answer Twilio upstream in xtask: flows/s, p50,\n          \
+         p99, non-OK codes, gateway CPU per flow, RSS and peak RSS, store transactions per\n          \
+         flow (--flows N, default 2000, after --warmup N, default 1000)\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
          failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
          abuse: an SMS-pumping attack among legitimate users, enforce and shadow mode:\n          \
          attack sends stopped, sends until each range is blocked, legit refused\n          \
          (--legit N, default 1000; --attack N, default 1000)\n          \
-         --concurrency C (default 32)"
+         memory: N starts to distinct numbers, RSS and peak RSS every 100k\n          \
+         (--destinations N, default 1000000)\n          \
+         --concurrency C (default 32), --connections K (HTTP/2, default 4)"
     );
 }
 
