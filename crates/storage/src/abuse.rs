@@ -90,23 +90,33 @@ pub(crate) fn decide_round(
         let row = taken.remove(&request.key).ok_or_else(|| {
             StoreError::Unavailable(format!("taking `{}` returned no state for it", request.key))
         })?;
-        // The `tat` before this take: an allowed take added one interval to
-        // `max(tat, now)`, which is all `gcra` reads of it; a refused one changed nothing.
-        let before = if row.allowed {
-            row.tat - request.quota.emission_interval_ms()
-        } else {
-            row.tat
-        };
-        let (decision, _) = gcra(Some(before), now_ms, &request.quota);
-        if decision.allowed != row.allowed {
-            return Err(StoreError::Corrupt(format!(
-                "rate limit `{}`: the stored decision ({}) disagrees with gcra at tat {}",
-                request.key, row.allowed, row.tat
-            )));
-        }
-        decisions[i] = Some(decision);
+        decisions[i] = Some(decide_taken(request, &row, now_ms)?);
     }
     Ok(())
+}
+
+/// The decision of one take from the state its upsert left, computed by `gcra` (one copy
+/// of the maths).
+pub(crate) fn decide_taken(
+    request: &LimitRequest,
+    row: &TakenRow,
+    now_ms: i64,
+) -> Result<LimitDecision, StoreError> {
+    // The `tat` before this take: an allowed take added one interval to `max(tat, now)`,
+    // which is all `gcra` reads of it; a refused one changed nothing.
+    let before = if row.allowed {
+        row.tat - request.quota.emission_interval_ms()
+    } else {
+        row.tat
+    };
+    let (decision, _) = gcra(Some(before), now_ms, &request.quota);
+    if decision.allowed != row.allowed {
+        return Err(StoreError::Corrupt(format!(
+            "rate limit `{}`: the stored decision ({}) disagrees with gcra at tat {}",
+            request.key, row.allowed, row.tat
+        )));
+    }
+    Ok(decision)
 }
 
 /// The decisions of every round, in request order.

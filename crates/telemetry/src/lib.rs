@@ -6,6 +6,7 @@
 
 pub mod trace;
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::str::FromStr;
 
@@ -148,35 +149,41 @@ impl<W: Write> Write for RedactingWriter<W> {
 }
 
 /// Masks E.164-shaped numbers (`+` and 8 to 15 digits) and email addresses in `text`.
-pub fn redact(text: &str) -> String {
+/// Borrows `text` when there is nothing to mask (no `+` or `@` in it), which is most lines.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    if !text.contains(['+', '@']) {
+        return Cow::Borrowed(text);
+    }
     let mut out = String::with_capacity(text.len());
-    let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == '+' {
-            let digits = chars[i + 1..]
-                .iter()
-                .take_while(|c| c.is_ascii_digit())
-                .count();
+    // Byte index up to which the input was consumed by a mask.
+    let mut skip_to = 0;
+    for (i, c) in text.char_indices() {
+        if i < skip_to {
+            continue;
+        }
+        if c == '+' {
+            let digits = text[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
             if (8..=15).contains(&digits) {
-                let number: String = chars[i..=i + digits].iter().collect();
+                // `+` and ASCII digits: byte indices are char indices here.
+                let number = &text[i..=i + digits];
                 out.push_str(&number[..5]);
                 out.push_str("***");
                 out.push_str(&number[number.len() - 4..]);
-                i += digits + 1;
+                skip_to = i + digits + 1;
                 continue;
             }
         }
-        if chars[i] == '@'
-            && let Some(masked) = mask_email_at(&chars, i, &mut out)
-        {
-            i = masked;
+        if c == '@' && mask_email_at(text, i, &mut out) {
+            skip_to = i + 1;
             continue;
         }
-        out.push(chars[i]);
-        i += 1;
+        out.push(c);
     }
-    out
+    if out == text {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(out)
+    }
 }
 
 fn is_local_char(c: char) -> bool {
@@ -187,32 +194,39 @@ fn is_domain_char(c: char) -> bool {
     c.is_alphanumeric() || c == '.' || c == '-'
 }
 
-/// If an email address has its `@` at `at`, rewrites the local part already copied to `out`
-/// as `x***` and returns the index after the `@`.
-fn mask_email_at(chars: &[char], at: usize, out: &mut String) -> Option<usize> {
-    let local_len = chars[..at]
-        .iter()
+/// If an email address has its `@` at byte `at` of `text`, rewrites the local part already
+/// copied to `out` as `x***@` and returns true.
+fn mask_email_at(text: &str, at: usize, out: &mut String) -> bool {
+    let local_len = text[..at]
+        .chars()
         .rev()
-        .take_while(|c| is_local_char(**c))
+        .take_while(|c| is_local_char(*c))
         .count();
-    let domain: String = chars[at + 1..]
-        .iter()
-        .take_while(|c| is_domain_char(**c))
-        .collect();
+    let domain_len = text[at + 1..]
+        .chars()
+        .take_while(|c| is_domain_char(*c))
+        .map(char::len_utf8)
+        .sum::<usize>();
+    let domain = &text[at + 1..at + 1 + domain_len];
     if local_len == 0 || !domain.contains('.') || domain.starts_with('.') {
-        return None;
+        return false;
     }
-    let local: String = chars[at - local_len..at].iter().collect();
+    let local_start = text[..at]
+        .char_indices()
+        .rev()
+        .nth(local_len - 1)
+        .map_or(0, |(i, _)| i);
+    let local = &text[local_start..at];
     if local.starts_with('*') || local.ends_with("***") {
-        return None;
+        return false;
     }
-    let keep: String = local.chars().take(1).collect();
-    for _ in 0..local.chars().count() {
+    let keep = local.chars().next();
+    for _ in 0..local_len {
         out.pop();
     }
-    out.push_str(&keep);
+    out.extend(keep);
     out.push_str("***@");
-    Some(at + 1)
+    true
 }
 
 /// Resolves when the process is asked to stop (SIGTERM, as from systemd, Kubernetes or
@@ -253,6 +267,20 @@ mod tests {
         check("mail jane.doe@example.com now", "mail j***@example.com now");
         check("already +1415***2671", "already +1415***2671");
         check("masked j***@example.com", "masked j***@example.com");
+        check("ünï jöhn.dœ@exämple.com ✓", "ünï j***@exämple.com ✓");
+        check("@start and end@", "@start and end@");
+        check(
+            "long +1234567890123456 stays",
+            "long +1234567890123456 stays",
+        );
+        check("+14155552671+14155552672", "+1415***2671+1415***2672");
+    }
+
+    #[test]
+    fn borrows_what_needs_no_mask() {
+        assert!(matches!(redact("plain line"), Cow::Borrowed(_)));
+        assert!(matches!(redact("retry in +5 s"), Cow::Borrowed(_)));
+        assert!(matches!(redact("to=+14155552671"), Cow::Owned(_)));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! `tracing` parent unless [`set_parent`] names a remote one (a caller's, or one stored with
 //! a verification); [`add_link`] relates a span to another trace without joining it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -263,8 +264,7 @@ impl<E: SpanExporter> SpanExporter for Redacted<E> {
 fn redact_span(span: &mut SpanData) {
     redact_attributes(&mut span.attributes);
     for event in &mut span.events.events {
-        let name = redact(&event.name);
-        if name != event.name {
+        if let Cow::Owned(name) = redact(&event.name) {
             event.name = name.into();
         }
         redact_attributes(&mut event.attributes);
@@ -272,11 +272,10 @@ fn redact_span(span: &mut SpanData) {
     for link in &mut span.links.links {
         redact_attributes(&mut link.attributes);
     }
-    if let Status::Error { description } = &mut span.status {
-        let redacted = redact(description);
-        if redacted != *description {
-            *description = redacted.into();
-        }
+    if let Status::Error { description } = &mut span.status
+        && let Cow::Owned(redacted) = redact(description)
+    {
+        *description = redacted.into();
     }
 }
 
@@ -284,15 +283,13 @@ fn redact_attributes(attributes: &mut [KeyValue]) {
     for kv in attributes {
         match &mut kv.value {
             Value::String(s) => {
-                let redacted = redact(s.as_str());
-                if redacted != s.as_str() {
+                if let Cow::Owned(redacted) = redact(s.as_str()) {
                     *s = redacted.into();
                 }
             }
             Value::Array(Array::String(values)) => {
                 for s in values {
-                    let redacted = redact(s.as_str());
-                    if redacted != s.as_str() {
+                    if let Cow::Owned(redacted) = redact(s.as_str()) {
                         *s = redacted.into();
                     }
                 }

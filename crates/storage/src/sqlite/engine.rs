@@ -92,6 +92,7 @@ pub(crate) struct Engine {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    closed: std::sync::atomic::AtomicBool,
     location: Location,
     counters: Arc<Counters>,
 }
@@ -167,6 +168,7 @@ impl Engine {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             location,
             counters,
         })
@@ -245,16 +247,23 @@ impl Engine {
     }
 
     fn give_back(&self, conn: Connection) {
+        // After `close` a read still running keeps its connection only until it ends.
         if let Ok(mut readers) = self.readers.lock()
             && readers.len() < IDLE_READERS
+            && !self.closed.load(Ordering::Relaxed)
         {
             readers.push(conn);
         }
     }
 
-    /// Stops taking writes, lets the writer finish what is queued (its connection then
-    /// closes, which checkpoints the WAL into the file) and closes the read connections.
+    /// Closes the read connections, stops taking writes and lets the writer finish what
+    /// is queued. The writer's connection closes last: the last connection to a database
+    /// checkpoints the WAL into the file, which a read-only one cannot do.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.clear();
+        }
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
@@ -262,9 +271,6 @@ impl Engine {
             && let Some(handle) = writer.take()
         {
             let _ = handle.join();
-        }
-        if let Ok(mut readers) = self.readers.lock() {
-            readers.clear();
         }
     }
 }
@@ -279,21 +285,28 @@ fn poisoned() -> StoreError {
     StoreError::Unavailable("a lock of the SQLite store was poisoned".to_owned())
 }
 
+/// Runs a transaction-control statement (`BEGIN`, `COMMIT`, `SAVEPOINT x`, …) from the
+/// connection's statement cache: they run several times per batch, and preparing each
+/// again would cost more than running it.
+pub(crate) fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs `f` inside a savepoint: kept when it succeeds, rolled back when it fails or
 /// panics (a panic becomes an error, so one bad job cannot take the writer down).
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job").map_err(store_error)?;
+    control(conn, "SAVEPOINT job").map_err(store_error)?;
     let outcome = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
         Err(StoreError::Unavailable(
             "a write of the SQLite store panicked".to_owned(),
         ))
     });
     let end = match &outcome {
-        Ok(_) => conn.execute_batch("RELEASE job"),
-        Err(_) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+        Ok(_) => control(conn, "RELEASE job"),
+        Err(_) => control(conn, "ROLLBACK TO job").and_then(|()| control(conn, "RELEASE job")),
     };
     match end {
         Ok(()) => outcome,
@@ -333,7 +346,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, counters: &Counters) {
     if due.is_empty() {
         return;
     }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         let error = store_error(e);
         for job in due {
             (job.run)(Err(error.clone()))(Err(error.clone()));
@@ -341,9 +354,9 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, counters: &Counters) {
         return;
     }
     let delivers: Vec<Deliver> = due.into_iter().map(|job| (job.run)(Ok(conn))).collect();
-    let committed = conn.execute_batch("COMMIT").map_err(store_error);
+    let committed = control(conn, "COMMIT").map_err(store_error);
     if committed.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
     } else {
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters

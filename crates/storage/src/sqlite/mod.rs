@@ -21,7 +21,7 @@ use engine::{BUSY_TIMEOUT, Engine, Location};
 use repo::SqliteRepo;
 /// The statements the planner tests read.
 #[cfg(test)]
-pub(crate) use repo::{ACTIVE_BLOCKS, CLAIM_OUTBOX, READ_COUNTS, READ_LIMITS};
+pub(crate) use repo::{ACTIVE_BLOCK, CLAIM_OUTBOX, READ_COUNT, READ_LIMITS};
 
 /// The SQLite schema, embedded in the binary so the embedded mode needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");

@@ -24,15 +24,14 @@ use domain::{
 };
 use rusqlite::Connection;
 
-use super::engine::{Engine, execute, query, query_opt};
+use super::engine::{Engine, control, execute, query, query_opt, store_error};
 use super::rows;
 use crate::abuse::{
-    BlockWrite, PURGE_BATCH, bucket_of, collect_decisions, count_queries_input, counts_from_rows,
-    counts_input, decide, decide_round, peek_decisions, peek_input, rounds, sorted_blocks,
-    take_input, targets_input,
+    BlockWrite, PURGE_BATCH, bucket_of, counts_input, decide, decide_taken, peek_decisions,
+    peek_input, sorted_blocks,
 };
 use crate::messages::{QUARANTINED, lease_millis, truncate_error};
-use crate::row::{BlockRow, EnvelopeRow, ReportRow, VerificationRow, to_millis};
+use crate::row::{BlockRow, CountsRow, EnvelopeRow, ReportRow, VerificationRow, to_millis};
 use crate::sql::{self, outbox_columns};
 
 /// Now on SQLite's clock, in milliseconds since the Unix epoch (julianday arithmetic, which
@@ -62,12 +61,11 @@ const CLAIM_MESSAGE: &str = sql::claim_message!(now_millis!());
 
 const COMPLETE_MESSAGE: &str = sql::complete_message!(now_millis!());
 
-/// `max` with two arguments is SQLite's scalar maximum.
-const TAKE_LIMITS: &str = sql::take_limits!(
-    "(SELECT json_extract(value, '$.key') AS key,
-      json_extract(value, '$.interval_ms') AS interval_ms,
-      json_extract(value, '$.period_ms') AS period_ms
-      FROM json_each($2)) AS input",
+/// [`sql::take_limits!`] for one key (`$2`, with its interval `$3` and period `$4`): the
+/// writer runs it once per key, statements being cheap in process, rather than parsing a
+/// JSON list. `max` with two arguments is SQLite's scalar maximum.
+const TAKE_LIMIT: &str = sql::take_limits!(
+    "(SELECT $2 AS key, $3 AS interval_ms, $4 AS period_ms) AS input",
     "max"
 );
 
@@ -81,20 +79,16 @@ const ADD_COUNTS: &str = sql::add_counts!(
       FROM json_each($2)) AS input"
 );
 
-pub(crate) const READ_COUNTS: &str = sql::read_counts!(
-    "(SELECT json_extract(value, '$.i') AS i,
-      json_extract(value, '$.key') AS key,
-      json_extract(value, '$.since') AS since
-      FROM json_each($1)) AS input"
-);
+/// The sums of one counter (`$1`) over the buckets from `$2` on: one range of the primary
+/// key, both sums in one pass (`sql::read_counts!` reads a JSON list of such queries).
+pub(crate) const READ_COUNT: &str = "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(approved), 0) \
+     FROM risk_counters WHERE key = $1 AND bucket >= $2";
 
-/// SQLite's planner looks each target up in the primary key.
-pub(crate) const ACTIVE_BLOCKS: &str = concat!(
+/// The block in force at `$3` on one target (`$1` kind, `$2` value), by the primary key.
+pub(crate) const ACTIVE_BLOCK: &str = concat!(
     "SELECT ",
     sql::block_columns!(),
-    " FROM risk_blocks WHERE expires_at > $1 AND (kind, value) IN (",
-    "SELECT json_extract(value, '$.kind'), json_extract(value, '$.value')",
-    " FROM json_each($2))"
+    " FROM risk_blocks WHERE kind = $1 AND value = $2 AND expires_at > $3"
 );
 
 /// The store's operations on one database. Cloning shares the engine.
@@ -425,8 +419,7 @@ impl SqliteRepo {
         let claimed = self
             .engine
             .write(move |conn| {
-                conn.execute_batch("SAVEPOINT claim")
-                    .map_err(super::engine::store_error)?;
+                control(conn, "SAVEPOINT claim").map_err(store_error)?;
                 let mut found = query(conn, CLAIM_OUTBOX, &[&now, &until, &limit], rows::outbox)?;
                 found.sort_by_key(|row| (row.created_at, row.id));
                 let mut messages = Vec::with_capacity(found.len());
@@ -439,15 +432,15 @@ impl SqliteRepo {
                     }
                 }
                 if corrupt.is_empty() {
-                    conn.execute_batch("RELEASE claim")
-                        .map_err(super::engine::store_error)?;
+                    control(conn, "RELEASE claim").map_err(store_error)?;
                     return Ok(Claimed::Messages(messages));
                 }
                 // A row that cannot be read back would come back in every batch and stall
                 // the relay: the claim is undone, the row set aside (never due again, its
                 // `last_error` saying why), and this claim fails once.
-                conn.execute_batch("ROLLBACK TO claim; RELEASE claim")
-                    .map_err(super::engine::store_error)?;
+                control(conn, "ROLLBACK TO claim")
+                    .and_then(|()| control(conn, "RELEASE claim"))
+                    .map_err(store_error)?;
                 for (id, problem) in &corrupt {
                     tracing::error!(outbox_id = id, %problem, "outbox message is corrupt; set aside");
                     let error = truncate_error(&format!("corrupt: {problem}"));
@@ -646,12 +639,10 @@ impl SqliteRepo {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let input = count_queries_input(queries);
-        let found = self
-            .engine
-            .read(move |conn| query(conn, READ_COUNTS, &[&input], rows::counts))
-            .await?;
-        counts_from_rows(queries.len(), &found)
+        let queries = queries.to_vec();
+        self.engine
+            .read(move |conn| read_counts_in(conn, &queries))
+            .await
     }
 
     /// Counters and blocks in one read transaction.
@@ -661,27 +652,24 @@ impl SqliteRepo {
         targets: &[BlockTarget],
         now: DateTime<Utc>,
     ) -> Result<(Vec<Counts>, Vec<Block>), StoreError> {
-        let counts_input = (!queries.is_empty()).then(|| count_queries_input(queries));
-        let blocks_input = targets_input(targets);
-        let now = to_millis(now);
-        let (counts, blocks) = self
-            .engine
+        let queries = queries.to_vec();
+        let targets = targets.to_vec();
+        self.engine
             .read(move |conn| {
-                let counts = match &counts_input {
-                    Some(input) => query(conn, READ_COUNTS, &[input], rows::counts)?,
-                    None => Vec::new(),
-                };
-                let blocks = match &blocks_input {
-                    Some(input) => query(conn, ACTIVE_BLOCKS, &[&now, input], rows::block)?,
-                    None => Vec::new(),
-                };
+                // One read transaction: the counters and blocks of one moment. (A read
+                // that runs as a writer job, on an in-memory database, is in one already.)
+                let own = conn.is_autocommit();
+                if own {
+                    control(conn, "BEGIN").map_err(store_error)?;
+                }
+                let counts = read_counts_in(conn, &queries)?;
+                let blocks = active_blocks_in(conn, &targets, now)?;
+                if own {
+                    control(conn, "COMMIT").map_err(store_error)?;
+                }
                 Ok((counts, blocks))
             })
-            .await?;
-        Ok((
-            counts_from_rows(queries.len(), &counts)?,
-            sorted_blocks(blocks)?,
-        ))
+            .await
     }
 
     pub(crate) async fn purge_counts(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -745,15 +733,10 @@ impl SqliteRepo {
         targets: &[BlockTarget],
         now: DateTime<Utc>,
     ) -> Result<Vec<Block>, StoreError> {
-        let Some(input) = targets_input(targets) else {
-            return Ok(Vec::new());
-        };
-        let now = to_millis(now);
-        let found = self
-            .engine
-            .read(move |conn| query(conn, ACTIVE_BLOCKS, &[&now, &input], rows::block))
-            .await?;
-        sorted_blocks(found)
+        let targets = targets.to_vec();
+        self.engine
+            .read(move |conn| active_blocks_in(conn, &targets, now))
+            .await
     }
 
     pub(crate) async fn list_blocks(
@@ -802,33 +785,87 @@ fn limited<T>(
             outcome: write(conn)?,
         });
     }
-    conn.execute_batch("SAVEPOINT limits")
-        .map_err(super::engine::store_error)?;
+    control(conn, "SAVEPOINT limits").map_err(store_error)?;
     let decisions = take_limits_in(conn, limits, now)?;
     if decisions.iter().any(|d| !d.allowed) {
-        conn.execute_batch("ROLLBACK TO limits; RELEASE limits")
-            .map_err(super::engine::store_error)?;
+        control(conn, "ROLLBACK TO limits")
+            .and_then(|()| control(conn, "RELEASE limits"))
+            .map_err(store_error)?;
         return Ok(Limited::Refused(decisions));
     }
-    conn.execute_batch("RELEASE limits")
-        .map_err(super::engine::store_error)?;
+    control(conn, "RELEASE limits").map_err(store_error)?;
     // A failed write returns its error: the job's own savepoint then undoes the takes too.
     let outcome = write(conn)?;
     Ok(Limited::Done { decisions, outcome })
 }
 
-/// Takes one event from each request, in rounds of distinct keys (see `crate::abuse`).
+/// Takes one event from each request, in request order, one statement per key: a key
+/// named twice is taken twice, the second time after the first, as `RateLimitStore::take`
+/// promises.
 fn take_limits_in(
     conn: &Connection,
     requests: &[LimitRequest],
     now: DateTime<Utc>,
 ) -> Result<Vec<LimitDecision>, StoreError> {
     let now_ms = to_millis(now);
-    let mut decisions = vec![None; requests.len()];
-    for round in rounds(requests) {
-        let input = take_input(requests, &round);
-        let found = query(conn, TAKE_LIMITS, &[&now_ms, &input], rows::taken)?;
-        decide_round(requests, &round, found, now_ms, &mut decisions)?;
+    requests
+        .iter()
+        .map(|request| {
+            let interval = request.quota.emission_interval_ms();
+            let period = request.quota.period_ms();
+            let row = query_opt(
+                conn,
+                TAKE_LIMIT,
+                &[&now_ms, &request.key, &interval, &period],
+                rows::taken,
+            )?
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "taking `{}` returned no state for it",
+                    request.key
+                ))
+            })?;
+            decide_taken(request, &row, now_ms)
+        })
+        .collect()
+}
+
+/// The sums of each query over its window, one range of the primary key each.
+fn read_counts_in(conn: &Connection, queries: &[CountQuery]) -> Result<Vec<Counts>, StoreError> {
+    let mut counts = Vec::with_capacity(queries.len());
+    for (i, q) in queries.iter().enumerate() {
+        let since = bucket_of(q.since);
+        let sums = query_opt(conn, READ_COUNT, &[&q.key, &since], |r| {
+            Ok(CountsRow {
+                i: i64::try_from(i).unwrap_or(i64::MAX),
+                attempts: r.get(0)?,
+                approved: r.get(1)?,
+            })
+        })?;
+        counts.push(match sums {
+            Some(row) => Counts::try_from(&row)?,
+            None => Counts::default(),
+        });
     }
-    collect_decisions(decisions)
+    Ok(counts)
+}
+
+/// The blocks in force at `now` on the distinct `targets`, by target.
+fn active_blocks_in(
+    conn: &Connection,
+    targets: &[BlockTarget],
+    now: DateTime<Utc>,
+) -> Result<Vec<Block>, StoreError> {
+    let now = to_millis(now);
+    let distinct: std::collections::BTreeSet<&BlockTarget> = targets.iter().collect();
+    let mut found = Vec::new();
+    for target in distinct {
+        found.extend(query_opt(
+            conn,
+            ACTIVE_BLOCK,
+            &[&target.kind.as_str(), &target.value, &now],
+            rows::block,
+        )?);
+    }
+    sorted_blocks(found)
 }

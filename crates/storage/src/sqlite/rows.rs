@@ -7,8 +7,7 @@ use rusqlite::Row;
 use rusqlite::types::ToSql;
 
 use crate::row::{
-    BlockRow, CountsRow, EnvelopeRow, HeldBlock, LimitRow, OutboxRow, ReportRow, TakenRow,
-    VerificationRow,
+    BlockRow, EnvelopeRow, HeldBlock, LimitRow, OutboxRow, ReportRow, TakenRow, VerificationRow,
 };
 
 /// A row of `crate::sql::columns!`.
@@ -203,14 +202,5 @@ pub(crate) fn limit(row: &Row<'_>) -> rusqlite::Result<LimitRow> {
     Ok(LimitRow {
         key: row.get(0)?,
         tat: row.get(1)?,
-    })
-}
-
-/// A row of `crate::sql::read_counts!`.
-pub(crate) fn counts(row: &Row<'_>) -> rusqlite::Result<CountsRow> {
-    Ok(CountsRow {
-        i: row.get(0)?,
-        attempts: row.get(1)?,
-        approved: row.get(2)?,
     })
 }

@@ -56,6 +56,18 @@ async fn in_memory_databases_work() -> anyhow::Result<()> {
         store.insert(&bare(3, "login", &fixtures::phone())).await?,
         Inserted::Pending(Box::new(pending))
     );
+    // Reads run as writer jobs there, inside the writer's transaction.
+    let query = domain::abuse::CountQuery {
+        key: "country:US".into(),
+        since: at(-60),
+    };
+    let target = domain::abuse::BlockTarget {
+        kind: domain::abuse::BlockKind::Country,
+        value: "US".into(),
+    };
+    use domain::abuse::RiskStore;
+    let (counts, blocks) = store.read_signals(&[query], &[target], at(0)).await?;
+    assert_eq!((counts.len(), blocks.len()), (1, 0));
     Ok(())
 }
 

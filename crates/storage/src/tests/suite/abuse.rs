@@ -782,34 +782,45 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
     };
     assert!(by_index, "{plan}");
 
-    // Reads of many keys probe the primary key once per key of their JSON parameter, on
-    // PostgreSQL in a plan that cannot become a hash of the whole table.
-    let read_json = [
-        (
-            match db.backend() {
-                Backend::Sqlite => crate::sqlite::READ_LIMITS,
-                Backend::Postgres => <Postgres as Dialect>::READ_LIMITS,
-            },
-            vec![Bind::Text(r#"[{"key":"k"}]"#)],
-            "rate_limits",
-        ),
-        (
-            match db.backend() {
-                Backend::Sqlite => crate::sqlite::READ_COUNTS,
-                Backend::Postgres => <Postgres as Dialect>::READ_COUNTS,
-            },
-            vec![Bind::Text(r#"[{"i":0,"key":"k","since":0}]"#)],
-            "risk_counters",
-        ),
-        (
-            match db.backend() {
-                Backend::Sqlite => crate::sqlite::ACTIVE_BLOCKS,
-                Backend::Postgres => <Postgres as Dialect>::ACTIVE_BLOCKS,
-            },
-            vec![Bind::Int(0), Bind::Text(r#"[{"kind":"ip","value":"v"}]"#)],
-            "risk_blocks",
-        ),
-    ];
+    // Reads of many keys probe the primary key once per key: on PostgreSQL through a JSON
+    // parameter, in a plan that cannot become a hash of the whole table; on SQLite one
+    // statement per key.
+    let read_json = match db.backend() {
+        Backend::Sqlite => [
+            (
+                crate::sqlite::READ_LIMITS,
+                vec![Bind::Text(r#"[{"key":"k"}]"#)],
+                "rate_limits",
+            ),
+            (
+                crate::sqlite::READ_COUNT,
+                vec![Bind::Text("k"), Bind::Int(0)],
+                "risk_counters",
+            ),
+            (
+                crate::sqlite::ACTIVE_BLOCK,
+                vec![Bind::Text("ip"), Bind::Text("v"), Bind::Int(0)],
+                "risk_blocks",
+            ),
+        ],
+        Backend::Postgres => [
+            (
+                <Postgres as Dialect>::READ_LIMITS,
+                vec![Bind::Text(r#"[{"key":"k"}]"#)],
+                "rate_limits",
+            ),
+            (
+                <Postgres as Dialect>::READ_COUNTS,
+                vec![Bind::Text(r#"[{"i":0,"key":"k","since":0}]"#)],
+                "risk_counters",
+            ),
+            (
+                <Postgres as Dialect>::ACTIVE_BLOCKS,
+                vec![Bind::Int(0), Bind::Text(r#"[{"kind":"ip","value":"v"}]"#)],
+                "risk_blocks",
+            ),
+        ],
+    };
     for (statement, binds, table) in read_json {
         let plan = db.plan(statement, &binds).await?;
         let probes = match db.backend() {
