@@ -182,13 +182,42 @@ fn update_in(
     id: VerificationId,
     expected: i64,
 ) -> Result<(), StoreError> {
-    if update_row(conn, row, expected)? {
+    // The writer holds the database: the row read here is the row the update replaces.
+    let Some(stored) = query_opt(conn, sql::GET, &[&row.id], rows::verification)? else {
+        return Err(StoreError::NotFound(id));
+    };
+    if stored.version != expected {
+        tracing::debug!(stored_version = stored.version, "optimistic update lost to a newer write");
+        return Err(StoreError::Conflict(id));
+    }
+    // Only the columns the transition changed are written: SQLite rewrites the entry of
+    // every index whose columns a statement sets, changed or not, and each index page
+    // touched is a page the commit writes. A start's send touches the provider id's index
+    // and a claimed check no index at all, instead of all four.
+    let old = rows::mutable_columns(&stored);
+    let new = rows::mutable_columns(row);
+    let mut set = String::new();
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&row.id, &expected];
+    for ((name, before), (_, after)) in old.iter().zip(&new) {
+        let changed = match (before.to_sql(), after.to_sql()) {
+            (Ok(before), Ok(after)) => before != after,
+            _ => true,
+        };
+        if changed {
+            if !set.is_empty() {
+                set.push_str(", ");
+            }
+            args.push(*after);
+            set.push_str(&format!("{name} = ${}", args.len()));
+        }
+    }
+    if set.is_empty() {
         return Ok(());
     }
-    let stored = query_opt(conn, sql::VERSION_OF, &[&row.id], |r| r.get::<_, i64>(0))?;
-    match stored {
-        Some(_) => Err(StoreError::Conflict(id)),
-        None => Err(StoreError::NotFound(id)),
+    let statement = format!("UPDATE verifications SET {set} WHERE id = $1 AND version = $2");
+    match execute(conn, &statement, &args)? {
+        1 => Ok(()),
+        _ => Err(StoreError::Conflict(id)),
     }
 }
 

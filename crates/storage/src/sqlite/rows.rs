@@ -108,6 +108,36 @@ pub(crate) fn update_args<'a>(
     ]
 }
 
+/// The columns [`crate::sql::UPDATE`] writes, by name, with the values of `row`: what a
+/// transition may change.
+pub(crate) fn mutable_columns(row: &VerificationRow) -> [(&'static str, &dyn ToSql); 23] {
+    [
+        ("channel", &row.channel),
+        ("status", &row.status),
+        ("provider_sid", &row.provider_sid),
+        ("destination_ciphertext", &row.destination_ciphertext),
+        ("destination_key_id", &row.destination_key_id),
+        ("destination_hash", &row.destination_hash),
+        ("to_masked", &row.to_masked),
+        ("identity", &row.identity),
+        ("sends", &row.sends),
+        ("checks", &row.checks),
+        ("max_sends", &row.max_sends),
+        ("max_checks", &row.max_checks),
+        ("failure_code", &row.failure_code),
+        ("updated_at", &row.updated_at),
+        ("expires_at", &row.expires_at),
+        ("version", &row.version),
+        ("idempotency_key", &row.idempotency_key),
+        ("allow_fallback", &row.allow_fallback),
+        ("channels_tried", &row.channels_tried),
+        ("fallback_reason", &row.fallback_reason),
+        ("delivery_status", &row.delivery_status),
+        ("trace_parent", &row.trace_parent),
+        ("risk", &row.risk),
+    ]
+}
+
 /// `$1` to `$9` of [`crate::sql::INSERT_REPORT`].
 pub(crate) fn report_args(row: &ReportRow) -> [&dyn ToSql; 9] {
     [
