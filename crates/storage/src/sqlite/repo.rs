@@ -187,7 +187,10 @@ fn update_in(
         return Err(StoreError::NotFound(id));
     };
     if stored.version != expected {
-        tracing::debug!(stored_version = stored.version, "optimistic update lost to a newer write");
+        tracing::debug!(
+            stored_version = stored.version,
+            "optimistic update lost to a newer write"
+        );
         return Err(StoreError::Conflict(id));
     }
     // Only the columns the transition changed are written: SQLite rewrites the entry of
