@@ -164,27 +164,16 @@ where
         fields(verification_id = %verification.id, purpose = %verification.purpose)
     )]
     pub(crate) async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError> {
-        for attempt in 1..=INSERT_ATTEMPTS {
-            let mut tx = self
-                .pool
-                .begin_with(DB::BEGIN_WRITE)
-                .await
-                .map_err(unavailable)?;
-            match Self::insert_in(&mut tx, verification).await? {
-                Some(inserted) => {
-                    tx.commit().await.map_err(unavailable)?;
-                    return Ok(inserted);
-                }
-                None => {
-                    tx.rollback().await.map_err(unavailable)?;
-                    tracing::debug!(attempt, "the colliding row changed meanwhile; retrying");
-                }
-            }
+        // With no limits nothing can refuse: the guarded insert is the plain one.
+        match self
+            .insert_limited(verification, &[], verification.created_at)
+            .await?
+        {
+            Limited::Done { outcome, .. } => Ok(outcome),
+            Limited::Refused(_) => Err(StoreError::Unavailable(
+                "an insert without limits was refused".to_owned(),
+            )),
         }
-        Err(StoreError::Unavailable(format!(
-            "inserting verification {} kept colliding with concurrent changes",
-            verification.id
-        )))
     }
 
     #[tracing::instrument(
