@@ -292,21 +292,12 @@ where
         requests: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Vec<LimitDecision>, StoreError> {
-        let now_ms = to_millis(now);
-        let mut decisions = vec![None; requests.len()];
-        for round in rounds(requests) {
-            let rows: Vec<TakenRow> = sqlx::query_as(DB::TAKE_LIMITS)
-                .bind(now_ms)
-                .bind(take_input(requests, &round))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            decide_round(requests, &round, rows, now_ms, &mut decisions)?;
-        }
-        collect_decisions(decisions)
+        // Outside a transaction each round's upsert commits on its own, as one statement.
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        Self::take_in(&mut conn, requests, now).await
     }
 
-    /// [`Repo::take_limits`] inside the open transaction `conn`.
+    /// [`Repo::take_limits`] on `conn`, inside the transaction it may have open.
     pub(crate) async fn take_in(
         conn: &mut DB::Connection,
         requests: &[LimitRequest],

@@ -14,7 +14,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use crate::error::{dedupe_error, read_error, unavailable};
 use crate::repo::{Dialect, Repo};
-use crate::row::{EnvelopeRow, OutboxRow, ReportRow, bind_envelope, bind_report, to_millis};
+use crate::row::{
+    CorruptRow, EnvelopeRow, OutboxRow, ReportRow, bind_envelope, bind_report, to_millis,
+};
 use crate::sql;
 
 /// Leases (of outbox claims and message claims) are capped at about a hundred years, so
@@ -42,6 +44,24 @@ pub(crate) fn lease_millis(lease: Duration) -> i64 {
 /// At most [`MAX_ERROR_CHARS`] characters of `error`.
 pub(crate) fn truncate_error(error: &str) -> String {
     error.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+/// The claimed rows oldest first as messages, and apart the rows that do not read back
+/// (with their id and why), which the claim sets aside.
+pub(crate) fn claimed_messages(
+    mut rows: Vec<OutboxRow>,
+) -> (Vec<OutboxMessage>, Vec<(i64, CorruptRow)>) {
+    rows.sort_by_key(|row| (row.created_at, row.id));
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut corrupt = Vec::new();
+    for row in rows {
+        let id = row.id;
+        match OutboxMessage::try_from(row) {
+            Ok(message) => messages.push(message),
+            Err(problem) => corrupt.push((id, problem)),
+        }
+    }
+    (messages, corrupt)
 }
 
 impl<DB> Repo<DB>
@@ -145,24 +165,14 @@ where
             .begin_with(DB::BEGIN_WRITE)
             .await
             .map_err(unavailable)?;
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(DB::CLAIM_OUTBOX)
+        let rows: Vec<OutboxRow> = sqlx::query_as(DB::CLAIM_OUTBOX)
             .bind(now)
             .bind(until)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await
             .map_err(read_error)?;
-        rows.sort_by_key(|row| (row.created_at, row.id));
-
-        let mut messages = Vec::with_capacity(rows.len());
-        let mut corrupt = Vec::new();
-        for row in rows {
-            let id = row.id;
-            match OutboxMessage::try_from(row) {
-                Ok(message) => messages.push(message),
-                Err(problem) => corrupt.push((id, problem)),
-            }
-        }
+        let (messages, corrupt) = claimed_messages(rows);
         if corrupt.is_empty() {
             tx.commit().await.map_err(unavailable)?;
             return Ok(messages);

@@ -30,7 +30,7 @@ use crate::abuse::{
     BlockWrite, PURGE_BATCH, bucket_of, counts_input, decide, decide_taken, peek_decisions,
     peek_input, sorted_blocks,
 };
-use crate::messages::{QUARANTINED, lease_millis, truncate_error};
+use crate::messages::{QUARANTINED, claimed_messages, lease_millis, truncate_error};
 use crate::row::{BlockRow, CountsRow, EnvelopeRow, ReportRow, VerificationRow, to_millis};
 use crate::sql::{self, outbox_columns};
 
@@ -452,17 +452,8 @@ impl SqliteRepo {
             .engine
             .write(move |conn| {
                 control(conn, "SAVEPOINT claim").map_err(store_error)?;
-                let mut found = query(conn, CLAIM_OUTBOX, &[&now, &until, &limit], rows::outbox)?;
-                found.sort_by_key(|row| (row.created_at, row.id));
-                let mut messages = Vec::with_capacity(found.len());
-                let mut corrupt = Vec::new();
-                for row in found {
-                    let id = row.id;
-                    match OutboxMessage::try_from(row) {
-                        Ok(message) => messages.push(message),
-                        Err(problem) => corrupt.push((id, problem)),
-                    }
-                }
+                let found = query(conn, CLAIM_OUTBOX, &[&now, &until, &limit], rows::outbox)?;
+                let (messages, corrupt) = claimed_messages(found);
                 if corrupt.is_empty() {
                     control(conn, "RELEASE claim").map_err(store_error)?;
                     return Ok(Claimed::Messages(messages));
