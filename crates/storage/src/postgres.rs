@@ -87,9 +87,42 @@ impl Dialect for Postgres {
 
     const COMPLETE_MESSAGE: &'static str = sql::complete_message!(now_millis!());
 
-    const TAKE_LIMITS: &'static str = sql::take_limits!(
-        "json_to_recordset($2::json) AS input(key text, interval_ms bigint, period_ms bigint)",
-        "GREATEST"
+    /// The take is the server-side function `take_rate_limits` (migration 0005), the one
+    /// copy of its upsert here; this is it without `all_or_none`, one row per key.
+    const TAKE_LIMITS: &'static str = "SELECT k.key, k.tat, k.allowed \
+         FROM take_rate_limits($1, $2::json, FALSE) AS t, \
+         unnest(t.taken_keys, t.taken_tats, t.taken_allowed) AS k(key, tat, allowed)";
+
+    /// One statement, so one round trip, and the limits' rows are locked for server time
+    /// only: the takes, all or none, then the insert when they were all allowed. The
+    /// function runs once, in the CTE (a CTE calling a volatile function is evaluated once,
+    /// never inlined).
+    const INSERT_LIMITED: &'static str = concat!(
+        "WITH taken AS (SELECT take_rate_limits($27, $28::json, TRUE) AS t),",
+        " written AS (INSERT INTO verifications (",
+        sql::columns!(),
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,",
+        " $18, $19, $20, $21, $22, $23, $24, $25, $26",
+        " FROM taken WHERE (taken.t).all_allowed",
+        " ON CONFLICT DO NOTHING RETURNING id)",
+        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed,",
+        " EXISTS (SELECT 1 FROM written) AS written FROM taken"
+    );
+
+    /// One statement, as [`Dialect::INSERT_LIMITED`]. The row is locked first, if it
+    /// still has the expected version, and the limits are taken only then (a function in
+    /// the select list of an empty `target` is never called): a lost update takes nothing.
+    /// The update then finds the row it locked unchanged.
+    const UPDATE_LIMITED: &'static str = concat!(
+        "WITH target AS (SELECT id FROM verifications WHERE id = $1 AND version = $2",
+        " FOR UPDATE),",
+        " taken AS (SELECT take_rate_limits($26, $27::json, TRUE) AS t FROM target),",
+        " written AS (UPDATE verifications SET ",
+        sql::update_set!(),
+        " FROM taken WHERE verifications.id = $1 AND verifications.version = $2",
+        " AND (taken.t).all_allowed RETURNING verifications.id)",
+        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed,",
+        " EXISTS (SELECT 1 FROM written) AS written FROM taken"
     );
 
     const READ_LIMITS: &'static str =

@@ -8,7 +8,7 @@
 //! implementation, so they cannot drift apart in behaviour.
 
 use chrono::{DateTime, Utc};
-use domain::abuse::LimitRequest;
+use domain::abuse::{LimitDecision, LimitRequest};
 use domain::ports::{Inserted, Limited, StoreError};
 use domain::{
     DestinationHash, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus,
@@ -16,8 +16,9 @@ use domain::{
 use sqlx::query::QueryAs;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use crate::abuse::{collect_decisions, decide_round, rounds, take_input};
 use crate::error::{read_error, unavailable};
-use crate::row::{TakenRow, VerificationRow, bind_insert, bind_update, to_millis};
+use crate::row::{GuardedRow, TakenRow, VerificationRow, bind_insert, bind_update, to_millis};
 use crate::sql;
 
 /// What differs between the databases: how a writing transaction begins, and the statements
@@ -48,9 +49,25 @@ pub(crate) trait Dialect: Database {
     /// claimed or not.
     const COMPLETE_MESSAGE: &'static str;
 
-    /// [`crate::sql::take_limits!`] with `$2` a JSON array of
-    /// `{"key", "interval_ms", "period_ms"}` objects.
+    /// Takes one event from each key of `$2`, a JSON array of distinct
+    /// `{"key", "interval_ms", "period_ms"}` objects, at `$1` (now, in milliseconds), each
+    /// allowed or refused on its own, and returns `key, tat, allowed` per key as
+    /// [`crate::sql::take_limits!`] does.
     const TAKE_LIMITS: &'static str;
+
+    /// A verification's insert guarded by limits, in one statement: `$1` to `$26` as for
+    /// [`crate::sql::INSERT`], `$27` now in milliseconds and `$28` one round of a take (see
+    /// [`Dialect::TAKE_LIMITS`]). Takes the limits all or none, inserts the row (`ON
+    /// CONFLICT DO NOTHING`) only when they were all allowed, and returns one
+    /// [`crate::row::GuardedRow`].
+    const INSERT_LIMITED: &'static str;
+
+    /// A verification's update guarded by limits, in one statement: `$1` to `$25` as for
+    /// [`crate::sql::UPDATE`], `$26` now and `$27` one round of a take. Takes nothing and
+    /// returns no row when the row does not have the expected version; otherwise takes the
+    /// limits all or none, updates the row only when they were all allowed, and returns one
+    /// [`crate::row::GuardedRow`].
+    const UPDATE_LIMITED: &'static str;
 
     /// [`crate::sql::read_limits!`] with `$1` a JSON array of `{"key"}` objects.
     const READ_LIMITS: &'static str;
@@ -80,6 +97,33 @@ pub(crate) trait Dialect: Database {
 
     /// `ids` as [`Dialect::IdList`].
     fn id_list(ids: &[i64]) -> Self::IdList;
+}
+
+/// The decisions of a guarded write's one round of takes, in request order, and whether
+/// it wrote its row.
+fn guarded_decisions<R>(
+    limits: &[LimitRequest],
+    round: &[usize],
+    row: &R,
+    now_ms: i64,
+) -> Result<(Vec<LimitDecision>, bool), StoreError>
+where
+    R: sqlx::Row,
+    GuardedRow: for<'r> FromRow<'r, R>,
+{
+    let guarded = GuardedRow::from_row(row).map_err(unavailable)?;
+    let written = guarded.written;
+    let mut decisions = vec![None; limits.len()];
+    decide_round(limits, round, guarded.taken()?, now_ms, &mut decisions)?;
+    Ok((collect_decisions(decisions)?, written))
+}
+
+/// An insert that met a row changing under it on every attempt.
+fn kept_colliding(verification: &Verification) -> StoreError {
+    StoreError::Unavailable(format!(
+        "inserting verification {} kept colliding with concurrent changes",
+        verification.id
+    ))
 }
 
 /// How often an insert is tried again when the row it collided with changed before it could
@@ -142,6 +186,7 @@ where
     <DB as Database>::Arguments: IntoArguments<DB>,
     VerificationRow: for<'r> FromRow<'r, DB::Row>,
     TakenRow: for<'r> FromRow<'r, DB::Row>,
+    GuardedRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::LimitRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::CountsRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::BlockRow: for<'r> FromRow<'r, DB::Row>,
@@ -187,6 +232,49 @@ where
         limits: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Limited<Inserted>, StoreError> {
+        let mut rounds = rounds(limits);
+        if rounds.len() > 1 {
+            // A key named twice is taken in two rounds, which one statement cannot do.
+            return self
+                .insert_limited_in_transaction(verification, limits, now)
+                .await;
+        }
+        let round = rounds.pop().unwrap_or_default();
+        let now_ms = to_millis(now);
+        let row = bind_insert(
+            sqlx::query(DB::INSERT_LIMITED),
+            VerificationRow::from(verification),
+        )
+        .bind(now_ms)
+        .bind(take_input(limits, &round))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let (decisions, written) = guarded_decisions(limits, &round, &row, now_ms)?;
+        if decisions.iter().any(|d| !d.allowed) {
+            return Ok(Limited::Refused(decisions));
+        }
+        if written {
+            return Ok(Limited::Done {
+                decisions,
+                outcome: Inserted::Created,
+            });
+        }
+        // The row met one that holds its idempotency key or pending slot. Its limits stay
+        // taken, as for every insert that meets an existing row; what it met is read, or
+        // the expired pending one replaced, in a transaction of its own.
+        let outcome = self.insert_after_collision(verification).await?;
+        Ok(Limited::Done { decisions, outcome })
+    }
+
+    /// [`Repo::insert_limited`] as a transaction of several statements, for limits that
+    /// name a key more than once.
+    async fn insert_limited_in_transaction(
+        &self,
+        verification: &Verification,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<Inserted>, StoreError> {
         for attempt in 1..=INSERT_ATTEMPTS {
             let mut tx = self
                 .pool
@@ -209,10 +297,33 @@ where
                 }
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "inserting verification {} kept colliding with concurrent changes",
-            verification.id
-        )))
+        Err(kept_colliding(verification))
+    }
+
+    /// The insert of a row that collided with another: [`Repo::insert_in`] in a
+    /// transaction, tried again while the row it met changes under it.
+    async fn insert_after_collision(
+        &self,
+        verification: &Verification,
+    ) -> Result<Inserted, StoreError> {
+        for attempt in 1..=INSERT_ATTEMPTS {
+            let mut tx = self
+                .pool
+                .begin_with(DB::BEGIN_WRITE)
+                .await
+                .map_err(unavailable)?;
+            match Self::insert_in(&mut tx, verification).await? {
+                Some(outcome) => {
+                    tx.commit().await.map_err(unavailable)?;
+                    return Ok(outcome);
+                }
+                None => {
+                    tx.rollback().await.map_err(unavailable)?;
+                    tracing::debug!(attempt, "the colliding row changed meanwhile; retrying");
+                }
+            }
+        }
+        Err(kept_colliding(verification))
     }
 
     #[tracing::instrument(
@@ -234,6 +345,53 @@ where
                 outcome: (),
             });
         }
+        let mut rounds = rounds(limits);
+        if rounds.len() > 1 {
+            return self
+                .update_limited_in_transaction(verification, expected_version, limits, now)
+                .await;
+        }
+        let round = rounds.pop().unwrap_or_default();
+        let now_ms = to_millis(now);
+        let row = bind_update(
+            sqlx::query(DB::UPDATE_LIMITED),
+            VerificationRow::from(verification),
+            i64::from(expected_version),
+        )
+        .bind(now_ms)
+        .bind(take_input(limits, &round))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        // No row: the verification did not have the expected version, and nothing was taken.
+        let Some(row) = row else {
+            return Err(self.why_not_updated(verification).await);
+        };
+        let (decisions, written) = guarded_decisions(limits, &round, &row, now_ms)?;
+        if decisions.iter().any(|d| !d.allowed) {
+            return Ok(Limited::Refused(decisions));
+        }
+        if !written {
+            return Err(StoreError::Unavailable(format!(
+                "verification {} was locked at its version and then not updated",
+                verification.id
+            )));
+        }
+        Ok(Limited::Done {
+            decisions,
+            outcome: (),
+        })
+    }
+
+    /// [`Repo::update_limited`] as a transaction of several statements, for limits that
+    /// name a key more than once.
+    async fn update_limited_in_transaction(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+        limits: &[LimitRequest],
+        now: DateTime<Utc>,
+    ) -> Result<Limited<()>, StoreError> {
         let mut tx = self
             .pool
             .begin_with(DB::BEGIN_WRITE)

@@ -711,6 +711,37 @@ pub(crate) struct TakenRow {
     pub allowed: bool,
 }
 
+/// What a write guarded by limits returns ([`crate::repo::Dialect::INSERT_LIMITED`] and
+/// `UPDATE_LIMITED`): the state of each key after the take, as three arrays in one order,
+/// and whether the row was written.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct GuardedRow {
+    pub taken_keys: Vec<String>,
+    pub taken_tats: Vec<i64>,
+    pub taken_allowed: Vec<bool>,
+    pub written: bool,
+}
+
+impl GuardedRow {
+    /// The keys' states as the rows of a take.
+    pub(crate) fn taken(self) -> Result<Vec<TakenRow>, StoreError> {
+        if self.taken_tats.len() != self.taken_keys.len()
+            || self.taken_allowed.len() != self.taken_keys.len()
+        {
+            return Err(StoreError::Corrupt(
+                "a guarded write returned arrays of different lengths".to_owned(),
+            ));
+        }
+        Ok(self
+            .taken_keys
+            .into_iter()
+            .zip(self.taken_tats)
+            .zip(self.taken_allowed)
+            .map(|((key, tat), allowed)| TakenRow { key, tat, allowed })
+            .collect())
+    }
+}
+
 /// A key's stored state: `key, tat` of [`crate::sql::read_limits!`], no `tat` for a key
 /// not stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

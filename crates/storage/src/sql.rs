@@ -19,6 +19,7 @@ macro_rules! columns {
          allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk"
     };
 }
+pub(crate) use columns;
 
 /// Binds every column, `$1` to `$26`, in the order of [`columns!`]; returns the id when the
 /// row was written and nothing when it collided with a row holding the same id, the same
@@ -100,6 +101,20 @@ pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
     " ORDER BY created_at, id LIMIT $2"
 );
 
+/// The assignments of [`UPDATE`]: `$3` to `$25`, the columns that may change over a
+/// verification's life, in the order of [`crate::row::bind_update`].
+macro_rules! update_set {
+    () => {
+        "channel = $3, status = $4, provider_sid = $5, destination_ciphertext = $6, \
+         destination_key_id = $7, destination_hash = $8, to_masked = $9, identity = $10, \
+         sends = $11, checks = $12, max_sends = $13, max_checks = $14, failure_code = $15, \
+         updated_at = $16, expires_at = $17, version = $18, idempotency_key = $19, \
+         allow_fallback = $20, channels_tried = $21, fallback_reason = $22, \
+         delivery_status = $23, trace_parent = $24, risk = $25"
+    };
+}
+pub(crate) use update_set;
+
 /// `$1` is the id and `$2` the expected version; `$3` to `$25` are the columns that may
 /// change over a verification's life, in the order of [`crate::row::bind_update`]. Returns
 /// the id when the row was written.
@@ -107,15 +122,11 @@ pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
 /// The id, purpose and creation time are left alone: they are what the verification is,
 /// and no transition changes them. The idempotency key is written: the service releases a
 /// key past its window (and after a retryable send failure) by clearing it.
-pub(crate) const UPDATE: &str = "UPDATE verifications SET \
-     channel = $3, status = $4, provider_sid = $5, destination_ciphertext = $6, \
-     destination_key_id = $7, destination_hash = $8, to_masked = $9, identity = $10, \
-     sends = $11, checks = $12, max_sends = $13, max_checks = $14, failure_code = $15, \
-     updated_at = $16, expires_at = $17, version = $18, idempotency_key = $19, \
-     allow_fallback = $20, channels_tried = $21, fallback_reason = $22, delivery_status = $23, \
-     trace_parent = $24, risk = $25 \
-     WHERE id = $1 AND version = $2 \
-     RETURNING id";
+pub(crate) const UPDATE: &str = concat!(
+    "UPDATE verifications SET ",
+    update_set!(),
+    " WHERE id = $1 AND version = $2 RETURNING id"
+);
 
 /// `$1` is the id. Tells a lost optimistic update (the row exists with another version)
 /// from an update of a row that was never there.

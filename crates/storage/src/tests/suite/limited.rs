@@ -19,7 +19,9 @@ both_backends!(
     a_refused_limit_takes_no_other_limit_and_inserts_nothing,
     a_limited_insert_that_finds_a_pending_one_still_takes,
     a_limited_update_that_conflicts_takes_nothing,
+    a_key_named_twice_is_taken_twice_by_guarded_writes,
     concurrent_limited_inserts_allow_exactly_the_limit,
+    concurrent_limited_updates_of_one_version_write_and_take_once,
     signals_read_together_equal_the_two_reads,
 );
 
@@ -126,6 +128,86 @@ async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyho
     ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
     let stored = store.get(&v.id).await?.expect("stored");
     assert_eq!(stored.checks, 1, "a refused update writes nothing");
+    Ok(())
+}
+
+/// A key named twice is taken twice, as two calls would, by both guarded writes; a second
+/// take the quota refuses leaves the first one's undone too.
+async fn a_key_named_twice_is_taken_twice_by_guarded_writes(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.database().verifications();
+    let limits = db.database().rate_limits();
+    let sends = request("send:login:cc:US", "3/m");
+    let twice = [sends.clone(), sends.clone()];
+
+    let first = bare(1, "login", &number(1));
+    let Limited::Done { decisions, outcome } = store.insert_limited(&first, &twice, at(0)).await?
+    else {
+        anyhow::bail!("two of three events are free");
+    };
+    assert_eq!(outcome, Inserted::Created);
+    assert_eq!((decisions[0].remaining, decisions[1].remaining), (2, 1));
+
+    let second = bare(2, "login", &number(2));
+    let refused = store.insert_limited(&second, &twice, at(1)).await?;
+    ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
+    assert_eq!(store.get(&second.id).await?, None, "nothing inserted");
+    // The refused start's first take of the key was undone with the second: one is left.
+    let peeked = limits.peek(std::slice::from_ref(&sends), at(1)).await?;
+    ensure!(peeked[0].allowed && peeked[0].remaining == 0, "{peeked:?}");
+
+    let checks = request("check:login:ver:x", "2/m");
+    let mut v = first;
+    let read_at = v.version;
+    v.checks += 1;
+    v.version += 1;
+    let done = store
+        .update_limited(&v, read_at, &[checks.clone(), checks.clone()], at(2))
+        .await?;
+    ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
+    assert_eq!(store.get(&v.id).await?, Some(v.clone()));
+    ensure!(
+        !limits.peek(&[checks], at(2)).await?[0].allowed,
+        "both taken"
+    );
+    Ok(())
+}
+
+/// Checks racing to claim one version of a verification from two replicas: one writes and
+/// takes its limit, every other one finds the version gone and takes nothing.
+async fn concurrent_limited_updates_of_one_version_write_and_take_once(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let stores: [Arc<dyn VerificationStore>; 2] = [
+        db.database().verifications(),
+        db.replica_database().await?.verifications(),
+    ];
+    let limits = db.database().rate_limits();
+    let checks = request("check:login:to:h", "20/m");
+    let v = bare(1, "login", &number(1));
+    stores[0].insert(&v).await?;
+    let tasks: Vec<_> = (0..10u32)
+        .zip(stores.iter().cycle())
+        .map(|(n, store)| {
+            let store = Arc::clone(store);
+            let limits = [checks.clone()];
+            let mut claim = v.clone();
+            claim.checks = n + 1;
+            claim.version += 1;
+            let read_at = v.version;
+            tokio::spawn(async move { store.update_limited(&claim, read_at, &limits, at(1)).await })
+        })
+        .collect();
+    let (mut written, mut lost) = (0, 0);
+    for task in tasks {
+        match task.await? {
+            Ok(Limited::Done { .. }) => written += 1,
+            Err(StoreError::Conflict(_)) => lost += 1,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((written, lost), (1, 9));
+    let peeked = limits.peek(std::slice::from_ref(&checks), at(1)).await?;
+    assert_eq!(peeked[0].remaining, 18, "taken once, by the one that wrote");
     Ok(())
 }
 
