@@ -63,6 +63,21 @@ pub struct TraceExport {
     pub service_name: String,
 }
 
+impl TraceExport {
+    /// The endpoint spans go to, if any (blank counts as none).
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Whether spans leave the process.
+    pub fn exports(&self) -> bool {
+        self.endpoint().is_some()
+    }
+}
+
 /// The installed telemetry. Keep it until the process ends and call
 /// [`Telemetry::shutdown`] last, so the spans still buffered are exported.
 #[derive(Debug)]
@@ -96,6 +111,11 @@ pub fn init(
 ) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
     let provider = trace::provider(export)?;
+    let spans = if export.exports() {
+        trace::layer(&provider).boxed()
+    } else {
+        trace::context_layer(&provider).boxed()
+    };
     let logs = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(Redacting(io::stdout))
@@ -110,7 +130,7 @@ pub fn init(
     };
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(trace::layer(&provider))
+        .with(spans)
         .try_init()
         .map_err(|_| TelemetryError::AlreadySet)?;
     trace::install_globals(&provider);

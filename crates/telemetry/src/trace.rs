@@ -30,7 +30,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::{TelemetryError, TraceExport, redact};
@@ -132,12 +132,7 @@ fn remote_context(traceparent: &str, tracestate: Option<&str>) -> Option<Context
 /// set, no exporter otherwise (spans still get trace contexts).
 pub(crate) fn provider(export: &TraceExport) -> Result<SdkTracerProvider, TelemetryError> {
     let builder = builder(&export.service_name);
-    let endpoint = export
-        .otlp_endpoint
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty());
-    let Some(endpoint) = endpoint else {
+    let Some(endpoint) = export.endpoint() else {
         return Ok(builder.build());
     };
     use opentelemetry_otlp::WithExportConfig;
@@ -185,6 +180,24 @@ where
         .with_tracer(provider.tracer(SCOPE))
         .with_threads(false)
         .with_filter(Targets::new().with_default(LevelFilter::INFO))
+}
+
+/// [`layer`] for a process that exports no spans: only spans, not events, and not the
+/// store's spans, get an OpenTelemetry span. Their contexts are all that leaves the
+/// process then (`traceparent` on calls, messages and stored rows); recording every store
+/// call and log event on spans nobody reads cost about a twentieth of a request's CPU.
+pub fn context_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(SCOPE))
+        .with_threads(false)
+        .with_filter(filter_fn(|meta| {
+            meta.is_span()
+                && LevelFilter::INFO >= *meta.level()
+                && !meta.target().starts_with("storage")
+        }))
 }
 
 /// Makes `provider` and the W3C propagator the process-wide defaults, for libraries that
@@ -359,6 +372,41 @@ mod tests {
                 ),
                 (TRACESTATE, "vendor=1".to_owned()),
             ]
+        );
+    }
+
+    #[test]
+    fn without_export_only_request_spans_get_a_context() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = simple_provider("test", exporter.clone());
+        let subscriber = tracing_subscriber::registry().with(context_layer(&provider));
+        let mut outgoing = None;
+        tracing::subscriber::with_default(subscriber, || {
+            let span = info_span!("server");
+            assert!(set_parent(&span, CALLER, None));
+            span.in_scope(|| {
+                tracing::info!("an event nobody exports");
+                let store = tracing::info_span!(target: "storage::repo", "storage.insert");
+                store.in_scope(|| outgoing = Some(current_headers()));
+            });
+        });
+        let spans = exporter.get_finished_spans().expect("spans");
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["server"], "no store span");
+        let server = &spans[0];
+        assert!(server.events.events.is_empty(), "no events");
+        assert_eq!(server.parent_span_id.to_string(), "00f067aa0ba902b7");
+        // Inside the store's span the context is still the request's.
+        let outgoing = outgoing.expect("ran");
+        assert_eq!(
+            outgoing[0],
+            (
+                TRACEPARENT,
+                format!(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                    server.span_context.span_id()
+                )
+            )
         );
     }
 
