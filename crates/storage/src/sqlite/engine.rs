@@ -16,6 +16,13 @@
 //!   connections: a read is a few microseconds of SQLite work, cheaper than any hop to
 //!   another thread, and WAL lets it proceed beside the writer on the last committed state.
 //!   (An in-memory database has no WAL: there reads are jobs of the writer too.)
+//! - **Checkpoints** (copying committed pages from the WAL into the database file, with
+//!   an fsync of each) run on a thread of their own, on their own connection, as
+//!   `PASSIVE` checkpoints every [`CHECKPOINT_EVERY`], which never wait for the writer nor
+//!   make it wait. Left to SQLite, the commit that crosses the WAL's size threshold
+//!   checkpoints on the writer thread, and every write queued behind it waits for those
+//!   page copies and fsyncs. The writer still checkpoints itself past
+//!   [`WRITER_CHECKPOINT_PAGES`], should the checkpoint thread fall that far behind.
 //!
 //! Statements are written with `$n` placeholders (see `crate::sql`); [`bind`] binds each
 //! to the `n`th argument, wherever it appears, as SQLite numbers named parameters in order
@@ -44,6 +51,14 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most jobs one commit takes: enough to drain a busy queue, few enough that the first
 /// caller of a batch does not wait long for the last job.
 const MAX_BATCH: usize = 256;
+
+/// How often the checkpoint thread copies the WAL's committed pages into the database
+/// file: often enough that each run copies little and the WAL stays small.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// The WAL size, in pages, past which a commit on the writer checkpoints by itself (SQLite's
+/// `wal_autocheckpoint`; its default is 1,000): a backstop, 40 MB of 4 KiB pages.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
 
 /// Read connections kept open for reuse; more are opened when more threads read at once.
 const IDLE_READERS: usize = 8;
@@ -91,6 +106,8 @@ pub(crate) struct Counters {
 pub(crate) struct Engine {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpoint thread (file databases only).
+    checkpoints: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
     closed: std::sync::atomic::AtomicBool,
     location: Location,
@@ -157,6 +174,20 @@ impl Engine {
     /// starts its thread.
     pub(crate) fn start(location: Location) -> Result<Engine, String> {
         let conn = open(&location, false).map_err(|e| e.to_string())?;
+        let checkpoints = match &location {
+            Location::File(_) => {
+                conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                    .map_err(|e| e.to_string())?;
+                let own = open(&location, false).map_err(|e| e.to_string())?;
+                let (stop, stopped) = mpsc::channel::<()>();
+                let handle = thread::Builder::new()
+                    .name("sqlite-checkpoint".into())
+                    .spawn(move || checkpoint_loop(&own, &stopped))
+                    .map_err(|e| format!("starting the checkpoint thread: {e}"))?;
+                Some((stop, handle))
+            }
+            Location::Memory(_) => None,
+        };
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_counters = Arc::clone(&counters);
@@ -167,6 +198,7 @@ impl Engine {
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            checkpoints: Mutex::new(checkpoints),
             readers: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             location,
@@ -264,6 +296,14 @@ impl Engine {
         if let Ok(mut readers) = self.readers.lock() {
             readers.clear();
         }
+        // The checkpoint thread's connection closes before the writer's, which must be
+        // the last one.
+        if let Ok(mut checkpoints) = self.checkpoints.lock()
+            && let Some((stop, handle)) = checkpoints.take()
+        {
+            drop(stop);
+            let _ = handle.join();
+        }
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
@@ -327,6 +367,20 @@ fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>, counters: &Counters
             }
         }
         run_batch(conn, batch, counters);
+    }
+}
+
+/// Runs a `PASSIVE` checkpoint every [`CHECKPOINT_EVERY`] until `stop`'s sender is
+/// dropped. A failed checkpoint is tried again next time (the writer's backstop covers a
+/// thread that keeps failing).
+fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        if let Err(e) = checkpointed {
+            tracing::debug!(error = %e, "WAL checkpoint failed; trying again");
+        }
     }
 }
 

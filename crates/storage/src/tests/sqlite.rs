@@ -35,6 +35,34 @@ async fn connect_creates_the_file_with_wal_and_foreign_keys() -> anyhow::Result<
     Ok(())
 }
 
+/// Commits reach the database file without a commit of the writer paying for it: the
+/// checkpoint thread copies them out of the WAL within a few of its intervals (the
+/// writer's own threshold, thousands of pages, is never reached here).
+#[tokio::test]
+async fn the_checkpoint_thread_copies_commits_into_the_file() -> anyhow::Result<()> {
+    let db = TempFile::new("checkpoints");
+    let store = SqliteStore::connect(&db.url()).await?;
+    store.migrate().await?;
+    let file_len = || std::fs::metadata(&db.path).map(|m| m.len());
+    // The schema's pages are copied first.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = file_len()?;
+    for n in 0..300u128 {
+        let v = full(n + 1, "login", Some(&format!("k-{n}")), &fixtures::phone());
+        store.insert(&v).await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while file_len()? <= before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed into the file ({before} bytes)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_urls_are_refused() {
     let error = SqliteStore::connect("sqlite://x.db?mode=sideways")
