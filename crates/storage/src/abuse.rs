@@ -19,7 +19,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use crate::error::{read_error, unavailable};
 use crate::repo::{Dialect, Repo};
-use crate::row::{BlockRow, CountsRow, HeldBlock, LimitRow, TakenRow, bind_block, to_millis};
+use crate::row::{
+    BlockRow, CountsRow, HeldBlock, LimitRow, Signal, SignalRow, TakenRow, bind_block, to_millis,
+};
 use crate::sql;
 
 /// One counter bucket in milliseconds (a minute: the cast cannot truncate).
@@ -279,6 +281,7 @@ where
     LimitRow: for<'r> FromRow<'r, DB::Row>,
     CountsRow: for<'r> FromRow<'r, DB::Row>,
     BlockRow: for<'r> FromRow<'r, DB::Row>,
+    SignalRow: for<'r> FromRow<'r, DB::Row>,
     HeldBlock: for<'r> FromRow<'r, DB::Row>,
     for<'t> String: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
@@ -378,15 +381,39 @@ where
         counts_from_rows(queries.len(), &rows)
     }
 
-    /// Counters and blocks read side by side, on two connections: one round trip of
-    /// latency.
+    /// Counters and blocks read in one statement.
+    #[tracing::instrument(
+        name = "storage.signals.read",
+        skip_all,
+        fields(keys = queries.len(), targets = targets.len())
+    )]
     pub(crate) async fn read_signals(
         &self,
         queries: &[CountQuery],
         targets: &[BlockTarget],
         now: DateTime<Utc>,
     ) -> Result<(Vec<Counts>, Vec<Block>), StoreError> {
-        tokio::try_join!(self.read_counts(queries), self.active_blocks(targets, now))
+        if queries.is_empty() && targets.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let rows: Vec<SignalRow> = sqlx::query_as(DB::READ_SIGNALS)
+            .bind(to_millis(now))
+            .bind(targets_input(targets).unwrap_or_else(|| "[]".to_owned()))
+            .bind(count_queries_input(queries))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let (mut sums, mut blocks) = (Vec::new(), Vec::new());
+        for row in rows {
+            match Signal::try_from(row)? {
+                Signal::Counts(row) => sums.push(row),
+                Signal::Block(row) => blocks.push(row),
+            }
+        }
+        Ok((
+            counts_from_rows(queries.len(), &sums)?,
+            sorted_blocks(blocks)?,
+        ))
     }
 
     #[tracing::instrument(name = "storage.counters.purge", skip_all)]

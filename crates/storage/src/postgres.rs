@@ -55,6 +55,19 @@ macro_rules! now_millis {
     };
 }
 
+/// The blocks in force at `$1` on the targets of `$2` ([`Dialect::ACTIVE_BLOCKS`]).
+macro_rules! active_blocks {
+    () => {
+        concat!(
+            "SELECT b.* FROM json_to_recordset($2::json) AS input(kind text, value text)",
+            " CROSS JOIN LATERAL (SELECT ",
+            sql::block_columns!(),
+            " FROM risk_blocks",
+            " WHERE kind = input.kind AND value = input.value AND expires_at > $1 LIMIT 1) AS b"
+        )
+    };
+}
+
 impl Dialect for Postgres {
     /// `READ COMMITTED` (PostgreSQL's default, named so a server configured otherwise does
     /// not change it): each statement sees the latest commits, which is what the re-read
@@ -137,12 +150,21 @@ impl Dialect for Postgres {
 
     /// A lookup per target (see `sql` for why not a join): `LIMIT 1`, which the primary
     /// key implies anyway, keeps the planner from flattening the lateral subquery into one.
-    const ACTIVE_BLOCKS: &'static str = concat!(
-        "SELECT b.* FROM json_to_recordset($2::json) AS input(kind text, value text)",
-        " CROSS JOIN LATERAL (SELECT ",
-        sql::block_columns!(),
-        " FROM risk_blocks",
-        " WHERE kind = input.kind AND value = input.value AND expires_at > $1 LIMIT 1) AS b"
+    const ACTIVE_BLOCKS: &'static str = active_blocks!();
+
+    /// [`Dialect::READ_COUNTS`] (`$3`) and [`Dialect::ACTIVE_BLOCKS`] (`$1`, `$2`) as one
+    /// statement, one round trip: a start reads both before it is scored.
+    const READ_SIGNALS: &'static str = concat!(
+        "SELECT c.i, c.attempts, c.approved, NULL::text AS kind, NULL::text AS value,",
+        " NULL::text AS reason, NULL::text AS detail, NULL::text AS source,",
+        " NULL::boolean AS shadow, NULL::bigint AS created_at, NULL::bigint AS expires_at",
+        " FROM (",
+        sql::read_counts!("json_to_recordset($3::json) AS input(i bigint, key text, since bigint)"),
+        ") AS c UNION ALL",
+        " SELECT NULL, NULL, NULL, b.kind, b.value, b.reason, b.detail, b.source, b.shadow,",
+        " b.created_at, b.expires_at FROM (",
+        active_blocks!(),
+        ") AS b"
     );
 
     /// Waits for a concurrent writer of the row to finish, then holds it until commit; in

@@ -85,6 +85,11 @@ pub(crate) trait Dialect: Database {
     /// the columns of [`crate::sql::block_columns!`], in no particular order.
     const ACTIVE_BLOCKS: &'static str;
 
+    /// Counters and blocks in one statement: `$1` now and `$2` the targets as for
+    /// [`Dialect::ACTIVE_BLOCKS`], `$3` the queries as for [`Dialect::READ_COUNTS`]. Each
+    /// row is a [`crate::row::SignalRow`]: a query's sums or a block.
+    const READ_SIGNALS: &'static str;
+
     /// [`crate::sql::block_state!`], holding the row against concurrent writers until the
     /// transaction ([`Dialect::BEGIN_WRITE`]) ends.
     const LOCK_BLOCK: &'static str;
@@ -187,6 +192,7 @@ where
     VerificationRow: for<'r> FromRow<'r, DB::Row>,
     TakenRow: for<'r> FromRow<'r, DB::Row>,
     GuardedRow: for<'r> FromRow<'r, DB::Row>,
+    crate::row::SignalRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::LimitRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::CountsRow: for<'r> FromRow<'r, DB::Row>,
     crate::row::BlockRow: for<'r> FromRow<'r, DB::Row>,

@@ -612,6 +612,59 @@ impl TryFrom<OutboxRow> for OutboxMessage {
     }
 }
 
+/// A row of [`crate::repo::Dialect::READ_SIGNALS`]: the sums of a counter query (`i`,
+/// `attempts`, `approved`) or a block (the columns of [`BlockRow`]), the other columns NULL.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct SignalRow {
+    pub i: Option<i64>,
+    pub attempts: Option<i64>,
+    pub approved: Option<i64>,
+    pub kind: Option<String>,
+    pub value: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub source: Option<String>,
+    pub shadow: Option<bool>,
+    pub created_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// A signal row, told apart.
+pub(crate) enum Signal {
+    Counts(CountsRow),
+    Block(BlockRow),
+}
+
+impl TryFrom<SignalRow> for Signal {
+    type Error = CorruptRow;
+
+    fn try_from(row: SignalRow) -> Result<Self, CorruptRow> {
+        let missing = |column: &'static str| CorruptRow {
+            what: "signal row",
+            id: row.i.map(|i| i.to_string()).unwrap_or_default(),
+            column,
+            problem: "is NULL".to_owned(),
+        };
+        if let Some(i) = row.i {
+            return Ok(Signal::Counts(CountsRow {
+                i,
+                attempts: row.attempts.ok_or_else(|| missing("attempts"))?,
+                approved: row.approved.ok_or_else(|| missing("approved"))?,
+            }));
+        }
+        Ok(Signal::Block(BlockRow {
+            kind: row.kind.ok_or_else(|| missing("kind"))?,
+            value: row.value.ok_or_else(|| missing("value"))?,
+            reason: row.reason.ok_or_else(|| missing("reason"))?,
+            detail: row.detail.ok_or_else(|| missing("detail"))?,
+            source: row.source.ok_or_else(|| missing("source"))?,
+            shadow: row.shadow.ok_or_else(|| missing("shadow"))?,
+            created_at: row.created_at.ok_or_else(|| missing("created_at"))?,
+            expires_at: row.expires_at.ok_or_else(|| missing("expires_at"))?,
+        }))
+    }
+}
+
 /// The columns of `risk_blocks` that make a [`Block`], in the order of
 /// [`crate::sql::block_columns!`].
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -303,5 +303,10 @@ async fn signals_read_together_equal_the_two_reads(db: Arc<TestDb>) -> anyhow::R
     assert_eq!(blocks, vec![block]);
     let (none, no_blocks) = risk.read_signals(&[], &[], at(10)).await?;
     ensure!(none.is_empty() && no_blocks.is_empty());
+    // Either half alone.
+    let (only_counts, no_blocks) = risk.read_signals(&queries, &[], at(10)).await?;
+    assert_eq!((only_counts, no_blocks), (counts, Vec::new()));
+    let (no_counts, only_blocks) = risk.read_signals(&[], &targets, at(10)).await?;
+    assert_eq!((no_counts, only_blocks), (Vec::new(), blocks));
     Ok(())
 }
