@@ -7,7 +7,7 @@
 pub mod trace;
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -117,8 +117,10 @@ pub fn init(
         trace::context_layer(&provider).boxed()
     };
     let logs = match format {
+        // Colours only on a terminal: a file or a log collector gets plain text.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(Redacting(io::stdout))
+            .with_ansi(io::stdout().is_terminal())
             .with_target(true)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
