@@ -9,6 +9,11 @@ use clap::Parser;
 use verify_service::app::{self, Gateway};
 use verify_service::config::{self, Overrides};
 
+/// mimalloc rather than glibc's malloc: allocation is a tenth of a request's CPU, and with
+/// it the hot path serves about a tenth more flows per second (see the README's figures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// verify-gateway: a gRPC gateway in front of Twilio Verify.
 ///
 /// Without Twilio credentials it runs the embedded Twilio sandbox, SQLite in the data dir and
