@@ -404,6 +404,28 @@ pub struct CountAdd {
     pub approved: u32,
 }
 
+/// One store write of a replica's buffered counters: the replica (an id it chose when it
+/// started) and the write's number, from 1 up, one per write, written in that order. The
+/// store keeps each replica's last number beside the counters, so a read can tell which of
+/// the writes still in flight it already sees (see [`RiskStore::read_signals_marked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushMark {
+    pub replica: String,
+    pub seq: u64,
+}
+
+/// What [`RiskStore::read_signals_marked`] reads from one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signals {
+    /// The sums of each query, in the order of the queries.
+    pub counts: Vec<Counts>,
+    /// The blocks active on the targets.
+    pub blocks: Vec<Block>,
+    /// The number of the replica's last write of counters ([`FlushMark::seq`]); 0 when it
+    /// has none.
+    pub flushed: u64,
+}
+
 /// A windowed counter to read: its sums over the buckets from `since` on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountQuery {
@@ -461,6 +483,25 @@ pub trait RiskStore: Send + Sync + fmt::Debug {
         let blocks = self.active_blocks(targets, now).await?;
         Ok((counts, blocks))
     }
+
+    /// [`RiskStore::add_counts`], and in the same transaction `mark` as its replica's last
+    /// write. `mark.seq` only grows per replica.
+    async fn add_counts_marked(
+        &self,
+        adds: &[CountAdd],
+        now: DateTime<Utc>,
+        mark: &FlushMark,
+    ) -> Result<(), StoreError>;
+
+    /// [`RiskStore::read_signals`], and from the same snapshot the number of `replica`'s
+    /// last write of counters ([`RiskStore::add_counts_marked`]).
+    async fn read_signals_marked(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now: DateTime<Utc>,
+        replica: &str,
+    ) -> Result<Signals, StoreError>;
 
     /// Up to `limit` blocks active at `now`, of one kind or all, newest first.
     async fn list_blocks(

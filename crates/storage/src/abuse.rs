@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use domain::abuse::{
     Block, BlockAdded, BlockKind, BlockSource, BlockTarget, COUNTER_BUCKET, CountAdd, CountQuery,
-    Counts, LimitDecision, LimitRequest, gcra,
+    Counts, FlushMark, LimitDecision, LimitRequest, Signals, gcra,
 };
 use domain::ports::StoreError;
 use serde_json::{Value, json};
@@ -132,6 +132,17 @@ pub(crate) fn collect_decisions(
         .ok_or_else(|| {
             StoreError::Unavailable("a rate limit request was left undecided".to_owned())
         })
+}
+
+/// A stored flush number as the domain's.
+pub(crate) fn flushed_seq(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("a negative flush number ({seq})")))
+}
+
+/// A flush mark's number as stored.
+pub(crate) fn mark_seq(mark: &FlushMark) -> Result<i64, StoreError> {
+    i64::try_from(mark.seq)
+        .map_err(|_| StoreError::Unavailable(format!("flush number {} out of range", mark.seq)))
 }
 
 /// The JSON input of a peek (`sql::read_limits!`).
@@ -382,11 +393,6 @@ where
     }
 
     /// Counters and blocks read in one statement.
-    #[tracing::instrument(
-        name = "storage.signals.read",
-        skip_all,
-        fields(keys = queries.len(), targets = targets.len())
-    )]
     pub(crate) async fn read_signals(
         &self,
         queries: &[CountQuery],
@@ -396,24 +402,76 @@ where
         if queries.is_empty() && targets.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
+        // No replica is named by the empty string (the column's CHECK).
+        let signals = self.read_signals_marked(queries, targets, now, "").await?;
+        Ok((signals.counts, signals.blocks))
+    }
+
+    /// Counters, blocks and `replica`'s last write of counters, in one statement.
+    #[tracing::instrument(
+        name = "storage.signals.read",
+        skip_all,
+        fields(keys = queries.len(), targets = targets.len())
+    )]
+    pub(crate) async fn read_signals_marked(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now: DateTime<Utc>,
+        replica: &str,
+    ) -> Result<Signals, StoreError> {
         let rows: Vec<SignalRow> = sqlx::query_as(DB::READ_SIGNALS)
             .bind(to_millis(now))
             .bind(targets_input(targets).unwrap_or_else(|| "[]".to_owned()))
             .bind(count_queries_input(queries))
+            .bind(replica.to_owned())
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        let (mut sums, mut blocks) = (Vec::new(), Vec::new());
+        let (mut sums, mut blocks, mut flushed) = (Vec::new(), Vec::new(), 0);
         for row in rows {
             match Signal::try_from(row)? {
                 Signal::Counts(row) => sums.push(row),
                 Signal::Block(row) => blocks.push(row),
+                Signal::Flushed(seq) => flushed = flushed_seq(seq)?,
             }
         }
-        Ok((
-            counts_from_rows(queries.len(), &sums)?,
-            sorted_blocks(blocks)?,
-        ))
+        Ok(Signals {
+            counts: counts_from_rows(queries.len(), &sums)?,
+            blocks: sorted_blocks(blocks)?,
+            flushed,
+        })
+    }
+
+    /// [`Repo::add_counts`] and the replica's mark, in one transaction.
+    #[tracing::instrument(name = "storage.counters.add_marked", skip_all, fields(keys = adds.len()))]
+    pub(crate) async fn add_counts_marked(
+        &self,
+        adds: &[CountAdd],
+        now: DateTime<Utc>,
+        mark: &FlushMark,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with(DB::BEGIN_WRITE)
+            .await
+            .map_err(unavailable)?;
+        if let Some(input) = counts_input(adds) {
+            sqlx::query(DB::ADD_COUNTS)
+                .bind(bucket_of(now))
+                .bind(input)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::query(sql::MARK_FLUSH)
+            .bind(mark.replica.clone())
+            .bind(mark_seq(mark)?)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     #[tracing::instrument(name = "storage.counters.purge", skip_all)]
@@ -432,9 +490,15 @@ where
             let deleted = DB::rows_affected(&result);
             purged += deleted;
             if deleted < u64::from(PURGE_BATCH) {
-                return Ok(purged);
+                break;
             }
         }
+        sqlx::query(sql::PURGE_FLUSHES)
+            .bind(to_millis(older_than))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(purged)
     }
 
     pub(crate) async fn purge_blocks(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -152,8 +152,10 @@ impl Dialect for Postgres {
     /// key implies anyway, keeps the planner from flattening the lateral subquery into one.
     const ACTIVE_BLOCKS: &'static str = active_blocks!();
 
-    /// [`Dialect::READ_COUNTS`] (`$3`) and [`Dialect::ACTIVE_BLOCKS`] (`$1`, `$2`) as one
-    /// statement, one round trip: a start reads both before it is scored.
+    /// [`Dialect::READ_COUNTS`] (`$3`), [`Dialect::ACTIVE_BLOCKS`] (`$1`, `$2`) and
+    /// [`crate::sql::FLUSHED`] (`$4`, as a row with `i = -1` and the number in
+    /// `attempts`) as one statement, one round trip: a start reads them before it is
+    /// scored.
     const READ_SIGNALS: &'static str = concat!(
         "SELECT c.i, c.attempts, c.approved, NULL::text AS kind, NULL::text AS value,",
         " NULL::text AS reason, NULL::text AS detail, NULL::text AS source,",
@@ -164,7 +166,9 @@ impl Dialect for Postgres {
         " SELECT NULL, NULL, NULL, b.kind, b.value, b.reason, b.detail, b.source, b.shadow,",
         " b.created_at, b.expires_at FROM (",
         active_blocks!(),
-        ") AS b"
+        ") AS b UNION ALL",
+        " SELECT -1, f.seq, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+        " FROM risk_flushes AS f WHERE f.replica = $4"
     );
 
     /// Waits for a concurrent writer of the row to finish, then holds it until commit; in

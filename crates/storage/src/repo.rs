@@ -85,9 +85,10 @@ pub(crate) trait Dialect: Database {
     /// the columns of [`crate::sql::block_columns!`], in no particular order.
     const ACTIVE_BLOCKS: &'static str;
 
-    /// Counters and blocks in one statement: `$1` now and `$2` the targets as for
-    /// [`Dialect::ACTIVE_BLOCKS`], `$3` the queries as for [`Dialect::READ_COUNTS`]. Each
-    /// row is a [`crate::row::SignalRow`]: a query's sums or a block.
+    /// Counters, blocks and a replica's last write of counters in one statement: `$1` now
+    /// and `$2` the targets as for [`Dialect::ACTIVE_BLOCKS`], `$3` the queries as for
+    /// [`Dialect::READ_COUNTS`], `$4` the replica. Each row is a
+    /// [`crate::row::SignalRow`]: a query's sums, a block, or the write's number.
     const READ_SIGNALS: &'static str;
 
     /// [`crate::sql::block_state!`], holding the row against concurrent writers until the
@@ -870,6 +871,27 @@ macro_rules! delegate_store {
                 domain::ports::StoreError,
             > {
                 self.repo.read_signals(queries, targets, now).await
+            }
+
+            async fn add_counts_marked(
+                &self,
+                adds: &[domain::abuse::CountAdd],
+                now: chrono::DateTime<chrono::Utc>,
+                mark: &domain::abuse::FlushMark,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.add_counts_marked(adds, now, mark).await
+            }
+
+            async fn read_signals_marked(
+                &self,
+                queries: &[domain::abuse::CountQuery],
+                targets: &[domain::abuse::BlockTarget],
+                now: chrono::DateTime<chrono::Utc>,
+                replica: &str,
+            ) -> Result<domain::abuse::Signals, domain::ports::StoreError> {
+                self.repo
+                    .read_signals_marked(queries, targets, now, replica)
+                    .await
             }
 
             async fn list_blocks(

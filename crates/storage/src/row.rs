@@ -633,6 +633,8 @@ pub(crate) struct SignalRow {
 pub(crate) enum Signal {
     Counts(CountsRow),
     Block(BlockRow),
+    /// The number of the replica's last write of counters.
+    Flushed(i64),
 }
 
 impl TryFrom<SignalRow> for Signal {
@@ -645,6 +647,11 @@ impl TryFrom<SignalRow> for Signal {
             column,
             problem: "is NULL".to_owned(),
         };
+        if row.i == Some(-1) {
+            return Ok(Signal::Flushed(
+                row.attempts.ok_or_else(|| missing("attempts"))?,
+            ));
+        }
         if let Some(i) = row.i {
             return Ok(Signal::Counts(CountsRow {
                 i,

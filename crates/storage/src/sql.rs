@@ -341,6 +341,18 @@ pub(crate) const PURGE_COUNTS: &str = "DELETE FROM risk_counters \
      WHERE bucket <= $1 AND (key, bucket) IN (\
      SELECT key, bucket FROM risk_counters WHERE bucket <= $1 ORDER BY bucket LIMIT $2)";
 
+/// `$1` is the replica, `$2` the number of its write of counters, `$3` now: records the
+/// write as the replica's last (in the transaction of the write's counts).
+pub(crate) const MARK_FLUSH: &str = "INSERT INTO risk_flushes (replica, seq, updated_at) \
+     VALUES ($1, $2, $3) \
+     ON CONFLICT (replica) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at";
+
+/// `$1` is the replica: the number of its last write of counters.
+pub(crate) const FLUSHED: &str = "SELECT seq FROM risk_flushes WHERE replica = $1";
+
+/// Forgets the replicas whose last write of counters was before `$1`.
+pub(crate) const PURGE_FLUSHES: &str = "DELETE FROM risk_flushes WHERE updated_at < $1";
+
 /// Deletes up to `$2` blocks that ended, and were lifted if at all, before `$1`, oldest
 /// first along `risk_blocks_by_expiry`; run until a batch comes back short.
 pub(crate) const PURGE_BLOCKS: &str = "DELETE FROM risk_blocks \

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::abuse::{
-    Block, BlockAdded, BlockKind, BlockTarget, CountAdd, CountQuery, Counts, LimitDecision,
-    LimitRequest,
+    Block, BlockAdded, BlockKind, BlockTarget, CountAdd, CountQuery, Counts, FlushMark,
+    LimitDecision, LimitRequest, Signals,
 };
 use domain::delivery::DeliveryReport;
 use domain::events::{Claim, DedupeError, Envelope, MessageId};
@@ -27,8 +27,8 @@ use rusqlite::Connection;
 use super::engine::{Engine, control, execute, query, query_opt, store_error};
 use super::rows;
 use crate::abuse::{
-    BlockWrite, PURGE_BATCH, bucket_of, counts_input, decide, decide_taken, peek_decisions,
-    peek_input, sorted_blocks,
+    BlockWrite, PURGE_BATCH, bucket_of, counts_input, decide, decide_taken, flushed_seq, mark_seq,
+    peek_decisions, peek_input, sorted_blocks,
 };
 use crate::messages::{QUARANTINED, claimed_messages, lease_millis, truncate_error};
 use crate::row::{BlockRow, CountsRow, EnvelopeRow, ReportRow, VerificationRow, to_millis};
@@ -675,8 +675,21 @@ impl SqliteRepo {
         targets: &[BlockTarget],
         now: DateTime<Utc>,
     ) -> Result<(Vec<Counts>, Vec<Block>), StoreError> {
+        let signals = self.read_signals_marked(queries, targets, now, "").await?;
+        Ok((signals.counts, signals.blocks))
+    }
+
+    /// Counters, blocks and `replica`'s last write of counters, in one read transaction.
+    pub(crate) async fn read_signals_marked(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now: DateTime<Utc>,
+        replica: &str,
+    ) -> Result<Signals, StoreError> {
         let queries = queries.to_vec();
         let targets = targets.to_vec();
+        let replica = replica.to_owned();
         self.engine
             .read(move |conn| {
                 // One read transaction: the counters and blocks of one moment. (A read
@@ -687,10 +700,42 @@ impl SqliteRepo {
                 }
                 let counts = read_counts_in(conn, &queries)?;
                 let blocks = active_blocks_in(conn, &targets, now)?;
+                let flushed = if replica.is_empty() {
+                    0
+                } else {
+                    query_opt(conn, sql::FLUSHED, &[&replica], |row| row.get::<_, i64>(0))?
+                        .map(flushed_seq)
+                        .transpose()?
+                        .unwrap_or(0)
+                };
                 if own {
                     control(conn, "COMMIT").map_err(store_error)?;
                 }
-                Ok((counts, blocks))
+                Ok(Signals {
+                    counts,
+                    blocks,
+                    flushed,
+                })
+            })
+            .await
+    }
+
+    /// [`Repo::add_counts`] and the replica's mark, in one write.
+    pub(crate) async fn add_counts_marked(
+        &self,
+        adds: &[CountAdd],
+        now: DateTime<Utc>,
+        mark: &FlushMark,
+    ) -> Result<(), StoreError> {
+        let input = counts_input(adds);
+        let bucket = bucket_of(now);
+        let (replica, seq, at) = (mark.replica.clone(), mark_seq(mark)?, to_millis(now));
+        self.engine
+            .write(move |conn| {
+                if let Some(input) = input {
+                    execute(conn, ADD_COUNTS, &[&bucket, &input])?;
+                }
+                execute(conn, sql::MARK_FLUSH, &[&replica, &seq, &at]).map(drop)
             })
             .await
     }
@@ -700,7 +745,12 @@ impl SqliteRepo {
         // ended at or before `older_than`.
         let bucket = i64::try_from(domain::abuse::COUNTER_BUCKET.as_millis()).unwrap_or(i64::MAX);
         let last = to_millis(older_than).saturating_sub(bucket);
-        self.purge_batches(sql::PURGE_COUNTS, last).await
+        let purged = self.purge_batches(sql::PURGE_COUNTS, last).await?;
+        let older_than = to_millis(older_than);
+        self.engine
+            .write(move |conn| execute(conn, sql::PURGE_FLUSHES, &[&older_than]))
+            .await?;
+        Ok(purged)
     }
 
     pub(crate) async fn purge_blocks(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {

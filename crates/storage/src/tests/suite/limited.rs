@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use domain::abuse::{
-    Block, BlockKind, BlockSource, BlockTarget, CountAdd, CountQuery, LimitRequest, Quota,
+    Block, BlockKind, BlockSource, BlockTarget, CountAdd, CountQuery, FlushMark, LimitRequest,
+    Quota,
 };
 use domain::ports::{Inserted, Limited, StoreError, VerificationStore};
 use domain::{Destination, PhoneNumber};
@@ -23,6 +24,7 @@ both_backends!(
     concurrent_limited_inserts_allow_exactly_the_limit,
     concurrent_limited_updates_of_one_version_write_and_take_once,
     signals_read_together_equal_the_two_reads,
+    a_replica_s_flush_marks_are_read_with_its_counts,
 );
 
 fn request(key: &str, quota: &str) -> LimitRequest {
@@ -308,5 +310,52 @@ async fn signals_read_together_equal_the_two_reads(db: Arc<TestDb>) -> anyhow::R
     assert_eq!((only_counts, no_blocks), (counts, Vec::new()));
     let (no_counts, only_blocks) = risk.read_signals(&[], &targets, at(10)).await?;
     assert_eq!((no_counts, only_blocks), (Vec::new(), blocks));
+    Ok(())
+}
+
+/// A write of buffered counts records its replica's mark in the same transaction, and a
+/// read of signals returns the mark of the replica it names from the same snapshot.
+async fn a_replica_s_flush_marks_are_read_with_its_counts(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let risk = db.database().risk_store();
+    let queries = [CountQuery {
+        key: "country:US".into(),
+        since: at(-60),
+    }];
+    let mark = |replica: &str, seq| FlushMark {
+        replica: replica.to_owned(),
+        seq,
+    };
+    let read = |replica: &'static str| {
+        let risk = Arc::clone(&risk);
+        let queries = queries.clone();
+        async move {
+            risk.read_signals_marked(&queries, &[], at(10), replica)
+                .await
+        }
+    };
+    assert_eq!(read("r1").await?.flushed, 0, "no write yet");
+
+    let adds = [CountAdd {
+        key: "country:US".into(),
+        attempts: 3,
+        approved: 1,
+    }];
+    risk.add_counts_marked(&adds, at(0), &mark("r1", 1)).await?;
+    let signals = read("r1").await?;
+    assert_eq!((signals.flushed, signals.counts[0].attempts), (1, 3));
+    risk.add_counts_marked(&[], at(1), &mark("r1", 2)).await?;
+    risk.add_counts_marked(&adds, at(2), &mark("r2", 7)).await?;
+    let signals = read("r1").await?;
+    assert_eq!((signals.flushed, signals.counts[0].attempts), (2, 6));
+    assert_eq!(read("r2").await?.flushed, 7);
+    assert_eq!(
+        read("r3").await?.flushed,
+        0,
+        "another replica's marks are its own"
+    );
+
+    // Marks go with old counters.
+    risk.purge_counts(at(3600 * 24)).await?;
+    assert_eq!(read("r1").await?.flushed, 0);
     Ok(())
 }
