@@ -124,14 +124,6 @@ where
     Ok((collect_decisions(decisions)?, written))
 }
 
-/// An insert that met a row changing under it on every attempt.
-fn kept_colliding(verification: &Verification) -> StoreError {
-    StoreError::Unavailable(format!(
-        "inserting verification {} kept colliding with concurrent changes",
-        verification.id
-    ))
-}
-
 /// How often an insert is tried again when the row it collided with changed before it could
 /// be read (possible on PostgreSQL, where each statement sees the latest commits). Each
 /// retry follows a concurrent commit, so running out means heavy contention on one slot.
@@ -274,8 +266,9 @@ where
         Ok(Limited::Done { decisions, outcome })
     }
 
-    /// [`Repo::insert_limited`] as a transaction of several statements, for limits that
-    /// name a key more than once.
+    /// [`Repo::insert_limited`] as a transaction of several statements (for limits that
+    /// name a key more than once, and for an insert that collided), tried again while the
+    /// row it met changes under it.
     async fn insert_limited_in_transaction(
         &self,
         verification: &Verification,
@@ -304,33 +297,27 @@ where
                 }
             }
         }
-        Err(kept_colliding(verification))
+        Err(StoreError::Unavailable(format!(
+            "inserting verification {} kept colliding with concurrent changes",
+            verification.id
+        )))
     }
 
-    /// The insert of a row that collided with another: [`Repo::insert_in`] in a
-    /// transaction, tried again while the row it met changes under it.
+    /// The insert of a row that collided with another, its limits taken already:
+    /// [`Repo::insert_limited_in_transaction`] with none.
     async fn insert_after_collision(
         &self,
         verification: &Verification,
     ) -> Result<Inserted, StoreError> {
-        for attempt in 1..=INSERT_ATTEMPTS {
-            let mut tx = self
-                .pool
-                .begin_with(DB::BEGIN_WRITE)
-                .await
-                .map_err(unavailable)?;
-            match Self::insert_in(&mut tx, verification).await? {
-                Some(outcome) => {
-                    tx.commit().await.map_err(unavailable)?;
-                    return Ok(outcome);
-                }
-                None => {
-                    tx.rollback().await.map_err(unavailable)?;
-                    tracing::debug!(attempt, "the colliding row changed meanwhile; retrying");
-                }
-            }
+        match self
+            .insert_limited_in_transaction(verification, &[], verification.created_at)
+            .await?
+        {
+            Limited::Done { outcome, .. } => Ok(outcome),
+            Limited::Refused(_) => Err(StoreError::Unavailable(
+                "an insert without limits was refused".to_owned(),
+            )),
         }
-        Err(kept_colliding(verification))
     }
 
     #[tracing::instrument(
