@@ -3,8 +3,9 @@
 //! scoring's windowed counters and blocks ([`domain::abuse::RiskStore`]).
 //!
 //! The arithmetic of a take is [`gcra`]'s: the database applies its step in one upsert per
-//! key (`sql::take_limits!`), and the decision is then computed by `gcra` itself from the
-//! state the upsert returns, so there is one copy of the maths.
+//! key (PostgreSQL's function `take_rate_limits`, SQLite's `TAKE_LIMIT` statement), and the
+//! decision is then computed by `gcra` itself from the state the upsert returns, so there
+//! is one copy of the maths.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -59,7 +60,7 @@ pub(crate) fn rounds(requests: &[LimitRequest]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The JSON input of one round of a take (`sql::take_limits!`): the keys of `round`, each
+/// The JSON input of one round of a take (`Dialect::TAKE_LIMITS`): the keys of `round`, each
 /// with its quota's interval and period.
 pub(crate) fn take_input(requests: &[LimitRequest], round: &[usize]) -> String {
     let input: Vec<_> = round

@@ -51,8 +51,8 @@ pub(crate) trait Dialect: Database {
 
     /// Takes one event from each key of `$2`, a JSON array of distinct
     /// `{"key", "interval_ms", "period_ms"}` objects, at `$1` (now, in milliseconds), each
-    /// allowed or refused on its own, and returns `key, tat, allowed` per key as
-    /// [`crate::sql::take_limits!`] does.
+    /// allowed or refused on its own (the GCRA step of the function `take_rate_limits`, the
+    /// PostgreSQL migration 0005), and returns `key, tat, allowed` per key.
     const TAKE_LIMITS: &'static str;
 
     /// A verification's insert guarded by limits, in one statement: `$1` to `$26` as for

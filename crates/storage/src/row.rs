@@ -763,7 +763,7 @@ pub(crate) struct HeldBlock {
     pub lifted_at: Option<i64>,
 }
 
-/// A key's state after a take: `key, tat, allowed` of [`crate::sql::take_limits!`].
+/// A key's state after a take: `key, tat, allowed` of [`crate::repo::Dialect::TAKE_LIMITS`].
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct TakenRow {
     pub key: String,

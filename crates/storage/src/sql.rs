@@ -232,49 +232,6 @@ pub(crate) const MESSAGE_STATE: &str =
 // as lookups per input row that it cannot turn into a join (correlated subqueries), so
 // every key is one probe of the primary key however large the table.
 
-/// Takes one event from each key of `$input` (columns `key`, `interval_ms`, `period_ms`;
-/// keys distinct) at `$1` (now, in milliseconds): the step of [`domain::abuse::gcra`] as
-/// one upsert per key. `$greatest` is the database's two-argument maximum.
-///
-/// A new key's first event is always allowed (its interval, `period / limit`, is at most
-/// the period) and stores `now + interval`. A stored key computes
-/// `new_tat = greatest(tat, now) + interval` and is allowed when `new_tat - now <= period`;
-/// then `tat` becomes `new_tat`, else it stays. Every `SET` expression reads the row as it
-/// was before the statement, so `allowed` and `tat` decide on the same old `tat`. Returns
-/// `key, tat, allowed` per key, in no particular order; from the stored `tat` the caller
-/// recovers the old one (`tat - interval` when allowed, `tat` when not) to compute the rest
-/// of the decision with `gcra` itself.
-///
-/// The upsert is atomic per row on both databases: PostgreSQL's `ON CONFLICT DO UPDATE`
-/// locks the row and evaluates the `SET` on its latest version (waiting for a concurrent
-/// inserter), SQLite runs one writer at a time. Rows are proposed in key order, so on
-/// PostgreSQL two calls sharing keys lock them in the same order and cannot deadlock.
-/// `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
-macro_rules! take_limits {
-    ($input:literal, $greatest:literal) => {
-        concat!(
-            "INSERT INTO rate_limits (key, tat, interval_ms, period_ms, allowed)",
-            " SELECT input.key, $1 + input.interval_ms, input.interval_ms, input.period_ms, TRUE",
-            " FROM ",
-            $input,
-            " WHERE true ORDER BY input.key",
-            " ON CONFLICT (key) DO UPDATE SET",
-            " tat = CASE WHEN ",
-            $greatest,
-            "(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms",
-            " THEN ",
-            $greatest,
-            "(rate_limits.tat, $1) + excluded.interval_ms ELSE rate_limits.tat END,",
-            " allowed = ",
-            $greatest,
-            "(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms,",
-            " interval_ms = excluded.interval_ms, period_ms = excluded.period_ms",
-            " RETURNING key, tat, allowed"
-        )
-    };
-}
-pub(crate) use take_limits;
-
 /// `key, tat` for every key of `$input` (column `key`), `tat` NULL for a key not stored.
 macro_rules! read_limits {
     ($input:literal) => {
@@ -297,7 +254,8 @@ pub(crate) const PURGE_LIMITS: &str = "DELETE FROM rate_limits WHERE tat <= $1";
 
 /// Adds the counts of `$input` (columns `key`, `attempts`, `approved`; keys distinct) to
 /// the bucket `$1` (the start of the minute, in milliseconds), each key in one upsert, in
-/// key order (see [`take_limits!`] for why both matter).
+/// key order: on PostgreSQL two calls sharing keys then lock them in one order and cannot
+/// deadlock. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
 macro_rules! add_counts {
     ($input:literal) => {
         concat!(

@@ -61,13 +61,28 @@ const CLAIM_MESSAGE: &str = sql::claim_message!(now_millis!());
 
 const COMPLETE_MESSAGE: &str = sql::complete_message!(now_millis!());
 
-/// [`sql::take_limits!`] for one key (`$2`, with its interval `$3` and period `$4`): the
+/// Takes one event from the key `$2` (with its quota's interval `$3` and period `$4`) at
+/// `$1` (now, in milliseconds): the step of [`domain::abuse::gcra`] as one upsert. The
 /// writer runs it once per key, statements being cheap in process, rather than parsing a
-/// JSON list. `max` with two arguments is SQLite's scalar maximum.
-const TAKE_LIMIT: &str = sql::take_limits!(
-    "(SELECT $2 AS key, $3 AS interval_ms, $4 AS period_ms) AS input",
-    "max"
-);
+/// JSON list. (PostgreSQL's copy of this step is the function `take_rate_limits` of its
+/// migration 0005.)
+///
+/// A new key's first event is always allowed (its interval, `period / limit`, is at most
+/// the period) and stores `now + interval`. A stored key computes
+/// `new_tat = max(tat, now) + interval` and is allowed when `new_tat - now <= period`; then
+/// `tat` becomes `new_tat`, else it stays. Every `SET` expression reads the row as it was
+/// before the statement, so `allowed` and `tat` decide on the same old `tat`. Returns
+/// `key, tat, allowed`; from the stored `tat` the caller recovers the old one (`tat -
+/// interval` when allowed, `tat` when not) to compute the rest of the decision with `gcra`
+/// itself. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+const TAKE_LIMIT: &str = "INSERT INTO rate_limits (key, tat, interval_ms, period_ms, allowed) \
+     SELECT $2, $1 + $3, $3, $4, TRUE WHERE true \
+     ON CONFLICT (key) DO UPDATE SET \
+     tat = CASE WHEN max(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms \
+     THEN max(rate_limits.tat, $1) + excluded.interval_ms ELSE rate_limits.tat END, \
+     allowed = max(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms, \
+     interval_ms = excluded.interval_ms, period_ms = excluded.period_ms \
+     RETURNING key, tat, allowed";
 
 pub(crate) const READ_LIMITS: &str =
     sql::read_limits!("(SELECT json_extract(value, '$.key') AS key FROM json_each($1)) AS input");

@@ -218,7 +218,7 @@ pub(crate) fn held_block(row: &Row<'_>) -> rusqlite::Result<HeldBlock> {
     })
 }
 
-/// A row of `crate::sql::take_limits!`.
+/// A row of the take statement (`TAKE_LIMIT`).
 pub(crate) fn taken(row: &Row<'_>) -> rusqlite::Result<TakenRow> {
     Ok(TakenRow {
         key: row.get(0)?,
