@@ -365,13 +365,25 @@ where
         adds: &[CountAdd],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        Self::add_counts_in(&self.pool, adds, now).await
+    }
+
+    /// [`Repo::add_counts`] on `executor` (a pool, or a transaction's connection).
+    async fn add_counts_in<'c, E>(
+        executor: E,
+        adds: &[CountAdd],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
         let Some(input) = counts_input(adds) else {
             return Ok(());
         };
         sqlx::query(DB::ADD_COUNTS)
             .bind(bucket_of(now))
             .bind(input)
-            .execute(&self.pool)
+            .execute(executor)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -457,14 +469,7 @@ where
             .begin_with(DB::BEGIN_WRITE)
             .await
             .map_err(unavailable)?;
-        if let Some(input) = counts_input(adds) {
-            sqlx::query(DB::ADD_COUNTS)
-                .bind(bucket_of(now))
-                .bind(input)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+        Self::add_counts_in(&mut *tx, adds, now).await?;
         sqlx::query(sql::MARK_FLUSH)
             .bind(mark.replica.clone())
             .bind(mark_seq(mark)?)

@@ -124,6 +124,16 @@ where
     Ok((collect_decisions(decisions)?, written))
 }
 
+/// The outcome of a guarded insert given no limits, which cannot refuse.
+fn unlimited(limited: Limited<Inserted>) -> Result<Inserted, StoreError> {
+    match limited {
+        Limited::Done { outcome, .. } => Ok(outcome),
+        Limited::Refused(_) => Err(StoreError::Unavailable(
+            "an insert without limits was refused".to_owned(),
+        )),
+    }
+}
+
 /// How often an insert is tried again when the row it collided with changed before it could
 /// be read (possible on PostgreSQL, where each statement sees the latest commits). Each
 /// retry follows a concurrent commit, so running out means heavy contention on one slot.
@@ -209,15 +219,10 @@ where
     )]
     pub(crate) async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError> {
         // With no limits nothing can refuse: the guarded insert is the plain one.
-        match self
-            .insert_limited(verification, &[], verification.created_at)
-            .await?
-        {
-            Limited::Done { outcome, .. } => Ok(outcome),
-            Limited::Refused(_) => Err(StoreError::Unavailable(
-                "an insert without limits was refused".to_owned(),
-            )),
-        }
+        unlimited(
+            self.insert_limited(verification, &[], verification.created_at)
+                .await?,
+        )
     }
 
     #[tracing::instrument(
@@ -309,15 +314,10 @@ where
         &self,
         verification: &Verification,
     ) -> Result<Inserted, StoreError> {
-        match self
-            .insert_limited_in_transaction(verification, &[], verification.created_at)
-            .await?
-        {
-            Limited::Done { outcome, .. } => Ok(outcome),
-            Limited::Refused(_) => Err(StoreError::Unavailable(
-                "an insert without limits was refused".to_owned(),
-            )),
-        }
+        unlimited(
+            self.insert_limited_in_transaction(verification, &[], verification.created_at)
+                .await?,
+        )
     }
 
     #[tracing::instrument(
