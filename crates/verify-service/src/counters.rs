@@ -63,6 +63,13 @@ struct Sums {
     approved: u64,
 }
 
+impl std::ops::AddAssign for Sums {
+    fn add_assign(&mut self, other: Sums) {
+        self.attempts += other.attempts;
+        self.approved += other.approved;
+    }
+}
+
 /// The sums of `key` in `bucket`, made when missing.
 fn slot(pending: &mut Pending, key: String, bucket: i64) -> &mut Sums {
     let buckets = pending.entry(key).or_default();
@@ -196,9 +203,7 @@ impl BufferedCounters {
                     for (_, part) in unwritten {
                         for (key, buckets) in part {
                             for (bucket, sums) in buckets {
-                                let slot = slot(&mut state.pending, key.clone(), bucket);
-                                slot.attempts += sums.attempts;
-                                slot.approved += sums.approved;
+                                *slot(&mut state.pending, key.clone(), bucket) += sums;
                             }
                         }
                     }
@@ -265,8 +270,7 @@ impl BufferedCounters {
         let mut sums = noted.pending;
         for (_, part) in noted.in_flight {
             for (total, s) in sums.iter_mut().zip(part) {
-                total.attempts += s.attempts;
-                total.approved += s.approved;
+                *total += s;
             }
         }
         sums
@@ -287,9 +291,9 @@ fn sums_of(pending: &Pending, queries: &[CountQuery]) -> Vec<Sums> {
                 .into_iter()
                 .flatten()
                 .filter(|(bucket, _)| *bucket >= since)
-                .fold(Sums::default(), |acc, (_, s)| Sums {
-                    attempts: acc.attempts + s.attempts,
-                    approved: acc.approved + s.approved,
+                .fold(Sums::default(), |mut acc, (_, s)| {
+                    acc += *s;
+                    acc
                 })
         })
         .collect()
@@ -307,9 +311,10 @@ impl RiskStore for BufferedCounters {
                 dropped += 1;
                 continue;
             }
-            let sums = slot(pending, add.key.clone(), bucket);
-            sums.attempts += u64::from(add.attempts);
-            sums.approved += u64::from(add.approved);
+            *slot(pending, add.key.clone(), bucket) += Sums {
+                attempts: u64::from(add.attempts),
+                approved: u64::from(add.approved),
+            };
         }
         if dropped > 0 {
             tracing::warn!(
@@ -322,6 +327,7 @@ impl RiskStore for BufferedCounters {
     }
 
     async fn read_counts(&self, queries: &[CountQuery]) -> Result<Vec<Counts>, StoreError> {
+        // With no block targets the time only dates blocks: any will do.
         let (counts, _) = self.read_with_local(queries, &[], Utc::now()).await?;
         Ok(counts)
     }
