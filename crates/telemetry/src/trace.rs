@@ -176,10 +176,7 @@ pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + '
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(SCOPE))
-        .with_threads(false)
-        .with_filter(Targets::new().with_default(LevelFilter::INFO))
+    spans(provider).with_filter(Targets::new().with_default(LevelFilter::INFO))
 }
 
 /// [`layer`] for a process that exports no spans: spans get an OpenTelemetry span, as
@@ -190,12 +187,21 @@ pub fn context_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + 
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
+    spans(provider).with_filter(filter_fn(|meta| {
+        meta.is_span() && LevelFilter::INFO >= *meta.level()
+    }))
+}
+
+/// The OpenTelemetry layer over `provider`, before its filter.
+fn spans<S>(
+    provider: &SdkTracerProvider,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SCOPE))
         .with_threads(false)
-        .with_filter(filter_fn(|meta| {
-            meta.is_span() && LevelFilter::INFO >= *meta.level()
-        }))
 }
 
 /// Makes `provider` and the W3C propagator the process-wide defaults, for libraries that
