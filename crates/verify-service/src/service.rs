@@ -173,9 +173,14 @@ impl VerifyCore {
                     v
                 }
             };
+            // The shared limits are taken at the time they are taken, not at the time the
+            // request began: a start that reached the store after a later-stamped one
+            // would otherwise find less room than there is (GCRA charges an earlier
+            // timestamp the difference), and a limit of 3 could let 2 concurrent starts
+            // through.
             let written = self
                 .store
-                .insert_limited(&v, screened.shared_limits(), now)
+                .insert_limited(&v, screened.shared_limits(), self.clock.now())
                 .await?;
             let (decisions, inserted) = match written {
                 Limited::Refused(decisions) => (decisions, None),
