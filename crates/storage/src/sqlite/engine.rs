@@ -154,6 +154,10 @@ fn open(location: &Location, read_only: bool) -> rusqlite::Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Statement and savepoint journals (every write job runs in a savepoint) stay in
+    // memory: on disk they spill past 64 KiB into a temporary file, and each page a job
+    // changes would cost a write system call there before its commit writes it again.
+    conn.pragma_update(None, "temp_store", "memory")?;
     if let Location::File(_) = location {
         if read_only {
             conn.pragma_update(None, "query_only", true)?;
