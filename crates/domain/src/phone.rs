@@ -71,25 +71,6 @@ impl NumberType {
             NumberType::Unknown => "unknown",
         }
     }
-
-    fn from_lib(t: phonenumber::Type) -> Self {
-        use phonenumber::Type as T;
-        match t {
-            T::Mobile => NumberType::Mobile,
-            T::FixedLine => NumberType::FixedLine,
-            T::FixedLineOrMobile => NumberType::FixedLineOrMobile,
-            T::TollFree => NumberType::TollFree,
-            T::PremiumRate => NumberType::PremiumRate,
-            T::SharedCost => NumberType::SharedCost,
-            T::Voip => NumberType::Voip,
-            T::PersonalNumber => NumberType::PersonalNumber,
-            T::Pager => NumberType::Pager,
-            T::Uan => NumberType::Uan,
-            T::Voicemail => NumberType::Voicemail,
-            T::Unknown => NumberType::Unknown,
-            _ => NumberType::Other,
-        }
-    }
 }
 
 /// A valid phone number in E.164 form, with what the numbering plan says about it.
@@ -144,15 +125,17 @@ impl PhoneNumber {
         if parsed.extension().is_some() {
             return Err(PhoneNumberError::Extension);
         }
-        if !parsed.is_valid() {
-            return Err(PhoneNumberError::Invalid);
-        }
-        let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        let country_code = parsed.code().value();
+        // The national significant number with its leading zeros (Italy's `06…`, Côte
+        // d'Ivoire's `07…`): the numbering plan's patterns are written for it.
+        let national = parsed.national().to_string();
+        let (region, number_type) =
+            classify(country_code, &national).ok_or(PhoneNumberError::Invalid)?;
         Ok(PhoneNumber {
-            country_code: parsed.code().value(),
-            region: parsed.country().id().map(Region),
-            number_type: NumberType::from_lib(parsed.number_type(&phonenumber::metadata::DATABASE)),
-            e164,
+            e164: format!("+{country_code}{national}"),
+            region,
+            number_type,
+            country_code,
         })
     }
 
@@ -210,6 +193,72 @@ impl PhoneNumber {
             &digits[digits.len() - keep_tail..]
         )
     }
+}
+
+/// The region a number belongs to and its type, as libphonenumber's `getRegionCodeForNumber`
+/// and `getNumberType` decide them; `None` when no region's plan knows the number (it is
+/// not valid). One pass over the candidate regions: `phonenumber`'s own accessors each
+/// look the region up again and drop the national number's leading zeros.
+fn classify(code: u16, national: &str) -> Option<(Option<Region>, NumberType)> {
+    let candidates = phonenumber::metadata::DATABASE.by_code(&code)?;
+    let (meta, number_type) = match candidates.as_slice() {
+        [only] => (*only, number_type(only, national)),
+        _ => candidates
+            .iter()
+            .find_map(|meta| match meta.leading_digits() {
+                Some(pattern) => pattern
+                    .find(national)
+                    .filter(|m| m.start() == 0)
+                    .map(|_| (*meta, number_type(meta, national))),
+                None => Some((*meta, number_type(meta, national)))
+                    .filter(|(_, t)| *t != NumberType::Unknown),
+            })?,
+    };
+    if number_type == NumberType::Unknown {
+        return None;
+    }
+    // Non-geographic codes (`+800`, `+882`) have the region "001": no region.
+    let region = country::Id::from_str(meta.id()).ok().map(Region);
+    Some((region, number_type))
+}
+
+/// The first type whose pattern matches, in libphonenumber's order.
+fn number_type(meta: &phonenumber::Metadata, national: &str) -> NumberType {
+    let d = meta.descriptors();
+    let matches = |descriptor: Option<&phonenumber::metadata::Descriptor>| {
+        descriptor.is_some_and(|d| d.is_match(national))
+    };
+    if !d.general().is_match(national) {
+        return NumberType::Unknown;
+    }
+    let ordered = [
+        (d.premium_rate(), NumberType::PremiumRate),
+        (d.toll_free(), NumberType::TollFree),
+        (d.shared_cost(), NumberType::SharedCost),
+        (d.voip(), NumberType::Voip),
+        (d.personal_number(), NumberType::PersonalNumber),
+        (d.pager(), NumberType::Pager),
+        (d.uan(), NumberType::Uan),
+        (d.voicemail(), NumberType::Voicemail),
+    ];
+    if let Some((_, t)) = ordered
+        .into_iter()
+        .find(|(descriptor, _)| matches(*descriptor))
+    {
+        return t;
+    }
+    if matches(d.fixed_line()) {
+        let same_pattern = d.fixed_line().map(|f| f.national_number().as_str())
+            == d.mobile().map(|m| m.national_number().as_str());
+        if same_pattern || matches(d.mobile()) {
+            return NumberType::FixedLineOrMobile;
+        }
+        return NumberType::FixedLine;
+    }
+    if matches(d.mobile()) {
+        return NumberType::Mobile;
+    }
+    NumberType::Unknown
 }
 
 impl fmt::Display for PhoneNumber {
@@ -272,6 +321,44 @@ mod tests {
     }
 
     #[test]
+    fn numbers_with_a_national_leading_zero_keep_their_region_and_type() {
+        let rome = PhoneNumber::parse("+390612345678", None).expect("valid Rome fixed line");
+        assert_eq!(rome.e164(), "+390612345678");
+        assert_eq!(rome.region().map(|r| r.to_string()).as_deref(), Some("IT"));
+        assert_eq!(rome.number_type(), NumberType::FixedLine);
+        let abidjan = PhoneNumber::parse("+2250707123456", None).expect("valid CI mobile");
+        assert_eq!(
+            abidjan.region().map(|r| r.to_string()).as_deref(),
+            Some("CI")
+        );
+        assert_eq!(abidjan.number_type(), NumberType::Mobile);
+        let vatican = PhoneNumber::parse("+390669812345", None).expect("valid Vatican line");
+        assert_eq!(
+            vatican.region().map(|r| r.to_string()).as_deref(),
+            Some("VA")
+        );
+    }
+
+    #[test]
+    fn shared_country_codes_find_their_region() {
+        let region = |raw: &str| {
+            PhoneNumber::parse(raw, None)
+                .expect("valid")
+                .region()
+                .map(|r| r.to_string())
+        };
+        assert_eq!(region("+14155552671").as_deref(), Some("US"));
+        assert_eq!(region("+16135550123").as_deref(), Some("CA"));
+        assert_eq!(region("+18092345678").as_deref(), Some("DO"));
+        assert_eq!(region("+447400123456").as_deref(), Some("GB"));
+        assert_eq!(region("+441481256789").as_deref(), Some("GG"));
+        // Non-geographic numbers have a country code and no region.
+        let freephone = PhoneNumber::parse("+80012345678", None).expect("valid +800");
+        assert_eq!(freephone.region(), None);
+        assert_eq!(freephone.number_type(), NumberType::TollFree);
+    }
+
+    #[test]
     fn masks_the_middle() {
         let n = PhoneNumber::parse("+14155552671", None).expect("valid");
         assert_eq!(n.masked(), "+1415***2671");
@@ -285,7 +372,45 @@ mod tests {
         assert!(Region::parse("ZZ").is_err());
     }
 
+    fn library_type(t: phonenumber::Type) -> NumberType {
+        use phonenumber::Type as T;
+        match t {
+            T::Mobile => NumberType::Mobile,
+            T::FixedLine => NumberType::FixedLine,
+            T::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            T::TollFree => NumberType::TollFree,
+            T::PremiumRate => NumberType::PremiumRate,
+            T::SharedCost => NumberType::SharedCost,
+            T::Voip => NumberType::Voip,
+            T::PersonalNumber => NumberType::PersonalNumber,
+            T::Pager => NumberType::Pager,
+            T::Uan => NumberType::Uan,
+            T::Voicemail => NumberType::Voicemail,
+            T::Unknown => NumberType::Unknown,
+            _ => NumberType::Other,
+        }
+    }
+
     proptest::proptest! {
+        /// Where the national number has no leading zero (the case `phonenumber`'s own
+        /// accessors get right), the one-pass classification agrees with them.
+        #[test]
+        fn classification_agrees_with_libphonenumber(
+            code in proptest::sample::select(vec![1u16, 7, 33, 39, 44, 49, 61, 225, 234, 262, 590, 800]),
+            national in "[1-9][0-9]{5,11}",
+        ) {
+            let raw = format!("+{code}{national}");
+            let lib = phonenumber::parse(None, &raw).ok().filter(|p| p.extension().is_none());
+            let ours = PhoneNumber::parse(&raw, None).ok();
+            proptest::prop_assert_eq!(ours.is_some(), lib.as_ref().is_some_and(|p| p.is_valid()));
+            if let (Some(ours), Some(lib)) = (ours, lib) {
+                proptest::prop_assert_eq!(ours.e164(), lib.format().mode(phonenumber::Mode::E164).to_string());
+                proptest::prop_assert_eq!(ours.region().map(|r| r.0), lib.country().id());
+                let lib_type = lib.number_type(&phonenumber::metadata::DATABASE);
+                proptest::prop_assert_eq!(ours.number_type(), library_type(lib_type));
+            }
+        }
+
         #[test]
         fn never_panics_and_output_is_e164(raw in "\\PC{0,40}") {
             if let Ok(n) = PhoneNumber::parse(&raw, us()) {
