@@ -315,7 +315,13 @@ impl AbuseGuard {
             }
         }
         let mut named = Vec::new();
-        if let Some(quota) = limits.check_per_identity {
+        let quota = limits.check_per_identity.filter(|quota| {
+            // Per verification, a limit at least as large as the verification's own
+            // `max_checks` can never refuse (no verification is checked more often than
+            // that), so it is not taken: no key in memory, no row in the store.
+            v.identity.is_some() || quota.limit() < v.max_checks
+        });
+        if let Some(quota) = quota {
             let key = match &v.identity {
                 Some(identity) => {
                     format!("check:{}:id:{}", v.purpose, self.identity_tag(identity))

@@ -262,6 +262,47 @@ async fn limits_answer_with_retry_info_and_the_quota_that_refused() {
 }
 
 #[tokio::test]
+async fn the_check_limit_per_verification_is_taken_only_when_it_can_refuse() {
+    let checks_limited = "SELECT COUNT(*) FROM rate_limits WHERE key LIKE 'check:%'";
+    // The default, 30 checks per verification, is more than `max_checks` (3): it could
+    // never refuse, so nothing is taken or stored for it.
+    let h = Harness::start_on(Backend::Sqlite).await;
+    let to = "+14155552684";
+    let id = h.start_sms(to).await.expect("sent").id;
+    let code = h.latest_code(to).await;
+    let checked = h.check(&id, &wrong(&code)).await.expect("wrong code");
+    assert_eq!(checked.attempts_left, 2);
+    assert!(h.check(&id, &code).await.expect("right code").valid);
+    assert_eq!(h.count(checks_limited).await, 0);
+    h.shutdown().await;
+
+    // Below `max_checks` the limit is what ends the checks.
+    let h = Harness::start_with(
+        Backend::Sqlite,
+        "[rate_limits]\ncheck_per_identity = \"2/10m\"\n",
+    )
+    .await;
+    let id = h.start_sms(to).await.expect("sent").id;
+    let code = h.latest_code(to).await;
+    let first = h.check(&id, &wrong(&code)).await.expect("first check");
+    assert_eq!(first.attempts_left, 1, "the limit leaves one of the three");
+    h.check(&id, &wrong(&code)).await.expect("second check");
+    let refused = h.check(&id, &code).await.expect_err("third check");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused
+            .get_error_details()
+            .quota_failure()
+            .expect("quota")
+            .violations[0]
+            .subject,
+        "check_per_identity"
+    );
+    assert_eq!(h.count(checks_limited).await, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn metrics_count_decisions_and_refusals() {
     let h = Harness::start_with(
         Backend::Sqlite,

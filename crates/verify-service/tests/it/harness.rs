@@ -245,8 +245,12 @@ impl Harness {
 
     /// Rows in the verifications table, read with plain SQL.
     pub async fn row_count(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM verifications").await
+    }
+
+    /// The answer of one `SELECT COUNT(*) …`, run with plain SQL on either backend.
+    pub async fn count(&self, count: &'static str) -> i64 {
         use sqlx::Connection;
-        let count = "SELECT COUNT(*) FROM verifications";
         if self.database_url.starts_with("postgres") {
             let mut conn = sqlx::PgConnection::connect(&self.database_url)
                 .await
