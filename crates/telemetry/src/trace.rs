@@ -187,9 +187,17 @@ pub fn context_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + 
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    spans(provider).with_filter(filter_fn(|meta| {
-        meta.is_span() && LevelFilter::INFO >= *meta.level()
-    }))
+    spans(provider)
+        // What only an exported span shows (busy and idle time, code location, target)
+        // is not gathered, and entering a span does not make its context OpenTelemetry's
+        // current one: contexts leave through `headers_of`, which asks the span itself.
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_target(false)
+        .with_context_activation(false)
+        .with_filter(filter_fn(|meta| {
+            meta.is_span() && LevelFilter::INFO >= *meta.level()
+        }))
 }
 
 /// The OpenTelemetry layer over `provider`, before its filter.
