@@ -292,8 +292,9 @@ macro_rules! read_counts {
 }
 pub(crate) use read_counts;
 
-/// Deletes up to `$2` buckets starting at or before `$1` (the last bucket start to delete),
-/// oldest first along `risk_counters_by_bucket`. Run until a batch comes back short, so no
+/// PostgreSQL's purge (SQLite's walks the primary key, see `sqlite::repo`): deletes up to
+/// `$2` buckets starting at or before `$1` (the last bucket start to delete), oldest first
+/// along `risk_counters_by_bucket`. Run until a batch comes back short, so no
 /// statement holds locks on an unbounded number of rows.
 pub(crate) const PURGE_COUNTS: &str = "DELETE FROM risk_counters \
      WHERE bucket <= $1 AND (key, bucket) IN (\

@@ -104,6 +104,10 @@ const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 /// How long scoring's counters are kept: longer than any signal's window (at most a week).
 const COUNTERS_KEPT: chrono::Duration = chrono::Duration::days(8);
 
+/// Counters are purged every this many housekeeping rounds (hourly): against eight days
+/// kept an hour more is nothing, and on SQLite a purge walks the whole table.
+const COUNTER_PURGE_ROUNDS: u32 = 60;
+
 /// How long ended (or lifted) blocks are kept: for the record, and longer than any block
 /// scoring imposes, so an operator's lift keeps exempting its target.
 const BLOCKS_KEPT: chrono::Duration = chrono::Duration::days(30);
@@ -119,7 +123,7 @@ async fn housekeeping(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in 0u32.. {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
@@ -129,10 +133,11 @@ async fn housekeeping(
         if let Err(e) = database.rate_limits().purge_limits(now).await {
             tracing::warn!(error = %e, "purging rate-limit state failed");
         }
-        if let Err(e) = database
-            .risk_store()
-            .purge_counts(now - COUNTERS_KEPT)
-            .await
+        if round % COUNTER_PURGE_ROUNDS == 0
+            && let Err(e) = database
+                .risk_store()
+                .purge_counts(now - COUNTERS_KEPT)
+                .await
         {
             tracing::warn!(error = %e, "purging scoring counters failed");
         }

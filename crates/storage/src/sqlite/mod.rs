@@ -21,7 +21,10 @@ use engine::{BUSY_TIMEOUT, Engine, Location};
 use repo::SqliteRepo;
 /// The statements the planner tests read.
 #[cfg(test)]
-pub(crate) use repo::{ACTIVE_BLOCK, CLAIM_OUTBOX, READ_COUNT, READ_LIMITS};
+pub(crate) use repo::{
+    ACTIVE_BLOCK, CLAIM_OUTBOX, COUNTS_SLICE_END, PURGE_COUNTS_REST, PURGE_COUNTS_SLICE,
+    READ_COUNT, READ_LIMITS,
+};
 
 /// The SQLite schema, embedded in the binary so the embedded mode needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");

@@ -94,6 +94,19 @@ const ADD_COUNTS: &str = sql::add_counts!(
       FROM json_each($2)) AS input"
 );
 
+/// The key that ends a slice of the purge: the one `$2` rows on from the first key after
+/// `$1`, along the primary key; none when fewer rows are left.
+pub(crate) const COUNTS_SLICE_END: &str =
+    "SELECT key FROM risk_counters WHERE key > $1 ORDER BY key, bucket LIMIT 1 OFFSET $2";
+
+/// Deletes the buckets starting at or before `$3` of the keys after `$1` up to `$2`.
+pub(crate) const PURGE_COUNTS_SLICE: &str =
+    "DELETE FROM risk_counters WHERE key > $1 AND key <= $2 AND bucket <= $3";
+
+/// Deletes the buckets starting at or before `$2` of every key after `$1`: the last slice.
+pub(crate) const PURGE_COUNTS_REST: &str =
+    "DELETE FROM risk_counters WHERE key > $1 AND bucket <= $2";
+
 /// The sums of one counter (`$1`) over the buckets from `$2` on: one range of the primary
 /// key, both sums in one pass (`sql::read_counts!` reads a JSON list of such queries).
 pub(crate) const READ_COUNT: &str = "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(approved), 0) \
@@ -755,12 +768,38 @@ impl SqliteRepo {
             .await
     }
 
+    /// Deletes the counter buckets that ended by `older_than`. The table has no index by
+    /// minute (see migration 0008): the purge walks the primary key in slices of about
+    /// [`PURGE_BATCH`] rows, one write each, so no write waits behind a long one.
     pub(crate) async fn purge_counts(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
         // A bucket ends a minute after it starts: those starting at or before this one
         // ended at or before `older_than`.
         let bucket = i64::try_from(domain::abuse::COUNTER_BUCKET.as_millis()).unwrap_or(i64::MAX);
         let last = to_millis(older_than).saturating_sub(bucket);
-        let purged = self.purge_batches(sql::PURGE_COUNTS, last).await?;
+        let skip = i64::from(PURGE_BATCH) - 1;
+        let mut purged = 0;
+        // Every key sorts after the empty string.
+        let mut after = String::new();
+        loop {
+            let from = std::mem::take(&mut after);
+            let (deleted, end) = self
+                .engine
+                .write(move |conn| {
+                    let end: Option<String> =
+                        query_opt(conn, COUNTS_SLICE_END, &[&from, &skip], |row| row.get(0))?;
+                    let deleted = match &end {
+                        Some(end) => execute(conn, PURGE_COUNTS_SLICE, &[&from, end, &last])?,
+                        None => execute(conn, PURGE_COUNTS_REST, &[&from, &last])?,
+                    };
+                    Ok((deleted, end))
+                })
+                .await?;
+            purged += deleted;
+            match end {
+                Some(end) => after = end,
+                None => break,
+            }
+        }
         let older_than = to_millis(older_than);
         self.engine
             .write(move |conn| execute(conn, sql::PURGE_FLUSHES, &[&older_than]))

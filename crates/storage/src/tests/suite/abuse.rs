@@ -752,20 +752,39 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
     use super::super::harness::Bind;
     use crate::repo::Dialect;
     use crate::sql;
-    let cases = [
-        (
+    // The purge of counters: on PostgreSQL the oldest minutes along their index; on SQLite
+    // (no such index) slices of the primary key.
+    let purge_counts = match db.backend() {
+        Backend::Postgres => vec![(
             sql::PURGE_COUNTS,
             vec![Bind::Int(0), Bind::Int(1000)],
             "risk_counters_by_bucket",
-        ),
-        // Every kind: the range of blocks in force.
-        (
-            sql::LIST_BLOCKS,
-            vec![Bind::Int(0), Bind::Null, Bind::Int(10)],
-            "risk_blocks_by_expiry",
-        ),
-    ];
-    for (statement, binds, index) in cases {
+        )],
+        Backend::Sqlite => vec![
+            (
+                crate::sqlite::COUNTS_SLICE_END,
+                vec![Bind::Text(""), Bind::Int(999)],
+                "USING PRIMARY KEY (key>?)",
+            ),
+            (
+                crate::sqlite::PURGE_COUNTS_SLICE,
+                vec![Bind::Text("a"), Bind::Text("b"), Bind::Int(0)],
+                "USING PRIMARY KEY (key>? AND key<?)",
+            ),
+            (
+                crate::sqlite::PURGE_COUNTS_REST,
+                vec![Bind::Text("a"), Bind::Int(0)],
+                "USING PRIMARY KEY (key>?)",
+            ),
+        ],
+    };
+    // Every kind: the range of blocks in force.
+    let list_blocks = (
+        sql::LIST_BLOCKS,
+        vec![Bind::Int(0), Bind::Null, Bind::Int(10)],
+        "risk_blocks_by_expiry",
+    );
+    for (statement, binds, index) in purge_counts.into_iter().chain([list_blocks]) {
         let plan = db.plan(statement, &binds).await?;
         assert!(plan.contains(index), "{statement}\n→ {plan}");
     }
