@@ -22,8 +22,7 @@ use repo::SqliteRepo;
 /// The statements the planner tests read.
 #[cfg(test)]
 pub(crate) use repo::{
-    ACTIVE_BLOCK, CLAIM_OUTBOX, COUNTS_SLICE_END, PURGE_COUNTS_REST, PURGE_COUNTS_SLICE,
-    READ_COUNT, READ_LIMITS,
+    ACTIVE_BLOCK, CLAIM_OUTBOX, COUNTS_SLICES, LIMITS_SLICES, READ_COUNT, READ_LIMITS,
 };
 
 /// The SQLite schema, embedded in the binary so the embedded mode needs no files beside it.

@@ -94,18 +94,31 @@ const ADD_COUNTS: &str = sql::add_counts!(
       FROM json_each($2)) AS input"
 );
 
-/// The key that ends a slice of the purge: the one `$2` rows on from the first key after
-/// `$1`, along the primary key; none when fewer rows are left.
-pub(crate) const COUNTS_SLICE_END: &str =
-    "SELECT key FROM risk_counters WHERE key > $1 ORDER BY key, bucket LIMIT 1 OFFSET $2";
+/// The statements of a purge that walks a table's primary key (`key`, text) in slices.
+pub(crate) struct Slices {
+    /// The key that ends a slice: the one `$2` rows on from the first key after `$1`;
+    /// none when fewer rows are left.
+    pub(crate) end: &'static str,
+    /// Deletes what is due by `$3` among the keys after `$1` up to `$2`.
+    pub(crate) delete: &'static str,
+    /// Deletes what is due by `$2` among every key after `$1`: the last slice.
+    pub(crate) delete_rest: &'static str,
+}
 
-/// Deletes the buckets starting at or before `$3` of the keys after `$1` up to `$2`.
-pub(crate) const PURGE_COUNTS_SLICE: &str =
-    "DELETE FROM risk_counters WHERE key > $1 AND key <= $2 AND bucket <= $3";
+/// Counter buckets starting at or before the bound.
+pub(crate) const COUNTS_SLICES: Slices = Slices {
+    end: "SELECT key FROM risk_counters WHERE key > $1 ORDER BY key, bucket LIMIT 1 OFFSET $2",
+    delete: "DELETE FROM risk_counters WHERE key > $1 AND key <= $2 AND bucket <= $3",
+    delete_rest: "DELETE FROM risk_counters WHERE key > $1 AND bucket <= $2",
+};
 
-/// Deletes the buckets starting at or before `$2` of every key after `$1`: the last slice.
-pub(crate) const PURGE_COUNTS_REST: &str =
-    "DELETE FROM risk_counters WHERE key > $1 AND bucket <= $2";
+/// Limiter rows whose theoretical arrival time is at or before the bound: they hold no
+/// information.
+pub(crate) const LIMITS_SLICES: Slices = Slices {
+    end: "SELECT key FROM rate_limits WHERE key > $1 ORDER BY key LIMIT 1 OFFSET $2",
+    delete: "DELETE FROM rate_limits WHERE key > $1 AND key <= $2 AND tat <= $3",
+    delete_rest: "DELETE FROM rate_limits WHERE key > $1 AND tat <= $2",
+};
 
 /// The sums of one counter (`$1`) over the buckets from `$2` on: one range of the primary
 /// key, both sums in one pass (`sql::read_counts!` reads a JSON list of such queries).
@@ -662,11 +675,44 @@ impl SqliteRepo {
         Ok(peek_decisions(requests, found, to_millis(now)))
     }
 
+    /// Deletes the limiter rows whose `tat` has passed, in slices of the primary key (`tat`
+    /// is not indexed, see migration 0006).
     pub(crate) async fn purge_limits(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let now = to_millis(now);
-        self.engine
-            .write(move |conn| execute(conn, sql::PURGE_LIMITS, &[&now]))
-            .await
+        self.purge_in_slices(&LIMITS_SLICES, to_millis(now)).await
+    }
+
+    /// Walks a table's primary key in slices of about [`PURGE_BATCH`] rows, deleting in each
+    /// what `bound` makes due: one writer job per slice, so a purge of a large table never
+    /// holds the writer for long, and no scan of the whole table runs in one job.
+    async fn purge_in_slices(
+        &self,
+        slices: &'static Slices,
+        bound: i64,
+    ) -> Result<u64, StoreError> {
+        let skip = i64::from(PURGE_BATCH) - 1;
+        let mut purged = 0;
+        // Every key sorts after the empty string.
+        let mut after = String::new();
+        loop {
+            let from = std::mem::take(&mut after);
+            let (deleted, end) = self
+                .engine
+                .write(move |conn| {
+                    let end: Option<String> =
+                        query_opt(conn, slices.end, &[&from, &skip], |row| row.get(0))?;
+                    let deleted = match &end {
+                        Some(end) => execute(conn, slices.delete, &[&from, end, &bound])?,
+                        None => execute(conn, slices.delete_rest, &[&from, &bound])?,
+                    };
+                    Ok((deleted, end))
+                })
+                .await?;
+            purged += deleted;
+            match end {
+                Some(end) => after = end,
+                None => return Ok(purged),
+            }
+        }
     }
 
     pub(crate) async fn add_counts(
@@ -768,38 +814,14 @@ impl SqliteRepo {
             .await
     }
 
-    /// Deletes the counter buckets that ended by `older_than`. The table has no index by
-    /// minute (see migration 0008): the purge walks the primary key in slices of about
-    /// [`PURGE_BATCH`] rows, one write each, so no write waits behind a long one.
+    /// Deletes the counter buckets that ended by `older_than`, in slices of the primary
+    /// key (the table has no index by minute, see migration 0008).
     pub(crate) async fn purge_counts(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
         // A bucket ends a minute after it starts: those starting at or before this one
         // ended at or before `older_than`.
         let bucket = i64::try_from(domain::abuse::COUNTER_BUCKET.as_millis()).unwrap_or(i64::MAX);
         let last = to_millis(older_than).saturating_sub(bucket);
-        let skip = i64::from(PURGE_BATCH) - 1;
-        let mut purged = 0;
-        // Every key sorts after the empty string.
-        let mut after = String::new();
-        loop {
-            let from = std::mem::take(&mut after);
-            let (deleted, end) = self
-                .engine
-                .write(move |conn| {
-                    let end: Option<String> =
-                        query_opt(conn, COUNTS_SLICE_END, &[&from, &skip], |row| row.get(0))?;
-                    let deleted = match &end {
-                        Some(end) => execute(conn, PURGE_COUNTS_SLICE, &[&from, end, &last])?,
-                        None => execute(conn, PURGE_COUNTS_REST, &[&from, &last])?,
-                    };
-                    Ok((deleted, end))
-                })
-                .await?;
-            purged += deleted;
-            match end {
-                Some(end) => after = end,
-                None => break,
-            }
-        }
+        let purged = self.purge_in_slices(&COUNTS_SLICES, last).await?;
         let older_than = to_millis(older_than);
         self.engine
             .write(move |conn| execute(conn, sql::PURGE_FLUSHES, &[&older_than]))

@@ -285,6 +285,18 @@ async fn purge_forgets_keys_whose_tat_has_passed(db: Arc<TestDb>) -> anyhow::Res
     );
     assert_eq!(db.count("rate_limits").await?, 0);
     assert_eq!(limits.purge_limits(at(10_000)).await?, 0);
+
+    // More keys than one purge batch, half of them due: every due one goes, wherever it
+    // sorts, and the others stay.
+    let many: Vec<_> = (0..2500)
+        .map(|n| {
+            let q = if n % 2 == 0 { "1/s" } else { "3/10m" };
+            request(&format!("k{n:04}"), quota(q))
+        })
+        .collect();
+    limits.take(&many, at(20_000)).await?;
+    assert_eq!(limits.purge_limits(at(20_001)).await?, 1250);
+    assert_eq!(db.count("rate_limits").await?, 1250);
     Ok(())
 }
 
@@ -760,23 +772,28 @@ async fn abuse_lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> 
             vec![Bind::Int(0), Bind::Int(1000)],
             "risk_counters_by_bucket",
         )],
-        Backend::Sqlite => vec![
-            (
-                crate::sqlite::COUNTS_SLICE_END,
-                vec![Bind::Text(""), Bind::Int(999)],
-                "USING PRIMARY KEY (key>?)",
-            ),
-            (
-                crate::sqlite::PURGE_COUNTS_SLICE,
-                vec![Bind::Text("a"), Bind::Text("b"), Bind::Int(0)],
-                "USING PRIMARY KEY (key>? AND key<?)",
-            ),
-            (
-                crate::sqlite::PURGE_COUNTS_REST,
-                vec![Bind::Text("a"), Bind::Int(0)],
-                "USING PRIMARY KEY (key>?)",
-            ),
-        ],
+        Backend::Sqlite => [crate::sqlite::COUNTS_SLICES, crate::sqlite::LIMITS_SLICES]
+            .into_iter()
+            .flat_map(|slices| {
+                [
+                    (
+                        slices.end,
+                        vec![Bind::Text(""), Bind::Int(999)],
+                        "USING PRIMARY KEY (key>?)",
+                    ),
+                    (
+                        slices.delete,
+                        vec![Bind::Text("a"), Bind::Text("b"), Bind::Int(0)],
+                        "USING PRIMARY KEY (key>? AND key<?)",
+                    ),
+                    (
+                        slices.delete_rest,
+                        vec![Bind::Text("a"), Bind::Int(0)],
+                        "USING PRIMARY KEY (key>?)",
+                    ),
+                ]
+            })
+            .collect(),
     };
     // Every kind: the range of blocks in force.
     let list_blocks = (
