@@ -198,7 +198,7 @@ fn canonical(destination: &Destination) -> String {
 
 fn from_canonical(text: &str) -> Option<Destination> {
     if let Some(e164) = text.strip_prefix("phone:") {
-        PhoneNumber::parse(e164, None).ok().map(Destination::Phone)
+        PhoneNumber::from_e164(e164).map(Destination::Phone)
     } else if let Some(email) = text.strip_prefix("email:") {
         Email::parse(email).ok().map(Destination::Email)
     } else {

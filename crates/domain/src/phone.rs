@@ -139,6 +139,36 @@ impl PhoneNumber {
         })
     }
 
+    /// A number this type wrote: `e164` as [`Self::e164`] gave it (say, decrypted from the
+    /// store). The country code is read off the front (country codes are prefix-free) and
+    /// the rest classified as [`Self::parse`] does, so for what `parse` wrote the result
+    /// equals the parsed number, without running the parser again. Not for input: other
+    /// strings skip the parser's handling of national prefixes (`+78…` is refused by
+    /// `parse`, not here); what no region's plan knows is `None`.
+    pub fn from_e164(e164: &str) -> Option<Self> {
+        let digits = e164.strip_prefix('+')?;
+        // Country codes start with 1-9.
+        if digits.len() > Self::MAX_RAW_LEN
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let (country_code, national) = (1..=3.min(digits.len())).find_map(|len| {
+            let code: u16 = digits[..len].parse().ok()?;
+            phonenumber::metadata::DATABASE
+                .by_code(&code)
+                .map(|_| (code, &digits[len..]))
+        })?;
+        let (region, number_type) = classify(country_code, national)?;
+        Some(PhoneNumber {
+            e164: e164.to_owned(),
+            region,
+            number_type,
+            country_code,
+        })
+    }
+
     /// The number as `+14155552671`.
     pub fn e164(&self) -> &str {
         &self.e164
@@ -408,6 +438,24 @@ mod tests {
                 proptest::prop_assert_eq!(ours.region().map(|r| r.0), lib.country().id());
                 let lib_type = lib.number_type(&phonenumber::metadata::DATABASE);
                 proptest::prop_assert_eq!(ours.number_type(), library_type(lib_type));
+            }
+        }
+
+        /// What `parse` gives, `from_e164` gives back from its E.164 form.
+        #[test]
+        fn from_e164_gives_back_what_parse_gave(
+            code in proptest::sample::select(vec![1u16, 7, 33, 39, 44, 49, 61, 225, 234, 262, 590, 800, 882]),
+            national in "[0-9]{4,13}",
+        ) {
+            if let Ok(parsed) = PhoneNumber::parse(&format!("+{code}{national}"), None) {
+                proptest::prop_assert_eq!(PhoneNumber::from_e164(parsed.e164()), Some(parsed));
+            }
+        }
+
+        #[test]
+        fn from_e164_keeps_its_input_and_never_panics(raw in "[+]?[0-9]{0,16}|\\PC{0,24}") {
+            if let Some(n) = PhoneNumber::from_e164(&raw) {
+                proptest::prop_assert_eq!(n.e164(), raw.as_str());
             }
         }
 
