@@ -159,6 +159,11 @@ impl BufferedCounters {
             }
             let mut writes = Vec::with_capacity(by_bucket.len());
             let chunks = by_bucket.into_iter().flat_map(|(bucket, part)| {
+                // In key order, so the keys of one write sit together along the table's
+                // primary key and share its pages: a write of keys in random order
+                // dirtied about a page per key, each written to the WAL and the file.
+                let mut part: Vec<_> = part.into_iter().collect();
+                part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 let mut part = part.into_iter().peekable();
                 std::iter::from_fn(move || {
                     part.peek()?;
