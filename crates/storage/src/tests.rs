@@ -7,7 +7,7 @@
 //! (written by `cargo xtask deps up`). Without a reachable server the PostgreSQL tests fail;
 //! they never skip, so a green run always means both backends were tested.
 
-mod harness;
+pub(crate) mod harness;
 mod postgres;
 mod sqlite;
 mod suite;
