@@ -24,7 +24,7 @@
 //! distinct keys new counts are dropped (and logged), so a long outage cannot grow memory
 //! without bound.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,43 +148,40 @@ impl BufferedCounters {
         let writes: Vec<(u64, i64, Vec<CountAdd>)> = {
             let mut state = self.state();
             let taken = std::mem::take(&mut state.pending);
-            let mut by_bucket: std::collections::BTreeMap<i64, Pending> = Default::default();
+            // By bucket, then in key order, so the keys of one write sit together along the
+            // table's primary key and share its pages: a write of keys in random order
+            // dirtied about a page per key, each written to the WAL and the file.
+            let mut by_bucket: BTreeMap<i64, BTreeMap<String, Sums>> = BTreeMap::new();
             for (key, buckets) in taken {
                 for (bucket, sums) in buckets {
                     by_bucket
                         .entry(bucket)
                         .or_default()
-                        .insert(key.clone(), vec![(bucket, sums)]);
+                        .insert(key.clone(), sums);
                 }
             }
             let mut writes = Vec::with_capacity(by_bucket.len());
-            let chunks = by_bucket.into_iter().flat_map(|(bucket, part)| {
-                // In key order, so the keys of one write sit together along the table's
-                // primary key and share its pages: a write of keys in random order
-                // dirtied about a page per key, each written to the WAL and the file.
-                let mut part: Vec<_> = part.into_iter().collect();
-                part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                let mut part = part.into_iter().peekable();
-                std::iter::from_fn(move || {
-                    part.peek()?;
-                    Some((bucket, part.by_ref().take(FLUSH_CHUNK).collect::<Pending>()))
-                })
-            });
-            for (bucket, part) in chunks {
-                let seq = state.next_seq;
-                state.next_seq += 1;
-                let adds = part
-                    .iter()
-                    .flat_map(|(key, buckets)| {
-                        buckets.iter().map(|(_, sums)| CountAdd {
+            for (bucket, keys) in by_bucket {
+                let mut keys = keys.into_iter().peekable();
+                while keys.peek().is_some() {
+                    let chunk: Vec<(String, Sums)> = keys.by_ref().take(FLUSH_CHUNK).collect();
+                    let seq = state.next_seq;
+                    state.next_seq += 1;
+                    let adds = chunk
+                        .iter()
+                        .map(|(key, sums)| CountAdd {
                             key: key.clone(),
                             attempts: u32::try_from(sums.attempts).unwrap_or(u32::MAX),
                             approved: u32::try_from(sums.approved).unwrap_or(u32::MAX),
                         })
-                    })
-                    .collect();
-                state.in_flight.push((seq, part));
-                writes.push((seq, bucket, adds));
+                        .collect();
+                    let part = chunk
+                        .into_iter()
+                        .map(|(key, sums)| (key, vec![(bucket, sums)]))
+                        .collect();
+                    state.in_flight.push((seq, part));
+                    writes.push((seq, bucket, adds));
+                }
             }
             writes
         };
