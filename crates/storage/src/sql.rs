@@ -245,11 +245,13 @@ macro_rules! read_limits {
 }
 pub(crate) use read_limits;
 
-/// Forgets every key whose `tat` is at or before `$1` (now, in milliseconds).
+/// PostgreSQL's limiter purge (SQLite's walks the primary key in slices, one writer job
+/// each, see `sqlite::repo`): forgets every key whose `tat` is at or before `$1` (now, in
+/// milliseconds).
 ///
 /// One statement rather than batches: `tat` has no index (see the migration), so each batch
-/// would scan the table again. On PostgreSQL a row a concurrent take moved past `$1` is
-/// re-checked on its new version and kept.
+/// would scan the table again. A row a concurrent take moved past `$1` is re-checked on its
+/// new version and kept.
 pub(crate) const PURGE_LIMITS: &str = "DELETE FROM rate_limits WHERE tat <= $1";
 
 /// Adds the counts of `$input` (columns `key`, `attempts`, `approved`; keys distinct) to
