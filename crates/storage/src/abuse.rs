@@ -83,7 +83,6 @@ pub(crate) fn decide_round(
     requests: &[LimitRequest],
     round: &[usize],
     rows: Vec<TakenRow>,
-    now_ms: i64,
     decisions: &mut [Option<LimitDecision>],
 ) -> Result<(), StoreError> {
     let mut taken: HashMap<String, TakenRow> =
@@ -93,26 +92,25 @@ pub(crate) fn decide_round(
         let row = taken.remove(&request.key).ok_or_else(|| {
             StoreError::Unavailable(format!("taking `{}` returned no state for it", request.key))
         })?;
-        decisions[i] = Some(decide_taken(request, &row, now_ms)?);
+        decisions[i] = Some(decide_taken(request, &row)?);
     }
     Ok(())
 }
 
 /// The decision of one take from the state its upsert left, computed by `gcra` (one copy
-/// of the maths).
+/// of the maths) at the time the upsert decided at.
 pub(crate) fn decide_taken(
     request: &LimitRequest,
     row: &TakenRow,
-    now_ms: i64,
 ) -> Result<LimitDecision, StoreError> {
-    // The `tat` before this take: an allowed take added one interval to `max(tat, now)`,
+    // The `tat` before this take: an allowed take added one interval to `max(tat, at)`,
     // which is all `gcra` reads of it; a refused one changed nothing.
     let before = if row.allowed {
         row.tat - request.quota.emission_interval_ms()
     } else {
         row.tat
     };
-    let (decision, _) = gcra(Some(before), now_ms, &request.quota);
+    let (decision, _) = gcra(Some(before), row.at, &request.quota);
     if decision.allowed != row.allowed {
         return Err(StoreError::Corrupt(format!(
             "rate limit `{}`: the stored decision ({}) disagrees with gcra at tat {}",
@@ -158,14 +156,17 @@ pub(crate) fn peek_decisions(
     rows: Vec<LimitRow>,
     now_ms: i64,
 ) -> Vec<LimitDecision> {
-    let mut tats: HashMap<String, Option<i64>> =
-        rows.into_iter().map(|row| (row.key, row.tat)).collect();
-    // A key named twice answers as `take` would: the second time after the first.
+    let mut states: HashMap<String, (Option<i64>, i64)> = rows
+        .into_iter()
+        .map(|row| (row.key, (row.tat, row.latest_ms.unwrap_or(0))))
+        .collect();
+    // A key named twice answers as `take` would: the second time after the first, and
+    // each at the later of now and the key's latest take.
     requests
         .iter()
         .map(|request| {
-            let tat = tats.entry(request.key.clone()).or_default();
-            let (decision, new_tat) = gcra(*tat, now_ms, &request.quota);
+            let (tat, latest) = states.entry(request.key.clone()).or_default();
+            let (decision, new_tat) = gcra(*tat, now_ms.max(*latest), &request.quota);
             if new_tat.is_some() {
                 *tat = new_tat;
             }
@@ -327,7 +328,7 @@ where
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(unavailable)?;
-            decide_round(requests, &round, rows, now_ms, &mut decisions)?;
+            decide_round(requests, &round, rows, &mut decisions)?;
         }
         collect_decisions(decisions)
     }

@@ -100,11 +100,12 @@ impl Dialect for Postgres {
 
     const COMPLETE_MESSAGE: &'static str = sql::complete_message!(now_millis!());
 
-    /// The take is the server-side function `take_rate_limits` (migration 0005), the one
+    /// The take is the server-side function `take_rate_limits` (migrations 0005 and 0007), the one
     /// copy of its upsert here; this is it without `all_or_none`, one row per key.
-    const TAKE_LIMITS: &'static str = "SELECT k.key, k.tat, k.allowed \
+    const TAKE_LIMITS: &'static str = "SELECT k.key, k.tat, k.allowed, k.at \
          FROM take_rate_limits($1, $2::json, FALSE) AS t, \
-         unnest(t.taken_keys, t.taken_tats, t.taken_allowed) AS k(key, tat, allowed)";
+         unnest(t.taken_keys, t.taken_tats, t.taken_allowed, t.taken_at) \
+         AS k(key, tat, allowed, at)";
 
     /// One statement, so one round trip, and the limits' rows are locked for server time
     /// only: the takes, all or none, then the insert when they were all allowed. The
@@ -118,7 +119,7 @@ impl Dialect for Postgres {
         " $18, $19, $20, $21, $22, $23, $24, $25, $26",
         " FROM taken WHERE (taken.t).all_allowed",
         " ON CONFLICT DO NOTHING RETURNING id)",
-        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed,",
+        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed, (t).taken_at,",
         " EXISTS (SELECT 1 FROM written) AS written FROM taken"
     );
 
@@ -134,7 +135,7 @@ impl Dialect for Postgres {
         sql::update_set!(),
         " FROM taken WHERE verifications.id = $1 AND verifications.version = $2",
         " AND (taken.t).all_allowed RETURNING verifications.id)",
-        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed,",
+        " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed, (t).taken_at,",
         " EXISTS (SELECT 1 FROM written) AS written FROM taken"
     );
 

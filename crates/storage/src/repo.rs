@@ -111,7 +111,6 @@ fn guarded_decisions<R>(
     limits: &[LimitRequest],
     round: &[usize],
     row: &R,
-    now_ms: i64,
 ) -> Result<(Vec<LimitDecision>, bool), StoreError>
 where
     R: sqlx::Row,
@@ -120,7 +119,7 @@ where
     let guarded = GuardedRow::from_row(row).map_err(unavailable)?;
     let written = guarded.written;
     let mut decisions = vec![None; limits.len()];
-    decide_round(limits, round, guarded.taken()?, now_ms, &mut decisions)?;
+    decide_round(limits, round, guarded.taken()?, &mut decisions)?;
     Ok((collect_decisions(decisions)?, written))
 }
 
@@ -254,7 +253,7 @@ where
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        let (decisions, written) = guarded_decisions(limits, &round, &row, now_ms)?;
+        let (decisions, written) = guarded_decisions(limits, &round, &row)?;
         if decisions.iter().any(|d| !d.allowed) {
             return Ok(Limited::Refused(decisions));
         }
@@ -361,7 +360,7 @@ where
         let Some(row) = row else {
             return Err(self.why_not_updated(verification).await);
         };
-        let (decisions, written) = guarded_decisions(limits, &round, &row, now_ms)?;
+        let (decisions, written) = guarded_decisions(limits, &round, &row)?;
         if decisions.iter().any(|d| !d.allowed) {
             return Ok(Limited::Refused(decisions));
         }

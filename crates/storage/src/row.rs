@@ -763,22 +763,26 @@ pub(crate) struct HeldBlock {
     pub lifted_at: Option<i64>,
 }
 
-/// A key's state after a take: `key, tat, allowed` of [`crate::repo::Dialect::TAKE_LIMITS`].
+/// A key's state after a take: `key, tat, allowed, at` of
+/// [`crate::repo::Dialect::TAKE_LIMITS`], `at` being the time the take was decided at (the
+/// later of its own and the key's latest take's).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct TakenRow {
     pub key: String,
     pub tat: i64,
     pub allowed: bool,
+    pub at: i64,
 }
 
 /// What a write guarded by limits returns ([`crate::repo::Dialect::INSERT_LIMITED`] and
-/// `UPDATE_LIMITED`): the state of each key after the take, as three arrays in one order,
+/// `UPDATE_LIMITED`): the state of each key after the take, as four arrays in one order,
 /// and whether the row was written.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct GuardedRow {
     pub taken_keys: Vec<String>,
     pub taken_tats: Vec<i64>,
     pub taken_allowed: Vec<bool>,
+    pub taken_at: Vec<i64>,
     pub written: bool,
 }
 
@@ -787,6 +791,7 @@ impl GuardedRow {
     pub(crate) fn taken(self) -> Result<Vec<TakenRow>, StoreError> {
         if self.taken_tats.len() != self.taken_keys.len()
             || self.taken_allowed.len() != self.taken_keys.len()
+            || self.taken_at.len() != self.taken_keys.len()
         {
             return Err(StoreError::Corrupt(
                 "a guarded write returned arrays of different lengths".to_owned(),
@@ -797,17 +802,24 @@ impl GuardedRow {
             .into_iter()
             .zip(self.taken_tats)
             .zip(self.taken_allowed)
-            .map(|((key, tat), allowed)| TakenRow { key, tat, allowed })
+            .zip(self.taken_at)
+            .map(|(((key, tat), allowed), at)| TakenRow {
+                key,
+                tat,
+                allowed,
+                at,
+            })
             .collect())
     }
 }
 
-/// A key's stored state: `key, tat` of [`crate::sql::read_limits!`], no `tat` for a key
-/// not stored.
+/// A key's stored state: `key, tat, latest_ms` of [`crate::sql::read_limits!`], neither
+/// for a key not stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct LimitRow {
     pub key: String,
     pub tat: Option<i64>,
+    pub latest_ms: Option<i64>,
 }
 
 /// One query's sums: `i, attempts, approved` of [`crate::sql::read_counts!`].

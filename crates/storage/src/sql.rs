@@ -232,12 +232,14 @@ pub(crate) const MESSAGE_STATE: &str =
 // as lookups per input row that it cannot turn into a join (correlated subqueries), so
 // every key is one probe of the primary key however large the table.
 
-/// `key, tat` for every key of `$input` (column `key`), `tat` NULL for a key not stored.
+/// `key, tat, latest_ms` for every key of `$input` (column `key`), both NULL for a key not
+/// stored.
 macro_rules! read_limits {
     ($input:literal) => {
         concat!(
             "SELECT input.key,",
-            " (SELECT r.tat FROM rate_limits AS r WHERE r.key = input.key) AS tat",
+            " (SELECT r.tat FROM rate_limits AS r WHERE r.key = input.key) AS tat,",
+            " (SELECT r.latest_ms FROM rate_limits AS r WHERE r.key = input.key) AS latest_ms",
             " FROM ",
             $input
         )

@@ -68,21 +68,29 @@ const COMPLETE_MESSAGE: &str = sql::complete_message!(now_millis!());
 /// migration 0005.)
 ///
 /// A new key's first event is always allowed (its interval, `period / limit`, is at most
-/// the period) and stores `now + interval`. A stored key computes
-/// `new_tat = max(tat, now) + interval` and is allowed when `new_tat - now <= period`; then
+/// the period) and stores `now + interval`. A stored key decides at `at`, the later of
+/// `now` and the latest time it was taken at (`latest_ms`, migration 0009: takes can reach
+/// the writer out of the order of their stamps): it computes
+/// `new_tat = max(tat, at) + interval` and is allowed when `new_tat - at <= period`; then
 /// `tat` becomes `new_tat`, else it stays. Every `SET` expression reads the row as it was
-/// before the statement, so `allowed` and `tat` decide on the same old `tat`. Returns
-/// `key, tat, allowed`; from the stored `tat` the caller recovers the old one (`tat -
-/// interval` when allowed, `tat` when not) to compute the rest of the decision with `gcra`
-/// itself. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
-const TAKE_LIMIT: &str = "INSERT INTO rate_limits (key, tat, interval_ms, period_ms, allowed) \
-     SELECT $2, $1 + $3, $3, $4, TRUE WHERE true \
+/// before the statement, so `allowed`, `tat` and `latest_ms` decide on the same old row.
+/// Returns `key, tat, allowed, at`; from the stored `tat` the caller recovers the old one
+/// (`tat - interval` when allowed, `tat` when not) to compute the rest of the decision
+/// with `gcra` itself. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's
+/// `ON`.
+const TAKE_LIMIT: &str = "INSERT INTO rate_limits \
+     (key, tat, interval_ms, period_ms, allowed, latest_ms) \
+     SELECT $2, $1 + $3, $3, $4, TRUE, $1 WHERE true \
      ON CONFLICT (key) DO UPDATE SET \
-     tat = CASE WHEN max(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms \
-     THEN max(rate_limits.tat, $1) + excluded.interval_ms ELSE rate_limits.tat END, \
-     allowed = max(rate_limits.tat, $1) + excluded.interval_ms - $1 <= excluded.period_ms, \
+     tat = CASE WHEN max(rate_limits.tat, rate_limits.latest_ms, $1) + excluded.interval_ms \
+     - max(rate_limits.latest_ms, $1) <= excluded.period_ms \
+     THEN max(rate_limits.tat, rate_limits.latest_ms, $1) + excluded.interval_ms \
+     ELSE rate_limits.tat END, \
+     allowed = max(rate_limits.tat, rate_limits.latest_ms, $1) + excluded.interval_ms \
+     - max(rate_limits.latest_ms, $1) <= excluded.period_ms, \
+     latest_ms = max(rate_limits.latest_ms, $1), \
      interval_ms = excluded.interval_ms, period_ms = excluded.period_ms \
-     RETURNING key, tat, allowed";
+     RETURNING key, tat, allowed, latest_ms";
 
 pub(crate) const READ_LIMITS: &str =
     sql::read_limits!("(SELECT json_extract(value, '$.key') AS key FROM json_each($1)) AS input");
@@ -974,7 +982,7 @@ fn take_limits_in(
                     request.key
                 ))
             })?;
-            decide_taken(request, &row, now_ms)
+            decide_taken(request, &row)
         })
         .collect()
 }

@@ -224,6 +224,7 @@ pub(crate) fn taken(row: &Row<'_>) -> rusqlite::Result<TakenRow> {
         key: row.get(0)?,
         tat: row.get(1)?,
         allowed: row.get(2)?,
+        at: row.get(3)?,
     })
 }
 
@@ -232,5 +233,6 @@ pub(crate) fn limit(row: &Row<'_>) -> rusqlite::Result<LimitRow> {
     Ok(LimitRow {
         key: row.get(0)?,
         tat: row.get(1)?,
+        latest_ms: row.get(2)?,
     })
 }

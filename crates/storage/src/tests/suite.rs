@@ -222,7 +222,14 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
     ];
     assert_eq!(db.columns("processed_messages").await?, processed);
     // Limiter and scoring state: keys and targets name destinations only by their hash.
-    let limits = ["key", "tat", "interval_ms", "period_ms", "allowed"];
+    let limits = [
+        "key",
+        "tat",
+        "interval_ms",
+        "period_ms",
+        "allowed",
+        "latest_ms",
+    ];
     assert_eq!(db.columns("rate_limits").await?, limits);
     let counters = ["key", "bucket", "attempts", "approved"];
     assert_eq!(db.columns("risk_counters").await?, counters);

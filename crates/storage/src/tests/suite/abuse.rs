@@ -19,6 +19,7 @@ use crate::row::to_millis;
 
 both_backends!(
     takes_and_peeks_agree_with_gcra,
+    a_take_stamped_before_its_keys_latest_is_decided_at_the_latest,
     concurrent_takes_of_one_key_allow_exactly_the_limit,
     concurrent_takes_of_shared_keys_in_any_order_never_deadlock,
     keys_of_one_call_are_independent,
@@ -120,6 +121,47 @@ async fn takes_and_peeks_agree_with_gcra(db: Arc<TestDb>) -> anyhow::Result<()> 
     // Peeking took nothing, and an empty call is nothing.
     assert_eq!(limits.take(&[], at(0)).await?, []);
     assert_eq!(limits.peek(&[], at(0)).await?, []);
+    Ok(())
+}
+
+async fn a_take_stamped_before_its_keys_latest_is_decided_at_the_latest(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    // Requests are stamped when they arrive and take their limits later, so takes of one
+    // key can reach the store out of the order of their stamps: here two at 1 000 ms, then
+    // one stamped a millisecond before them.
+    let limits = db.database().rate_limits();
+    let shared = request("send:login:dest:late", quota("3/10m"));
+    let latest = at_ms(1_000);
+    let mut model = Model::default();
+    for _ in 0..2 {
+        assert_eq!(
+            limits.take(std::slice::from_ref(&shared), latest).await?,
+            [model.take(&shared, latest)]
+        );
+    }
+    // Decided at the first two's time, as if it had arrived in order: the third of three
+    // at one instant is allowed (at its own stamp GCRA would refuse it a millisecond of
+    // burst), and its retry time counts from 1 000 ms.
+    let late = limits
+        .take(std::slice::from_ref(&shared), at_ms(999))
+        .await?;
+    let expected = model.take(&shared, latest);
+    ensure!(expected.allowed && expected.remaining == 0, "{expected:?}");
+    assert_eq!(late, [expected]);
+    // A peek stamped earlier answers at the latest take's time too.
+    assert_eq!(
+        limits
+            .peek(std::slice::from_ref(&shared), at_ms(500))
+            .await?,
+        [model.peek(&shared, latest)]
+    );
+    // Takes stamped after it are decided at their own time again.
+    let next = at_ms(1_000 + 200_000);
+    assert_eq!(
+        limits.take(std::slice::from_ref(&shared), next).await?,
+        [model.take(&shared, next)]
+    );
     Ok(())
 }
 

@@ -1,0 +1,12 @@
+-- The limiter decides each take at the latest time its key has been taken at, not before.
+--
+-- A take is stamped when its request arrives and reaches the row later (after the writer's
+-- queue here, after a round trip and a row lock on PostgreSQL), so takes of one key can
+-- reach it out of the order of their stamps. GCRA charges a take stamped before the
+-- previous one the difference: of three starts at one instant under `3/10m`, the third
+-- was refused when its stamp was a millisecond before the second's. Each row now keeps the
+-- latest stamp it was taken at, and a take computes with the later of its own stamp and
+-- that one, as if the takes had arrived in order.
+--
+-- Existing rows start at 0: their next take is decided at its own stamp, as before.
+ALTER TABLE rate_limits ADD COLUMN latest_ms INTEGER NOT NULL DEFAULT 0;
