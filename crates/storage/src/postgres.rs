@@ -4,9 +4,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::{ConnectOptions, Postgres};
+use tracing::log::LevelFilter;
 
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
@@ -199,7 +200,12 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<PostgresStore, StorageError> {
         let mut options = PgConnectOptions::from_str(url)
             .map_err(StorageError::InvalidUrl)?
-            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+            .options([("statement_timeout", STATEMENT_TIMEOUT)])
+            // sqlx would log every statement at DEBUG, and decides whether to by asking the
+            // `log` and `tracing` filters after each one (then, when either says yes,
+            // summarises the SQL): about 1.5% of a request's CPU for a line nobody reads.
+            // Statements slower than a second are still logged, as warnings.
+            .log_statements(LevelFilter::Off);
         if options.get_application_name().is_none() {
             // Names the gateway's sessions in `pg_stat_activity`.
             options = options.application_name("verify-gateway");
