@@ -7,7 +7,7 @@ use std::future::Future;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use secrecy::SecretString;
 
@@ -56,7 +56,12 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(GrpcService::new(core).into_server())
         .add_optional_service(admin.map(|a| a.service.into_server(a.token)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY, as tonic sets on listeners it binds itself: with Nagle's algorithm
+        // a response's last frames could wait for the client's delayed ACK (tens of ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .context("gRPC server failed")
 }
