@@ -544,11 +544,17 @@ impl VerifyCore {
             let transition = self.finish(&mut v, outcome).await?;
             match outcome {
                 CheckOutcome::Wrong => self.abuse.wrong_code(&policy, &v, self.clock.now()).await,
-                CheckOutcome::Approved => match self.keyring.open(&v.destination) {
-                    Ok(to) => self.abuse.approved(&to, v.channel, self.clock.now()).await,
-                    Err(e) => warn!(error = %e, "cannot open the destination to count the approval"),
-                },
-                CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
+                // Scoring counts approvals by country and range, so only then is the
+                // destination opened.
+                CheckOutcome::Approved if self.abuse.counts_approvals() => {
+                    match self.keyring.open(&v.destination) {
+                        Ok(to) => self.abuse.approved(&to, v.channel, self.clock.now()).await,
+                        Err(e) => {
+                            warn!(error = %e, "cannot open the destination to count the approval");
+                        }
+                    }
+                }
+                CheckOutcome::Approved | CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
             }
             info!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
             if transition == Transition::CancelUpstream {
