@@ -174,10 +174,10 @@ impl VerifyCore {
                 }
             };
             // The shared limits are taken at the time they are taken, not at the time the
-            // request began: a start that reached the store after a later-stamped one
-            // would otherwise find less room than there is (GCRA charges an earlier
-            // timestamp the difference), and a limit of 3 could let 2 concurrent starts
-            // through.
+            // request began. Takes of one key can still reach the store out of the order
+            // of their stamps; the store decides each at the later of its stamp and the
+            // key's latest take (`rate_limits.latest_ms`), so none is charged the
+            // difference.
             let written = self
                 .store
                 .insert_limited(&v, screened.shared_limits(), self.clock.now())
