@@ -31,6 +31,7 @@ mod database;
 mod error;
 #[cfg(test)]
 mod fixtures;
+mod lane;
 mod messages;
 mod postgres;
 mod repo;

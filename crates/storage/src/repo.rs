@@ -10,9 +10,7 @@
 use chrono::{DateTime, Utc};
 use domain::abuse::{LimitDecision, LimitRequest};
 use domain::ports::{Inserted, Limited, StoreError};
-use domain::{
-    DestinationHash, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus,
-};
+use domain::{DestinationHash, IdempotencyKey, Purpose, Verification, VerificationStatus};
 use sqlx::query::QueryAs;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
@@ -331,13 +329,6 @@ where
         limits: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Limited<()>, StoreError> {
-        if limits.is_empty() {
-            self.update(verification, expected_version).await?;
-            return Ok(Limited::Done {
-                decisions: Vec::new(),
-                outcome: (),
-            });
-        }
         let mut rounds = rounds(limits);
         if rounds.len() > 1 {
             return self
@@ -515,14 +506,6 @@ where
         Ok(written.is_some())
     }
 
-    #[tracing::instrument(name = "storage.get", skip_all, fields(verification_id = %id))]
-    pub(crate) async fn get(
-        &self,
-        id: &VerificationId,
-    ) -> Result<Option<Verification>, StoreError> {
-        fetch_verification(sqlx::query_as(sql::GET).bind(id.to_string()), &self.pool).await
-    }
-
     #[tracing::instrument(name = "storage.find_by_provider_sid", skip_all)]
     pub(crate) async fn find_by_provider_sid(
         &self,
@@ -575,29 +558,9 @@ where
         .await
     }
 
-    #[tracing::instrument(
-        name = "storage.update",
-        skip_all,
-        fields(
-            verification_id = %verification.id,
-            expected_version = expected_version,
-            version = verification.version
-        )
-    )]
-    pub(crate) async fn update(
-        &self,
-        verification: &Verification,
-        expected_version: u32,
-    ) -> Result<(), StoreError> {
-        if Self::update_row(&self.pool, verification, expected_version).await? {
-            return Ok(());
-        }
-        Err(self.why_not_updated(verification).await)
-    }
-
     /// Why an optimistic update matched nothing: someone else moved the row on
     /// (`Conflict`), or it was never there (`NotFound`).
-    async fn why_not_updated(&self, verification: &Verification) -> StoreError {
+    pub(crate) async fn why_not_updated(&self, verification: &Verification) -> StoreError {
         let stored: Result<Option<i64>, StoreError> = sqlx::query_scalar(sql::VERSION_OF)
             .bind(verification.id.to_string())
             .fetch_optional(&self.pool)
@@ -635,7 +598,9 @@ where
 /// [`domain::ports::Outbox`], [`domain::abuse::RateLimitStore`] and
 /// [`domain::abuse::RiskStore`] for a backend store with a `repo` field, and
 /// [`domain::events::DedupeStore`] for its dedupe store (with `repo` and `lease` fields), by
-/// handing every call to the [`Repo`].
+/// handing every call to the [`Repo`], but for reads by id and plain updates of
+/// verifications, which go to the store's own `get_verification` and `update_verification`
+/// (on PostgreSQL, through lanes that batch concurrent calls).
 macro_rules! delegate_store {
     ($store:ty, $dedupe:ty) => {
         #[async_trait::async_trait]
@@ -664,6 +629,16 @@ macro_rules! delegate_store {
                 limits: &[domain::abuse::LimitRequest],
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<domain::ports::Limited<()>, domain::ports::StoreError> {
+                // Without limits it is a plain update (a check's claim when no shared check
+                // limit is configured), which goes where plain updates go.
+                if limits.is_empty() {
+                    self.update_verification(verification, expected_version)
+                        .await?;
+                    return Ok(domain::ports::Limited::Done {
+                        decisions: Vec::new(),
+                        outcome: (),
+                    });
+                }
                 self.repo
                     .update_limited(verification, expected_version, limits, now)
                     .await
@@ -673,7 +648,7 @@ macro_rules! delegate_store {
                 &self,
                 id: &domain::VerificationId,
             ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
-                self.repo.get(id).await
+                self.get_verification(id).await
             }
 
             async fn find_by_provider_sid(
@@ -705,7 +680,8 @@ macro_rules! delegate_store {
                 verification: &domain::Verification,
                 expected_version: u32,
             ) -> Result<(), domain::ports::StoreError> {
-                self.repo.update(verification, expected_version).await
+                self.update_verification(verification, expected_version)
+                    .await
             }
 
             async fn list_sealed_with_other_key(
