@@ -200,7 +200,10 @@ mod tests {
         }
 
         async fn run(&self, inputs: &[u32]) -> Result<Vec<u32>, StoreError> {
-            self.batches.lock().expect("not poisoned").push(inputs.to_vec());
+            self.batches
+                .lock()
+                .expect("not poisoned")
+                .push(inputs.to_vec());
             tokio::time::sleep(Duration::from_millis(20)).await;
             if inputs.contains(&13) {
                 return Err(StoreError::Unavailable("13 in the batch".to_owned()));
@@ -209,7 +212,10 @@ mod tests {
         }
 
         async fn run_one(&self, input: &u32) -> Result<u32, StoreError> {
-            self.batches.lock().expect("not poisoned").push(vec![*input]);
+            self.batches
+                .lock()
+                .expect("not poisoned")
+                .push(vec![*input]);
             if *input == 13 {
                 return Err(StoreError::Unavailable("13".to_owned()));
             }
@@ -239,7 +245,10 @@ mod tests {
     async fn a_call_alone_runs_at_once_by_itself() {
         let (lane, doubler) = lane();
         assert_eq!(lane.call(21).await.expect("doubled"), 42);
-        assert_eq!(*doubler.batches.lock().expect("not poisoned"), vec![vec![21]]);
+        assert_eq!(
+            *doubler.batches.lock().expect("not poisoned"),
+            vec![vec![21]]
+        );
     }
 
     #[tokio::test]
