@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use crate::error::{read_error, unavailable};
+use crate::lane::SignalsRead;
 use crate::repo::{Dialect, Repo};
 use crate::row::{
     BlockRow, CountsRow, HeldBlock, LimitRow, Signal, SignalRow, TakenRow, bind_block, to_millis,
@@ -434,14 +435,17 @@ where
         now: DateTime<Utc>,
         replica: &str,
     ) -> Result<Signals, StoreError> {
-        let rows: Vec<SignalRow> = sqlx::query_as(DB::READ_SIGNALS)
-            .bind(to_millis(now))
-            .bind(targets_input(targets).unwrap_or_else(|| "[]".to_owned()))
-            .bind(count_queries_input(queries))
-            .bind(replica.to_owned())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        // One statement with the reads of concurrent starts (the `signals` lane).
+        let rows = self
+            .lanes
+            .signals
+            .call(SignalsRead {
+                queries: queries.to_vec(),
+                targets: targets.to_vec(),
+                now_ms: to_millis(now),
+                replica: replica.to_owned(),
+            })
+            .await?;
         let (mut sums, mut blocks, mut flushed) = (Vec::new(), Vec::new(), 0);
         for row in rows {
             match Signal::try_from(row)? {

@@ -20,6 +20,10 @@ use std::sync::Arc;
 use domain::ports::StoreError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use domain::abuse::{BlockTarget, CountQuery};
+
+use crate::row::{GuardedRow, SignalRow, VerificationRow};
+
 /// How many calls wait for a batch at most; past it callers wait to queue (backpressure).
 const QUEUE: usize = 1024;
 
@@ -44,6 +48,42 @@ impl<I, O> Clone for Lane<I, O> {
             queue: self.queue.clone(),
         }
     }
+}
+
+/// The lanes a store's [`crate::repo::Repo`] sends its hottest statements through (on
+/// PostgreSQL, `postgres::lanes` makes them).
+#[derive(Debug, Clone)]
+pub(crate) struct Lanes {
+    /// A start's insert guarded by its limits; what the takes left and whether the row was
+    /// written.
+    pub(crate) insert: Lane<GuardedInsert, GuardedRow>,
+    /// An optimistic update: the row and the version it must still have; whether it was
+    /// written.
+    pub(crate) update: Lane<(VerificationRow, i64), bool>,
+    /// A read by id.
+    pub(crate) get: Lane<String, Option<VerificationRow>>,
+    /// A read of scoring's signals; the rows of `READ_SIGNALS` for it.
+    pub(crate) signals: Lane<SignalsRead, Vec<SignalRow>>,
+}
+
+/// A read of scoring's signals: the sums of `queries`, the blocks in force at `now_ms` on
+/// `targets`, and `replica`'s last write of counters.
+#[derive(Debug)]
+pub(crate) struct SignalsRead {
+    pub(crate) queries: Vec<CountQuery>,
+    pub(crate) targets: Vec<BlockTarget>,
+    pub(crate) now_ms: i64,
+    pub(crate) replica: String,
+}
+
+/// A start's insert guarded by one round of takes.
+#[derive(Debug)]
+pub(crate) struct GuardedInsert {
+    pub(crate) row: VerificationRow,
+    /// When the takes happen, in milliseconds since the Unix epoch.
+    pub(crate) now_ms: i64,
+    /// The takes, as the JSON input of `take_rate_limits`.
+    pub(crate) take: String,
 }
 
 /// How a lane forms and runs its batches.

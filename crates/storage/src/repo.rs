@@ -10,12 +10,15 @@
 use chrono::{DateTime, Utc};
 use domain::abuse::{LimitDecision, LimitRequest};
 use domain::ports::{Inserted, Limited, StoreError};
-use domain::{DestinationHash, IdempotencyKey, Purpose, Verification, VerificationStatus};
+use domain::{
+    DestinationHash, IdempotencyKey, Purpose, Verification, VerificationId, VerificationStatus,
+};
 use sqlx::query::QueryAs;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::abuse::{collect_decisions, decide_round, rounds, take_input};
 use crate::error::{read_error, unavailable};
+use crate::lane::{GuardedInsert, Lanes};
 use crate::row::{GuardedRow, TakenRow, VerificationRow, bind_insert, bind_update, to_millis};
 use crate::sql;
 
@@ -105,16 +108,11 @@ pub(crate) trait Dialect: Database {
 
 /// The decisions of a guarded write's one round of takes, in request order, and whether
 /// it wrote its row.
-fn guarded_decisions<R>(
+fn guarded_decisions(
     limits: &[LimitRequest],
     round: &[usize],
-    row: &R,
-) -> Result<(Vec<LimitDecision>, bool), StoreError>
-where
-    R: sqlx::Row,
-    GuardedRow: for<'r> FromRow<'r, R>,
-{
-    let guarded = GuardedRow::from_row(row).map_err(unavailable)?;
+    guarded: GuardedRow,
+) -> Result<(Vec<LimitDecision>, bool), StoreError> {
     let written = guarded.written;
     let mut decisions = vec![None; limits.len()];
     decide_round(limits, round, guarded.taken()?, &mut decisions)?;
@@ -136,17 +134,20 @@ fn unlimited(limited: Limited<Inserted>) -> Result<Inserted, StoreError> {
 /// retry follows a concurrent commit, so running out means heavy contention on one slot.
 const INSERT_ATTEMPTS: u32 = 5;
 
-/// The statements of the store over a pool of `DB` connections. Cloning shares the pool.
+/// The statements of the store over a pool of `DB` connections, the hottest of them
+/// through lanes that let concurrent calls share a statement. Cloning shares both.
 #[derive(Debug)]
 pub(crate) struct Repo<DB: Database> {
     pub(crate) pool: Pool<DB>,
+    pub(crate) lanes: Lanes,
 }
 
-// Derived `Clone` would require `DB: Clone`; only the pool is cloned.
+// Derived `Clone` would require `DB: Clone`; only the pool and the lanes are cloned.
 impl<DB: Database> Clone for Repo<DB> {
     fn clone(&self) -> Self {
         Repo {
             pool: self.pool.clone(),
+            lanes: self.lanes.clone(),
         }
     }
 }
@@ -205,8 +206,8 @@ where
     for<'t> bool: Encode<'t, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    pub(crate) fn new(pool: Pool<DB>) -> Self {
-        Repo { pool }
+    pub(crate) fn new(lanes: Lanes, pool: Pool<DB>) -> Self {
+        Repo { pool, lanes }
     }
 
     #[tracing::instrument(
@@ -241,17 +242,17 @@ where
                 .await;
         }
         let round = rounds.pop().unwrap_or_default();
-        let now_ms = to_millis(now);
-        let row = bind_insert(
-            sqlx::query(DB::INSERT_LIMITED),
-            VerificationRow::from(verification),
-        )
-        .bind(now_ms)
-        .bind(take_input(limits, &round))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let (decisions, written) = guarded_decisions(limits, &round, &row)?;
+        // One statement with the inserts of concurrent starts (the `insert` lane).
+        let guarded = self
+            .lanes
+            .insert
+            .call(GuardedInsert {
+                row: VerificationRow::from(verification),
+                now_ms: to_millis(now),
+                take: take_input(limits, &round),
+            })
+            .await?;
+        let (decisions, written) = guarded_decisions(limits, &round, guarded)?;
         if decisions.iter().any(|d| !d.allowed) {
             return Ok(Limited::Refused(decisions));
         }
@@ -329,6 +330,15 @@ where
         limits: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Limited<()>, StoreError> {
+        // Without limits it is a plain update (a check's claim when no shared check limit
+        // is configured), which goes where plain updates go.
+        if limits.is_empty() {
+            self.update(verification, expected_version).await?;
+            return Ok(Limited::Done {
+                decisions: Vec::new(),
+                outcome: (),
+            });
+        }
         let mut rounds = rounds(limits);
         if rounds.len() > 1 {
             return self
@@ -351,7 +361,8 @@ where
         let Some(row) = row else {
             return Err(self.why_not_updated(verification).await);
         };
-        let (decisions, written) = guarded_decisions(limits, &round, &row)?;
+        let guarded = GuardedRow::from_row(&row).map_err(unavailable)?;
+        let (decisions, written) = guarded_decisions(limits, &round, guarded)?;
         if decisions.iter().any(|d| !d.allowed) {
             return Ok(Limited::Refused(decisions));
         }
@@ -506,6 +517,18 @@ where
         Ok(written.is_some())
     }
 
+    /// A verification by id, read in one statement with concurrent reads (the `get` lane).
+    #[tracing::instrument(name = "storage.get", skip_all, fields(verification_id = %id))]
+    pub(crate) async fn get(
+        &self,
+        id: &VerificationId,
+    ) -> Result<Option<Verification>, StoreError> {
+        let row = self.lanes.get.call(id.to_string()).await?;
+        row.map(Verification::try_from)
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
     #[tracing::instrument(name = "storage.find_by_provider_sid", skip_all)]
     pub(crate) async fn find_by_provider_sid(
         &self,
@@ -558,9 +581,37 @@ where
         .await
     }
 
+    /// Writes `verification` if its row still has `expected_version`, in one statement with
+    /// concurrent updates of other rows (the `update` lane).
+    #[tracing::instrument(
+        name = "storage.update",
+        skip_all,
+        fields(
+            verification_id = %verification.id,
+            expected_version = expected_version,
+            version = verification.version
+        )
+    )]
+    pub(crate) async fn update(
+        &self,
+        verification: &Verification,
+        expected_version: u32,
+    ) -> Result<(), StoreError> {
+        let row = VerificationRow::from(verification);
+        if self
+            .lanes
+            .update
+            .call((row, i64::from(expected_version)))
+            .await?
+        {
+            return Ok(());
+        }
+        Err(self.why_not_updated(verification).await)
+    }
+
     /// Why an optimistic update matched nothing: someone else moved the row on
     /// (`Conflict`), or it was never there (`NotFound`).
-    pub(crate) async fn why_not_updated(&self, verification: &Verification) -> StoreError {
+    async fn why_not_updated(&self, verification: &Verification) -> StoreError {
         let stored: Result<Option<i64>, StoreError> = sqlx::query_scalar(sql::VERSION_OF)
             .bind(verification.id.to_string())
             .fetch_optional(&self.pool)
@@ -598,9 +649,7 @@ where
 /// [`domain::ports::Outbox`], [`domain::abuse::RateLimitStore`] and
 /// [`domain::abuse::RiskStore`] for a backend store with a `repo` field, and
 /// [`domain::events::DedupeStore`] for its dedupe store (with `repo` and `lease` fields), by
-/// handing every call to the [`Repo`], but for reads by id and plain updates of
-/// verifications, which go to the store's own `get_verification` and `update_verification`
-/// (on PostgreSQL, through lanes that batch concurrent calls).
+/// handing every call to the [`Repo`].
 macro_rules! delegate_store {
     ($store:ty, $dedupe:ty) => {
         #[async_trait::async_trait]
@@ -629,16 +678,6 @@ macro_rules! delegate_store {
                 limits: &[domain::abuse::LimitRequest],
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<domain::ports::Limited<()>, domain::ports::StoreError> {
-                // Without limits it is a plain update (a check's claim when no shared check
-                // limit is configured), which goes where plain updates go.
-                if limits.is_empty() {
-                    self.update_verification(verification, expected_version)
-                        .await?;
-                    return Ok(domain::ports::Limited::Done {
-                        decisions: Vec::new(),
-                        outcome: (),
-                    });
-                }
                 self.repo
                     .update_limited(verification, expected_version, limits, now)
                     .await
@@ -648,7 +687,7 @@ macro_rules! delegate_store {
                 &self,
                 id: &domain::VerificationId,
             ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
-                self.get_verification(id).await
+                self.repo.get(id).await
             }
 
             async fn find_by_provider_sid(
@@ -680,8 +719,7 @@ macro_rules! delegate_store {
                 verification: &domain::Verification,
                 expected_version: u32,
             ) -> Result<(), domain::ports::StoreError> {
-                self.update_verification(verification, expected_version)
-                    .await
+                self.repo.update(verification, expected_version).await
             }
 
             async fn list_sealed_with_other_key(

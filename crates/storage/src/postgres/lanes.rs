@@ -1,16 +1,29 @@
 //! The verification statements that concurrent requests share on PostgreSQL (see
-//! [`crate::lane`]): an optimistic update of many rows, and a read of many rows by id, each
-//! with its inputs as arrays, one element per call.
+//! [`crate::lane`]): the insert of many starts guarded by their limits, an optimistic
+//! update of many rows, and a read of many rows by id, each with its inputs as arrays, one
+//! element per call.
 
 use std::collections::{HashMap, HashSet};
 
+use domain::abuse::{BlockTarget, CountQuery};
 use domain::ports::StoreError;
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{FromRow, PgPool, Postgres};
 
+use crate::abuse::{count_queries_input, targets_input};
 use crate::error::{read_error, unavailable};
-use crate::lane::{Batch, Lane};
-use crate::row::{VerificationRow, bind_update};
+use crate::lane::{Batch, GuardedInsert, Lane, Lanes, SignalsRead};
+use crate::repo::Dialect;
+use crate::row::{GuardedRow, SignalRow, VerificationRow, bind_insert, bind_update};
 use crate::sql::{self, columns};
+
+/// Starts of one insert statement at most: each start's takes are a subtransaction, and a
+/// backend tracks 64 of them without overflowing its cache (see migration 0008). One
+/// statement at a time, as for updates; and every start takes the country's limit, whose
+/// row lock one statement holds until it commits anyway.
+const INSERTS_IN_FLIGHT: usize = 1;
+const INSERTS_PER_BATCH: usize = 32;
 
 /// Batches of updates that may run at once, and the calls in each at most. One at a time
 /// makes the largest batches: in runs of 5,000 flows at concurrency 32 one in flight gave
@@ -19,6 +32,11 @@ use crate::sql::{self, columns};
 /// statement or one short transaction, and the statement timeout bounds any wait.
 const UPDATES_IN_FLIGHT: usize = 1;
 const UPDATES_PER_BATCH: usize = 64;
+
+/// Reads of signals: one at a time, of any number of starts (each a handful of counters
+/// and blocks).
+const SIGNALS_IN_FLIGHT: usize = 1;
+const SIGNALS_PER_BATCH: usize = 64;
 
 /// The same for reads, which never wait for a lock.
 const READS_IN_FLIGHT: usize = 1;
@@ -35,7 +53,7 @@ const READS_PER_BATCH: usize = 64;
 /// cached while the table was small scans the whole table. A row another transaction
 /// updates between the lookup and the update is re-checked by PostgreSQL on its new
 /// version, whose tuple id differs, so it is not written: its version has moved on.
-const UPDATE_MANY: &str = "WITH t AS MATERIALIZED (SELECT u.*, r.tid \
+pub(crate) const UPDATE_MANY: &str = "WITH t AS MATERIALIZED (SELECT u.*, r.tid \
      FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], \
      $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
@@ -60,42 +78,228 @@ const UPDATE_MANY: &str = "WITH t AS MATERIALIZED (SELECT u.*, r.tid \
      FROM t WHERE v.ctid = t.tid \
      RETURNING v.id";
 
+/// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` their times (now, in
+/// milliseconds), `$2` their takes (each one round, as JSON), `$3` to `$28` the columns of
+/// [`crate::sql::columns!`] in its order, each an array with one element per start. The
+/// takes run first, start by start (`take_rate_limits_many`, migration 0008), then every
+/// start whose limits all allowed is inserted, in the starts' order, `ON CONFLICT DO
+/// NOTHING` (a start that meets a row, an earlier start's of the same statement included,
+/// writes nothing and keeps its takes, as alone). Returns one row per start, in order: `i`
+/// and the columns of [`GuardedRow`].
+pub(crate) const INSERT_MANY: &str = concat!(
+    "WITH taken AS MATERIALIZED (SELECT * FROM take_rate_limits_many($1::bigint[], $2::text[])),",
+    " written AS (INSERT INTO verifications (",
+    columns!(),
+    ") SELECT u.id, u.purpose, u.channel, u.status, u.provider_sid, u.destination_ciphertext,",
+    " u.destination_key_id, u.destination_hash, u.to_masked, u.identity, u.idempotency_key,",
+    " u.sends, u.checks, u.max_sends, u.max_checks, u.failure_code, u.created_at,",
+    " u.updated_at, u.expires_at, u.version, u.allow_fallback, u.channels_tried,",
+    " u.fallback_reason, u.delivery_status, u.trace_parent, u.risk",
+    " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[],",
+    " $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[],",
+    " $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[],",
+    " $20::bigint[], $21::bigint[], $22::bigint[], $23::boolean[], $24::text[], $25::text[],",
+    " $26::text[], $27::text[], $28::text[]) WITH ORDINALITY",
+    " AS u(",
+    columns!(),
+    ", i)",
+    " JOIN taken ON taken.i = u.i WHERE taken.all_allowed ORDER BY u.i",
+    " ON CONFLICT DO NOTHING RETURNING id)",
+    " SELECT taken.i, taken.taken_keys, taken.taken_tats, taken.taken_allowed, taken.taken_at,",
+    " EXISTS (SELECT 1 FROM written WHERE written.id = ($3::text[])[taken.i]) AS written",
+    " FROM taken ORDER BY taken.i"
+);
+
 /// [`crate::sql::GET`] for many ids: `$1` the ids; each looked up by the primary key on
 /// its own, as in [`UPDATE_MANY`].
-const GET_MANY: &str = concat!(
+pub(crate) const GET_MANY: &str = concat!(
     "SELECT r.* FROM unnest($1::text[]) AS u(id)",
     " CROSS JOIN LATERAL (SELECT ",
     columns!(),
     " FROM verifications WHERE id = u.id LIMIT 1) AS r"
 );
 
-/// The lanes of one store's pool.
-#[derive(Debug, Clone)]
-pub(crate) struct Lanes {
-    /// An optimistic update: the row and the version it must still have; whether it was
-    /// written.
-    pub(crate) update: Lane<(VerificationRow, i64), bool>,
-    /// A read by id.
-    pub(crate) get: Lane<String, Option<VerificationRow>>,
+/// Starts the lanes of `pool` on the current runtime.
+pub(crate) fn spawn(pool: &PgPool) -> Lanes {
+    Lanes {
+        insert: Lane::spawn(
+            "insert",
+            Inserts(pool.clone()),
+            INSERTS_IN_FLIGHT,
+            INSERTS_PER_BATCH,
+        ),
+        update: Lane::spawn(
+            "update",
+            Updates(pool.clone()),
+            UPDATES_IN_FLIGHT,
+            UPDATES_PER_BATCH,
+        ),
+        get: Lane::spawn(
+            "read",
+            Reads(pool.clone()),
+            READS_IN_FLIGHT,
+            READS_PER_BATCH,
+        ),
+        signals: Lane::spawn(
+            "signals",
+            Signals(pool.clone()),
+            SIGNALS_IN_FLIGHT,
+            SIGNALS_PER_BATCH,
+        ),
+    }
 }
 
-impl Lanes {
-    /// Starts the lanes' tasks on the current runtime.
-    pub(crate) fn spawn(pool: &PgPool) -> Lanes {
-        Lanes {
-            update: Lane::spawn(
-                "update",
-                Updates(pool.clone()),
-                UPDATES_IN_FLIGHT,
-                UPDATES_PER_BATCH,
-            ),
-            get: Lane::spawn(
-                "read",
-                Reads(pool.clone()),
-                READS_IN_FLIGHT,
-                READS_PER_BATCH,
-            ),
+/// Reads of scoring's signals. A batch is one [`Dialect::READ_SIGNALS`] over the calls'
+/// queries one after the other (numbered on: a call's `i` plus the queries before it),
+/// the union of their targets at the earliest of their times, and their one replica; each
+/// call then gets its queries' sums (numbered as its own), the flush mark, and the blocks
+/// on its own targets still in force at its own time, so what a call reads is what it
+/// would have read alone.
+pub(crate) struct Signals(pub(crate) PgPool);
+
+impl Signals {
+    async fn read(
+        &self,
+        queries: &[CountQuery],
+        targets: &[BlockTarget],
+        now_ms: i64,
+        replica: &str,
+    ) -> Result<Vec<SignalRow>, StoreError> {
+        sqlx::query_as(Postgres::READ_SIGNALS)
+            .bind(now_ms)
+            .bind(targets_input(targets).unwrap_or_else(|| "[]".to_owned()))
+            .bind(count_queries_input(queries))
+            .bind(replica.to_owned())
+            .fetch_all(&self.0)
+            .await
+            .map_err(read_error)
+    }
+}
+
+impl Batch for Signals {
+    type Input = SignalsRead;
+    type Output = Vec<SignalRow>;
+
+    /// One replica per batch: the flush mark read is that replica's.
+    fn admits(&self, inputs: &[SignalsRead], next: &SignalsRead) -> bool {
+        inputs.iter().all(|input| input.replica == next.replica)
+    }
+
+    async fn run(&self, inputs: &[SignalsRead]) -> Result<Vec<Vec<SignalRow>>, StoreError> {
+        let mut queries = Vec::new();
+        let mut firsts = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            firsts.push(queries.len());
+            queries.extend(input.queries.iter().cloned());
         }
+        let targets: Vec<BlockTarget> = inputs
+            .iter()
+            .flat_map(|input| input.targets.iter().cloned())
+            .collect();
+        let earliest = inputs.iter().map(|input| input.now_ms).min().unwrap_or(0);
+        let replica = inputs.first().map_or("", |input| input.replica.as_str());
+        let rows = self.read(&queries, &targets, earliest, replica).await?;
+
+        let mut outputs: Vec<Vec<SignalRow>> = inputs.iter().map(|_| Vec::new()).collect();
+        for row in rows {
+            match row.i {
+                // The flush mark, the same for every call.
+                Some(-1) => {
+                    for output in &mut outputs {
+                        output.push(row.clone());
+                    }
+                }
+                // A query's sums: to the call it came from, numbered as that call's own.
+                Some(i) => {
+                    let i = usize::try_from(i).map_err(|_| {
+                        StoreError::Unavailable(format!("counter sums for unknown query {i}"))
+                    })?;
+                    let call = firsts
+                        .partition_point(|&first| first <= i)
+                        .saturating_sub(1);
+                    let mut own = row;
+                    own.i = i64::try_from(i - firsts[call]).ok();
+                    outputs[call].push(own);
+                }
+                // A block: to every call that asked about its target and is before its end.
+                None => {
+                    for (input, output) in inputs.iter().zip(&mut outputs) {
+                        let asked = input.targets.iter().any(|target| {
+                            row.kind.as_deref() == Some(target.kind.as_str())
+                                && row.value.as_deref() == Some(target.value.as_str())
+                        });
+                        if asked && row.expires_at.is_some_and(|end| end > input.now_ms) {
+                            output.push(row.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    async fn run_one(&self, input: &SignalsRead) -> Result<Vec<SignalRow>, StoreError> {
+        self.read(&input.queries, &input.targets, input.now_ms, &input.replica)
+            .await
+    }
+}
+
+/// Starts' inserts guarded by their limits.
+pub(crate) struct Inserts(pub(crate) PgPool);
+
+/// A row of [`INSERT_MANY`].
+#[derive(FromRow)]
+struct InsertedRow {
+    i: i32,
+    #[sqlx(flatten)]
+    guarded: GuardedRow,
+}
+
+impl Batch for Inserts {
+    type Input = GuardedInsert;
+    type Output = GuardedRow;
+
+    fn admits(&self, _: &[GuardedInsert], _: &GuardedInsert) -> bool {
+        true
+    }
+
+    async fn run(&self, inputs: &[GuardedInsert]) -> Result<Vec<GuardedRow>, StoreError> {
+        let columns = Columns::of(inputs.iter().map(|input| &input.row));
+        let query = sqlx::query(INSERT_MANY)
+            .bind(inputs.iter().map(|input| input.now_ms).collect::<Vec<_>>())
+            .bind(
+                inputs
+                    .iter()
+                    .map(|input| input.take.clone())
+                    .collect::<Vec<_>>(),
+            );
+        let rows = columns
+            .bind_insert(query)
+            .fetch_all(&self.0)
+            .await
+            .map_err(unavailable)?;
+        let mut guarded = Vec::with_capacity(rows.len());
+        for (n, row) in (1..).zip(&rows) {
+            let row = InsertedRow::from_row(row).map_err(read_error)?;
+            if row.i != n {
+                return Err(StoreError::Unavailable(format!(
+                    "a batch of inserts returned start {} in place {n}",
+                    row.i
+                )));
+            }
+            guarded.push(row.guarded);
+        }
+        Ok(guarded)
+    }
+
+    async fn run_one(&self, input: &GuardedInsert) -> Result<GuardedRow, StoreError> {
+        let row = bind_insert(sqlx::query(Postgres::INSERT_LIMITED), input.row.clone())
+            .bind(input.now_ms)
+            .bind(input.take.clone())
+            .fetch_one(&self.0)
+            .await
+            .map_err(unavailable)?;
+        GuardedRow::from_row(&row).map_err(read_error)
     }
 }
 
@@ -113,9 +317,10 @@ impl Batch for Updates {
     }
 
     async fn run(&self, inputs: &[Self::Input]) -> Result<Vec<bool>, StoreError> {
-        let columns = UpdateColumns::of(inputs);
+        let columns = Columns::of(inputs.iter().map(|(row, _)| row));
+        let expected: Vec<i64> = inputs.iter().map(|(_, version)| *version).collect();
         let written: Vec<String> = columns
-            .bind(sqlx::query_scalar(UPDATE_MANY))
+            .bind_update(expected, sqlx::query_scalar(UPDATE_MANY))
             .fetch_all(&self.0)
             .await
             .map_err(unavailable)?;
@@ -176,11 +381,12 @@ impl Batch for Reads {
     }
 }
 
-/// [`UPDATE_MANY`]'s parameters: one array per column, one element per row.
+/// The columns of many verifications, one array per column, one element per row: the
+/// parameters of [`INSERT_MANY`] and [`UPDATE_MANY`].
 #[derive(Default)]
-struct UpdateColumns {
+struct Columns {
     id: Vec<String>,
-    expected_version: Vec<i64>,
+    purpose: Vec<String>,
     channel: Vec<String>,
     status: Vec<String>,
     provider_sid: Vec<Option<String>>,
@@ -189,15 +395,16 @@ struct UpdateColumns {
     destination_hash: Vec<String>,
     to_masked: Vec<String>,
     identity: Vec<Option<String>>,
+    idempotency_key: Vec<Option<String>>,
     sends: Vec<i64>,
     checks: Vec<i64>,
     max_sends: Vec<i64>,
     max_checks: Vec<i64>,
     failure_code: Vec<Option<i64>>,
+    created_at: Vec<i64>,
     updated_at: Vec<i64>,
     expires_at: Vec<i64>,
     version: Vec<i64>,
-    idempotency_key: Vec<Option<String>>,
     allow_fallback: Vec<bool>,
     channels_tried: Vec<String>,
     fallback_reason: Vec<Option<String>>,
@@ -206,13 +413,13 @@ struct UpdateColumns {
     risk: Vec<Option<String>>,
 }
 
-impl UpdateColumns {
-    fn of(inputs: &[(VerificationRow, i64)]) -> UpdateColumns {
-        let mut c = UpdateColumns::default();
-        for (row, expected_version) in inputs {
+impl Columns {
+    fn of<'a>(rows: impl Iterator<Item = &'a VerificationRow>) -> Columns {
+        let mut c = Columns::default();
+        for row in rows {
             let row = row.clone();
             c.id.push(row.id);
-            c.expected_version.push(*expected_version);
+            c.purpose.push(row.purpose);
             c.channel.push(row.channel);
             c.status.push(row.status);
             c.provider_sid.push(row.provider_sid);
@@ -221,15 +428,16 @@ impl UpdateColumns {
             c.destination_hash.push(row.destination_hash);
             c.to_masked.push(row.to_masked);
             c.identity.push(row.identity);
+            c.idempotency_key.push(row.idempotency_key);
             c.sends.push(row.sends);
             c.checks.push(row.checks);
             c.max_sends.push(row.max_sends);
             c.max_checks.push(row.max_checks);
             c.failure_code.push(row.failure_code);
+            c.created_at.push(row.created_at);
             c.updated_at.push(row.updated_at);
             c.expires_at.push(row.expires_at);
             c.version.push(row.version);
-            c.idempotency_key.push(row.idempotency_key);
             c.allow_fallback.push(row.allow_fallback);
             c.channels_tried.push(row.channels_tried);
             c.fallback_reason.push(row.fallback_reason);
@@ -240,13 +448,50 @@ impl UpdateColumns {
         c
     }
 
-    fn bind<'q, O>(
+    /// Binds every column, in the order of [`crate::sql::columns!`].
+    fn bind_insert(
         self,
-        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Query<'_, Postgres, PgArguments> {
         query
             .bind(self.id)
-            .bind(self.expected_version)
+            .bind(self.purpose)
+            .bind(self.channel)
+            .bind(self.status)
+            .bind(self.provider_sid)
+            .bind(self.destination_ciphertext)
+            .bind(self.destination_key_id)
+            .bind(self.destination_hash)
+            .bind(self.to_masked)
+            .bind(self.identity)
+            .bind(self.idempotency_key)
+            .bind(self.sends)
+            .bind(self.checks)
+            .bind(self.max_sends)
+            .bind(self.max_checks)
+            .bind(self.failure_code)
+            .bind(self.created_at)
+            .bind(self.updated_at)
+            .bind(self.expires_at)
+            .bind(self.version)
+            .bind(self.allow_fallback)
+            .bind(self.channels_tried)
+            .bind(self.fallback_reason)
+            .bind(self.delivery_status)
+            .bind(self.trace_parent)
+            .bind(self.risk)
+    }
+
+    /// Binds the ids, `expected` (the versions each row must have) and the columns an
+    /// update sets, in the order of [`crate::row::bind_update`].
+    fn bind_update<'q, O>(
+        self,
+        expected: Vec<i64>,
+        query: sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, Postgres, O, PgArguments> {
+        query
+            .bind(self.id)
+            .bind(expected)
             .bind(self.channel)
             .bind(self.status)
             .bind(self.provider_sid)

@@ -9,20 +9,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Postgres};
 use tracing::log::LevelFilter;
 
-use domain::ports::StoreError;
-use domain::{Verification, VerificationId};
-
 use crate::error::StorageError;
 use crate::repo::{Dialect, Repo, delegate_store};
-use crate::row::VerificationRow;
 use crate::sql::{self, outbox_columns};
 
 mod lanes;
 
-use lanes::Lanes;
 /// The batched statements, for the tests that run them directly.
 #[cfg(test)]
-pub(crate) use lanes::{Reads, Updates};
+pub(crate) use lanes::{GET_MANY, INSERT_MANY, Inserts, Reads, Signals, UPDATE_MANY, Updates};
 
 /// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -48,8 +43,6 @@ const STATEMENT_TIMEOUT: &str = "5s";
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     repo: Repo<Postgres>,
-    /// Reads by id and plain updates of verifications, batched across concurrent calls.
-    lanes: Lanes,
 }
 
 /// [`domain::events::DedupeStore`] on PostgreSQL, sharing its [`PostgresStore`]'s pool:
@@ -235,8 +228,7 @@ impl PostgresStore {
             .await
             .map_err(StorageError::Connect)?;
         Ok(PostgresStore {
-            lanes: Lanes::spawn(&pool),
-            repo: Repo::new(pool),
+            repo: Repo::new(lanes::spawn(&pool), pool),
         })
     }
 
@@ -273,46 +265,6 @@ impl PostgresStore {
             repo: self.repo.clone(),
             lease,
         }
-    }
-
-    /// A verification by id, read in a batch with concurrent reads.
-    #[tracing::instrument(name = "storage.get", skip_all, fields(verification_id = %id))]
-    async fn get_verification(
-        &self,
-        id: &VerificationId,
-    ) -> Result<Option<Verification>, StoreError> {
-        let row = self.lanes.get.call(id.to_string()).await?;
-        row.map(Verification::try_from)
-            .transpose()
-            .map_err(StoreError::from)
-    }
-
-    /// Writes `verification` if its row still has `expected_version`, in a batch with
-    /// concurrent updates of other rows.
-    #[tracing::instrument(
-        name = "storage.update",
-        skip_all,
-        fields(
-            verification_id = %verification.id,
-            expected_version = expected_version,
-            version = verification.version
-        )
-    )]
-    async fn update_verification(
-        &self,
-        verification: &Verification,
-        expected_version: u32,
-    ) -> Result<(), StoreError> {
-        let row = VerificationRow::from(verification);
-        if self
-            .lanes
-            .update
-            .call((row, i64::from(expected_version)))
-            .await?
-        {
-            return Ok(());
-        }
-        Err(self.repo.why_not_updated(verification).await)
     }
 
     /// Waits for in-flight statements and closes every connection.

@@ -140,24 +140,6 @@ impl SqliteStore {
         }
     }
 
-    /// A verification by id: a read on the caller's thread, which needs no batching.
-    async fn get_verification(
-        &self,
-        id: &domain::VerificationId,
-    ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
-        self.repo.get(id).await
-    }
-
-    /// An optimistic update: one job for the writer, which commits concurrent jobs together
-    /// already.
-    async fn update_verification(
-        &self,
-        verification: &domain::Verification,
-        expected_version: u32,
-    ) -> Result<(), domain::ports::StoreError> {
-        self.repo.update(verification, expected_version).await
-    }
-
     /// Lets the queued writes finish and closes every connection, so the WAL is
     /// checkpointed into the database file before the process exits.
     pub async fn close(&self) {

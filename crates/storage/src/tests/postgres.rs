@@ -1,13 +1,22 @@
 //! What only the PostgreSQL store has: URL handling, the session settings it asks the
 //! server for, and migrations run by several replicas at once.
 
+use domain::abuse::{
+    Block, BlockKind, BlockSource, BlockTarget, CountAdd, CountQuery, LimitRequest, Quota,
+    RiskStore,
+};
 use domain::ports::{Inserted, StoreError, VerificationStore};
+use domain::{Destination, PhoneNumber};
 
 use super::harness::PgDatabase;
+use crate::abuse::{rounds, take_input};
+use crate::fixtures::at;
 use crate::fixtures::{self, bare, full};
 use crate::lane::Batch;
-use crate::postgres::{Reads, Updates};
+use crate::lane::{GuardedInsert, SignalsRead};
+use crate::postgres::{GET_MANY, INSERT_MANY, Inserts, Reads, Signals, UPDATE_MANY, Updates};
 use crate::row::VerificationRow;
+use crate::row::to_millis;
 use crate::{PostgresStore, StorageError};
 use testkit::{NOT_REACHABLE, postgres_server_url};
 
@@ -237,6 +246,232 @@ async fn concurrent_updates_each_get_their_own_outcome() -> anyhow::Result<()> {
             let now = store.get(&v.id).await?.expect("stored");
             assert_eq!(now.version, v.version + 1);
         }
+        store.close().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_statements_find_each_row_by_its_primary_key_in_any_cached_plan()
+-> anyhow::Result<()> {
+    with_database(|url| async move {
+        let store = PostgresStore::connect(&url).await?;
+        store.migrate().await?;
+        // A table small enough that a scan of it looks cheaper than index lookups, the
+        // shape in which a join of the table with the arrays was planned as one.
+        sqlx::query(
+            "INSERT INTO verifications (id, purpose, channel, status, destination_ciphertext, \
+             destination_key_id, destination_hash, to_masked, sends, checks, max_sends, \
+             max_checks, created_at, updated_at, expires_at, version, channels_tried) \
+             SELECT 'ver_' || n, 'login', 'sms', 'approved', '\\x00', 'k1', md5(n::text), \
+             '+1******00', 1, 1, 3, 5, n, n, n, 1, 'sms' FROM generate_series(1, 2000) AS n",
+        )
+        .execute(store.pool())
+        .await?;
+        sqlx::query("ANALYZE verifications")
+            .execute(store.pool())
+            .await?;
+        // The plan a session caches for every later call, whatever the arrays hold.
+        let mut conn = store.pool().acquire().await?;
+        conn.close_on_drop();
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await?;
+        for (name, statement, parameters, must) in [
+            (
+                "update_many",
+                UPDATE_MANY,
+                25,
+                &[
+                    "Index Scan using verifications_pkey",
+                    "Tid Scan on verifications",
+                ][..],
+            ),
+            (
+                "get_many",
+                GET_MANY,
+                1,
+                &["Index Scan using verifications_pkey"][..],
+            ),
+            // The insert reads no verification: only its conflict check probes the indexes.
+            (
+                "insert_many",
+                INSERT_MANY,
+                28,
+                &["Insert on verifications"][..],
+            ),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PREPARE {name} AS {statement}"
+            )))
+            .execute(&mut *conn)
+            .await?;
+            let nulls = vec!["NULL"; parameters].join(", ");
+            let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN EXECUTE {name}({nulls})"
+            )))
+            .fetch_all(&mut *conn)
+            .await?;
+            let plan = lines.join("; ");
+            for step in must {
+                assert!(plan.contains(step), "{name}: {plan}");
+            }
+            assert!(
+                !plan.contains("Seq Scan on verifications"),
+                "{name}: {plan}"
+            );
+        }
+        drop(conn);
+        store.close().await;
+        Ok(())
+    })
+    .await
+}
+
+/// A start's guarded insert of verification `n` to the `n`th test number (or to the
+/// number of `to`), under `limits` given as `(key, quota)`.
+fn guarded(n: u128, to: u32, limits: &[(&str, &str)]) -> GuardedInsert {
+    let destination = Destination::Phone(
+        PhoneNumber::parse(&format!("+1415555{:04}", 1000 + to), None).expect("valid number"),
+    );
+    let requests: Vec<LimitRequest> = limits
+        .iter()
+        .map(|(key, quota)| LimitRequest {
+            key: (*key).to_owned(),
+            quota: Quota::parse(quota).expect("valid quota"),
+        })
+        .collect();
+    let round = rounds(&requests).pop().unwrap_or_default();
+    GuardedInsert {
+        row: VerificationRow::from(&bare(n, "login", &destination)),
+        now_ms: to_millis(at(0)),
+        take: take_input(&requests, &round),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_guarded_inserts_takes_and_writes_each_start_as_alone() -> anyhow::Result<()> {
+    with_database(|url| async move {
+        let store = PostgresStore::connect(&url).await?;
+        store.migrate().await?;
+        let inputs = [
+            // Allowed and written.
+            guarded(1, 1, &[("shared", "2/10m"), ("own:1", "1/10m")]),
+            // Allowed, and meets the first one's pending row: keeps its takes, writes nothing.
+            guarded(2, 1, &[("shared", "2/10m"), ("own:2", "1/10m")]),
+            // The shared limit is used up by the two before it: takes nothing, writes nothing.
+            guarded(3, 3, &[("own:3", "1/10m"), ("shared", "2/10m")]),
+            // Allowed and written.
+            guarded(4, 4, &[("own:4", "1/10m")]),
+        ];
+        let outcomes = Inserts(store.pool().clone()).run(&inputs).await?;
+        let written: Vec<bool> = outcomes.iter().map(|g| g.written).collect();
+        assert_eq!(written, vec![true, false, false, true]);
+        let allowed: Vec<bool> = outcomes
+            .iter()
+            .map(|g| g.taken_allowed.iter().all(|&a| a))
+            .collect();
+        assert_eq!(allowed, vec![true, true, false, true]);
+        for (n, stored) in [(1, true), (2, false), (3, false), (4, true)] {
+            assert_eq!(
+                store.get(&fixtures::id(n)).await?.is_some(),
+                stored,
+                "verification {n}"
+            );
+        }
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM rate_limits ORDER BY key")
+            .fetch_all(store.pool())
+            .await?;
+        // The refused start's own key was taken and undone with the refusal.
+        assert_eq!(keys, vec!["own:1", "own:2", "own:4", "shared"]);
+        store.close().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_signal_reads_gives_each_read_what_it_reads_alone() -> anyhow::Result<()> {
+    with_database(|url| async move {
+        let store = PostgresStore::connect(&url).await?;
+        store.migrate().await?;
+        let add = |key: &str, attempts| CountAdd {
+            key: key.to_owned(),
+            attempts,
+            approved: 1,
+        };
+        store
+            .add_counts(&[add("country:US", 9), add("prefix:+141555", 3)], at(0))
+            .await?;
+        let ip = BlockTarget {
+            kind: BlockKind::Ip,
+            value: "203.0.113.7".into(),
+        };
+        let country = BlockTarget {
+            kind: BlockKind::Country,
+            value: "GB".into(),
+        };
+        for (target, ends) in [(&ip, 15), (&country, 3600)] {
+            store
+                .add_block(&Block {
+                    target: target.clone(),
+                    reason: "R".into(),
+                    detail: "d".into(),
+                    source: BlockSource::Operator,
+                    shadow: false,
+                    created_at: at(0),
+                    expires_at: at(ends),
+                })
+                .await?;
+        }
+        let query = |key: &str| CountQuery {
+            key: key.to_owned(),
+            since: at(-60),
+        };
+        let reads = [
+            SignalsRead {
+                queries: vec![query("country:US"), query("prefix:+141555")],
+                targets: vec![ip.clone()],
+                now_ms: to_millis(at(10)),
+                replica: "r1".into(),
+            },
+            // No queries of its own: the numbering of the next read's must not shift.
+            SignalsRead {
+                queries: Vec::new(),
+                targets: vec![country.clone()],
+                now_ms: to_millis(at(10)),
+                replica: "r1".into(),
+            },
+            // Past the end of the block on the IP, which the first read still sees.
+            SignalsRead {
+                queries: vec![query("prefix:+141555")],
+                targets: vec![ip.clone(), country.clone()],
+                now_ms: to_millis(at(20)),
+                replica: "r1".into(),
+            },
+        ];
+        let signals = Signals(store.pool().clone());
+        let together = signals.run(&reads).await?;
+        assert_eq!(together.len(), reads.len());
+        let sorted = |mut rows: Vec<crate::row::SignalRow>| {
+            rows.sort_by_key(|row| format!("{row:?}"));
+            rows
+        };
+        for (read, rows) in reads.iter().zip(together) {
+            let alone = signals.run_one(read).await?;
+            assert_eq!(sorted(rows), sorted(alone), "{read:?}");
+        }
+        // What each read saw, in the terms of the rows.
+        let alone = signals.run_one(&reads[2]).await?;
+        let blocks: Vec<_> = alone.iter().filter_map(|row| row.value.clone()).collect();
+        assert_eq!(blocks, vec!["GB".to_owned()]);
+        let sums: Vec<_> = alone
+            .iter()
+            .filter(|row| row.i == Some(0))
+            .filter_map(|row| row.attempts)
+            .collect();
+        assert_eq!(sums, vec![3]);
         store.close().await;
         Ok(())
     })
