@@ -236,10 +236,10 @@ fn classify(code: u16, national: &str) -> Option<(Option<Region>, NumberType)> {
         _ => candidates
             .iter()
             .find_map(|meta| match meta.leading_digits() {
-                Some(pattern) => pattern
-                    .find(national)
-                    .filter(|m| m.start() == 0)
-                    .map(|_| (*meta, number_type(meta, national))),
+                Some(pattern) => starts_with_match(pattern.as_str(), national, || {
+                    pattern.find(national).is_some_and(|m| m.start() == 0)
+                })
+                .then(|| (*meta, number_type(meta, national))),
                 None => Some((*meta, number_type(meta, national)))
                     .filter(|(_, t)| *t != NumberType::Unknown),
             })?,
@@ -256,9 +256,9 @@ fn classify(code: u16, national: &str) -> Option<(Option<Region>, NumberType)> {
 fn number_type(meta: &phonenumber::Metadata, national: &str) -> NumberType {
     let d = meta.descriptors();
     let matches = |descriptor: Option<&phonenumber::metadata::Descriptor>| {
-        descriptor.is_some_and(|d| d.is_match(national))
+        descriptor.is_some_and(|d| descriptor_matches(d, national))
     };
-    if !d.general().is_match(national) {
+    if !descriptor_matches(d.general(), national) {
         return NumberType::Unknown;
     }
     let ordered = [
@@ -289,6 +289,75 @@ fn number_type(meta: &phonenumber::Metadata, national: &str) -> NumberType {
         return NumberType::Mobile;
     }
     NumberType::Unknown
+}
+
+/// `Descriptor::is_match`: the number has one of the descriptor's possible lengths (when
+/// it lists any) and its pattern matches from the number's first digit.
+fn descriptor_matches(descriptor: &phonenumber::metadata::Descriptor, national: &str) -> bool {
+    let lengths = descriptor.possible_length();
+    if !lengths.is_empty() && !u16::try_from(national.len()).is_ok_and(|n| lengths.contains(&n)) {
+        return false;
+    }
+    let pattern = descriptor.national_number();
+    starts_with_match(pattern.as_str(), national, || {
+        pattern.find(national).is_some_and(|m| m.start() == 0)
+    })
+}
+
+/// Whether `pattern` matches `value` from its start, as `phonenumber` asks (`find` and a
+/// match at 0), with the pattern compiled once by [`plan_patterns`]; `as_phonenumber` asks
+/// `phonenumber` itself, for a pattern that does not compile here.
+fn starts_with_match(pattern: &str, value: &str, as_phonenumber: impl FnOnce() -> bool) -> bool {
+    match plan_patterns().get(pattern) {
+        Some(regex) => regex.is_match(value),
+        None => as_phonenumber(),
+    }
+}
+
+/// The numbering plan's patterns, compiled once each, anchored at the start.
+///
+/// `phonenumber` keeps its compiled patterns in one LRU of 100 behind a mutex; the regions
+/// that share country code 1 alone have more patterns than that, so under load it threw
+/// compiled patterns away and built them (and their lazy DFAs) again: about 6% of a start's
+/// CPU, a third of it rebuilding automata. These are kept for the process's life. A region
+/// has at most a dozen patterns and the plan a few thousand; should the map ever pass
+/// [`PlanPatterns::MAX`] (it cannot with the bundled plan), it starts over.
+struct PlanPatterns {
+    compiled: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<regex::Regex>>>,
+}
+
+impl PlanPatterns {
+    const MAX: usize = 8192;
+
+    /// The compiled form of `pattern`; `None` when it does not compile here (the caller
+    /// then asks `phonenumber`).
+    fn get(&self, pattern: &str) -> Option<std::sync::Arc<regex::Regex>> {
+        if let Ok(compiled) = self.compiled.read()
+            && let Some(regex) = compiled.get(pattern)
+        {
+            return Some(std::sync::Arc::clone(regex));
+        }
+        let regex = std::sync::Arc::new(
+            regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+                .ignore_whitespace(true)
+                .build()
+                .ok()?,
+        );
+        if let Ok(mut compiled) = self.compiled.write() {
+            if compiled.len() >= Self::MAX {
+                compiled.clear();
+            }
+            compiled.insert(pattern.to_owned(), std::sync::Arc::clone(&regex));
+        }
+        Some(regex)
+    }
+}
+
+fn plan_patterns() -> &'static PlanPatterns {
+    static PATTERNS: std::sync::OnceLock<PlanPatterns> = std::sync::OnceLock::new();
+    PATTERNS.get_or_init(|| PlanPatterns {
+        compiled: std::sync::RwLock::new(std::collections::HashMap::new()),
+    })
 }
 
 impl fmt::Display for PhoneNumber {
