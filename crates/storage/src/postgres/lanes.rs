@@ -9,7 +9,7 @@ use domain::abuse::{BlockTarget, CountQuery};
 use domain::ports::StoreError;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{FromRow, PgPool, Postgres};
+use sqlx::{FromRow, PgPool, Postgres, Row};
 
 use crate::abuse::{count_queries_input, targets_input};
 use crate::error::{read_error, unavailable};
@@ -42,9 +42,22 @@ const SIGNALS_PER_BATCH: usize = 64;
 const READS_IN_FLIGHT: usize = 1;
 const READS_PER_BATCH: usize = 64;
 
-/// [`crate::sql::UPDATE`] for many rows: `$1` the ids, `$2` the expected versions, `$3` to
-/// `$25` the columns of [`crate::sql::update_set!`] in its order, each an array with one
-/// element per row. Returns the ids written; a row whose version moved on is not written,
+/// The columns of many verifications as the start of an `unnest`: `$1` to `$26`, the
+/// columns of [`crate::sql::columns!`] in its order, each an array with one element per row
+/// ([`Columns::bind`]). Each statement adds its own arrays (`$27`, `$28`) and closes it.
+macro_rules! unnest_columns {
+    () => {
+        "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
+         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
+         $18::bigint[], $19::bigint[], $20::bigint[], $21::boolean[], $22::text[], \
+         $23::text[], $24::text[], $25::text[], $26::text[]"
+    };
+}
+
+/// [`crate::sql::UPDATE`] for many rows: `$1` to `$26` the rows ([`unnest_columns!`]),
+/// `$27` the versions they must still have. Returns the ids written; a row whose version
+/// moved on is not written, as alone. The id, purpose and creation time are not written,
 /// as alone.
 ///
 /// Each row is found by its own lookup of the primary key (a lateral subquery with `LIMIT
@@ -53,60 +66,53 @@ const READS_PER_BATCH: usize = 64;
 /// cached while the table was small scans the whole table. A row another transaction
 /// updates between the lookup and the update is re-checked by PostgreSQL on its new
 /// version, whose tuple id differs, so it is not written: its version has moved on.
-pub(crate) const UPDATE_MANY: &str = "WITH t AS MATERIALIZED (SELECT u.*, r.tid \
-     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
-     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], \
-     $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
-     $18::bigint[], $19::text[], $20::boolean[], $21::text[], $22::text[], $23::text[], \
-     $24::text[], $25::text[]) \
-     AS u(id, expected_version, channel, status, provider_sid, destination_ciphertext, \
-     destination_key_id, destination_hash, to_masked, identity, sends, checks, max_sends, \
-     max_checks, failure_code, updated_at, expires_at, version, idempotency_key, \
-     allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk) \
-     CROSS JOIN LATERAL (SELECT ctid AS tid FROM verifications \
-     WHERE id = u.id AND version = u.expected_version LIMIT 1) AS r) \
-     UPDATE verifications AS v SET \
-     channel = t.channel, status = t.status, provider_sid = t.provider_sid, \
-     destination_ciphertext = t.destination_ciphertext, \
-     destination_key_id = t.destination_key_id, destination_hash = t.destination_hash, \
-     to_masked = t.to_masked, identity = t.identity, sends = t.sends, checks = t.checks, \
-     max_sends = t.max_sends, max_checks = t.max_checks, failure_code = t.failure_code, \
-     updated_at = t.updated_at, expires_at = t.expires_at, version = t.version, \
-     idempotency_key = t.idempotency_key, allow_fallback = t.allow_fallback, \
-     channels_tried = t.channels_tried, fallback_reason = t.fallback_reason, \
-     delivery_status = t.delivery_status, trace_parent = t.trace_parent, risk = t.risk \
-     FROM t WHERE v.ctid = t.tid \
-     RETURNING v.id";
+pub(crate) const UPDATE_MANY: &str = concat!(
+    "WITH t AS MATERIALIZED (SELECT u.*, r.tid FROM ",
+    unnest_columns!(),
+    ", $27::bigint[]) AS u(",
+    columns!(),
+    ", expected_version)",
+    " CROSS JOIN LATERAL (SELECT ctid AS tid FROM verifications",
+    " WHERE id = u.id AND version = u.expected_version LIMIT 1) AS r)",
+    " UPDATE verifications AS v SET",
+    " channel = t.channel, status = t.status, provider_sid = t.provider_sid,",
+    " destination_ciphertext = t.destination_ciphertext,",
+    " destination_key_id = t.destination_key_id, destination_hash = t.destination_hash,",
+    " to_masked = t.to_masked, identity = t.identity, sends = t.sends, checks = t.checks,",
+    " max_sends = t.max_sends, max_checks = t.max_checks, failure_code = t.failure_code,",
+    " updated_at = t.updated_at, expires_at = t.expires_at, version = t.version,",
+    " idempotency_key = t.idempotency_key, allow_fallback = t.allow_fallback,",
+    " channels_tried = t.channels_tried, fallback_reason = t.fallback_reason,",
+    " delivery_status = t.delivery_status, trace_parent = t.trace_parent, risk = t.risk",
+    " FROM t WHERE v.ctid = t.tid",
+    " RETURNING v.id"
+);
 
-/// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` their times (now, in
-/// milliseconds), `$2` their takes (each one round, as JSON), `$3` to `$28` the columns of
-/// [`crate::sql::columns!`] in its order, each an array with one element per start. The
-/// takes run first, start by start (`take_rate_limits_many`, migration 0008), then every
-/// start whose limits all allowed is inserted, in the starts' order, `ON CONFLICT DO
-/// NOTHING` (a start that meets a row, an earlier start's of the same statement included,
-/// writes nothing and keeps its takes, as alone). Returns one row per start, in order: `i`
-/// and the columns of [`GuardedRow`].
+/// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` to `$26` the rows
+/// ([`unnest_columns!`]), `$27` their times (now, in milliseconds), `$28` their takes
+/// (each one round, as JSON). The takes run first, start by start
+/// (`take_rate_limits_many`, migration 0008), then every start whose limits all allowed is
+/// inserted, in the starts' order, `ON CONFLICT DO NOTHING` (a start that meets a row, an
+/// earlier start's of the same statement included, writes nothing and keeps its takes, as
+/// alone). Returns one row per start, in order: `i` and the columns of [`GuardedRow`].
 pub(crate) const INSERT_MANY: &str = concat!(
-    "WITH taken AS MATERIALIZED (SELECT * FROM take_rate_limits_many($1::bigint[], $2::text[])),",
+    "WITH taken AS MATERIALIZED",
+    " (SELECT * FROM take_rate_limits_many($27::bigint[], $28::text[])),",
     " written AS (INSERT INTO verifications (",
     columns!(),
     ") SELECT u.id, u.purpose, u.channel, u.status, u.provider_sid, u.destination_ciphertext,",
     " u.destination_key_id, u.destination_hash, u.to_masked, u.identity, u.idempotency_key,",
     " u.sends, u.checks, u.max_sends, u.max_checks, u.failure_code, u.created_at,",
     " u.updated_at, u.expires_at, u.version, u.allow_fallback, u.channels_tried,",
-    " u.fallback_reason, u.delivery_status, u.trace_parent, u.risk",
-    " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[],",
-    " $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[],",
-    " $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[],",
-    " $20::bigint[], $21::bigint[], $22::bigint[], $23::boolean[], $24::text[], $25::text[],",
-    " $26::text[], $27::text[], $28::text[]) WITH ORDINALITY",
-    " AS u(",
+    " u.fallback_reason, u.delivery_status, u.trace_parent, u.risk FROM ",
+    unnest_columns!(),
+    ") WITH ORDINALITY AS u(",
     columns!(),
     ", i)",
     " JOIN taken ON taken.i = u.i WHERE taken.all_allowed ORDER BY u.i",
     " ON CONFLICT DO NOTHING RETURNING id)",
     " SELECT taken.i, taken.taken_keys, taken.taken_tats, taken.taken_allowed, taken.taken_at,",
-    " EXISTS (SELECT 1 FROM written WHERE written.id = ($3::text[])[taken.i]) AS written",
+    " EXISTS (SELECT 1 FROM written WHERE written.id = ($1::text[])[taken.i]) AS written",
     " FROM taken ORDER BY taken.i"
 );
 
@@ -264,17 +270,15 @@ impl Batch for Inserts {
     }
 
     async fn run(&self, inputs: &[GuardedInsert]) -> Result<Vec<GuardedRow>, StoreError> {
-        let columns = Columns::of(inputs.iter().map(|input| &input.row));
-        let query = sqlx::query(INSERT_MANY)
+        let rows = Columns::of(inputs.iter().map(|input| &input.row))
+            .bind(sqlx::query(INSERT_MANY))
             .bind(inputs.iter().map(|input| input.now_ms).collect::<Vec<_>>())
             .bind(
                 inputs
                     .iter()
                     .map(|input| input.take.clone())
                     .collect::<Vec<_>>(),
-            );
-        let rows = columns
-            .bind_insert(query)
+            )
             .fetch_all(&self.0)
             .await
             .map_err(unavailable)?;
@@ -317,13 +321,18 @@ impl Batch for Updates {
     }
 
     async fn run(&self, inputs: &[Self::Input]) -> Result<Vec<bool>, StoreError> {
-        let columns = Columns::of(inputs.iter().map(|(row, _)| row));
         let expected: Vec<i64> = inputs.iter().map(|(_, version)| *version).collect();
-        let written: Vec<String> = columns
-            .bind_update(expected, sqlx::query_scalar(UPDATE_MANY))
+        let rows = Columns::of(inputs.iter().map(|(row, _)| row))
+            .bind(sqlx::query(UPDATE_MANY))
+            .bind(expected)
             .fetch_all(&self.0)
             .await
             .map_err(unavailable)?;
+        let written: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(read_error)?;
         let written: HashSet<&str> = written.iter().map(String::as_str).collect();
         Ok(inputs
             .iter()
@@ -448,11 +457,9 @@ impl Columns {
         c
     }
 
-    /// Binds every column, in the order of [`crate::sql::columns!`].
-    fn bind_insert(
-        self,
-        query: Query<'_, Postgres, PgArguments>,
-    ) -> Query<'_, Postgres, PgArguments> {
+    /// Binds every column as `$1` to `$26` ([`unnest_columns!`]), in the order of
+    /// [`crate::sql::columns!`].
+    fn bind(self, query: Query<'_, Postgres, PgArguments>) -> Query<'_, Postgres, PgArguments> {
         query
             .bind(self.id)
             .bind(self.purpose)
@@ -474,41 +481,6 @@ impl Columns {
             .bind(self.updated_at)
             .bind(self.expires_at)
             .bind(self.version)
-            .bind(self.allow_fallback)
-            .bind(self.channels_tried)
-            .bind(self.fallback_reason)
-            .bind(self.delivery_status)
-            .bind(self.trace_parent)
-            .bind(self.risk)
-    }
-
-    /// Binds the ids, `expected` (the versions each row must have) and the columns an
-    /// update sets, in the order of [`crate::row::bind_update`].
-    fn bind_update<'q, O>(
-        self,
-        expected: Vec<i64>,
-        query: sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, Postgres, O, PgArguments> {
-        query
-            .bind(self.id)
-            .bind(expected)
-            .bind(self.channel)
-            .bind(self.status)
-            .bind(self.provider_sid)
-            .bind(self.destination_ciphertext)
-            .bind(self.destination_key_id)
-            .bind(self.destination_hash)
-            .bind(self.to_masked)
-            .bind(self.identity)
-            .bind(self.sends)
-            .bind(self.checks)
-            .bind(self.max_sends)
-            .bind(self.max_checks)
-            .bind(self.failure_code)
-            .bind(self.updated_at)
-            .bind(self.expires_at)
-            .bind(self.version)
-            .bind(self.idempotency_key)
             .bind(self.allow_fallback)
             .bind(self.channels_tried)
             .bind(self.fallback_reason)

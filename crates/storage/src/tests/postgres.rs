@@ -282,7 +282,7 @@ async fn batched_statements_find_each_row_by_its_primary_key_in_any_cached_plan(
             (
                 "update_many",
                 UPDATE_MANY,
-                25,
+                27,
                 &[
                     "Index Scan using verifications_pkey",
                     "Tid Scan on verifications",
