@@ -180,6 +180,11 @@ where
     VerificationRow: for<'r> FromRow<'r, DB::Row>,
 {
     let row = query.fetch_optional(executor).await.map_err(read_error)?;
+    to_verification(row)
+}
+
+/// A stored row, if any, converted back into a verification.
+fn to_verification(row: Option<VerificationRow>) -> Result<Option<Verification>, StoreError> {
     row.map(Verification::try_from)
         .transpose()
         .map_err(StoreError::from)
@@ -523,10 +528,7 @@ where
         &self,
         id: &VerificationId,
     ) -> Result<Option<Verification>, StoreError> {
-        let row = self.lanes.get.call(id.to_string()).await?;
-        row.map(Verification::try_from)
-            .transpose()
-            .map_err(StoreError::from)
+        to_verification(self.lanes.get.call(id.to_string()).await?)
     }
 
     #[tracing::instrument(name = "storage.find_by_provider_sid", skip_all)]
