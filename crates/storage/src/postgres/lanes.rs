@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use domain::abuse::{BlockTarget, CountQuery};
 use domain::ports::StoreError;
-use sqlx::postgres::PgArguments;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{FromRow, PgPool, Postgres, Row};
 
@@ -42,6 +42,10 @@ const SIGNALS_PER_BATCH: usize = 64;
 const READS_IN_FLIGHT: usize = 1;
 const READS_PER_BATCH: usize = 64;
 
+/// Connections of the lanes' pool: one per batch the lanes may run at once.
+const LANE_CONNECTIONS: u32 =
+    (INSERTS_IN_FLIGHT + UPDATES_IN_FLIGHT + SIGNALS_IN_FLIGHT + READS_IN_FLIGHT) as u32;
+
 /// The columns of many verifications as the start of an `unnest`: `$1` to `$26`, the
 /// columns of [`crate::sql::columns!`] in its order, each an array with one element per row
 /// ([`Columns::bind`]). Each statement adds its own arrays (`$27`, `$28`) and closes it.
@@ -61,9 +65,9 @@ macro_rules! unnest_columns {
 /// as alone.
 ///
 /// Each row is found by its own lookup of the primary key (a lateral subquery with `LIMIT
-/// 1`, which the planner cannot turn into a join) and then updated by its tuple id. A join
-/// of the table with the arrays would leave the choice of path to the planner, and a plan
-/// cached while the table was small scans the whole table. A row another transaction
+/// 1`, which the planner cannot turn into a join) and then updated by its tuple id, which
+/// the lanes' sessions reach by a TID scan whatever the table's size (see [`connect`]). A
+/// row another transaction
 /// updates between the lookup and the update is re-checked by PostgreSQL on its new
 /// version, whose tuple id differs, so it is not written: its version has moved on.
 pub(crate) const UPDATE_MANY: &str = concat!(
@@ -124,6 +128,25 @@ pub(crate) const GET_MANY: &str = concat!(
     columns!(),
     " FROM verifications WHERE id = u.id LIMIT 1) AS r"
 );
+
+/// The lanes' pool: one connection per lane (each runs one batch at a time), opened on
+/// first use, with sequential scans disabled.
+///
+/// A lane's statements find every row by its primary key or its tuple id, and are prepared
+/// once per connection; after a few runs PostgreSQL may settle on a generic plan, costed
+/// with the table's size at that moment. Planned while the table was small (a fresh
+/// database, the first minutes of a deployment), the update of many rows by tuple id
+/// hash-joined the batch with a scan of the whole table, and the cached plan kept doing
+/// so as the table grew (at 10,000 rows a third of the batches read it all). With
+/// sequential scans disabled the planner takes a path that uses the key or the tuple id
+/// whatever the table's size; these statements have one for every table they touch.
+pub(crate) fn connect(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(LANE_CONNECTIONS)
+        .acquire_timeout(super::ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .connect_lazy_with(options.options([("enable_seqscan", "off")]))
+}
 
 /// Starts the lanes of `pool` on the current runtime.
 pub(crate) fn spawn(pool: &PgPool) -> Lanes {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
-use sqlx::{ConnectOptions, Postgres};
+use sqlx::{ConnectOptions, PgPool, Postgres};
 use tracing::log::LevelFilter;
 
 use crate::error::StorageError;
@@ -43,6 +43,8 @@ const STATEMENT_TIMEOUT: &str = "5s";
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     repo: Repo<Postgres>,
+    /// The lanes' own connections (see [`lanes::connect`]).
+    lane_pool: PgPool,
 }
 
 /// [`domain::events::DedupeStore`] on PostgreSQL, sharing its [`PostgresStore`]'s pool:
@@ -224,11 +226,13 @@ impl PostgresStore {
             // which the caller treats like any unavailable store (fail closed) and the pool
             // then replaces.
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(StorageError::Connect)?;
+        let lane_pool = lanes::connect(options);
         Ok(PostgresStore {
-            repo: Repo::new(lanes::spawn(&pool), pool),
+            repo: Repo::new(lanes::spawn(&lane_pool), pool),
+            lane_pool,
         })
     }
 
@@ -270,12 +274,19 @@ impl PostgresStore {
     /// Waits for in-flight statements and closes every connection.
     pub async fn close(&self) {
         self.repo.pool.close().await;
+        self.lane_pool.close().await;
     }
 
     /// The pool, for tests that look at the database behind the store's back.
     #[cfg(test)]
     pub(crate) fn pool(&self) -> &sqlx::PgPool {
         &self.repo.pool
+    }
+
+    /// The lanes' pool, for tests of the plans their sessions cache.
+    #[cfg(test)]
+    pub(crate) fn lane_pool(&self) -> &sqlx::PgPool {
+        &self.lane_pool
     }
 
     /// Applies the migrations up to `version` only, for tests that need an older schema.
