@@ -303,7 +303,12 @@ where
     for<'t> bool: Encode<'t, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    #[tracing::instrument(name = "storage.limits.take", skip_all, fields(keys = requests.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.limits.take",
+        skip_all,
+        fields(keys = requests.len())
+    )]
     pub(crate) async fn take_limits(
         &self,
         requests: &[LimitRequest],
@@ -334,7 +339,12 @@ where
         collect_decisions(decisions)
     }
 
-    #[tracing::instrument(name = "storage.limits.peek", skip_all, fields(keys = requests.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.limits.peek",
+        skip_all,
+        fields(keys = requests.len())
+    )]
     pub(crate) async fn peek_limits(
         &self,
         requests: &[LimitRequest],
@@ -351,7 +361,7 @@ where
         Ok(peek_decisions(requests, rows, to_millis(now)))
     }
 
-    #[tracing::instrument(name = "storage.limits.purge", skip_all)]
+    #[tracing::instrument(level = "debug", name = "storage.limits.purge", skip_all)]
     pub(crate) async fn purge_limits(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let result = sqlx::query(sql::PURGE_LIMITS)
             .bind(to_millis(now))
@@ -361,7 +371,12 @@ where
         Ok(DB::rows_affected(&result))
     }
 
-    #[tracing::instrument(name = "storage.counters.add", skip_all, fields(keys = adds.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.counters.add",
+        skip_all,
+        fields(keys = adds.len())
+    )]
     pub(crate) async fn add_counts(
         &self,
         adds: &[CountAdd],
@@ -391,7 +406,12 @@ where
         Ok(())
     }
 
-    #[tracing::instrument(name = "storage.counters.read", skip_all, fields(keys = queries.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.counters.read",
+        skip_all,
+        fields(keys = queries.len())
+    )]
     pub(crate) async fn read_counts(
         &self,
         queries: &[CountQuery],
@@ -424,6 +444,7 @@ where
 
     /// Counters, blocks and `replica`'s last write of counters, in one statement.
     #[tracing::instrument(
+        level = "debug",
         name = "storage.signals.read",
         skip_all,
         fields(keys = queries.len(), targets = targets.len())
@@ -462,7 +483,12 @@ where
     }
 
     /// [`Repo::add_counts`] and the replica's mark, in one transaction.
-    #[tracing::instrument(name = "storage.counters.add_marked", skip_all, fields(keys = adds.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.counters.add_marked",
+        skip_all,
+        fields(keys = adds.len())
+    )]
     pub(crate) async fn add_counts_marked(
         &self,
         adds: &[CountAdd],
@@ -485,7 +511,7 @@ where
         tx.commit().await.map_err(unavailable)
     }
 
-    #[tracing::instrument(name = "storage.counters.purge", skip_all)]
+    #[tracing::instrument(level = "debug", name = "storage.counters.purge", skip_all)]
     pub(crate) async fn purge_counts(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
         // A bucket ends a minute after it starts: those starting at or before this one
         // ended at or before `older_than`.
@@ -530,6 +556,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.blocks.add",
         skip_all,
         fields(kind = %block.target.kind, source = block.source.as_str(), shadow = block.shadow)
@@ -593,7 +620,12 @@ where
         Ok(outcome)
     }
 
-    #[tracing::instrument(name = "storage.blocks.active", skip_all, fields(targets = targets.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.blocks.active",
+        skip_all,
+        fields(targets = targets.len())
+    )]
     pub(crate) async fn active_blocks(
         &self,
         targets: &[BlockTarget],
@@ -611,7 +643,12 @@ where
         sorted_blocks(rows)
     }
 
-    #[tracing::instrument(name = "storage.blocks.list", skip_all, fields(limit = limit))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.blocks.list",
+        skip_all,
+        fields(limit = limit)
+    )]
     pub(crate) async fn list_blocks(
         &self,
         kind: Option<BlockKind>,
@@ -628,7 +665,12 @@ where
         blocks(rows)
     }
 
-    #[tracing::instrument(name = "storage.blocks.lift", skip_all, fields(kind = %target.kind))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.blocks.lift",
+        skip_all,
+        fields(kind = %target.kind)
+    )]
     pub(crate) async fn lift_block(
         &self,
         target: &BlockTarget,

@@ -78,6 +78,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     #[tracing::instrument(
+        level = "debug",
         name = "storage.record_report",
         skip_all,
         fields(dedupe_key = %report.dedupe_key, message_id = %event.message_id)
@@ -126,6 +127,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.outbox.enqueue",
         skip_all,
         fields(message_id = %envelope.message_id, kind = %envelope.kind)
@@ -148,7 +150,12 @@ where
         })
     }
 
-    #[tracing::instrument(name = "storage.outbox.claim", skip_all, fields(limit = limit))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.outbox.claim",
+        skip_all,
+        fields(limit = limit)
+    )]
     pub(crate) async fn claim_outbox(
         &self,
         limit: u32,
@@ -196,7 +203,12 @@ where
         Err(StoreError::Corrupt(first.to_string()))
     }
 
-    #[tracing::instrument(name = "storage.outbox.mark_published", skip_all, fields(count = ids.len()))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.outbox.mark_published",
+        skip_all,
+        fields(count = ids.len())
+    )]
     pub(crate) async fn mark_published(
         &self,
         ids: &[i64],
@@ -214,7 +226,12 @@ where
         Ok(())
     }
 
-    #[tracing::instrument(name = "storage.outbox.retry_later", skip_all, fields(outbox_id = id))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.outbox.retry_later",
+        skip_all,
+        fields(outbox_id = id)
+    )]
     pub(crate) async fn retry_later(
         &self,
         id: i64,
@@ -231,7 +248,7 @@ where
         Ok(())
     }
 
-    #[tracing::instrument(name = "storage.outbox.purge_published", skip_all)]
+    #[tracing::instrument(level = "debug", name = "storage.outbox.purge_published", skip_all)]
     pub(crate) async fn purge_published(
         &self,
         older_than: DateTime<Utc>,
@@ -252,6 +269,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.dedupe.claim",
         skip_all,
         fields(consumer = %consumer, message_id = %message_id)
@@ -288,6 +306,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.dedupe.complete",
         skip_all,
         fields(consumer = %consumer, message_id = %message_id)
@@ -307,6 +326,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.dedupe.release",
         skip_all,
         fields(consumer = %consumer, message_id = %message_id)

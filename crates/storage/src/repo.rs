@@ -216,6 +216,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.insert",
         skip_all,
         fields(verification_id = %verification.id, purpose = %verification.purpose)
@@ -229,6 +230,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.insert_limited",
         skip_all,
         fields(verification_id = %verification.id, keys = limits.len())
@@ -324,6 +326,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.update_limited",
         skip_all,
         fields(verification_id = %verification.id, keys = limits.len())
@@ -523,7 +526,12 @@ where
     }
 
     /// A verification by id, read in one statement with concurrent reads (the `get` lane).
-    #[tracing::instrument(name = "storage.get", skip_all, fields(verification_id = %id))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.get",
+        skip_all,
+        fields(verification_id = %id)
+    )]
     pub(crate) async fn get(
         &self,
         id: &VerificationId,
@@ -531,7 +539,7 @@ where
         to_verification(self.lanes.get.call(id.to_string()).await?)
     }
 
-    #[tracing::instrument(name = "storage.find_by_provider_sid", skip_all)]
+    #[tracing::instrument(level = "debug", name = "storage.find_by_provider_sid", skip_all)]
     pub(crate) async fn find_by_provider_sid(
         &self,
         provider_sid: &str,
@@ -544,6 +552,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.find_by_idempotency_key",
         skip_all,
         fields(purpose = %purpose)
@@ -563,6 +572,7 @@ where
     }
 
     #[tracing::instrument(
+        level = "debug",
         name = "storage.find_pending",
         skip_all,
         fields(purpose = %purpose, destination_hash = destination.short())
@@ -586,6 +596,7 @@ where
     /// Writes `verification` if its row still has `expected_version`, in one statement with
     /// concurrent updates of other rows (the `update` lane).
     #[tracing::instrument(
+        level = "debug",
         name = "storage.update",
         skip_all,
         fields(
@@ -629,7 +640,12 @@ where
         }
     }
 
-    #[tracing::instrument(name = "storage.list_sealed_with_other_key", skip_all, fields(limit))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.list_sealed_with_other_key",
+        skip_all,
+        fields(limit)
+    )]
     pub(crate) async fn list_sealed_with_other_key(
         &self,
         current_key_id: &str,

@@ -169,14 +169,24 @@ fn builder(service_name: &str) -> TracerProviderBuilder {
         )
 }
 
-/// The layer that gives `tracing` spans of INFO and above an OpenTelemetry span of
-/// `provider`. Its filter is its own, independent of the log filter, so trace context is
-/// there however quiet the logs are. Install it once, in the one global subscriber.
+/// The target whose DEBUG spans are exported too: the store's, one per statement or
+/// transaction. They are DEBUG so that a process that exports nothing does not make them
+/// at all (no context of theirs leaves the process); one that exports shows them.
+pub const STORAGE_TARGET: &str = "storage";
+
+/// The layer that gives `tracing` spans of INFO and above, and the store's DEBUG spans
+/// ([`STORAGE_TARGET`]), an OpenTelemetry span of `provider`. Its filter is its own,
+/// independent of the log filter, so trace context is there however quiet the logs are.
+/// Install it once, in the one global subscriber.
 pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + 'static
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    spans(provider).with_filter(Targets::new().with_default(LevelFilter::INFO))
+    spans(provider).with_filter(
+        Targets::new()
+            .with_default(LevelFilter::INFO)
+            .with_target(STORAGE_TARGET, LevelFilter::DEBUG),
+    )
 }
 
 /// [`layer`] for a process that exports no spans: spans get an OpenTelemetry span, as
@@ -484,6 +494,31 @@ mod tests {
         });
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(names, ["storage.insert", "verify.start"]);
+    }
+
+    #[test]
+    fn store_debug_spans_are_exported_and_not_made_without_export() {
+        let spans = traced(|| {
+            info_span!("verify.check").in_scope(|| {
+                tracing::debug_span!(target: "storage::repo", "storage.get").in_scope(|| {});
+                tracing::debug_span!("elsewhere.debug").in_scope(|| {});
+            });
+        });
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["storage.get", "verify.check"]);
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = simple_provider("test", exporter.clone());
+        let subscriber = tracing_subscriber::registry().with(context_layer(&provider));
+        tracing::subscriber::with_default(subscriber, || {
+            info_span!("verify.check").in_scope(|| {
+                let store = tracing::debug_span!(target: "storage::repo", "storage.get");
+                assert!(store.is_disabled(), "no span is made");
+            });
+        });
+        let spans = exporter.get_finished_spans().expect("spans");
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["verify.check"]);
     }
 
     #[test]
