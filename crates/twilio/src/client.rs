@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD;
 use domain::OtpCode;
 use domain::ports::{
     ProviderCheck, ProviderError, ProviderStart, ProviderVerification, VerifyProvider,
@@ -62,7 +64,9 @@ const OWN_HEADERS: [HeaderName; 4] = [
 pub struct TwilioVerify {
     http: reqwest::Client,
     base: Url,
-    credentials: Credentials,
+    /// `Basic` and the credentials in base64, encoded once (marked sensitive, so it is
+    /// never printed).
+    authorization: HeaderValue,
     max_retries: u32,
     request_headers: Option<RequestHeaders>,
 }
@@ -87,7 +91,7 @@ impl TwilioVerify {
         Ok(TwilioVerify {
             http,
             base,
-            credentials: config.credentials,
+            authorization: authorization(&config.credentials)?,
             max_retries: config.max_retries,
             request_headers: None,
         })
@@ -309,8 +313,7 @@ impl TwilioVerify {
     }
 
     fn authorised(&self, request: RequestBuilder) -> RequestBuilder {
-        let (user, password) = self.credentials.basic_auth();
-        request.basic_auth(user, Some(password))
+        request.header(header::AUTHORIZATION, self.authorization.clone())
     }
 
     /// One HTTP exchange: a success body decoded as `T`, or the typed error.
@@ -344,6 +347,17 @@ impl TwilioVerify {
             &bytes,
         ))
     }
+}
+
+/// The `Authorization` header of `credentials` (HTTP Basic).
+fn authorization(credentials: &Credentials) -> Result<HeaderValue, TwilioError> {
+    let (user, password) = credentials.basic_auth();
+    let encoded = BASE64_STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
+        TwilioError::InvalidConfig("credentials: not valid in an HTTP header".to_owned())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// `Retry-After` in seconds (the form Twilio sends); an HTTP date or garbage is ignored.
