@@ -210,6 +210,16 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
 
     async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
 
+    /// A verification by id for a caller that next writes it with an update conditional on
+    /// the version read ([`VerificationStore::update`], [`VerificationStore::update_limited`]):
+    /// it may be an older version than the store holds (say, one this process wrote), so
+    /// the write may fail with `Conflict`, after which the caller reads it with
+    /// [`VerificationStore::get`]. Nothing may be told to anyone from it that such a write
+    /// has not confirmed. The store's own answer is [`VerificationStore::get`]'s.
+    async fn get_to_update(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
+        self.get(id).await
+    }
+
     /// The verification the provider knows by `provider_sid` (Twilio `VE…`): how a delivery
     /// report, which names no verification of ours, finds its verification.
     ///

@@ -15,5 +15,6 @@ pub mod fallback;
 pub mod grpc;
 pub mod keys;
 pub mod metrics;
+pub mod recent;
 pub mod server;
 pub mod service;

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::abuse::AbuseGuard;
 use crate::error::ServiceError;
+use crate::recent::RecentStore;
 
 /// How often a read-modify-write is retried when another request changed the row first.
 const CONFLICT_RETRIES: usize = 5;
@@ -95,7 +96,7 @@ impl VerifyCore {
         VerifyCore {
             policies: Arc::new(policies),
             provider,
-            store,
+            store: Arc::new(RecentStore::new(store)),
             clock,
             blind_index: keys.blind_index,
             keyring: keys.keyring,
@@ -487,7 +488,7 @@ impl VerifyCore {
     ) -> Result<Checked, ServiceError> {
         let span = info_span!("verify.check", verification_id = %id);
         async move {
-            let mut v = self.load_current(id).await?;
+            let mut v = self.load_to_check(id).await?;
             let policy = self.policy(&v.purpose)?.clone();
             let sid = v.provider_sid.clone().ok_or(ServiceError::FailedPrecondition {
                 reason: "VERIFICATION_NOT_SENT",
@@ -643,6 +644,23 @@ impl VerifyCore {
             .get(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    /// The verification a check claims an attempt on. What this process wrote last
+    /// ([`VerificationStore::get_to_update`]) when that is a pending, sent verification not
+    /// yet due to expire: the claim's update, conditional on its version, confirms it, or
+    /// fails with `Conflict` and the check reads the row. Anything else (a verification
+    /// the check would refuse, or expire) is read from the store by
+    /// [`VerifyCore::load_current`], so no refusal rests on an old version.
+    async fn load_to_check(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+        if let Some(v) = self.store.get_to_update(id).await?
+            && v.status == VerificationStatus::Pending
+            && v.provider_sid.is_some()
+            && self.clock.now() < v.expires_at
+        {
+            return Ok(v);
+        }
+        self.load_current(id).await
     }
 
     /// Reads a verification and, if it has expired since it was written, records that.
