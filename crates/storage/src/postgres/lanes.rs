@@ -67,9 +67,9 @@ macro_rules! unnest_columns {
 /// Each row is found by its own lookup of the primary key (a lateral subquery with `LIMIT
 /// 1`, which the planner cannot turn into a join) and then updated by its tuple id, which
 /// the lanes' sessions reach by a TID scan whatever the table's size (see [`connect`]). A
-/// row another transaction
-/// updates between the lookup and the update is re-checked by PostgreSQL on its new
-/// version, whose tuple id differs, so it is not written: its version has moved on.
+/// row another transaction updates between the lookup and the update is re-checked by
+/// PostgreSQL on its new version, whose tuple id differs, so it is not written: its
+/// version has moved on.
 pub(crate) const UPDATE_MANY: &str = concat!(
     "WITH t AS MATERIALIZED (SELECT u.*, r.tid FROM ",
     unnest_columns!(),

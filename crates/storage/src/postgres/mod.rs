@@ -22,10 +22,10 @@ pub(crate) use lanes::{GET_MANY, INSERT_MANY, Inserts, Reads, Signals, UPDATE_MA
 /// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// Connections per process. Every store call is one short statement or a transaction of a
-/// few indexed statements, so a handful of connections serve many concurrent requests;
-/// with several replicas the total must stay well below the server's `max_connections`
-/// (100 by default).
+/// Connections per process, besides the lanes' four (`lanes::connect`). Every store call is
+/// one short statement or a transaction of a few indexed statements, so a handful of
+/// connections serve many concurrent requests; with several replicas the total (20 each)
+/// must stay well below the server's `max_connections` (100 by default).
 const MAX_CONNECTIONS: u32 = 16;
 
 /// How long a request waits for a free connection; past it the store reports itself
