@@ -278,18 +278,17 @@ pub(crate) use add_counts;
 /// The sums of every query of `$input` (columns `i`, its position, `key` and `since`, the
 /// start of the window's first minute in milliseconds) over the buckets from `since` on:
 /// `i, attempts, approved` for each query, zeros for a key never counted, ordered by `i`.
-/// Each sum is a range of the primary key. PostgreSQL sums `BIGINT`s as `NUMERIC`, hence
-/// the casts.
+/// Both sums come from one range of the primary key per query (a lateral subquery: a
+/// scalar subquery per sum read the range twice). PostgreSQL's only (SQLite reads its keys
+/// one by one, `sqlite::repo`); it sums `BIGINT`s as `NUMERIC`, hence the casts.
 macro_rules! read_counts {
     ($input:literal) => {
         concat!(
-            "SELECT input.i,",
-            " (SELECT CAST(COALESCE(SUM(c.attempts), 0) AS BIGINT) FROM risk_counters AS c",
-            " WHERE c.key = input.key AND c.bucket >= input.since) AS attempts,",
-            " (SELECT CAST(COALESCE(SUM(c.approved), 0) AS BIGINT) FROM risk_counters AS c",
-            " WHERE c.key = input.key AND c.bucket >= input.since) AS approved",
-            " FROM ",
+            "SELECT input.i, sums.attempts, sums.approved FROM ",
             $input,
+            " CROSS JOIN LATERAL (SELECT CAST(COALESCE(SUM(c.attempts), 0) AS BIGINT) AS attempts,",
+            " CAST(COALESCE(SUM(c.approved), 0) AS BIGINT) AS approved FROM risk_counters AS c",
+            " WHERE c.key = input.key AND c.bucket >= input.since) AS sums",
             " ORDER BY input.i"
         )
     };
