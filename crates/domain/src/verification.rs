@@ -335,9 +335,15 @@ impl Verification {
         self.version += 1;
     }
 
+    /// Whether this is a pending verification past its expiry at `now`: one
+    /// [`Verification::expire_if_due`] moves to `Expired`.
+    pub fn is_due_to_expire(&self, now: DateTime<Utc>) -> bool {
+        self.status == VerificationStatus::Pending && now >= self.expires_at
+    }
+
     /// Moves a pending verification past its expiry to `Expired`. Returns whether it did.
     pub fn expire_if_due(&mut self, now: DateTime<Utc>) -> bool {
-        if self.status == VerificationStatus::Pending && now >= self.expires_at {
+        if self.is_due_to_expire(now) {
             self.status = VerificationStatus::Expired;
             self.touch(now);
             true

@@ -656,7 +656,7 @@ impl VerifyCore {
         if let Some(v) = self.store.get_to_update(id).await?
             && v.status == VerificationStatus::Pending
             && v.provider_sid.is_some()
-            && self.clock.now() < v.expires_at
+            && !v.is_due_to_expire(self.clock.now())
         {
             return Ok(v);
         }
