@@ -412,15 +412,22 @@ impl TestDb {
                 inserted?;
             }
             TestDb::Postgres { store, .. } => {
-                // PostgreSQL cannot switch CHECKs off, but this database is the test's own.
-                let checks: Vec<String> = sqlx::query_scalar(
-                    "SELECT conname::text FROM pg_constraint \
-                     WHERE conrelid = 'verifications'::regclass AND contype = 'c'",
+                // PostgreSQL cannot switch CHECKs off, but this database is the test's own:
+                // drop those of the table and of its columns' domains.
+                let drops: Vec<String> = sqlx::query_scalar(
+                    "SELECT format('ALTER TABLE verifications DROP CONSTRAINT %I', conname) \
+                     FROM pg_constraint \
+                     WHERE conrelid = 'verifications'::regclass AND contype = 'c' \
+                     UNION ALL \
+                     SELECT DISTINCT format('ALTER DOMAIN %s DROP CONSTRAINT %I', \
+                                            c.contypid::regtype, c.conname) \
+                     FROM pg_constraint c \
+                     JOIN pg_attribute a ON a.atttypid = c.contypid \
+                     WHERE a.attrelid = 'verifications'::regclass AND c.contype = 'c'",
                 )
                 .fetch_all(store.pool())
                 .await?;
-                for check in checks {
-                    let drop = format!("ALTER TABLE verifications DROP CONSTRAINT \"{check}\"");
+                for drop in drops {
                     sqlx::query(AssertSqlSafe(drop))
                         .execute(store.pool())
                         .await?;

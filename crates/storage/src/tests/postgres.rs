@@ -132,6 +132,85 @@ async fn replicas_migrating_at_once_all_succeed() -> anyhow::Result<()> {
     .await
 }
 
+/// The table's files and its indexes', by name: a migration that rewrote the table or
+/// rebuilt an index gives it a new file.
+async fn files_of_verifications(store: &PostgresStore) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT relname::text, pg_relation_filenode(oid)::bigint FROM pg_class \
+         WHERE oid = 'verifications'::regclass \
+            OR oid IN (SELECT indexrelid FROM pg_index \
+                       WHERE indrelid = 'verifications'::regclass) \
+         ORDER BY relname",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<()> {
+    with_database(|url| async move {
+        let store = PostgresStore::connect(&url).await?;
+        store.migrate_to(8).await?;
+        let kept = full(1, "login", Some("order-42"), &fixtures::phone());
+        assert_eq!(store.insert(&kept).await?, Inserted::Created);
+        let before = files_of_verifications(&store).await?;
+        assert_eq!(
+            before.len(),
+            6,
+            "the table and its five indexes: {before:?}"
+        );
+
+        store.migrate().await?;
+        // The table keeps its file, and so does every index but the one of pending rows,
+        // over the column `status` (partial indexes over a column that changes type are
+        // rebuilt).
+        let after = files_of_verifications(&store).await?;
+        let moved: Vec<_> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a)
+            .map(|(b, _)| b.0.as_str())
+            .collect();
+        assert_eq!(moved, ["verifications_one_pending_per_destination"]);
+        assert_eq!(store.get(&kept.id).await?, Some(kept.clone()));
+        let table_checks: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_constraint \
+             WHERE conrelid = 'verifications'::regclass AND contype = 'c'",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        // The length checks of `id`, `purpose` and `idempotency_key` stay on the table.
+        assert_eq!(table_checks, 3);
+        // Twelve columns carry a domain, each domain one validated CHECK.
+        let (columns, unvalidated): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE NOT c.convalidated) \
+             FROM pg_attribute a JOIN pg_constraint c ON c.contypid = a.atttypid \
+             WHERE a.attrelid = 'verifications'::regclass AND c.contype = 'c'",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        assert_eq!((columns, unvalidated), (12, 0));
+
+        // The batched update refuses what the table refused: a status outside the domain
+        // fails the statement, and the row stays as it was.
+        let mut bad = VerificationRow::from(&kept);
+        bad.status = "lost".into();
+        let refused = Updates(store.lane_pool().clone())
+            .run(&[(bad, i64::from(kept.version))])
+            .await
+            .expect_err("a status outside the domain");
+        assert!(
+            matches!(&refused, StoreError::Unavailable(message)
+                if message.contains("verification_status_check")),
+            "{refused:?}"
+        );
+        assert_eq!(store.get(&kept.id).await?, Some(kept));
+        store.close().await;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_updates_writes_each_row_at_its_expected_version_only() -> anyhow::Result<()> {
     with_database(|url| async move {
