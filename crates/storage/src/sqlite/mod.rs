@@ -7,6 +7,9 @@ mod engine;
 mod repo;
 mod rows;
 
+#[cfg(test)]
+pub(crate) use engine::CHECKPOINT_EVERY;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -10,6 +10,7 @@ use super::harness::{
 };
 use crate::fixtures::{self, at, bare, full};
 use crate::row::VerificationRow;
+use crate::sqlite::CHECKPOINT_EVERY;
 use crate::{SqliteStore, StorageError};
 
 #[tokio::test]
@@ -45,7 +46,7 @@ async fn the_checkpoint_thread_copies_commits_into_the_file() -> anyhow::Result<
     store.migrate().await?;
     let file_len = || std::fs::metadata(&db.path).map(|m| m.len());
     // The schema's pages are copied first.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
     let before = file_len()?;
     for n in 0..300u128 {
         let v = full(n + 1, "login", Some(&format!("k-{n}")), &fixtures::phone());
