@@ -152,6 +152,7 @@ async fn housekeeping(
 pub struct Gateway {
     core: Arc<VerifyCore>,
     grpc: TcpListener,
+    tls: Option<Arc<crate::tls::Certificates>>,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
@@ -168,6 +169,13 @@ impl Gateway {
     /// subscribes the delivery consumer.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
+        // Certificates that do not load stop the start, before anything else is opened.
+        let tls = settings
+            .tls
+            .clone()
+            .map(crate::tls::Certificates::load)
+            .transpose()?
+            .map(Arc::new);
         // libphonenumber's metadata is loaded and its patterns compiled on first use, which
         // takes a noticeable moment (over a second in a debug build); pay it while starting,
         // not in the first caller's request.
@@ -318,6 +326,7 @@ impl Gateway {
         Ok(Gateway {
             core,
             grpc,
+            tls,
             sandbox,
             webhooks,
             database,
@@ -369,6 +378,7 @@ impl Gateway {
             .map(|w| tokio::spawn(w.run(stopped(stop_rx.clone()))));
         let grpc_task = tokio::spawn(crate::server::serve(
             self.grpc,
+            self.tls,
             (*self.core).clone(),
             self.admin,
             stopped(stop_rx.clone()),

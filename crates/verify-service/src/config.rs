@@ -164,6 +164,15 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     grpc_addr: SocketAddr,
+    tls: RawTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +319,8 @@ pub enum KeySource {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub grpc_addr: SocketAddr,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub upstream: Upstream,
     pub database_url: String,
     /// Apply migrations when serving starts; off where a separate step migrates.
@@ -558,6 +569,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
     };
     Ok(Settings {
         grpc_addr,
+        tls: resolve_tls(&raw.server.tls)?,
         fraud: resolve_fraud(raw.fraud)?,
         local_max_keys: raw.rate_limits.local_max_keys.unwrap_or(100_000).max(1000),
         admin,
@@ -579,6 +591,27 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         policies: Policies::new(purposes),
         twilio,
     })
+}
+
+/// `[server.tls]`: both of the certificate and its key, or neither; a client CA only with
+/// them.
+fn resolve_tls(raw: &RawTls) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+    let cert = non_empty(&raw.cert_file).map(PathBuf::from);
+    let key = non_empty(&raw.key_file).map(PathBuf::from);
+    let client_ca = non_empty(&raw.client_ca_file).map(PathBuf::from);
+    match (cert, key) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(crate::tls::TlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => bail!(
+            "server.tls.client_ca_file needs server.tls.cert_file and key_file: mutual TLS is TLS first"
+        ),
+        (Some(_), None) => bail!("server.tls.cert_file is set but server.tls.key_file is not"),
+        (None, Some(_)) => bail!("server.tls.key_file is set but server.tls.cert_file is not"),
+    }
 }
 
 fn default_database_url(data_dir: &Path) -> String {
@@ -683,6 +716,24 @@ mod tests {
         assert_eq!((login.max_checks(), login.max_sends()), (3, 3));
         assert!(matches!(s.keys, KeySource::GenerateDev));
         assert!(s.database_url.starts_with("sqlite://"));
+        assert_eq!(s.tls, None, "plaintext on loopback by default");
+    }
+
+    #[test]
+    fn tls_files_come_from_server_tls() {
+        let s = load(
+            "[server.tls]\ncert_file = \"/etc/vg/tls.crt\"\nkey_file = \"/etc/vg/tls.key\"\nclient_ca_file = \"/etc/vg/ca.crt\"",
+            &TwilioEnv::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            s.tls,
+            Some(crate::tls::TlsFiles {
+                cert_file: "/etc/vg/tls.crt".into(),
+                key_file: "/etc/vg/tls.key".into(),
+                client_ca_file: Some("/etc/vg/ca.crt".into()),
+            })
+        );
     }
 
     #[test]
@@ -732,6 +783,22 @@ mod tests {
         );
         check("[admin]\ntoken = \"short\"", &none, "admin.token");
         check("[metrics]\naddr = \"nowhere\"", &none, "metrics.addr");
+        check(
+            "[server.tls]\ncert_file = \"tls.crt\"",
+            &none,
+            "server.tls.key_file is not",
+        );
+        check(
+            "[server.tls]\nkey_file = \"tls.key\"",
+            &none,
+            "server.tls.cert_file is not",
+        );
+        check(
+            "[server.tls]\nclient_ca_file = \"ca.crt\"",
+            &none,
+            "server.tls.client_ca_file needs",
+        );
+        check("[server.tls]\ncertfile = \"tls.crt\"", &none, "certfile");
         let half = TwilioEnv {
             account_sid: Some(format!("AC{}", "a".repeat(32))),
             ..TwilioEnv::default()

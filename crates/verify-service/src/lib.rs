@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod recent;
 pub mod server;
 pub mod service;
+pub mod tls;

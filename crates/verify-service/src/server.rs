@@ -4,6 +4,7 @@
 //! its metadata carries `traceparent` (and `tracestate`).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use secrecy::SecretString;
 use crate::admin::AdminService;
 use crate::grpc::GrpcService;
 use crate::service::VerifyCore;
+use crate::tls::{self, Certificates};
 
 /// AdminService as served: the service and its bearer token (`None`: no token needed,
 /// which the configuration allows only on a loopback address).
@@ -23,8 +25,10 @@ pub struct Admin {
     pub token: Option<SecretString>,
 }
 
+/// Serves on `listener`: over TLS with `tls` (see [`crate::tls`]), else plaintext HTTP/2.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Certificates>>,
     core: VerifyCore,
     admin: Option<Admin>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -49,21 +53,31 @@ pub async fn serve(
         .set_serving::<proto::verify::v1::verify_service_server::VerifyServiceServer<GrpcService>>()
         .await;
 
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .trace_fn(request_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcService::new(core).into_server())
-        .add_optional_service(admin.map(|a| a.service.into_server(a.token)))
+        .add_optional_service(admin.map(|a| a.service.into_server(a.token)));
+    match tls {
+        Some(certificates) => {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, certificates), shutdown)
+                .await
+        }
         // TCP_NODELAY, as tonic sets on listeners it binds itself: with Nagle's algorithm
         // a response's last frames could wait for the client's delayed ACK (tens of ms).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("gRPC server failed")
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
+    .context("gRPC server failed")
 }
 
 /// The span a request runs in: named after the RPC, a child of the caller's span when the

@@ -10,4 +10,5 @@ mod harness;
 mod key_rotation;
 mod redaction;
 mod replicas;
+mod tls;
 mod trace_context;
