@@ -329,7 +329,10 @@ fn kubernetes(root: &Path, venv: &Path) -> anyhow::Result<()> {
 
 fn kubernetes_in(root: &Path, venv: &Path, out_dir: &Path) -> anyhow::Result<()> {
     let kubectl = works(Command::new("kubectl").args(["version", "--client"]));
-    let mut files = vec![root.join("deploy/k8s/base/secret.template.yaml")];
+    let mut files = vec![
+        root.join("deploy/k8s/base/secret.template.yaml"),
+        root.join("deploy/k8s/base/callers.template.yaml"),
+    ];
     for (name, dir) in kustomizations(root)? {
         if kubectl {
             let out = captured(Command::new("kubectl").arg("kustomize").arg(&dir))?;

@@ -153,6 +153,9 @@ pub struct Gateway {
     core: Arc<VerifyCore>,
     grpc: TcpListener,
     tls: Option<Arc<crate::tls::Certificates>>,
+    callers: Option<Arc<crate::auth::Callers>>,
+    /// VerifyService answers anyone beyond loopback, as configured: warned of hourly.
+    insecure_no_callers: bool,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
@@ -168,6 +171,7 @@ impl Gateway {
     /// (RabbitMQ when configured, else in process), loads keys, binds the listeners and
     /// subscribes the delivery consumer.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
+        let insecure_no_callers = settings.open_to_anyone()?;
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
         // Certificates that do not load stop the start, before anything else is opened.
         let tls = settings
@@ -327,6 +331,8 @@ impl Gateway {
             core,
             grpc,
             tls,
+            callers: settings.callers.clone(),
+            insecure_no_callers,
             sandbox,
             webhooks,
             database,
@@ -376,9 +382,14 @@ impl Gateway {
         let webhooks_task = self
             .webhooks
             .map(|w| tokio::spawn(w.run(stopped(stop_rx.clone()))));
+        let open_task = self.insecure_no_callers.then(|| {
+            let addr = self.grpc.local_addr().ok();
+            tokio::spawn(warn_open_hourly(addr, stopped(stop_rx.clone())))
+        });
         let grpc_task = tokio::spawn(crate::server::serve(
             self.grpc,
             self.tls,
+            self.callers,
             (*self.core).clone(),
             self.admin,
             stopped(stop_rx.clone()),
@@ -405,6 +416,9 @@ impl Gateway {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         grpc_task.await.context("gRPC task")??;
+        if let Some(task) = open_task {
+            task.await.context("open-port warning task")?;
+        }
         let _ = flush_tx.send(true);
         flush_task.await.context("counter flush task")?;
         if let Some(task) = metrics_task {
@@ -420,5 +434,22 @@ impl Gateway {
         self.bus.close().await;
         self.database.close().await;
         Ok(())
+    }
+}
+
+/// Warns, at start and every hour, that VerifyService answers whoever reaches it: a
+/// setting that must not go unnoticed in a deployment's logs.
+async fn warn_open_hourly(addr: Option<SocketAddr>, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    loop {
+        tracing::warn!(
+            grpc_addr = ?addr,
+            "VerifyService is served without callers to anyone who reaches it \
+             (auth.insecure_no_callers = true): anyone can send SMS and calls at your cost"
+        );
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -36,7 +37,31 @@ struct RawConfig {
     fraud: RawFraud,
     admin: RawAdmin,
     metrics: RawMetrics,
+    auth: RawAuth,
+    #[serde(default)]
+    callers: BTreeMap<String, RawCaller>,
     purposes: BTreeMap<String, RawPurpose>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// Serve VerifyService beyond loopback with no callers configured.
+    insecure_no_callers: bool,
+}
+
+/// `[callers.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    #[serde(default)]
+    mtls_subject: String,
+    #[serde(default)]
+    token_sha256: String,
+    #[serde(default)]
+    purposes: Vec<String>,
+    #[serde(default)]
+    trusted_step_up: bool,
 }
 
 /// Rate limits as `N/PERIOD` strings (`5/10m`); `"off"` turns one off. The top-level table
@@ -346,6 +371,31 @@ pub struct Settings {
     pub admin: AdminAccess,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Who may call VerifyService; `None`: anyone who reaches the port (only on loopback,
+    /// or with `auth.insecure_no_callers`).
+    pub callers: Option<Arc<crate::auth::Callers>>,
+    /// `auth.insecure_no_callers`: serve VerifyService beyond loopback without callers.
+    pub insecure_no_callers: bool,
+}
+
+impl Settings {
+    /// Whether VerifyService would answer anyone who reaches it beyond loopback (no callers,
+    /// a non-loopback address), which needs `auth.insecure_no_callers`: an error naming
+    /// the settings when it is not set, `Ok(true)` (to be warned of) when it is.
+    pub fn open_to_anyone(&self) -> anyhow::Result<bool> {
+        let open = self.callers.is_none() && !self.grpc_addr.ip().is_loopback();
+        if open && !self.insecure_no_callers {
+            bail!(
+                "VerifyService would answer anyone who reaches {}: configure its callers \
+                 ([callers.<name>] with token_sha256 or mtls_subject, see the README), listen \
+                 on a loopback address (server.grpc_addr), or set \
+                 auth.insecure_no_callers = true (VERIFY_AUTH__INSECURE_NO_CALLERS) to serve it \
+                 unauthenticated anyway",
+                self.grpc_addr
+            );
+        }
+        Ok(open)
+    }
 }
 
 /// Who may call AdminService.
@@ -558,6 +608,8 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         None if grpc_addr.ip().is_loopback() => AdminAccess::Loopback,
         None => AdminAccess::Off,
     };
+    let tls = resolve_tls(&raw.server.tls)?;
+    let callers = resolve_callers(raw.callers, &purposes, tls.as_ref())?;
     let metrics_addr = match o.metrics_addr {
         Some(addr) => Some(addr),
         None => non_empty(&raw.metrics.addr)
@@ -569,7 +621,9 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
     };
     Ok(Settings {
         grpc_addr,
-        tls: resolve_tls(&raw.server.tls)?,
+        tls,
+        callers,
+        insecure_no_callers: raw.auth.insecure_no_callers,
         fraud: resolve_fraud(raw.fraud)?,
         local_max_keys: raw.rate_limits.local_max_keys.unwrap_or(100_000).max(1000),
         admin,
@@ -591,6 +645,68 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         policies: Policies::new(purposes),
         twilio,
     })
+}
+
+/// `[callers]`: each with a token digest or a certificate subject (the latter only where
+/// client certificates are asked for), and purposes that exist.
+fn resolve_callers(
+    raw: BTreeMap<String, RawCaller>,
+    purposes: &[PurposePolicy],
+    tls: Option<&crate::tls::TlsFiles>,
+) -> anyhow::Result<Option<Arc<crate::auth::Callers>>> {
+    use crate::auth::{Caller, CallerEntry, Callers};
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut entries = Vec::with_capacity(raw.len());
+    for (name, c) in raw {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            bail!("callers.{name}: a caller's name is lower-case letters, digits, `_` and `-`");
+        }
+        let mtls_subject = non_empty(&c.mtls_subject);
+        if mtls_subject.is_some() && tls.is_none_or(|t| t.client_ca_file.is_none()) {
+            bail!(
+                "callers.{name}.mtls_subject needs client certificates: set \
+                 server.tls.client_ca_file (with cert_file and key_file)"
+            );
+        }
+        let token_sha256 = match non_empty(&c.token_sha256) {
+            Some(hex) => Some(crate::auth::parse_digest(&hex).with_context(|| {
+                format!(
+                    "callers.{name}.token_sha256 must be 64 hex digits, the SHA-256 of the \
+                     token (`printf %s \"$TOKEN\" | sha256sum`)"
+                )
+            })?),
+            None => None,
+        };
+        if mtls_subject.is_none() && token_sha256.is_none() {
+            bail!("callers.{name} needs token_sha256 or mtls_subject: nothing would name it");
+        }
+        if c.purposes.is_empty() {
+            bail!("callers.{name}.purposes is empty: list the purposes it may use");
+        }
+        for p in &c.purposes {
+            if !purposes.iter().any(|policy| policy.purpose().as_str() == p) {
+                bail!("callers.{name}.purposes names `{p}`, which is not a configured purpose");
+            }
+        }
+        entries.push(CallerEntry {
+            caller: Caller {
+                name,
+                purposes: c.purposes.into_iter().collect(),
+                trusted_step_up: c.trusted_step_up,
+            },
+            mtls_subject,
+            token_sha256,
+        });
+    }
+    Callers::new(entries)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(anyhow::Error::msg)
 }
 
 /// `[server.tls]`: both of the certificate and its key, or neither; a client CA only with
@@ -720,6 +836,38 @@ mod tests {
     }
 
     #[test]
+    fn verify_service_beyond_loopback_needs_callers_or_an_explicit_opt_out() {
+        let none = TwilioEnv::default();
+        let open = load("[server]\ngrpc_addr = \"0.0.0.0:50051\"", &none).expect("valid");
+        let err = format!("{:#}", open.open_to_anyone().expect_err("refused"));
+        assert!(err.contains("auth.insecure_no_callers"), "{err}");
+        assert!(err.contains("0.0.0.0:50051"), "{err}");
+        let opted = load(
+            "[server]\ngrpc_addr = \"0.0.0.0:50051\"\n[auth]\ninsecure_no_callers = true",
+            &none,
+        )
+        .expect("valid");
+        assert!(opted.open_to_anyone().expect("allowed"), "to be warned of");
+        let loopback = load("", &none).expect("valid");
+        assert!(!loopback.open_to_anyone().expect("allowed"));
+        let with_callers = load(
+            &format!(
+                "[server]\ngrpc_addr = \"0.0.0.0:50051\"\n[callers.shop]\n\
+                 token_sha256 = \"{}\"\npurposes = [\"login\"]",
+                "a".repeat(64)
+            ),
+            &none,
+        )
+        .expect("valid");
+        assert!(!with_callers.open_to_anyone().expect("allowed"));
+        let callers = with_callers.callers.expect("callers");
+        let shop = callers
+            .identify(None, None)
+            .expect_err("a call without credentials");
+        assert_eq!(shop, crate::auth::AuthError::NoCredentials);
+    }
+
+    #[test]
     fn tls_files_come_from_server_tls() {
         let s = load(
             "[server.tls]\ncert_file = \"/etc/vg/tls.crt\"\nkey_file = \"/etc/vg/tls.key\"\nclient_ca_file = \"/etc/vg/ca.crt\"",
@@ -799,6 +947,37 @@ mod tests {
             "server.tls.client_ca_file needs",
         );
         check("[server.tls]\ncertfile = \"tls.crt\"", &none, "certfile");
+        let digest = "a".repeat(64);
+        check(
+            "[callers.shop]\npurposes = [\"login\"]",
+            &none,
+            "callers.shop needs token_sha256 or mtls_subject",
+        );
+        check(
+            "[callers.shop]\ntoken_sha256 = \"abc\"\npurposes = [\"login\"]",
+            &none,
+            "callers.shop.token_sha256 must be 64 hex digits",
+        );
+        check(
+            &format!("[callers.shop]\ntoken_sha256 = \"{digest}\"\npurposes = [\"payroll\"]"),
+            &none,
+            "`payroll`, which is not a configured purpose",
+        );
+        check(
+            &format!("[callers.shop]\ntoken_sha256 = \"{digest}\""),
+            &none,
+            "callers.shop.purposes is empty",
+        );
+        check(
+            "[callers.shop]\nmtls_subject = \"shop.svc\"\npurposes = [\"login\"]",
+            &none,
+            "needs client certificates",
+        );
+        check(
+            &format!("[callers.Shop]\ntoken_sha256 = \"{digest}\"\npurposes = [\"login\"]"),
+            &none,
+            "a caller's name is lower-case",
+        );
         let half = TwilioEnv {
             account_sid: Some(format!("AC{}", "a".repeat(32))),
             ..TwilioEnv::default()

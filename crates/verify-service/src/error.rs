@@ -52,6 +52,15 @@ pub enum ServiceError {
     /// Another request is working on the same idempotency key.
     #[error("a request with this idempotency key is in progress")]
     InProgress,
+    /// The call names no configured caller.
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError),
+    /// The caller may not do this.
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     #[error("provider: {0}")]
     Provider(#[from] ProviderError),
     #[error("store: {0}")]
@@ -137,6 +146,24 @@ impl From<ServiceError> for Status {
                     d,
                 )
             }
+            ServiceError::Unauthenticated(e) => {
+                use crate::auth::AuthError as A;
+                let reason = match e {
+                    A::NoCredentials => "CREDENTIALS_MISSING",
+                    A::UnknownToken | A::UnknownSubject => "CREDENTIALS_UNKNOWN",
+                    A::Mismatch => "CREDENTIALS_CONFLICT",
+                };
+                Status::with_error_details(
+                    Code::Unauthenticated,
+                    e.to_string(),
+                    info(reason, HashMap::new()),
+                )
+            }
+            ServiceError::PermissionDenied { reason, message } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                info(reason, HashMap::new()),
+            ),
             ServiceError::Provider(e) => provider_status(e),
             ServiceError::Store(e) => store_status(e),
         }

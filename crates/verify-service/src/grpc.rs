@@ -2,6 +2,7 @@
 //! `INVALID_ARGUMENT` with a field violation) and maps domain values back to proto.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use domain::{
     Channel, Destination, Email, IdempotencyKey, Locale, OtpCode, PhoneNumber, Purpose, Region,
@@ -10,6 +11,7 @@ use domain::{
 use proto::verify::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Caller, Callers};
 use crate::error::ServiceError;
 use crate::service::{StartInput, VerifyCore};
 
@@ -19,11 +21,28 @@ const MAX_IDENTITY_LEN: usize = 256;
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     core: VerifyCore,
+    /// `None`: every call is answered (no callers configured).
+    callers: Option<Arc<Callers>>,
 }
 
 impl GrpcService {
-    pub fn new(core: VerifyCore) -> Self {
-        GrpcService { core }
+    pub fn new(core: VerifyCore, callers: Option<Arc<Callers>>) -> Self {
+        GrpcService { core, callers }
+    }
+
+    /// The caller of `request`, from its bearer token and its client certificate; `None`
+    /// when no callers are configured.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Option<Arc<Caller>>, ServiceError> {
+        let Some(callers) = &self.callers else {
+            return Ok(None);
+        };
+        let subject = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(crate::tls::certificate_subject));
+        callers
+            .identify(auth::bearer_token(request.metadata()), subject.as_deref())
+            .map(Some)
+            .map_err(ServiceError::Unauthenticated)
     }
 
     pub fn into_server(self) -> pb::verify_service_server::VerifyServiceServer<Self> {
@@ -209,13 +228,40 @@ impl GrpcService {
     }
 }
 
+/// Whether `caller` may make this start: its purpose, and a step-up asserted by itself.
+fn permitted(caller: &Caller, input: &StartInput) -> Result<(), ServiceError> {
+    if !caller.may_use(input.purpose.as_str()) {
+        return Err(ServiceError::PermissionDenied {
+            reason: "PURPOSE_NOT_ALLOWED",
+            message: format!(
+                "caller `{}` may not start verifications for purpose `{}`",
+                caller.name, input.purpose
+            ),
+        });
+    }
+    if input.step_up_completed && !caller.trusted_step_up {
+        return Err(ServiceError::PermissionDenied {
+            reason: "STEP_UP_NOT_TRUSTED",
+            message: format!(
+                "caller `{}` may not assert step_up_completed (callers.{}.trusted_step_up)",
+                caller.name, caller.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::verify_service_server::VerifyService for GrpcService {
     async fn start_verification(
         &self,
         request: Request<pb::StartVerificationRequest>,
     ) -> Result<Response<pb::StartVerificationResponse>, Status> {
+        let caller = self.caller(&request)?;
         let input = self.parse_start(request.get_ref())?;
+        if let Some(caller) = &caller {
+            permitted(caller, &input)?;
+        }
         let started = self.core.start(input).await?;
         Ok(Response::new(pb::StartVerificationResponse {
             verification: Some(to_proto(&started.verification)),
@@ -227,6 +273,7 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         &self,
         request: Request<pb::CheckVerificationRequest>,
     ) -> Result<Response<pb::CheckVerificationResponse>, Status> {
+        self.caller(&request)?;
         let m = request.get_ref();
         let id = parse_id(&m.id)?;
         if m.code.is_empty() {
@@ -245,6 +292,7 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         &self,
         request: Request<pb::CancelVerificationRequest>,
     ) -> Result<Response<pb::CancelVerificationResponse>, Status> {
+        self.caller(&request)?;
         let id = parse_id(&request.get_ref().id)?;
         let v = self.core.cancel(&id).await?;
         Ok(Response::new(pb::CancelVerificationResponse {
@@ -256,6 +304,7 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         &self,
         request: Request<pb::GetVerificationRequest>,
     ) -> Result<Response<pb::GetVerificationResponse>, Status> {
+        self.caller(&request)?;
         let id = parse_id(&request.get_ref().id)?;
         let v = self.core.get(&id).await?;
         Ok(Response::new(pb::GetVerificationResponse {

@@ -8,6 +8,7 @@
 pub mod abuse;
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod counters;
 pub mod error;

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use secrecy::SecretString;
 
 use crate::admin::AdminService;
+use crate::auth::Callers;
 use crate::grpc::GrpcService;
 use crate::service::VerifyCore;
 use crate::tls::{self, Certificates};
@@ -29,6 +30,7 @@ pub struct Admin {
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Certificates>>,
+    callers: Option<Arc<Callers>>,
     core: VerifyCore,
     admin: Option<Admin>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -58,7 +60,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GrpcService::new(core).into_server())
+        .add_service(GrpcService::new(core, callers).into_server())
         .add_optional_service(admin.map(|a| a.service.into_server(a.token)));
     match tls {
         Some(certificates) => {

@@ -2,6 +2,7 @@
 //! adapter, embedded sandbox) started in-process on port 0 and driven by a real gRPC client.
 
 mod abuse;
+mod callers;
 mod distributed;
 mod e2e;
 mod fallback;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use proto::verify::v1::verify_service_client::VerifyServiceClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -117,6 +118,11 @@ impl TlsGateway {
     /// Starts the embedded gateway serving `server` over TLS, with `client_ca` as the CA
     /// client certificates must chain to.
     async fn start(server: &Leaf, client_ca: Option<&Issuer>) -> TlsGateway {
+        TlsGateway::start_with(server, client_ca, "").await
+    }
+
+    /// [`TlsGateway::start`] with `extra` configuration.
+    async fn start_with(server: &Leaf, client_ca: Option<&Issuer>, extra: &str) -> TlsGateway {
         let dir = std::env::temp_dir().join(format!("vg-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("tls.crt"), &server.cert_pem).expect("cert");
@@ -130,6 +136,7 @@ impl TlsGateway {
             std::fs::write(dir.join("ca.crt"), ca.pem()).expect("ca");
             toml.push_str(&format!("client_ca_file = {:?}\n", dir.join("ca.crt")));
         }
+        toml.push_str(extra);
         let settings = settings(&toml, &dir);
         let gateway = Gateway::bind(&settings).await.expect("gateway binds");
         let addr = gateway.grpc_addr().expect("addr");
@@ -145,22 +152,26 @@ impl TlsGateway {
         }
     }
 
-    /// A gRPC health check over TLS, trusting `ca` for the server and presenting `identity`.
-    async fn health(&self, ca: &Issuer, identity: Option<&Leaf>) -> Result<(), String> {
+    /// A channel over TLS, trusting `ca` for the server and presenting `identity`.
+    async fn channel(&self, ca: &Issuer, identity: Option<&Leaf>) -> Result<Channel, String> {
         let mut tls = ClientTlsConfig::new()
             .domain_name("localhost")
             .ca_certificate(Certificate::from_pem(ca.pem()));
         if let Some(leaf) = identity {
             tls = tls.identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem));
         }
-        let channel = Channel::from_shared(format!("https://{}", self.addr))
+        Channel::from_shared(format!("https://{}", self.addr))
             .expect("uri")
             .tls_config(tls)
             .map_err(|e| format!("tls config: {e}"))?
             .connect()
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        HealthClient::new(channel)
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// A gRPC health check over TLS, trusting `ca` for the server and presenting `identity`.
+    async fn health(&self, ca: &Issuer, identity: Option<&Leaf>) -> Result<(), String> {
+        HealthClient::new(self.channel(ca, identity).await?)
             .check(HealthCheckRequest::default())
             .await
             .map(drop)
@@ -300,4 +311,47 @@ async fn tls_files_that_do_not_load_stop_the_start_with_their_name() {
         "{error}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_its_caller() {
+    let ca = authority("verify-gateway test CA");
+    let callers =
+        format!("[callers.checkout]\nmtls_subject = \"{SPIFFE_ID}\"\npurposes = [\"login\"]\n");
+    let gateway = TlsGateway::start_with(&server_leaf(&ca), Some(&ca), &callers).await;
+    let start = |to: &str| proto::verify::v1::StartVerificationRequest {
+        purpose: "login".into(),
+        to: to.into(),
+        ..Default::default()
+    };
+
+    let checkout = client_leaf(&ca, false);
+    let channel = gateway
+        .channel(&ca, Some(&checkout))
+        .await
+        .expect("channel");
+    VerifyServiceClient::new(channel)
+        .start_verification(start("+14155552711"))
+        .await
+        .expect("the certificate's caller starts");
+
+    // A certificate of the same CA for a workload that is not a caller.
+    let stranger = leaf(
+        &ca,
+        vec![SanType::DnsName(
+            "stranger.other.svc".try_into().expect("name"),
+        )],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        false,
+    );
+    let channel = gateway
+        .channel(&ca, Some(&stranger))
+        .await
+        .expect("channel");
+    let refused = VerifyServiceClient::new(channel)
+        .start_verification(start("+14155552722"))
+        .await
+        .expect_err("not a caller");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    gateway.shutdown().await;
 }
