@@ -251,29 +251,87 @@ fn permitted(caller: &Caller, input: &StartInput) -> Result<(), ServiceError> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl pb::verify_service_server::VerifyService for GrpcService {
-    async fn start_verification(
+/// The audit line of one VerifyService call: who called, for which purpose, which RPC,
+/// its gRPC code and the verification it concerned. Never a destination or a code.
+struct Audit {
+    rpc: &'static str,
+    caller: Option<Arc<Caller>>,
+    purpose: String,
+    verification_id: String,
+    status: Option<VerificationStatus>,
+}
+
+impl Audit {
+    fn new(rpc: &'static str) -> Audit {
+        Audit {
+            rpc,
+            caller: None,
+            purpose: String::new(),
+            verification_id: String::new(),
+            status: None,
+        }
+    }
+
+    /// Notes the verification a call asked for, when its id is one: also for a call that is
+    /// then refused, which is what an audit of access attempts looks for.
+    fn asked_for(&mut self, raw_id: &str) {
+        if let Ok(id) = raw_id.parse::<VerificationId>() {
+            self.verification_id = id.to_string();
+        }
+    }
+
+    /// Notes the verification the call ended with.
+    fn saw(&mut self, v: &Verification) {
+        self.purpose = v.purpose.to_string();
+        self.verification_id = v.id.to_string();
+        self.status = Some(v.status);
+    }
+
+    fn log<T>(&self, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        tracing::info!(
+            target: "audit",
+            rpc = self.rpc,
+            caller = self.caller.as_ref().map_or("", |c| c.name.as_str()),
+            purpose = %self.purpose,
+            code = ?code,
+            verification_id = %self.verification_id,
+            status = self.status.map_or("", VerificationStatus::as_str),
+            "call"
+        );
+    }
+}
+
+impl GrpcService {
+    async fn start(
         &self,
         request: Request<pb::StartVerificationRequest>,
+        audit: &mut Audit,
     ) -> Result<Response<pb::StartVerificationResponse>, Status> {
-        let caller = self.caller(&request)?;
+        audit.caller = self.caller(&request)?;
         let input = self.parse_start(request.get_ref())?;
-        if let Some(caller) = &caller {
+        audit.purpose = input.purpose.to_string();
+        if let Some(caller) = &audit.caller {
             permitted(caller, &input)?;
         }
         let started = self.core.start(input).await?;
+        audit.saw(&started.verification);
         Ok(Response::new(pb::StartVerificationResponse {
             verification: Some(to_proto(&started.verification)),
             attempts_left: started.attempts_left,
         }))
     }
 
-    async fn check_verification(
+    async fn check(
         &self,
         request: Request<pb::CheckVerificationRequest>,
+        audit: &mut Audit,
     ) -> Result<Response<pb::CheckVerificationResponse>, Status> {
-        self.caller(&request)?;
+        audit.asked_for(&request.get_ref().id);
+        audit.caller = self.caller(&request)?;
         let m = request.get_ref();
         let id = parse_id(&m.id)?;
         if m.code.is_empty() {
@@ -281,6 +339,7 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         }
         let code = OtpCode::parse(&m.code).map_err(|e| ServiceError::invalid("code", e))?;
         let checked = self.core.check(&id, &code).await?;
+        audit.saw(&checked.verification);
         Ok(Response::new(pb::CheckVerificationResponse {
             verification: Some(to_proto(&checked.verification)),
             valid: checked.valid,
@@ -288,27 +347,76 @@ impl pb::verify_service_server::VerifyService for GrpcService {
         }))
     }
 
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelVerificationRequest>,
+        audit: &mut Audit,
+    ) -> Result<Response<pb::CancelVerificationResponse>, Status> {
+        audit.asked_for(&request.get_ref().id);
+        audit.caller = self.caller(&request)?;
+        let id = parse_id(&request.get_ref().id)?;
+        let v = self.core.cancel(&id).await?;
+        audit.saw(&v);
+        Ok(Response::new(pb::CancelVerificationResponse {
+            verification: Some(to_proto(&v)),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetVerificationRequest>,
+        audit: &mut Audit,
+    ) -> Result<Response<pb::GetVerificationResponse>, Status> {
+        audit.asked_for(&request.get_ref().id);
+        audit.caller = self.caller(&request)?;
+        let id = parse_id(&request.get_ref().id)?;
+        let v = self.core.get(&id).await?;
+        audit.saw(&v);
+        Ok(Response::new(pb::GetVerificationResponse {
+            verification: Some(to_proto(&v)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::verify_service_server::VerifyService for GrpcService {
+    async fn start_verification(
+        &self,
+        request: Request<pb::StartVerificationRequest>,
+    ) -> Result<Response<pb::StartVerificationResponse>, Status> {
+        let mut audit = Audit::new("StartVerification");
+        let result = self.start(request, &mut audit).await;
+        audit.log(&result);
+        result
+    }
+
+    async fn check_verification(
+        &self,
+        request: Request<pb::CheckVerificationRequest>,
+    ) -> Result<Response<pb::CheckVerificationResponse>, Status> {
+        let mut audit = Audit::new("CheckVerification");
+        let result = self.check(request, &mut audit).await;
+        audit.log(&result);
+        result
+    }
+
     async fn cancel_verification(
         &self,
         request: Request<pb::CancelVerificationRequest>,
     ) -> Result<Response<pb::CancelVerificationResponse>, Status> {
-        self.caller(&request)?;
-        let id = parse_id(&request.get_ref().id)?;
-        let v = self.core.cancel(&id).await?;
-        Ok(Response::new(pb::CancelVerificationResponse {
-            verification: Some(to_proto(&v)),
-        }))
+        let mut audit = Audit::new("CancelVerification");
+        let result = self.cancel(request, &mut audit).await;
+        audit.log(&result);
+        result
     }
 
     async fn get_verification(
         &self,
         request: Request<pb::GetVerificationRequest>,
     ) -> Result<Response<pb::GetVerificationResponse>, Status> {
-        self.caller(&request)?;
-        let id = parse_id(&request.get_ref().id)?;
-        let v = self.core.get(&id).await?;
-        Ok(Response::new(pb::GetVerificationResponse {
-            verification: Some(to_proto(&v)),
-        }))
+        let mut audit = Audit::new("GetVerification");
+        let result = self.get(request, &mut audit).await;
+        audit.log(&result);
+        result
     }
 }

@@ -391,7 +391,8 @@ impl VerifyCore {
             Ok(pv) => {
                 v.mark_sent(pv.sid, now);
                 self.store.update(&v, version).await?;
-                info!(verification_id = %v.id, "verification sent");
+                // The call's audit line says it too (`grpc`): debug only, not twice at info.
+                tracing::debug!(verification_id = %v.id, "verification sent");
                 self.schedule_silence_check(policy, &v).await;
                 Ok(v)
             }
@@ -557,7 +558,7 @@ impl VerifyCore {
                 }
                 CheckOutcome::Approved | CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
             }
-            info!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
+            tracing::debug!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
             if transition == Transition::CancelUpstream {
                 self.cancel_upstream(policy.service_sid(), &sid).await;
             }

@@ -185,3 +185,80 @@ async fn a_caller_starts_only_its_purposes_and_asserts_a_step_up_only_when_trust
         .expect("checkout is trusted with step-ups");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_call_leaves_one_audit_line_without_destination_or_code() {
+    let h = Harness::start_with(Backend::Sqlite, &config()).await;
+    let mut c = h.client.clone();
+    let started = c
+        .start_verification(with_token(
+            start("payment", "+14155552644"),
+            Some(CHECKOUT_TOKEN),
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .verification
+        .expect("verification");
+    let code = h.latest_code("+14155552644").await;
+    c.check_verification(with_token(
+        pb::CheckVerificationRequest {
+            id: started.id.clone(),
+            code: code.clone(),
+        },
+        Some(CHECKOUT_TOKEN),
+    ))
+    .await
+    .expect("check");
+    let denied = c
+        .get_verification(with_token(
+            pb::GetVerificationRequest {
+                id: started.id.clone(),
+            },
+            None,
+        ))
+        .await
+        .expect_err("no caller");
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    h.shutdown().await;
+
+    let logs = crate::redaction::logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" audit: ") && l.contains(&started.id))
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per call: {lines:#?}");
+    let expect = [
+        (
+            "StartVerification",
+            "caller=\"checkout\"",
+            "code=Ok",
+            "status=\"pending\"",
+        ),
+        (
+            "CheckVerification",
+            "caller=\"checkout\"",
+            "code=Ok",
+            "status=\"approved\"",
+        ),
+        (
+            "GetVerification",
+            "caller=\"\"",
+            "code=Unauthenticated",
+            "status=\"\"",
+        ),
+    ];
+    for (line, (rpc, caller, code_field, status)) in lines.iter().zip(expect) {
+        let rpc_field = format!("rpc=\"{rpc}\"");
+        for needle in [rpc_field.as_str(), caller, code_field, status] {
+            assert!(line.contains(needle), "{needle} missing in {line}");
+        }
+        if rpc != "GetVerification" {
+            assert!(line.contains("purpose=payment"), "{line}");
+        }
+        assert!(
+            !line.contains("4155552644") && !line.contains(&code),
+            "{line}"
+        );
+    }
+}

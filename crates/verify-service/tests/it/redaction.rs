@@ -68,7 +68,7 @@ pub fn spans() -> Vec<SpanData> {
     exporter.get_finished_spans().expect("in-memory spans")
 }
 
-fn logs() -> String {
+pub fn logs() -> String {
     let capture = LOGS.get().expect("capture_logs ran in Harness::start");
     String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned()
 }
