@@ -31,11 +31,33 @@ use pb::verify_service_client::VerifyServiceClient;
 use proto::verify::v1 as pb;
 use tonic::Code;
 
+use crate::bench_auth::{Access, Auth};
 use crate::bench_measure;
 use crate::bench_numbers::{Destinations, client_ip};
 use crate::bench_upstream;
 
-pub(crate) type Client = VerifyServiceClient<tonic::transport::Channel>;
+/// A client of VerifyService that presents its way's credentials on every call.
+pub(crate) type Client = VerifyServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credentials>,
+>;
+
+/// The `authorization` metadata a client adds to each call, if any.
+#[derive(Clone)]
+pub(crate) struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 struct KillOnDrop(Child);
 
@@ -187,6 +209,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         concurrency: flag(args, "--concurrency", 32)?.max(1),
         connections: flag(args, "--connections", 4)?.max(1),
     };
+    let auth = Auth::from_args(args)?;
     let events = flag(args, "--events", 5000)?;
     let fallbacks = flag(args, "--fallbacks", 50)?.max(1);
     let legit = flag(args, "--legit", 1000)?;
@@ -198,7 +221,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         if which.contains(&"flows") {
-            flows(root, &load).await?;
+            flows(root, &load, &auth).await?;
         }
         if which.contains(&"delivery") {
             let gateway = spawn_gateway(root, Upstream::Sandbox, &[])?;
@@ -232,9 +255,33 @@ pub(crate) struct Load {
 }
 
 pub(crate) async fn connect(grpc_port: u16) -> anyhow::Result<Client> {
+    connect_as(grpc_port, &Access::default()).await
+}
+
+/// One connection to the gateway on `grpc_port`, made the way `access` says.
+async fn open(grpc_port: u16, access: &Access) -> anyhow::Result<Client> {
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint =
+        tonic::transport::Channel::from_shared(format!("{scheme}://127.0.0.1:{grpc_port}"))?;
+    if let Some(tls) = &access.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint.connect().await?;
+    Ok(VerifyServiceClient::with_interceptor(
+        channel,
+        Credentials(access.authorization.clone()),
+    ))
+}
+
+/// A client once the gateway is up (it may still be starting).
+pub(crate) async fn connect_as(grpc_port: u16, access: &Access) -> anyhow::Result<Client> {
     let started = Instant::now();
     loop {
-        match VerifyServiceClient::connect(format!("http://127.0.0.1:{grpc_port}")).await {
+        match open(grpc_port, access).await {
             Ok(c) => {
                 eprintln!("gateway up after {:?}", started.elapsed());
                 return Ok(c);
@@ -242,17 +289,25 @@ pub(crate) async fn connect(grpc_port: u16) -> anyhow::Result<Client> {
             Err(_) if started.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => bail!("gateway did not come up: {e}"),
+            Err(e) => bail!("gateway did not come up: {e:#}"),
         }
     }
 }
 
 /// `connections` clients, each on its own HTTP/2 connection, once the gateway is up.
 pub(crate) async fn connect_all(grpc_port: u16, connections: usize) -> anyhow::Result<Vec<Client>> {
-    let mut clients = vec![connect(grpc_port).await?];
+    connect_all_as(grpc_port, connections, &Access::default()).await
+}
+
+async fn connect_all_as(
+    grpc_port: u16,
+    connections: usize,
+    access: &Access,
+) -> anyhow::Result<Vec<Client>> {
+    let mut clients = vec![connect_as(grpc_port, access).await?];
     while clients.len() < connections {
         clients.push(
-            VerifyServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+            open(grpc_port, access)
                 .await
                 .context("another connection to the gateway")?,
         );
@@ -356,9 +411,10 @@ impl Samples {
     }
 }
 
-/// `bench flows`: a warm-up, then the measured phase between two readings of the gateway's
-/// CPU time and store transactions.
-async fn flows(root: &Path, load: &Load) -> anyhow::Result<()> {
+/// `bench flows`: for each way of calling (`--auth`), a gateway configured for it, a
+/// warm-up, then the measured phase between two readings of the gateway's CPU time and
+/// store transactions; last, each way's flows/s against calling without credentials.
+async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     let total = load.warmup + load.flows;
     if total >= 20_000 {
         eprintln!(
@@ -373,20 +429,66 @@ async fn flows(root: &Path, load: &Load) -> anyhow::Result<()> {
         made.elapsed().as_secs_f64()
     );
     let upstream = bench_upstream::start().await?;
-    let gateway = spawn_gateway(root, Upstream::Fixed(&upstream), &[])?;
-    let clients = connect_all(gateway.grpc, load.connections).await?;
-    let ticks_per_second = bench_measure::clock_ticks_per_second();
-    let http = reqwest::Client::new();
     println!(
         "verify-gateway bench: {} Start+Check flows after {} warm-up flows, concurrency {} over {} \
          connections; SQLite, shipped limits and fraud scoring, fixed-answer Twilio upstream in \
-         xtask (sandbox off); release build",
+         xtask (sandbox off); release build; a fresh gateway per way of calling",
         load.flows, load.warmup, load.concurrency, load.connections
     );
     println!("  destinations       {}", destinations.describe());
+    let mut rates = Vec::new();
+    for &way in ways {
+        println!("  calling as         {}: {}", way.name(), way.describe());
+        let rate = flows_as(root, load, &destinations, &upstream, way).await?;
+        rates.push((way, rate));
+    }
+    // Each way's mean over its runs (`--auth token,none,token,none` interleaves them: this
+    // machine's speed drifts by more than what is compared).
+    let mean = |way: Auth| {
+        let runs: Vec<f64> = rates
+            .iter()
+            .filter(|(w, _)| *w == way)
+            .map(|(_, r)| *r)
+            .collect();
+        (!runs.is_empty()).then(|| (runs.iter().sum::<f64>() / runs.len() as f64, runs.len()))
+    };
+    if let Some((plain, plain_runs)) = mean(Auth::None) {
+        for way in [Auth::Token, Auth::Mtls] {
+            if let Some((rate, runs)) = mean(way) {
+                println!(
+                    "  authentication     {}: {rate:.0} flows/s ({runs} run(s)), {:+.1}% against no \
+                     credentials ({plain:.0}, {plain_runs} run(s))",
+                    way.name(),
+                    (rate / plain - 1.0) * 100.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One way's gateway and measured phase; its flows/s.
+async fn flows_as(
+    root: &Path,
+    load: &Load,
+    destinations: &Arc<Destinations>,
+    upstream: &bench_upstream::FixedUpstream,
+    way: Auth,
+) -> anyhow::Result<f64> {
+    let total = load.warmup + load.flows;
+    let setup = crate::bench_auth::setup(way)?;
+    let env: Vec<(&str, &str)> = setup
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gateway = spawn_gateway(root, Upstream::Fixed(upstream), &env)?;
+    let clients = connect_all_as(gateway.grpc, load.connections, &setup.access).await?;
+    let ticks_per_second = bench_measure::clock_ticks_per_second();
+    let http = reqwest::Client::new();
     if load.warmup > 0 {
         let (warm, elapsed) =
-            phase(&clients, &destinations, 0..load.warmup, load.concurrency).await?;
+            phase(&clients, destinations, 0..load.warmup, load.concurrency).await?;
         println!(
             "  warm-up            {} flows in {:.2} s, not counted ({} failed)",
             load.warmup,
@@ -396,13 +498,8 @@ async fn flows(root: &Path, load: &Load) -> anyhow::Result<()> {
     }
     let transactions_before = bench_measure::transactions(&http, gateway.metrics).await;
     let cpu_before = bench_measure::cpu(gateway.pid)?;
-    let (mut s, elapsed) = phase(
-        &clients,
-        &destinations,
-        load.warmup..total,
-        load.concurrency,
-    )
-    .await?;
+    let (mut s, elapsed) =
+        phase(&clients, destinations, load.warmup..total, load.concurrency).await?;
     let cpu = bench_measure::cpu_use(
         cpu_before,
         bench_measure::cpu(gateway.pid)?,
@@ -412,11 +509,9 @@ async fn flows(root: &Path, load: &Load) -> anyhow::Result<()> {
     let transactions_after = bench_measure::transactions(&http, gateway.metrics).await;
 
     let rpcs = s.start.len() + s.check.len();
+    let rate = s.check.len() as f64 / elapsed.as_secs_f64();
     println!("  elapsed            {:.2} s", elapsed.as_secs_f64());
-    println!(
-        "  flows/s            {:.0}",
-        s.check.len() as f64 / elapsed.as_secs_f64()
-    );
+    println!("  flows/s            {rate:.0}");
     println!(
         "  rpcs/s             {:.0}  (Start + Check)",
         rpcs as f64 / elapsed.as_secs_f64()
@@ -450,7 +545,7 @@ async fn flows(root: &Path, load: &Load) -> anyhow::Result<()> {
             "flow"
         )
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// Runs the flows with indices `flows` on `concurrency` workers sharing `clients`.

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use pb::verify_service_client::VerifyServiceClient;
 use proto::verify::v1 as pb;
 use tonic::Code;
 
@@ -209,7 +208,7 @@ fn decision_of(v: Option<&pb::Verification>) -> Decision {
 }
 
 async fn start(
-    client: &mut VerifyServiceClient<tonic::transport::Channel>,
+    client: &mut crate::bench::Client,
     to: &str,
     ip: &str,
     identity: &str,

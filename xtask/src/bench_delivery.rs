@@ -160,7 +160,7 @@ fn time(value: &serde_json::Value) -> anyhow::Result<DateTime<Utc>> {
 
 pub(crate) async fn fallback(
     ports: &Ports,
-    mut client: pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
+    mut client: crate::bench::Client,
     runs: usize,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();

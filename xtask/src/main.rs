@@ -12,6 +12,7 @@
 
 mod bench;
 mod bench_abuse;
+mod bench_auth;
 mod bench_delivery;
 mod bench_measure;
 mod bench_memory;
@@ -68,7 +69,9 @@ fn print_help() {
          (all: flows, delivery and abuse; memory only when named)\n          \
          flows: Start+Check against a fixed-answer Twilio upstream in xtask: flows/s, p50,\n          \
          p99, non-OK codes, gateway CPU per flow, RSS and peak RSS, store transactions per\n          \
-         flow (--flows N, default 2000, after --warmup N, default 1000)\n          \
+         flow (--flows N, default 2000, after --warmup N, default 1000), once per way of\n          \
+         calling (--auth none|token|mtls|all, default all: no callers, a bearer token,\n          \
+         a client certificate over mutual TLS) and each way against no credentials\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
          failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
          abuse: an SMS-pumping attack among legitimate users, enforce and shadow mode:\n          \
