@@ -24,7 +24,7 @@ pub use destination::Destination;
 pub use email::{Email, EmailError};
 pub use id::{IdError, VerificationId};
 pub use phone::{NumberType, PhoneNumber, PhoneNumberError, Region, RegionError};
-pub use purpose::{Purpose, PurposeError};
+pub use purpose::{Purpose, PurposeError, is_config_name};
 pub use verification::{
     CheckOutcome, DeliveryVerdict, IdempotencyKey, IdempotencyKeyError, IgnoredBecause, Locale,
     LocaleError, NewVerification, OtpCode, OtpCodeError, Transition, TransitionError, Verification,

@@ -16,6 +16,15 @@ pub enum PurposeError {
     BadCharacter,
 }
 
+/// Whether `raw` is a name as configuration tables are keyed (`[purposes.<name>]`,
+/// `[callers.<name>]`): non-empty, lower-case ASCII letters, digits, `_` or `-`.
+pub fn is_config_name(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 impl Purpose {
     pub fn parse(raw: &str) -> Result<Self, PurposeError> {
         if raw.is_empty() {
@@ -24,10 +33,7 @@ impl Purpose {
         if raw.len() > 64 {
             return Err(PurposeError::TooLong);
         }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
+        if !is_config_name(raw) {
             return Err(PurposeError::BadCharacter);
         }
         Ok(Purpose(raw.to_owned()))

@@ -660,11 +660,7 @@ fn resolve_callers(
     }
     let mut entries = Vec::with_capacity(raw.len());
     for (name, c) in raw {
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
+        if !domain::is_config_name(&name) {
             bail!("callers.{name}: a caller's name is lower-case letters, digits, `_` and `-`");
         }
         let mtls_subject = non_empty(&c.mtls_subject);
