@@ -5,6 +5,9 @@
 //! - `ci`: what CI runs: tools, PostgreSQL and RabbitMQ (`deps`), rustfmt check, clippy
 //!   `-D warnings`, buf lint, the deployment files' validators, all tests.
 //! - `deps`: a throwaway PostgreSQL and RabbitMQ on loopback (see `deps.rs`).
+//! - `deploy-check`: the deployment files' validators alone (see `deploy_check.rs`).
+//! - `dev-certs`: a development CA and the compose stack's server and client certificates
+//!   (see `dev_certs.rs`).
 //! - `bench`: drives Start+Check flows against the gateway alone (a fixed-answer Twilio
 //!   upstream in xtask), webhooks and fallbacks through the embedded gateway, an SMS-pumping
 //!   scenario (`bench abuse`) and, when asked, a million destinations (`bench memory`), and
@@ -20,6 +23,7 @@ mod bench_numbers;
 mod bench_upstream;
 mod deploy_check;
 mod deps;
+mod dev_certs;
 mod smoke;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +44,8 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("deps") => deps::run(&root, &args[1..]),
+        Some("deploy-check") => deploy_check::check(&root),
+        Some("dev-certs") => dev_certs::run(&root, &args[1..]),
         Some("smoke") => {
             let env = std::fs::read_to_string(root.join(".tools/deps.env"))
                 .context("no .tools/deps.env: run `cargo xtask deps up` first")?;
@@ -65,6 +71,9 @@ fn print_help() {
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
          smoke   the distributed fallback as separate processes (after deps up and a build)\n  \
+         deploy-check  validate Dockerfile, compose, collector, Kubernetes and systemd files\n  \
+         dev-certs [--out DIR] [--force] [--name HOST]...  a development CA, server and client\n          \
+         certificates for the compose stack's TLS (default DIR deploy/dev-certs; keeps the CA)\n  \
          bench   [flows|delivery|abuse|memory|all] load against the gateway; prints figures\n          \
          (all: flows, delivery and abuse; memory only when named)\n          \
          flows: Start+Check against a fixed-answer Twilio upstream in xtask: flows/s, p50,\n          \
