@@ -232,10 +232,12 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
         provider_sid: &str,
     ) -> Result<Option<Verification>, StoreError>;
 
-    /// The verification holding `key` for `purpose`, whatever its age.
+    /// The verification holding `key` for `purpose` and `owner` (see
+    /// [`Verification::owner`]), whatever its age.
     async fn find_by_idempotency_key(
         &self,
         purpose: &Purpose,
+        owner: &str,
         key: &IdempotencyKey,
     ) -> Result<Option<Verification>, StoreError>;
 

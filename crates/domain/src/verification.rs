@@ -156,6 +156,8 @@ pub struct NewVerification {
     pub destination_hash: DestinationHash,
     pub to_masked: String,
     pub identity: Option<String>,
+    /// The caller that starts it (see [`Verification::owner`]).
+    pub owner: String,
     pub idempotency_key: Option<IdempotencyKey>,
     pub max_sends: u32,
     pub max_checks: u32,
@@ -180,6 +182,10 @@ pub struct Verification {
     pub destination_hash: DestinationHash,
     pub to_masked: String,
     pub identity: Option<String>,
+    /// The name of the configured caller that started it, the only one that may read,
+    /// check, cancel or resend it; empty when the gateway serves without callers. An
+    /// idempotency key is unique per purpose and owner.
+    pub owner: String,
     pub idempotency_key: Option<IdempotencyKey>,
     pub sends: u32,
     pub checks: u32,
@@ -278,6 +284,7 @@ impl Verification {
             destination_hash: n.destination_hash,
             to_masked: n.to_masked,
             identity: n.identity,
+            owner: n.owner,
             idempotency_key: n.idempotency_key,
             sends: 1,
             checks: 0,
@@ -312,6 +319,17 @@ impl Verification {
         v.channels_tried.clear();
         v.risk = Some(risk);
         v
+    }
+
+    /// Whether `owner` started it: anyone else is told it does not exist.
+    pub fn belongs_to(&self, owner: &str) -> bool {
+        self.owner == owner
+    }
+
+    /// Whether a start by `owner` for `identity` may resend on it: the same caller for the
+    /// same user. A start of anyone else to its destination must not receive its id.
+    pub fn resendable_by(&self, owner: &str, identity: Option<&str>) -> bool {
+        self.belongs_to(owner) && self.identity.as_deref() == identity
     }
 
     pub fn checks_left(&self) -> u32 {
@@ -536,6 +554,7 @@ mod tests {
             destination_hash: DestinationHash::from_stored("ab".repeat(32)),
             to_masked: "+1415***2671".into(),
             identity: None,
+            owner: String::new(),
             idempotency_key: None,
             max_sends,
             max_checks,
@@ -714,6 +733,20 @@ mod tests {
         v.begin_check(at(1)).expect("pending");
         v.finish_check(CheckOutcome::Wrong, at(1));
         assert_eq!(v.version, 3);
+    }
+
+    #[test]
+    fn only_its_owner_for_the_same_identity_may_resend() {
+        let mut v = pending(3, 3);
+        v.owner = "checkout".into();
+        v.identity = Some("user-1".into());
+        assert!(v.belongs_to("checkout"));
+        assert!(!v.belongs_to("billing"));
+        assert!(!v.belongs_to(""));
+        assert!(v.resendable_by("checkout", Some("user-1")));
+        assert!(!v.resendable_by("checkout", Some("user-2")));
+        assert!(!v.resendable_by("checkout", None));
+        assert!(!v.resendable_by("billing", Some("user-1")));
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub(crate) fn bare(n: u128, purpose: &str, destination: &Destination) -> Verific
         destination_hash: blind_index().hash(destination),
         to_masked: destination.masked(),
         identity: None,
+        owner: String::new(),
         idempotency_key: None,
         max_sends: 3,
         max_checks: 5,
@@ -91,6 +92,7 @@ pub(crate) fn full(
     };
     v.provider_sid = Some(PROVIDER_SID.into());
     v.identity = Some("user-7".into());
+    v.owner = "checkout".into();
     v.idempotency_key = key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
     v.sends = 2;
     v.checks = 4;

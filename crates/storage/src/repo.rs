@@ -56,8 +56,8 @@ pub(crate) trait Dialect: Database {
     /// PostgreSQL migration 0005), and returns `key, tat, allowed` per key.
     const TAKE_LIMITS: &'static str;
 
-    /// A verification's insert guarded by limits, in one statement: `$1` to `$26` as for
-    /// [`crate::sql::INSERT`], `$27` now in milliseconds and `$28` one round of a take (see
+    /// A verification's insert guarded by limits, in one statement: `$1` to `$27` as for
+    /// [`crate::sql::INSERT`], `$28` now in milliseconds and `$29` one round of a take (see
     /// [`Dialect::TAKE_LIMITS`]). Takes the limits all or none, inserts the row (`ON
     /// CONFLICT DO NOTHING`) only when they were all allowed, and returns one
     /// [`crate::row::GuardedRow`].
@@ -433,6 +433,7 @@ where
             && let Some(existing) = fetch_verification(
                 sqlx::query_as(sql::FIND_BY_IDEMPOTENCY_KEY)
                     .bind(verification.purpose.as_str().to_owned())
+                    .bind(verification.owner.clone())
                     .bind(key.as_str().to_owned()),
                 &mut *conn,
             )
@@ -560,11 +561,13 @@ where
     pub(crate) async fn find_by_idempotency_key(
         &self,
         purpose: &Purpose,
+        owner: &str,
         key: &IdempotencyKey,
     ) -> Result<Option<Verification>, StoreError> {
         fetch_verification(
             sqlx::query_as(sql::FIND_BY_IDEMPOTENCY_KEY)
                 .bind(purpose.as_str().to_owned())
+                .bind(owner.to_owned())
                 .bind(key.as_str().to_owned()),
             &self.pool,
         )
@@ -718,9 +721,10 @@ macro_rules! delegate_store {
             async fn find_by_idempotency_key(
                 &self,
                 purpose: &domain::Purpose,
+                owner: &str,
                 key: &domain::IdempotencyKey,
             ) -> Result<Option<domain::Verification>, domain::ports::StoreError> {
-                self.repo.find_by_idempotency_key(purpose, key).await
+                self.repo.find_by_idempotency_key(purpose, owner, key).await
             }
 
             async fn find_pending(

@@ -58,6 +58,8 @@ pub(crate) struct VerificationRow {
     pub trace_parent: Option<String>,
     /// See [`encode_risk`].
     pub risk: Option<String>,
+    /// The caller's name; empty without callers.
+    pub owner: String,
 }
 
 /// A stored row that does not convert back into a domain value.
@@ -265,6 +267,7 @@ impl From<&Verification> for VerificationRow {
             delivery_status: v.delivery_status.map(|s| s.as_str().to_owned()),
             trace_parent: v.trace_parent.clone(),
             risk: v.risk.as_ref().map(encode_risk),
+            owner: v.owner.clone(),
         }
     }
 }
@@ -355,11 +358,12 @@ impl TryFrom<VerificationRow> for Verification {
             destination_hash: DestinationHash::from_stored(row.destination_hash),
             to_masked: row.to_masked,
             identity: row.identity,
+            owner: row.owner,
         })
     }
 }
 
-/// Binds every column of `row` as `$1` to `$26` of [`crate::sql::INSERT`].
+/// Binds every column of `row` as `$1` to `$27` of [`crate::sql::INSERT`].
 pub(crate) fn bind_insert<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments>,
     row: VerificationRow,
@@ -400,6 +404,7 @@ where
         .bind(row.delivery_status)
         .bind(row.trace_parent)
         .bind(row.risk)
+        .bind(row.owner)
 }
 
 /// Binds the id, `expected_version` and the mutable columns of `row` as `$1` to `$25` of

@@ -16,12 +16,12 @@ macro_rules! columns {
         "id, purpose, channel, status, provider_sid, destination_ciphertext, \
          destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
          checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
-         allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk"
+         allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk, owner"
     };
 }
 pub(crate) use columns;
 
-/// Binds every column, `$1` to `$26`, in the order of [`columns!`]; returns the id when the
+/// Binds every column, `$1` to `$27`, in the order of [`columns!`]; returns the id when the
 /// row was written and nothing when it collided with a row holding the same id, the same
 /// purpose and idempotency key, or (for a pending row) the pending slot of its purpose and
 /// destination.
@@ -33,7 +33,7 @@ pub(crate) const INSERT: &str = concat!(
     "INSERT INTO verifications (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, ",
-    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+    "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
     " ON CONFLICT DO NOTHING RETURNING id"
 );
 
@@ -52,12 +52,13 @@ pub(crate) const FIND_BY_PROVIDER_SID: &str = concat!(
 /// `$1` is the id. Tells a collision on the primary key from the other ones.
 pub(crate) const EXISTS: &str = "SELECT id FROM verifications WHERE id = $1";
 
-/// `$1` is the purpose, `$2` the idempotency key. The equality on the key lets both
-/// databases use the partial unique index (it implies `idempotency_key IS NOT NULL`).
+/// `$1` is the purpose, `$2` the owner, `$3` the idempotency key. The equality on the key
+/// lets both databases use the partial unique index (it implies
+/// `idempotency_key IS NOT NULL`).
 pub(crate) const FIND_BY_IDEMPOTENCY_KEY: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM verifications WHERE purpose = $1 AND idempotency_key = $2"
+    " FROM verifications WHERE purpose = $1 AND owner = $2 AND idempotency_key = $3"
 );
 
 /// `$1` is the purpose, `$2` the destination hash: the one pending verification of that

@@ -216,6 +216,7 @@ impl GrpcService {
             channel,
             locale: optional(&m.locale, "locale", Locale::parse)?,
             identity,
+            owner: String::new(),
             client_ip: optional(&m.client_ip, "client_ip", |s| s.parse::<IpAddr>())?,
             idempotency_key: optional(
                 &m.idempotency_key,
@@ -249,6 +250,12 @@ fn permitted(caller: &Caller, input: &StartInput) -> Result<(), ServiceError> {
         });
     }
     Ok(())
+}
+
+/// The owner of what `caller` starts, and of what it may read, check and cancel: its name,
+/// or nobody's (empty) when the gateway serves without callers.
+fn owner(caller: &Option<Arc<Caller>>) -> &str {
+    caller.as_ref().map_or("", |c| c.name.as_str())
 }
 
 /// The audit line of one VerifyService call: who called, for which purpose, which RPC,
@@ -295,7 +302,7 @@ impl Audit {
         tracing::info!(
             target: "audit",
             rpc = self.rpc,
-            caller = self.caller.as_ref().map_or("", |c| c.name.as_str()),
+            caller = owner(&self.caller),
             purpose = %self.purpose,
             code = ?code,
             verification_id = %self.verification_id,
@@ -312,10 +319,11 @@ impl GrpcService {
         audit: &mut Audit,
     ) -> Result<Response<pb::StartVerificationResponse>, Status> {
         audit.caller = self.caller(&request)?;
-        let input = self.parse_start(request.get_ref())?;
+        let mut input = self.parse_start(request.get_ref())?;
         audit.purpose = input.purpose.to_string();
         if let Some(caller) = &audit.caller {
             permitted(caller, &input)?;
+            input.owner.clone_from(&caller.name);
         }
         let started = self.core.start(input).await?;
         audit.saw(&started.verification);
@@ -338,7 +346,7 @@ impl GrpcService {
             return Err(ServiceError::invalid("code", "is required").into());
         }
         let code = OtpCode::parse(&m.code).map_err(|e| ServiceError::invalid("code", e))?;
-        let checked = self.core.check(&id, &code).await?;
+        let checked = self.core.check(&id, &code, owner(&audit.caller)).await?;
         audit.saw(&checked.verification);
         Ok(Response::new(pb::CheckVerificationResponse {
             verification: Some(to_proto(&checked.verification)),
@@ -355,7 +363,7 @@ impl GrpcService {
         audit.asked_for(&request.get_ref().id);
         audit.caller = self.caller(&request)?;
         let id = parse_id(&request.get_ref().id)?;
-        let v = self.core.cancel(&id).await?;
+        let v = self.core.cancel(&id, owner(&audit.caller)).await?;
         audit.saw(&v);
         Ok(Response::new(pb::CancelVerificationResponse {
             verification: Some(to_proto(&v)),
@@ -370,7 +378,7 @@ impl GrpcService {
         audit.asked_for(&request.get_ref().id);
         audit.caller = self.caller(&request)?;
         let id = parse_id(&request.get_ref().id)?;
-        let v = self.core.get(&id).await?;
+        let v = self.core.get(&id, owner(&audit.caller)).await?;
         audit.saw(&v);
         Ok(Response::new(pb::GetVerificationResponse {
             verification: Some(to_proto(&v)),

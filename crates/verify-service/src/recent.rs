@@ -148,9 +148,12 @@ impl VerificationStore for RecentStore {
     async fn find_by_idempotency_key(
         &self,
         purpose: &Purpose,
+        owner: &str,
         key: &IdempotencyKey,
     ) -> Result<Option<Verification>, StoreError> {
-        self.inner.find_by_idempotency_key(purpose, key).await
+        self.inner
+            .find_by_idempotency_key(purpose, owner, key)
+            .await
     }
 
     async fn find_pending(
@@ -235,6 +238,7 @@ mod tests {
             destination_hash: BlindIndexKey::new([9; 32]).hash(&to),
             to_masked: to.masked(),
             identity: None,
+            owner: String::new(),
             idempotency_key: None,
             max_sends: 3,
             max_checks: 5,

@@ -44,6 +44,8 @@ pub struct StartInput {
     pub channel: Option<Channel>,
     pub locale: Option<Locale>,
     pub identity: Option<String>,
+    /// The caller making the start (see [`Verification::owner`]); empty without callers.
+    pub owner: String,
     pub client_ip: Option<std::net::IpAddr>,
     pub idempotency_key: Option<IdempotencyKey>,
     /// The caller allows moving to the purpose's next channel when delivery fails.
@@ -112,8 +114,10 @@ impl VerifyCore {
         })
     }
 
-    /// Starts a verification, or resends on the pending one for the same destination, or
-    /// returns the first result for a repeated idempotency key.
+    /// Starts a verification, or resends on the pending one for the same destination (when
+    /// the same caller started it for the same identity; a start of anyone else is refused
+    /// with `DESTINATION_BUSY`), or returns the first result for a repeated idempotency
+    /// key of the same caller.
     ///
     /// A repeated key is answered before any limit (it sends nothing). Everything else
     /// passes the rate limits and then fraud scoring before the provider is asked; a start
@@ -140,7 +144,7 @@ impl VerifyCore {
         async move {
             let now = self.clock.now();
             if let Some(key) = &input.idempotency_key
-                && let Some(v) = self.replay(policy, key, &hash, now).await?
+                && let Some(v) = self.replay(policy, &input.owner, key, &hash, now).await?
             {
                 tracing::Span::current().record("verification_id", v.id.to_string());
                 info!(status = %v.status, "idempotent replay");
@@ -210,11 +214,18 @@ impl VerifyCore {
             let verification = match inserted {
                 Inserted::Created => self.send_recorded(policy, &input, channel, v).await?,
                 Inserted::Existing(existing) => self.idempotent_answer(*existing, &hash)?,
-                // Another start to this destination is pending: this one resends on it.
-                Inserted::Pending(pending) => {
+                // Another start to this destination is pending: this one resends on it when
+                // it is the same caller's, for the same user. Twilio keeps one pending
+                // verification per destination and service, so anyone else would get the
+                // same one (and could check the user's code): refused, and told nothing of
+                // it.
+                Inserted::Pending(pending)
+                    if pending.resendable_by(&input.owner, input.identity.as_deref()) =>
+                {
                     self.resend_when_sent(policy, *pending, &input, channel)
                         .await?
                 }
+                Inserted::Pending(_) => return Err(destination_busy(&input.purpose)),
             };
             Ok(Started {
                 verification,
@@ -236,7 +247,9 @@ impl VerifyCore {
         refused: ServiceError,
     ) -> Result<Started, ServiceError> {
         if let Some(key) = &input.idempotency_key
-            && let Some(v) = self.concurrent_replay(policy, key, hash).await?
+            && let Some(v) = self
+                .concurrent_replay(policy, &input.owner, key, hash)
+                .await?
         {
             return Ok(Started {
                 verification: v,
@@ -288,6 +301,7 @@ impl VerifyCore {
             destination_hash: hash,
             to_masked: input.to.masked(),
             identity: input.identity.clone(),
+            owner: input.owner.clone(),
             idempotency_key: input.idempotency_key.clone(),
             max_sends: policy.max_sends(),
             max_checks: policy.max_checks(),
@@ -306,12 +320,16 @@ impl VerifyCore {
     async fn concurrent_replay(
         &self,
         policy: &PurposePolicy,
+        owner: &str,
         key: &IdempotencyKey,
         hash: &domain::DestinationHash,
     ) -> Result<Option<Verification>, ServiceError> {
         let deadline = tokio::time::Instant::now() + CONCURRENT_REPLAY_WAIT;
         loop {
-            if let Some(v) = self.replay(policy, key, hash, self.clock.now()).await? {
+            if let Some(v) = self
+                .replay(policy, owner, key, hash, self.clock.now())
+                .await?
+            {
                 return Ok(Some(v));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -321,18 +339,19 @@ impl VerifyCore {
         }
     }
 
-    /// The verification already holding `key`, if it is within the idempotency window.
-    /// A key past its window is released so it can be used again.
+    /// The verification already holding `owner`'s `key`, if it is within the idempotency
+    /// window. A key past its window is released so it can be used again.
     async fn replay(
         &self,
         policy: &PurposePolicy,
+        owner: &str,
         key: &IdempotencyKey,
         hash: &domain::DestinationHash,
         now: DateTime<Utc>,
     ) -> Result<Option<Verification>, ServiceError> {
         let Some(mut existing) = self
             .store
-            .find_by_idempotency_key(policy.purpose(), key)
+            .find_by_idempotency_key(policy.purpose(), owner, key)
             .await?
         else {
             return Ok(None);
@@ -482,14 +501,16 @@ impl VerifyCore {
     }
 
     /// Checks a code. Our check limit is claimed in the store before the provider is asked.
+    /// A verification `owner` did not start is `NotFound`, as an unknown id.
     pub async fn check(
         &self,
         id: &VerificationId,
         code: &OtpCode,
+        owner: &str,
     ) -> Result<Checked, ServiceError> {
         let span = info_span!("verify.check", verification_id = %id);
         async move {
-            let mut v = self.load_to_check(id).await?;
+            let mut v = self.load_to_check(id, owner).await?;
             let policy = self.policy(&v.purpose)?.clone();
             let sid = v.provider_sid.clone().ok_or(ServiceError::FailedPrecondition {
                 reason: "VERIFICATION_NOT_SENT",
@@ -524,7 +545,7 @@ impl VerifyCore {
                         });
                     }
                     Err(domain::ports::StoreError::Conflict(_)) => {
-                        v = self.load_current(id).await?;
+                        v = self.load_owned(id, owner).await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -602,11 +623,16 @@ impl VerifyCore {
         }
     }
 
-    pub async fn cancel(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+    /// Cancels a verification of `owner`'s; another's is `NotFound`, as an unknown id.
+    pub async fn cancel(
+        &self,
+        id: &VerificationId,
+        owner: &str,
+    ) -> Result<Verification, ServiceError> {
         let span = info_span!("verify.cancel", verification_id = %id);
         async move {
             for _ in 0..CONFLICT_RETRIES {
-                let mut v = self.load_current(id).await?;
+                let mut v = self.load_owned(id, owner).await?;
                 let version = v.version;
                 let changed = v
                     .cancel(self.clock.now())
@@ -633,8 +659,13 @@ impl VerifyCore {
         .await
     }
 
-    pub async fn get(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
-        self.load_current(id)
+    /// A verification of `owner`'s; another's is `NotFound`, as an unknown id.
+    pub async fn get(
+        &self,
+        id: &VerificationId,
+        owner: &str,
+    ) -> Result<Verification, ServiceError> {
+        self.load_owned(id, owner)
             .instrument(info_span!("verify.get", verification_id = %id))
             .await
     }
@@ -647,21 +678,37 @@ impl VerifyCore {
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
-    /// The verification a check claims an attempt on. What this process wrote last
-    /// ([`VerificationStore::get_to_update`]) when that is a pending, sent verification not
-    /// yet due to expire: the claim's update, conditional on its version, confirms it, or
-    /// fails with `Conflict` and the check reads the row. Anything else (a verification
-    /// the check would refuse, or expire) is read from the store by
-    /// [`VerifyCore::load_current`], so no refusal rests on an old version.
-    async fn load_to_check(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
+    /// The verification a check of `owner`'s claims an attempt on. What this process
+    /// wrote last ([`VerificationStore::get_to_update`]) when that is a pending, sent
+    /// verification not yet due to expire: the claim's update, conditional on its version,
+    /// confirms it, or fails with `Conflict` and the check reads the row. Anything else (a
+    /// verification the check would refuse, or expire) is read from the store by
+    /// [`VerifyCore::load_owned`], so no refusal rests on an old version. The owner is
+    /// never changed, so the copy answers for it as the row would.
+    async fn load_to_check(
+        &self,
+        id: &VerificationId,
+        owner: &str,
+    ) -> Result<Verification, ServiceError> {
         if let Some(v) = self.store.get_to_update(id).await?
             && v.status == VerificationStatus::Pending
             && v.provider_sid.is_some()
             && !v.is_due_to_expire(self.clock.now())
         {
-            return Ok(v);
+            return owned(v, owner);
         }
-        self.load_current(id).await
+        self.load_owned(id, owner).await
+    }
+
+    /// [`VerifyCore::load_current`] for a call of `owner`'s: another's verification is
+    /// `NotFound` before anything is written to it.
+    async fn load_owned(
+        &self,
+        id: &VerificationId,
+        owner: &str,
+    ) -> Result<Verification, ServiceError> {
+        let v = owned(self.read(id).await?, owner)?;
+        self.expire_if_due(v).await
     }
 
     /// Reads a verification and, if it has expired since it was written, records that.
@@ -669,18 +716,46 @@ impl VerifyCore {
         &self,
         id: &VerificationId,
     ) -> Result<Verification, ServiceError> {
-        let mut v = self.read(id).await?;
+        let v = self.read(id).await?;
+        self.expire_if_due(v).await
+    }
+
+    /// Records that `v`, as read, has expired when it is due to.
+    async fn expire_if_due(&self, mut v: Verification) -> Result<Verification, ServiceError> {
+        let id = v.id;
         let version = v.version;
         if v.expire_if_due(self.clock.now()) {
             match self.store.update(&v, version).await {
                 Ok(()) => {}
                 Err(domain::ports::StoreError::Conflict(_)) => {
-                    v = self.read(id).await?;
+                    v = self.read(&id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(v)
+    }
+}
+
+/// `v` when `owner` started it; otherwise the very error of an unknown id, so an id of
+/// another caller's tells nothing.
+fn owned(v: Verification, owner: &str) -> Result<Verification, ServiceError> {
+    if v.belongs_to(owner) {
+        Ok(v)
+    } else {
+        Err(ServiceError::NotFound(v.id.to_string()))
+    }
+}
+
+/// A start to a destination with a pending verification of another caller, or of the
+/// same caller for another identity.
+fn destination_busy(purpose: &Purpose) -> ServiceError {
+    ServiceError::FailedPrecondition {
+        reason: "DESTINATION_BUSY",
+        message: format!(
+            "another verification for purpose `{purpose}` is pending for this destination \
+             (another caller's, or for another identity); start again once it ends"
+        ),
     }
 }
 

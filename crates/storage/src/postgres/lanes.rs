@@ -46,21 +46,21 @@ const READS_PER_BATCH: usize = 64;
 const LANE_CONNECTIONS: u32 =
     (INSERTS_IN_FLIGHT + UPDATES_IN_FLIGHT + SIGNALS_IN_FLIGHT + READS_IN_FLIGHT) as u32;
 
-/// The columns of many verifications as the start of an `unnest`: `$1` to `$26`, the
+/// The columns of many verifications as the start of an `unnest`: `$1` to `$27`, the
 /// columns of [`crate::sql::columns!`] in its order, each an array with one element per row
-/// ([`Columns::bind`]). Each statement adds its own arrays (`$27`, `$28`) and closes it.
+/// ([`Columns::bind`]). Each statement adds its own arrays (`$28`, `$29`) and closes it.
 macro_rules! unnest_columns {
     () => {
         "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
          $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
          $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
          $18::bigint[], $19::bigint[], $20::bigint[], $21::boolean[], $22::text[], \
-         $23::text[], $24::text[], $25::text[], $26::text[]"
+         $23::text[], $24::text[], $25::text[], $26::text[], $27::text[]"
     };
 }
 
-/// [`crate::sql::UPDATE`] for many rows: `$1` to `$26` the rows ([`unnest_columns!`]),
-/// `$27` the versions they must still have. Returns the ids written; a row whose version
+/// [`crate::sql::UPDATE`] for many rows: `$1` to `$27` the rows ([`unnest_columns!`]),
+/// `$28` the versions they must still have. Returns the ids written; a row whose version
 /// moved on is not written, as alone. The id, purpose and creation time are not written,
 /// as alone.
 ///
@@ -73,7 +73,7 @@ macro_rules! unnest_columns {
 pub(crate) const UPDATE_MANY: &str = concat!(
     "WITH t AS MATERIALIZED (SELECT u.*, r.tid FROM ",
     unnest_columns!(),
-    ", $27::bigint[]) AS u(",
+    ", $28::bigint[]) AS u(",
     columns!(),
     ", expected_version)",
     " CROSS JOIN LATERAL (SELECT ctid AS tid FROM verifications",
@@ -92,8 +92,8 @@ pub(crate) const UPDATE_MANY: &str = concat!(
     " RETURNING v.id"
 );
 
-/// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` to `$26` the rows
-/// ([`unnest_columns!`]), `$27` their times (now, in milliseconds), `$28` their takes
+/// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` to `$27` the rows
+/// ([`unnest_columns!`]), `$28` their times (now, in milliseconds), `$29` their takes
 /// (each one round, as JSON). The takes run first, start by start
 /// (`take_rate_limits_many`, migration 0008), then every start whose limits all allowed is
 /// inserted, in the starts' order, `ON CONFLICT DO NOTHING` (a start that meets a row, an
@@ -101,14 +101,14 @@ pub(crate) const UPDATE_MANY: &str = concat!(
 /// alone). Returns one row per start, in order: `i` and the columns of [`GuardedRow`].
 pub(crate) const INSERT_MANY: &str = concat!(
     "WITH taken AS MATERIALIZED",
-    " (SELECT * FROM take_rate_limits_many($27::bigint[], $28::text[])),",
+    " (SELECT * FROM take_rate_limits_many($28::bigint[], $29::text[])),",
     " written AS (INSERT INTO verifications (",
     columns!(),
     ") SELECT u.id, u.purpose, u.channel, u.status, u.provider_sid, u.destination_ciphertext,",
     " u.destination_key_id, u.destination_hash, u.to_masked, u.identity, u.idempotency_key,",
     " u.sends, u.checks, u.max_sends, u.max_checks, u.failure_code, u.created_at,",
     " u.updated_at, u.expires_at, u.version, u.allow_fallback, u.channels_tried,",
-    " u.fallback_reason, u.delivery_status, u.trace_parent, u.risk FROM ",
+    " u.fallback_reason, u.delivery_status, u.trace_parent, u.risk, u.owner FROM ",
     unnest_columns!(),
     ") WITH ORDINALITY AS u(",
     columns!(),
@@ -443,6 +443,7 @@ struct Columns {
     delivery_status: Vec<Option<String>>,
     trace_parent: Vec<Option<String>>,
     risk: Vec<Option<String>>,
+    owner: Vec<String>,
 }
 
 impl Columns {
@@ -476,11 +477,12 @@ impl Columns {
             c.delivery_status.push(row.delivery_status);
             c.trace_parent.push(row.trace_parent);
             c.risk.push(row.risk);
+            c.owner.push(row.owner);
         }
         c
     }
 
-    /// Binds every column as `$1` to `$26` ([`unnest_columns!`]), in the order of
+    /// Binds every column as `$1` to `$27` ([`unnest_columns!`]), in the order of
     /// [`crate::sql::columns!`].
     fn bind(self, query: Query<'_, Postgres, PgArguments>) -> Query<'_, Postgres, PgArguments> {
         query
@@ -510,5 +512,6 @@ impl Columns {
             .bind(self.delivery_status)
             .bind(self.trace_parent)
             .bind(self.risk)
+            .bind(self.owner)
     }
 }

@@ -121,11 +121,11 @@ impl Dialect for Postgres {
     /// function runs once, in the CTE (a CTE calling a volatile function is evaluated once,
     /// never inlined).
     const INSERT_LIMITED: &'static str = concat!(
-        "WITH taken AS (SELECT take_rate_limits($27, $28::json, TRUE) AS t),",
+        "WITH taken AS (SELECT take_rate_limits($28, $29::json, TRUE) AS t),",
         " written AS (INSERT INTO verifications (",
         sql::columns!(),
         ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,",
-        " $18, $19, $20, $21, $22, $23, $24, $25, $26",
+        " $18, $19, $20, $21, $22, $23, $24, $25, $26, $27",
         " FROM taken WHERE (taken.t).all_allowed",
         " ON CONFLICT DO NOTHING RETURNING id)",
         " SELECT (t).taken_keys, (t).taken_tats, (t).taken_allowed, (t).taken_at,",

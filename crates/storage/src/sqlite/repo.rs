@@ -185,7 +185,11 @@ fn insert_in(conn: &Connection, verification: &Verification) -> Result<Inserted,
         && let Some(existing) = fetch_verification(
             conn,
             sql::FIND_BY_IDEMPOTENCY_KEY,
-            &[&verification.purpose.as_str(), &key.as_str()],
+            &[
+                &verification.purpose.as_str(),
+                &verification.owner.as_str(),
+                &key.as_str(),
+            ],
         )?
     {
         tracing::debug!(existing_id = %existing.id, "idempotency key already used");
@@ -360,12 +364,21 @@ impl SqliteRepo {
     pub(crate) async fn find_by_idempotency_key(
         &self,
         purpose: &Purpose,
+        owner: &str,
         key: &IdempotencyKey,
     ) -> Result<Option<Verification>, StoreError> {
-        let (purpose, key) = (purpose.as_str().to_owned(), key.as_str().to_owned());
+        let (purpose, owner, key) = (
+            purpose.as_str().to_owned(),
+            owner.to_owned(),
+            key.as_str().to_owned(),
+        );
         self.engine
             .read(move |conn| {
-                fetch_verification(conn, sql::FIND_BY_IDEMPOTENCY_KEY, &[&purpose, &key])
+                fetch_verification(
+                    conn,
+                    sql::FIND_BY_IDEMPOTENCY_KEY,
+                    &[&purpose, &owner, &key],
+                )
             })
             .await
     }

@@ -39,11 +39,12 @@ pub(crate) fn verification(row: &Row<'_>) -> rusqlite::Result<VerificationRow> {
         delivery_status: row.get(23)?,
         trace_parent: row.get(24)?,
         risk: row.get(25)?,
+        owner: row.get(26)?,
     })
 }
 
-/// `$1` to `$26` of [`crate::sql::INSERT`], as [`crate::row::bind_insert`] binds them.
-pub(crate) fn insert_args(row: &VerificationRow) -> [&dyn ToSql; 26] {
+/// `$1` to `$27` of [`crate::sql::INSERT`], as [`crate::row::bind_insert`] binds them.
+pub(crate) fn insert_args(row: &VerificationRow) -> [&dyn ToSql; 27] {
     [
         &row.id,
         &row.purpose,
@@ -71,6 +72,7 @@ pub(crate) fn insert_args(row: &VerificationRow) -> [&dyn ToSql; 26] {
         &row.delivery_status,
         &row.trace_parent,
         &row.risk,
+        &row.owner,
     ]
 }
 

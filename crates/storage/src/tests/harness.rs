@@ -62,15 +62,27 @@ pub(crate) const TABLES: [&str; 7] = [
     "risk_blocks",
 ];
 
-/// The insert of the release before abuse protection: every column of today but `risk`, so
-/// [`bind_insert`] binds `$1` to `$25` of it and the unused `risk` last.
+/// The insert of the release before abuse protection: every column of today but `risk` and
+/// `owner`, so [`bind_insert`] binds `$1` to `$25` of it and the unused `risk` and `owner`
+/// last (the caller makes sure they are the defaults, which that release could not write).
 pub(crate) const INSERT_BEFORE_ABUSE: &str = "INSERT INTO verifications (\
      id, purpose, channel, status, provider_sid, destination_ciphertext, \
      destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
      checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
      allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent) \
      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $25 WHERE $26 IS NULL";
+     $19, $20, $21, $22, $23, $24, $25 WHERE $26 IS NULL AND $27 = ''";
+
+/// The insert of the release before owners: every column of today but `owner`, so
+/// [`bind_insert`] binds `$1` to `$26` of it and the unused `owner` last (which must be
+/// empty, the default that release's rows get).
+pub(crate) const INSERT_BEFORE_OWNER: &str = "INSERT INTO verifications (\
+     id, purpose, channel, status, provider_sid, destination_ciphertext, \
+     destination_key_id, destination_hash, to_masked, identity, idempotency_key, sends, \
+     checks, max_sends, max_checks, failure_code, created_at, updated_at, expires_at, version, \
+     allow_fallback, channels_tried, fallback_reason, delivery_status, trace_parent, risk) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20, $21, $22, $23, $24, $25, $26 WHERE $27 = ''";
 
 /// The insert of the first release, before the fallback columns: `$1` to `$20` as in
 /// [`bind_insert_before_delivery_reports`].
@@ -364,6 +376,7 @@ impl TestDb {
     /// database at [`Schema::BeforeAbuse`].
     pub(crate) async fn insert_before_abuse(&self, row: VerificationRow) -> anyhow::Result<()> {
         anyhow::ensure!(row.risk.is_none(), "that release had no risk");
+        anyhow::ensure!(row.owner.is_empty(), "that release had no owner");
         match self {
             TestDb::Sqlite { store, .. } => {
                 bind_insert(sqlx::query(INSERT_BEFORE_ABUSE), row)

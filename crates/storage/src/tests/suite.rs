@@ -94,7 +94,7 @@ both_backends!(
     update_writes_every_mutable_field,
     update_is_optimistic,
     find_pending_returns_the_live_one,
-    find_by_idempotency_key_matches_purpose_and_key,
+    find_by_idempotency_key_matches_purpose_owner_and_key,
     list_sealed_with_other_key_lists_old_keys_oldest_first,
     list_sealed_with_other_key_drains_by_rewriting,
     corrupt_rows_are_errors_not_panics,
@@ -181,6 +181,7 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
         "delivery_status",
         "trace_parent",
         "risk",
+        "owner",
     ];
     assert_eq!(db.columns("verifications").await?, expected);
     // Reports carry no destination and no message body.
@@ -250,7 +251,7 @@ async fn schema_is_exactly_the_documented_columns(db: Arc<TestDb>) -> anyhow::Re
 
 async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Result<()> {
     type Corrupt = fn(&mut VerificationRow);
-    let cases: [(&str, Corrupt); 16] = [
+    let cases: [(&str, Corrupt); 18] = [
         ("risk", |r| r.risk = Some("not json".into())),
         ("risk", |r| r.risk = Some("[]".into())),
         ("risk", |r| r.risk = Some("\"block\"".into())),
@@ -275,6 +276,8 @@ async fn schema_refuses_values_outside_the_domain(db: Arc<TestDb>) -> anyhow::Re
         ("idempotency_key", |r| {
             r.idempotency_key = Some(String::new())
         }),
+        ("owner", |r| r.owner = "Check Out".into()),
+        ("owner", |r| r.owner = "a".repeat(65)),
     ];
     for (n, (column, corrupt)) in (100..).zip(cases) {
         let mut row = VerificationRow::from(&bare(n, "login", &fixtures::phone()));
@@ -320,13 +323,20 @@ async fn reused_idempotency_key_returns_the_first_and_writes_nothing(
     assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
     assert_eq!(db.count_rows().await?, 1);
 
-    // The key is scoped to the purpose, and verifications without a key never collide on
-    // it (pending ones for other destinations, so the pending rule stays out of the way).
+    // The key is scoped to the purpose and the owner, and verifications without a key
+    // never collide on it (pending ones for other destinations, so the pending rule stays
+    // out of the way).
     let other_purpose = full(3, "signup", Some("order-42"), &fixtures::phone());
     create(&*store, &other_purpose).await?;
+    let mut other_owner = full(6, "login", Some("order-42"), &fixtures::phone());
+    other_owner.owner = "billing".into();
+    create(&*store, &other_owner).await?;
+    let mut no_owner = full(7, "login", Some("order-42"), &fixtures::phone());
+    no_owner.owner = String::new();
+    create(&*store, &no_owner).await?;
     create(&*store, &bare(4, "login", &fixtures::phone())).await?;
     create(&*store, &bare(5, "login", &fixtures::email())).await?;
-    assert_eq!(db.count_rows().await?, 4);
+    assert_eq!(db.count_rows().await?, 6);
     Ok(())
 }
 
@@ -575,7 +585,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     let key = IdempotencyKey::parse("late-key")?;
     assert_eq!(
         store
-            .find_by_idempotency_key(&changed.purpose, &key)
+            .find_by_idempotency_key(&changed.purpose, "", &key)
             .await?
             .as_ref(),
         Some(&changed)
@@ -586,7 +596,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     store.update(&released, 1).await?;
     assert_eq!(
         store
-            .find_by_idempotency_key(&changed.purpose, &key)
+            .find_by_idempotency_key(&changed.purpose, "", &key)
             .await?,
         None
     );
@@ -687,25 +697,38 @@ async fn find_pending_returns_the_live_one(db: Arc<TestDb>) -> anyhow::Result<()
     Ok(())
 }
 
-async fn find_by_idempotency_key_matches_purpose_and_key(db: Arc<TestDb>) -> anyhow::Result<()> {
+async fn find_by_idempotency_key_matches_purpose_owner_and_key(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
     let store = db.port();
     let v = full(1, "login", Some("order-42"), &fixtures::phone());
     create(&*store, &v).await?;
     let key = IdempotencyKey::parse("order-42")?;
     let login = Purpose::parse("login")?;
-    assert_eq!(store.find_by_idempotency_key(&login, &key).await?, Some(v));
     assert_eq!(
         store
-            .find_by_idempotency_key(&Purpose::parse("signup")?, &key)
+            .find_by_idempotency_key(&login, "checkout", &key)
             .await?,
-        None
+        Some(v)
     );
-    assert_eq!(
-        store
-            .find_by_idempotency_key(&login, &IdempotencyKey::parse("order-43")?)
-            .await?,
-        None
-    );
+    for (purpose, owner, key) in [
+        ("signup", "checkout", "order-42"),
+        ("login", "billing", "order-42"),
+        ("login", "", "order-42"),
+        ("login", "checkout", "order-43"),
+    ] {
+        assert_eq!(
+            store
+                .find_by_idempotency_key(
+                    &Purpose::parse(purpose)?,
+                    owner,
+                    &IdempotencyKey::parse(key)?
+                )
+                .await?,
+            None,
+            "{purpose} {owner:?} {key}"
+        );
+    }
     Ok(())
 }
 
@@ -979,8 +1002,8 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
         ),
         (
             sql::FIND_BY_IDEMPOTENCY_KEY,
-            vec![text, Bind::Text("order-42")],
-            "verifications_purpose_idempotency_key",
+            vec![text, Bind::Text("checkout"), Bind::Text("order-42")],
+            "verifications_purpose_owner_idempotency_key",
         ),
         (
             sql::SEALED_WITH_OTHER_KEY,
@@ -1120,6 +1143,7 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
         expected.delivery_status = None;
         expected.trace_parent = None;
         expected.risk = None;
+        expected.owner = String::new();
         // Not a transition: the version and `updated_at` stay.
         assert_eq!(store.get(&old.id).await?, Some(expected));
     }
@@ -1176,10 +1200,11 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
 }
 
 async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
-    // Rows as the previous release wrote them (no risk): finished with every field set,
-    // pending, and sealed for an email.
+    // Rows as the previous release wrote them (no risk, no owner): finished with every
+    // field set, pending, and sealed for an email.
     let without_risk = |mut v: Verification| {
         v.risk = None;
+        v.owner = String::new();
         v
     };
     let finished = without_risk(full(1, "login", Some("order-42"), &fixtures::phone()));
@@ -1202,7 +1227,12 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
     );
     assert_eq!(
         store
-            .insert(&full(5, "login", Some("order-42"), &fixtures::email()))
+            .insert(&without_risk(full(
+                5,
+                "login",
+                Some("order-42"),
+                &fixtures::email()
+            )))
             .await?,
         Inserted::Existing(Box::new(finished.clone()))
     );

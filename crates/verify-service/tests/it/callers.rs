@@ -262,3 +262,158 @@ async fn every_call_leaves_one_audit_line_without_destination_or_code() {
         );
     }
 }
+
+fn start_for(to: &str, identity: &str, key: &str) -> pb::StartVerificationRequest {
+    pb::StartVerificationRequest {
+        identity: identity.into(),
+        idempotency_key: key.into(),
+        ..start("login", to)
+    }
+}
+
+/// A verification is its starter's: another caller's Get, Check and Cancel are answered
+/// exactly as for an unknown id and change nothing, and neither another caller nor the
+/// same caller for another user is ever given its id for the same number.
+async fn a_caller_reaches_only_its_own_verifications(backend: Backend) {
+    let h = Harness::start_with(backend, &config()).await;
+    let mut c = h.client.clone();
+    let to = "+14155552666";
+    let mine = c
+        .start_verification(with_token(
+            start_for(to, "user-a", "order-1"),
+            Some(CHECKOUT_TOKEN),
+        ))
+        .await
+        .expect("checkout's start")
+        .into_inner()
+        .verification
+        .expect("verification");
+    let code = h.latest_code(to).await;
+
+    // What an id nobody started answers, for comparison (the message names the id).
+    let unknown = "ver_0190a5b2c3d47e8f9a0b1c2d3e4f5a6b";
+    let as_unknown =
+        |status: &tonic::Status, id: &str| (status.code(), status.message().replace(id, "<id>"));
+    let unknown_get = c
+        .get_verification(with_token(
+            pb::GetVerificationRequest { id: unknown.into() },
+            Some(SIGNUP_TOKEN),
+        ))
+        .await
+        .expect_err("unknown id");
+    assert_eq!(unknown_get.code(), Code::NotFound, "{unknown_get:?}");
+    let expected = as_unknown(&unknown_get, unknown);
+
+    let get = c
+        .get_verification(with_token(
+            pb::GetVerificationRequest {
+                id: mine.id.clone(),
+            },
+            Some(SIGNUP_TOKEN),
+        ))
+        .await
+        .expect_err("another caller's get");
+    assert_eq!(as_unknown(&get, &mine.id), expected, "{get:?}");
+    // The right code, from another caller: not found, and no attempt is spent.
+    let check = c
+        .check_verification(with_token(
+            pb::CheckVerificationRequest {
+                id: mine.id.clone(),
+                code: code.clone(),
+            },
+            Some(SIGNUP_TOKEN),
+        ))
+        .await
+        .expect_err("another caller's check");
+    assert_eq!(as_unknown(&check, &mine.id), expected, "{check:?}");
+    let cancel = c
+        .cancel_verification(with_token(
+            pb::CancelVerificationRequest {
+                id: mine.id.clone(),
+            },
+            Some(SIGNUP_TOKEN),
+        ))
+        .await
+        .expect_err("another caller's cancel");
+    assert_eq!(as_unknown(&cancel, &mine.id), expected, "{cancel:?}");
+
+    // Starts to the same number by another caller, and by the same caller for another
+    // user, are refused and send nothing; the same idempotency key of another caller is
+    // another request.
+    for (token, request) in [
+        (SIGNUP_TOKEN, start_for(to, "user-a", "order-1")),
+        (SIGNUP_TOKEN, start_for(to, "", "")),
+        (CHECKOUT_TOKEN, start_for(to, "user-b", "order-2")),
+        (CHECKOUT_TOKEN, start_for(to, "", "")),
+    ] {
+        let busy = c
+            .start_verification(with_token(request.clone(), Some(token)))
+            .await
+            .expect_err("the destination is another's");
+        assert_eq!(busy.code(), Code::FailedPrecondition, "{busy:?}");
+        assert_eq!(reason(&busy), "DESTINATION_BUSY");
+        assert!(!busy.message().contains(&mine.id), "{busy:?}");
+    }
+    assert_eq!(h.inbox(to).await.len(), 1, "nothing more was sent");
+    let theirs = c
+        .start_verification(with_token(
+            start_for("+14155552677", "user-a", "order-1"),
+            Some(SIGNUP_TOKEN),
+        ))
+        .await
+        .expect("signup's own start with the same key")
+        .into_inner()
+        .verification
+        .expect("verification");
+    assert_ne!(theirs.id, mine.id);
+
+    // The owner still has it untouched, its retry is answered with it, and its code works.
+    let kept = c
+        .get_verification(with_token(
+            pb::GetVerificationRequest {
+                id: mine.id.clone(),
+            },
+            Some(CHECKOUT_TOKEN),
+        ))
+        .await
+        .expect("the owner's get")
+        .into_inner()
+        .verification
+        .expect("verification");
+    assert_eq!(kept.status, i32::from(pb::VerificationStatus::Pending));
+    assert_eq!(kept.attempts_left, mine.attempts_left);
+    let retried = c
+        .start_verification(with_token(
+            start_for(to, "user-a", "order-1"),
+            Some(CHECKOUT_TOKEN),
+        ))
+        .await
+        .expect("the owner's retry")
+        .into_inner()
+        .verification
+        .expect("verification");
+    assert_eq!(retried.id, mine.id);
+    let checked = c
+        .check_verification(with_token(
+            pb::CheckVerificationRequest {
+                id: mine.id.clone(),
+                code,
+            },
+            Some(CHECKOUT_TOKEN),
+        ))
+        .await
+        .expect("the owner's check")
+        .into_inner();
+    assert!(checked.valid);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_reaches_only_its_own_verifications_on_sqlite() {
+    a_caller_reaches_only_its_own_verifications(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_caller_reaches_only_its_own_verifications_on_postgres() {
+    a_caller_reaches_only_its_own_verifications(Backend::Postgres).await;
+}
