@@ -7,7 +7,9 @@
 //! - `deploy/otel-collector.yaml`: parses, and every pipeline names defined components;
 //! - `deploy/k8s`: the base and every overlay rendered with `kubectl kustomize`, then
 //!   validated against the Kubernetes JSON schemas (strict: unknown fields fail) of the oldest
-//!   and newest supported Kubernetes versions, as is the Secret template;
+//!   and newest supported Kubernetes versions, as are the Secret templates; cert-manager's
+//!   resources, whose schemas kubernetes-validate does not bundle, are checked field by
+//!   field here (`CERT_MANAGER_CHECK`), and a resource of any other unknown kind fails;
 //! - `deploy/systemd`: `systemd-analyze verify` and an offline `systemd-analyze security`
 //!   exposure threshold.
 //!
@@ -30,16 +32,27 @@ const SYSTEMD_EXPOSURE_THRESHOLD: &str = "20";
 /// Dockerfile targets that docker-compose.yml and the docs refer to.
 const DOCKER_TARGETS: [&str; 3] = ["verify-service", "webhook-ingest", "twilio-sandbox"];
 /// What a rendered overlay must contain: the pieces platform teams rely on.
-const OVERLAY_MUST_HAVE: [&str; 8] = [
+const OVERLAY_MUST_HAVE: [&str; 10] = [
     "kind: Deployment",
     "kind: PodDisruptionBudget",
     "kind: NetworkPolicy",
     "kind: Job",
-    "grpc:",
+    "tcpSocket:",
     "readOnlyRootFilesystem: true",
     "runAsNonRoot: true",
     "type: RuntimeDefault",
+    "VERIFY_SERVER__TLS__CLIENT_CA_FILE",
+    "kind: Certificate",
 ];
+/// Examples outside any kustomization, validated as written.
+const K8S_EXAMPLES: [&str; 3] = [
+    "deploy/k8s/base/secret.template.yaml",
+    "deploy/k8s/base/callers.template.yaml",
+    "deploy/k8s/overlays/example/client-certificate.example.yaml",
+];
+/// The only API group whose kinds may lack a schema in kubernetes-validate: cert-manager's,
+/// which `CERT_MANAGER_CHECK` validates instead.
+const CERT_MANAGER_GROUP: &str = "cert-manager.io/";
 
 /// Runs every check; the error carries the failing tool's output.
 pub fn check(root: &Path) -> anyhow::Result<()> {
@@ -329,10 +342,9 @@ fn kubernetes(root: &Path, venv: &Path) -> anyhow::Result<()> {
 
 fn kubernetes_in(root: &Path, venv: &Path, out_dir: &Path) -> anyhow::Result<()> {
     let kubectl = works(Command::new("kubectl").args(["version", "--client"]));
-    let mut files = vec![
-        root.join("deploy/k8s/base/secret.template.yaml"),
-        root.join("deploy/k8s/base/callers.template.yaml"),
-    ];
+    let mut files: Vec<PathBuf> = K8S_EXAMPLES.iter().map(|f| root.join(f)).collect();
+    // Rendered overlays: each must issue the TLS Secret its Deployment mounts.
+    let mut overlays = Vec::new();
     for (name, dir) in kustomizations(root)? {
         if kubectl {
             let out = captured(Command::new("kubectl").arg("kustomize").arg(&dir))?;
@@ -346,6 +358,9 @@ fn kubernetes_in(root: &Path, venv: &Path, out_dir: &Path) -> anyhow::Result<()>
             }
             let file = out_dir.join(format!("{name}.yaml"));
             std::fs::write(&file, out.stdout)?;
+            if name.starts_with("overlay-") {
+                overlays.push(file.clone());
+            }
             files.push(file);
         } else {
             // kubectl (which embeds kustomize) is not in any package registry reachable
@@ -362,9 +377,140 @@ fn kubernetes_in(root: &Path, venv: &Path, out_dir: &Path) -> anyhow::Result<()>
     for version in KUBE_VERSIONS {
         cmd.args(["-k", version]);
     }
-    captured(cmd.args(&files))?;
+    let out = captured(cmd.args(&files))?;
+    // A kind without a schema is only a warning to kubernetes-validate; here it fails,
+    // except for cert-manager's kinds, which the next check validates.
+    let report = String::from_utf8_lossy(&out.stdout);
+    let unchecked = unknown_kinds(&report, CERT_MANAGER_GROUP);
+    if !unchecked.is_empty() {
+        bail!(
+            "kubernetes-validate has no schema for:\n{}",
+            unchecked.join("\n")
+        );
+    }
+    let mut check = Command::new(venv.join("python"));
+    check.args(["-c", CERT_MANAGER_CHECK]);
+    for file in &files {
+        if overlays.contains(file) {
+            check.arg("--overlay");
+        }
+        check.arg(file);
+    }
+    captured_as(&mut check, "python -c CERT_MANAGER_CHECK <the files above>")?;
     Ok(())
 }
+
+/// kubernetes-validate's "no schema" warnings, but for those of API group `allowed`.
+fn unknown_kinds(report: &str, allowed: &str) -> Vec<String> {
+    report
+        .lines()
+        .filter(|line| line.contains("Couldn't find schema"))
+        .filter(|line| !line.contains(&format!("api version {allowed}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// cert-manager's `Certificate`, `Issuer` and `ClusterIssuer` (API cert-manager.io/v1), as
+/// far as these manifests use them: known fields only (as `--strict` does for built-in
+/// kinds), the required ones present, enumerations within their values, renewal before
+/// expiry. With `--overlay FILE`: FILE has a Certificate for server auth that writes the
+/// Secret verify-service mounts.
+const CERT_MANAGER_CHECK: &str = r#"
+import re, sys, yaml
+CERT_FIELDS = {"subject", "literalSubject", "commonName", "duration", "renewBefore",
+    "renewBeforePercentage", "dnsNames", "ipAddresses", "uris", "otherNames", "emailAddresses",
+    "secretName", "secretTemplate", "keystores", "issuerRef", "isCA", "usages", "privateKey",
+    "signatureAlgorithm", "encodeUsagesInRequest", "revisionHistoryLimit",
+    "additionalOutputFormats", "nameConstraints"}
+USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
+    "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+    "decipher only", "any", "server auth", "client auth", "code signing", "email protection",
+    "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+    "microsoft sgc", "netscape sgc"}
+PRIVATE_KEY = {"rotationPolicy": {"Never", "Always"}, "encoding": {"PKCS1", "PKCS8"},
+    "algorithm": {"RSA", "ECDSA", "Ed25519"}, "size": None}
+ISSUER_REF = {"name", "kind", "group"}
+ISSUER_TYPES = {"acme", "ca", "vault", "selfSigned", "venafi"}
+TLS_SECRET = "verify-gateway-tls"
+DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+def seconds(text):
+    return sum(float(n) * UNITS[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", text))
+
+def certificate(where, spec):
+    errors = [f"{where}: unknown field spec.{k}" for k in spec if k not in CERT_FIELDS]
+    if not spec.get("secretName"):
+        errors.append(f"{where}: spec.secretName is required")
+    ref = spec.get("issuerRef") or {}
+    errors += [f"{where}: unknown field spec.issuerRef.{k}" for k in ref if k not in ISSUER_REF]
+    if not ref.get("name"):
+        errors.append(f"{where}: spec.issuerRef.name is required")
+    if ref.get("group", "cert-manager.io") == "cert-manager.io" and ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        errors.append(f"{where}: spec.issuerRef.kind must be Issuer or ClusterIssuer")
+    if not any(spec.get(k) for k in ("commonName", "literalSubject", "dnsNames", "ipAddresses", "uris", "emailAddresses", "otherNames")):
+        errors.append(f"{where}: names no subject (commonName, dnsNames, uris, ...)")
+    for u in spec.get("usages") or []:
+        if u not in USAGES:
+            errors.append(f"{where}: unknown usage {u!r}")
+    for k, v in (spec.get("privateKey") or {}).items():
+        if k not in PRIVATE_KEY:
+            errors.append(f"{where}: unknown field spec.privateKey.{k}")
+        elif PRIVATE_KEY[k] is not None and v not in PRIVATE_KEY[k]:
+            errors.append(f"{where}: spec.privateKey.{k} is {v!r}, not one of {sorted(PRIVATE_KEY[k])}")
+    for k in ("duration", "renewBefore"):
+        if k in spec and not DURATION.match(str(spec[k])):
+            errors.append(f"{where}: spec.{k} {spec[k]!r} is not a duration like 2160h")
+    if "duration" in spec and "renewBefore" in spec and not errors:
+        if seconds(spec["renewBefore"]) >= seconds(spec["duration"]):
+            errors.append(f"{where}: spec.renewBefore is not shorter than spec.duration")
+    for u in spec.get("uris") or []:
+        if not re.match(r"^[a-z][a-z0-9+.-]*://", u):
+            errors.append(f"{where}: {u!r} in spec.uris is not a URI")
+    return errors
+
+def issuer(where, spec):
+    kinds = [k for k in spec if k in ISSUER_TYPES]
+    errors = [f"{where}: unknown field spec.{k}" for k in spec if k not in ISSUER_TYPES]
+    if len(kinds) != 1:
+        errors.append(f"{where}: spec needs exactly one of {sorted(ISSUER_TYPES)}")
+    return errors
+
+errors = []
+args = sys.argv[1:]
+while args:
+    overlay = args[0] == "--overlay"
+    if overlay:
+        args = args[1:]
+    path, args = args[0], args[1:]
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    serving = False
+    for doc in docs:
+        if not str(doc.get("apiVersion", "")).startswith("cert-manager.io/"):
+            continue
+        kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+        where = f"{path}: {kind} {name}"
+        if doc.get("apiVersion") != "cert-manager.io/v1":
+            errors.append(f"{where}: apiVersion must be cert-manager.io/v1")
+        unknown = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
+        errors += [f"{where}: unknown field {k}" for k in sorted(unknown)]
+        if not name:
+            errors.append(f"{where}: metadata.name is required")
+        spec = doc.get("spec") or {}
+        if kind == "Certificate":
+            errors += certificate(where, spec)
+            if spec.get("secretName") == TLS_SECRET and "server auth" in (spec.get("usages") or []):
+                serving = True
+        elif kind in ("Issuer", "ClusterIssuer"):
+            errors += issuer(where, spec)
+        else:
+            errors.append(f"{where}: not a kind this check knows")
+    if overlay and not serving:
+        errors.append(f"{path}: no Certificate for server auth writes the Secret {TLS_SECRET} that verify-service mounts")
+if errors:
+    sys.exit("\n".join(errors))
+"#;
 
 fn systemd(root: &Path) -> anyhow::Result<()> {
     if !works(Command::new("systemd-analyze").arg("--version")) {
@@ -422,7 +568,20 @@ fn systemd_in(root: &Path, dir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{compose_variables, env_file_keys};
+    use super::{compose_variables, env_file_keys, unknown_kinds};
+
+    #[test]
+    fn only_the_allowed_group_may_lack_a_schema() {
+        let report = "WARN a.yaml Couldn't find schema for kind Certificate with api version cert-manager.io/v1 for kubernetes version 1.30\n\
+                      WARN a.yaml Couldn't find schema for kind Widget with api version example.com/v1 for kubernetes version 1.30\n\
+                      a.yaml passed";
+        assert_eq!(
+            unknown_kinds(report, "cert-manager.io/"),
+            [
+                "WARN a.yaml Couldn't find schema for kind Widget with api version example.com/v1 for kubernetes version 1.30"
+            ]
+        );
+    }
 
     #[test]
     fn finds_compose_variables() {
