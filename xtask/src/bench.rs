@@ -413,7 +413,9 @@ impl Samples {
 
 /// `bench flows`: for each way of calling (`--auth`), a gateway configured for it, a
 /// warm-up, then the measured phase between two readings of the gateway's CPU time and
-/// store transactions; last, each way's flows/s against calling without credentials.
+/// store transactions; last, each way's flows/s and the gateway's CPU per flow against
+/// calling without credentials. The load generator runs on the same cores, so its own TLS
+/// work lowers the flows/s of `mtls`; the CPU per flow is the gateway's alone.
 async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     let total = load.warmup + load.flows;
     if total >= 20_000 {
@@ -436,30 +438,39 @@ async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
         load.flows, load.warmup, load.concurrency, load.connections
     );
     println!("  destinations       {}", destinations.describe());
-    let mut rates = Vec::new();
+    let mut runs = Vec::new();
     for &way in ways {
         println!("  calling as         {}: {}", way.name(), way.describe());
-        let rate = flows_as(root, load, &destinations, &upstream, way).await?;
-        rates.push((way, rate));
+        let run = flows_as(root, load, &destinations, &upstream, way).await?;
+        runs.push((way, run));
     }
     // Each way's mean over its runs (`--auth token,none,token,none` interleaves them: this
     // machine's speed drifts by more than what is compared).
     let mean = |way: Auth| {
-        let runs: Vec<f64> = rates
+        let of_way: Vec<&Run> = runs
             .iter()
             .filter(|(w, _)| *w == way)
-            .map(|(_, r)| *r)
+            .map(|(_, r)| r)
             .collect();
-        (!runs.is_empty()).then(|| (runs.iter().sum::<f64>() / runs.len() as f64, runs.len()))
+        let n = of_way.len() as f64;
+        (!of_way.is_empty()).then(|| {
+            (
+                of_way.iter().map(|r| r.rate).sum::<f64>() / n,
+                of_way.iter().map(|r| r.cpu_ms_per_flow).sum::<f64>() / n,
+                of_way.len(),
+            )
+        })
     };
-    if let Some((plain, plain_runs)) = mean(Auth::None) {
+    if let Some((plain, plain_cpu, plain_runs)) = mean(Auth::None) {
         for way in [Auth::Token, Auth::Mtls] {
-            if let Some((rate, runs)) = mean(way) {
+            if let Some((rate, cpu, n)) = mean(way) {
                 println!(
-                    "  authentication     {}: {rate:.0} flows/s ({runs} run(s)), {:+.1}% against no \
-                     credentials ({plain:.0}, {plain_runs} run(s))",
+                    "  authentication     {}: {rate:.0} flows/s, {:+.1}% against no credentials \
+                     ({plain:.0}); gateway CPU {cpu:.3} ms per flow, {:+.1}% ({plain_cpu:.3}); \
+                     means of {n} and {plain_runs} run(s)",
                     way.name(),
-                    (rate / plain - 1.0) * 100.0
+                    (rate / plain - 1.0) * 100.0,
+                    (cpu / plain_cpu - 1.0) * 100.0,
                 );
             }
         }
@@ -467,14 +478,21 @@ async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One way's gateway and measured phase; its flows/s.
+/// What one way's measured phase gave.
+struct Run {
+    rate: f64,
+    /// The gateway's CPU time (user and system) per measured flow.
+    cpu_ms_per_flow: f64,
+}
+
+/// One way's gateway and measured phase.
 async fn flows_as(
     root: &Path,
     load: &Load,
     destinations: &Arc<Destinations>,
     upstream: &bench_upstream::FixedUpstream,
     way: Auth,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Run> {
     let total = load.warmup + load.flows;
     let setup = crate::bench_auth::setup(way)?;
     let env: Vec<(&str, &str)> = setup
@@ -529,10 +547,10 @@ async fn flows_as(
         );
     }
     s.answers.print();
+    let cpu_ms_per_flow = cpu.seconds * 1000.0 / load.flows.max(1) as f64;
     println!(
-        "  gateway CPU        {:.3} ms per flow, {:.0}% of one core (utime+stime over the measured \
-         phase, {ticks_per_second} ticks/s)",
-        cpu.seconds * 1000.0 / load.flows.max(1) as f64,
+        "  gateway CPU        {cpu_ms_per_flow:.3} ms per flow, {:.0}% of one core (utime+stime \
+         over the measured phase, {ticks_per_second} ticks/s)",
         cpu.percent_of_core
     );
     println!("  gateway memory     {} (VmRSS, VmHWM)", memory.describe());
@@ -545,7 +563,10 @@ async fn flows_as(
             "flow"
         )
     );
-    Ok(rate)
+    Ok(Run {
+        rate,
+        cpu_ms_per_flow,
+    })
 }
 
 /// Runs the flows with indices `flows` on `concurrency` workers sharing `clients`.
