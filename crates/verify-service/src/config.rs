@@ -198,6 +198,7 @@ struct RawTls {
     cert_file: String,
     key_file: String,
     client_ca_file: String,
+    client_certificate: crate::tls::ClientCertificate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -716,6 +717,7 @@ fn resolve_tls(raw: &RawTls) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
             cert_file,
             key_file,
             client_ca_file: client_ca,
+            client_certificate: raw.client_certificate,
         })),
         (None, None) if client_ca.is_none() => Ok(None),
         (None, None) => bail!(
@@ -876,6 +878,7 @@ mod tests {
                 cert_file: "/etc/vg/tls.crt".into(),
                 key_file: "/etc/vg/tls.key".into(),
                 client_ca_file: Some("/etc/vg/ca.crt".into()),
+                client_certificate: crate::tls::ClientCertificate::Required,
             })
         );
     }

@@ -37,10 +37,11 @@ impl GrpcService {
             return Ok(None);
         };
         let subject = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(crate::tls::certificate_subject));
+            .extensions()
+            .get::<crate::tls::Peer>()
+            .and_then(|peer| peer.subject.as_deref());
         callers
-            .identify(auth::bearer_token(request.metadata()), subject.as_deref())
+            .identify(auth::bearer_token(request.metadata()), subject)
             .map(Some)
             .map_err(ServiceError::Unauthenticated)
     }

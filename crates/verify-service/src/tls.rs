@@ -15,19 +15,23 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use futures::Stream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -35,7 +39,7 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const READY_CONNECTIONS: usize = 64;
 
-/// The files `[server.tls]` names.
+/// The files `[server.tls]` names, and whether clients must present a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The server's certificate chain (PEM), leaf first.
@@ -45,6 +49,21 @@ pub struct TlsFiles {
     /// CA certificates (PEM) that client certificates must chain to; `None`: clients
     /// present none (server-only TLS).
     pub client_ca_file: Option<PathBuf>,
+    /// With a client CA: whether a client without a certificate is refused at the
+    /// handshake, or admitted to name itself with a bearer token.
+    pub client_certificate: ClientCertificate,
+}
+
+/// `server.tls.client_certificate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificate {
+    /// Every client presents a certificate of the client CA (mutual TLS only).
+    #[default]
+    Required,
+    /// A client may present none, and then needs a bearer token; a certificate it does
+    /// present must still chain to the client CA and be valid.
+    Optional,
 }
 
 impl TlsFiles {
@@ -172,9 +191,13 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
                     )
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .context("server.tls.client_ca_file: building the client certificate check")?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match files.client_certificate {
+                ClientCertificate::Required => verifier,
+                ClientCertificate::Optional => verifier.allow_unauthenticated(),
+            }
+            .build()
+            .context("server.tls.client_ca_file: building the client certificate check")?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -191,12 +214,99 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
+/// What a call knows of its connection's TLS session. Tonic puts it in every request's
+/// extensions (it is the connection's [`Connected::ConnectInfo`]).
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// Who the client certificate names ([`certificate_subject`]), read once at the
+    /// handshake rather than parsed again on every call; `None` without a certificate.
+    pub subject: Option<Arc<str>>,
+}
+
+/// A connection after its TLS handshake, with what its client certificate names.
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connection {
+    fn new(stream: TlsStream<TcpStream>) -> Connection {
+        let subject = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(certificate_subject)
+            .map(Arc::from);
+        Connection {
+            stream,
+            peer: Peer { subject },
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// The connections of `listener` after their TLS handshake, for tonic's
 /// `serve_with_incoming`. Accepting stops when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     certificates: Arc<Certificates>,
-) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> {
+) -> impl Stream<Item = io::Result<Connection>> {
     let (ready, taken) = mpsc::channel(READY_CONNECTIONS);
     tokio::spawn(accept_loop(listener, certificates, ready));
     futures::stream::unfold(taken, |mut taken| async move {
@@ -207,7 +317,7 @@ pub fn incoming(
 async fn accept_loop(
     listener: TcpListener,
     certificates: Arc<Certificates>,
-    ready: mpsc::Sender<TlsStream<TcpStream>>,
+    ready: mpsc::Sender<Connection>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -231,7 +341,12 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send(stream).await;
+                    let _ = ready.send(Connection::new(stream)).await;
+                }
+                // A client that hangs up inside the handshake, as TCP probes do (a load
+                // balancer's, the compose health check's): not worth a line each.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, error = %e, "connection closed before a TLS handshake");
                 }
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "TLS handshake refused");
@@ -323,6 +438,7 @@ mod tests {
             cert_file: dir.join("tls.crt"),
             key_file: dir.join("tls.key"),
             client_ca_file: None,
+            client_certificate: ClientCertificate::Required,
         };
         let error = format!(
             "{:#}",

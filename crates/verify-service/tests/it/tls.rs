@@ -355,3 +355,67 @@ async fn a_client_certificate_names_its_caller() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_optional_client_certificate_admits_callers_named_by_token() {
+    let ca = authority("verify-gateway test CA");
+    let other_ca = authority("some other CA");
+    let token = "app-token-0123456789abcdef";
+    let digest = hex::encode(verify_service::auth::token_digest(token));
+    let config = format!(
+        "client_certificate = \"optional\"\n\
+         [callers.checkout]\nmtls_subject = \"{SPIFFE_ID}\"\npurposes = [\"login\"]\n\
+         [callers.app]\ntoken_sha256 = \"{digest}\"\npurposes = [\"login\"]\n"
+    );
+    let gateway = TlsGateway::start_with(&server_leaf(&ca), Some(&ca), &config).await;
+    let start = |to: &str, token: Option<&str>| {
+        let mut request = tonic::Request::new(proto::verify::v1::StartVerificationRequest {
+            purpose: "login".into(),
+            to: to.into(),
+            ..Default::default()
+        });
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+        }
+        request
+    };
+
+    // Without a certificate: the handshake is admitted, the call needs a token.
+    let bare = VerifyServiceClient::new(gateway.channel(&ca, None).await.expect("handshake"));
+    bare.clone()
+        .start_verification(start("+14155552733", Some(token)))
+        .await
+        .expect("a caller named by its token");
+    let anonymous = bare
+        .clone()
+        .start_verification(start("+14155552744", None))
+        .await
+        .expect_err("nobody");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+
+    // A certificate still names its caller, and one the client CA did not issue, or an
+    // expired one, is still refused at the handshake.
+    let checkout = gateway
+        .channel(&ca, Some(&client_leaf(&ca, false)))
+        .await
+        .expect("channel");
+    VerifyServiceClient::new(checkout)
+        .start_verification(start("+14155552755", None))
+        .await
+        .expect("the certificate's caller starts");
+    for (what, identity) in [
+        ("another CA's", client_leaf(&other_ca, false)),
+        ("an expired one", client_leaf(&ca, true)),
+    ] {
+        let outcome = gateway.health(&ca, Some(&identity)).await;
+        assert!(outcome.is_err(), "{what}: admitted");
+    }
+    gateway.shutdown().await;
+}
