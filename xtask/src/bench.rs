@@ -208,6 +208,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         warmup: flag(args, "--warmup", 1000)?,
         concurrency: flag(args, "--concurrency", 32)?.max(1),
         connections: flag(args, "--connections", 4)?.max(1),
+        segment: flag(args, "--segment", 1000)?.max(1),
     };
     let auth = Auth::from_args(args)?;
     let events = flag(args, "--events", 5000)?;
@@ -252,6 +253,8 @@ pub(crate) struct Load {
     pub concurrency: usize,
     /// HTTP/2 connections the workers share, as the yardstick's load generator has them.
     pub connections: usize,
+    /// `flows`: measured flows a way runs before the next way takes its turn.
+    pub segment: usize,
 }
 
 pub(crate) async fn connect(grpc_port: u16) -> anyhow::Result<Client> {
@@ -411,11 +414,14 @@ impl Samples {
     }
 }
 
-/// `bench flows`: for each way of calling (`--auth`), a gateway configured for it, a
-/// warm-up, then the measured phase between two readings of the gateway's CPU time and
-/// store transactions; last, each way's flows/s and the gateway's CPU per flow against
-/// calling without credentials. The load generator runs on the same cores, so its own TLS
-/// work lowers the flows/s of `mtls`; the CPU per flow is the gateway's alone.
+/// `bench flows`: for each way of calling (`--auth`), a gateway configured for it and
+/// warmed up; then the measured flows in segments of `--segment` flows, each segment run
+/// on every gateway in turn (the order reversed every other round), so slow drift of this
+/// machine's speed falls on every way alike; each gateway's CPU time and store
+/// transactions are read around its own segments. Last, each way's flows/s and the
+/// gateway's CPU per flow against calling without credentials. The load generator runs on
+/// the same cores, so its own TLS work lowers the flows/s of `mtls`; the CPU per flow is
+/// the gateway's alone.
 async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     let total = load.warmup + load.flows;
     if total >= 20_000 {
@@ -433,44 +439,56 @@ async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     let upstream = bench_upstream::start().await?;
     println!(
         "verify-gateway bench: {} Start+Check flows after {} warm-up flows, concurrency {} over {} \
-         connections; SQLite, shipped limits and fraud scoring, fixed-answer Twilio upstream in \
-         xtask (sandbox off); release build; a fresh gateway per way of calling",
-        load.flows, load.warmup, load.concurrency, load.connections
+         connections, in segments of {} flows taken by each way in turn; SQLite, shipped limits \
+         and fraud scoring, fixed-answer Twilio upstream in xtask (sandbox off); release build; \
+         a gateway per way of calling",
+        load.flows, load.warmup, load.concurrency, load.connections, load.segment
     );
     println!("  destinations       {}", destinations.describe());
-    let mut runs = Vec::new();
-    for &way in ways {
-        println!("  calling as         {}: {}", way.name(), way.describe());
-        let run = flows_as(root, load, &destinations, &upstream, way).await?;
-        runs.push((way, run));
+    let mut distinct: Vec<Auth> = Vec::new();
+    for way in ways {
+        if !distinct.contains(way) {
+            distinct.push(*way);
+        }
     }
-    // Each way's mean over its runs (`--auth token,none,token,none` interleaves them: this
-    // machine's speed drifts by more than what is compared).
-    let mean = |way: Auth| {
-        let of_way: Vec<&Run> = runs
-            .iter()
-            .filter(|(w, _)| *w == way)
-            .map(|(_, r)| r)
-            .collect();
-        let n = of_way.len() as f64;
-        (!of_way.is_empty()).then(|| {
-            (
-                of_way.iter().map(|r| r.rate).sum::<f64>() / n,
-                of_way.iter().map(|r| r.cpu_ms_per_flow).sum::<f64>() / n,
-                of_way.len(),
-            )
-        })
-    };
-    if let Some((plain, plain_cpu, plain_runs)) = mean(Auth::None) {
+    let mut contenders = Vec::with_capacity(distinct.len());
+    for way in distinct {
+        contenders.push(Contender::start(root, load, &destinations, &upstream, way).await?);
+    }
+    let mut offset = load.warmup;
+    let mut round = 0;
+    while offset < total {
+        let end = (offset + load.segment).min(total);
+        let mut order: Vec<usize> = (0..contenders.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            contenders[i]
+                .measure(&destinations, offset..end, load.concurrency)
+                .await?;
+        }
+        offset = end;
+        round += 1;
+    }
+    let mut runs = Vec::with_capacity(contenders.len());
+    for contender in &mut contenders {
+        runs.push((contender.way, contender.report(load).await?));
+    }
+    let of = |way: Auth| runs.iter().find(|(w, _)| *w == way).map(|(_, r)| r);
+    if let Some(plain) = of(Auth::None) {
         for way in [Auth::Token, Auth::Mtls] {
-            if let Some((rate, cpu, n)) = mean(way) {
+            if let Some(run) = of(way) {
                 println!(
-                    "  authentication     {}: {rate:.0} flows/s, {:+.1}% against no credentials \
-                     ({plain:.0}); gateway CPU {cpu:.3} ms per flow, {:+.1}% ({plain_cpu:.3}); \
-                     means of {n} and {plain_runs} run(s)",
+                    "  authentication     {}: {:.0} flows/s, {:+.1}% against no credentials \
+                     ({:.0}); gateway CPU {:.3} ms per flow, {:+.1}% ({:.3})",
                     way.name(),
-                    (rate / plain - 1.0) * 100.0,
-                    (cpu / plain_cpu - 1.0) * 100.0,
+                    run.rate,
+                    (run.rate / plain.rate - 1.0) * 100.0,
+                    plain.rate,
+                    run.cpu_ms_per_flow,
+                    (run.cpu_ms_per_flow / plain.cpu_ms_per_flow - 1.0) * 100.0,
+                    plain.cpu_ms_per_flow,
                 );
             }
         }
@@ -478,95 +496,146 @@ async fn flows(root: &Path, load: &Load, ways: &[Auth]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one way's measured phase gave.
+/// What one way's measured flows gave.
 struct Run {
     rate: f64,
     /// The gateway's CPU time (user and system) per measured flow.
     cpu_ms_per_flow: f64,
 }
 
-/// One way's gateway and measured phase.
-async fn flows_as(
-    root: &Path,
-    load: &Load,
-    destinations: &Arc<Destinations>,
-    upstream: &bench_upstream::FixedUpstream,
+/// One way of calling: its gateway, its clients, and what its measured segments gave.
+struct Contender {
     way: Auth,
-) -> anyhow::Result<Run> {
-    let total = load.warmup + load.flows;
-    let setup = crate::bench_auth::setup(way)?;
-    let env: Vec<(&str, &str)> = setup
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let gateway = spawn_gateway(root, Upstream::Fixed(upstream), &env)?;
-    let clients = connect_all_as(gateway.grpc, load.connections, &setup.access).await?;
-    let ticks_per_second = bench_measure::clock_ticks_per_second();
-    let http = reqwest::Client::new();
-    if load.warmup > 0 {
-        let (warm, elapsed) =
-            phase(&clients, destinations, 0..load.warmup, load.concurrency).await?;
-        println!(
-            "  warm-up            {} flows in {:.2} s, not counted ({} failed)",
-            load.warmup,
-            elapsed.as_secs_f64(),
-            warm.errors
-        );
-    }
-    let transactions_before = bench_measure::transactions(&http, gateway.metrics).await;
-    let cpu_before = bench_measure::cpu(gateway.pid)?;
-    let (mut s, elapsed) =
-        phase(&clients, destinations, load.warmup..total, load.concurrency).await?;
-    let cpu = bench_measure::cpu_use(
-        cpu_before,
-        bench_measure::cpu(gateway.pid)?,
-        ticks_per_second,
-    );
-    let memory = bench_measure::memory(gateway.pid)?;
-    let transactions_after = bench_measure::transactions(&http, gateway.metrics).await;
+    gateway: BenchGateway,
+    clients: Vec<Client>,
+    http: reqwest::Client,
+    ticks_per_second: u64,
+    samples: Samples,
+    elapsed: Duration,
+    cpu_seconds: f64,
+    transactions_before: Option<BTreeMap<String, f64>>,
+    /// Kept until the end: the `mtls` way's certificates are in it.
+    _setup: crate::bench_auth::Setup,
+}
 
-    let rpcs = s.start.len() + s.check.len();
-    let rate = s.check.len() as f64 / elapsed.as_secs_f64();
-    println!("  elapsed            {:.2} s", elapsed.as_secs_f64());
-    println!("  flows/s            {rate:.0}");
-    println!(
-        "  rpcs/s             {:.0}  (Start + Check)",
-        rpcs as f64 / elapsed.as_secs_f64()
-    );
-    println!("  errors             {}", s.errors);
-    for (name, v) in [
-        ("StartVerification", &mut s.start),
-        ("CheckVerification", &mut s.check),
-    ] {
-        v.sort();
-        println!(
-            "  {name:<18} p50 {:>8.2} ms   p99 {:>8.2} ms",
-            pct(v, 0.50),
-            pct(v, 0.99)
-        );
+impl Contender {
+    /// Starts `way`'s gateway and runs its warm-up, which is not measured.
+    async fn start(
+        root: &Path,
+        load: &Load,
+        destinations: &Arc<Destinations>,
+        upstream: &bench_upstream::FixedUpstream,
+        way: Auth,
+    ) -> anyhow::Result<Contender> {
+        println!("  calling as         {}: {}", way.name(), way.describe());
+        let setup = crate::bench_auth::setup(way)?;
+        let env: Vec<(&str, &str)> = setup
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let gateway = spawn_gateway(root, Upstream::Fixed(upstream), &env)?;
+        let clients = connect_all_as(gateway.grpc, load.connections, &setup.access).await?;
+        if load.warmup > 0 {
+            let (warm, elapsed) =
+                phase(&clients, destinations, 0..load.warmup, load.concurrency).await?;
+            println!(
+                "  warm-up            {} flows in {:.2} s, not counted ({} failed)",
+                load.warmup,
+                elapsed.as_secs_f64(),
+                warm.errors
+            );
+        }
+        Ok(Contender {
+            way,
+            gateway,
+            clients,
+            http: reqwest::Client::new(),
+            ticks_per_second: bench_measure::clock_ticks_per_second(),
+            samples: Samples::default(),
+            elapsed: Duration::ZERO,
+            cpu_seconds: 0.0,
+            transactions_before: None,
+            _setup: setup,
+        })
     }
-    s.answers.print();
-    let cpu_ms_per_flow = cpu.seconds * 1000.0 / load.flows.max(1) as f64;
-    println!(
-        "  gateway CPU        {cpu_ms_per_flow:.3} ms per flow, {:.0}% of one core (utime+stime \
-         over the measured phase, {ticks_per_second} ticks/s)",
-        cpu.percent_of_core
-    );
-    println!("  gateway memory     {} (VmRSS, VmHWM)", memory.describe());
-    println!(
-        "  {}",
-        bench_measure::transactions_line(
-            &transactions_before,
-            &transactions_after,
-            load.flows,
-            "flow"
-        )
-    );
-    Ok(Run {
-        rate,
-        cpu_ms_per_flow,
-    })
+
+    /// Runs the flows `range` as one measured segment.
+    async fn measure(
+        &mut self,
+        destinations: &Arc<Destinations>,
+        range: Range<usize>,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        if self.transactions_before.is_none() {
+            self.transactions_before =
+                Some(bench_measure::transactions(&self.http, self.gateway.metrics).await);
+        }
+        let before = bench_measure::cpu(self.gateway.pid)?;
+        let (samples, elapsed) = phase(&self.clients, destinations, range, concurrency).await?;
+        self.cpu_seconds += bench_measure::cpu_seconds(
+            before,
+            bench_measure::cpu(self.gateway.pid)?,
+            self.ticks_per_second,
+        );
+        self.samples.merge(samples);
+        self.elapsed += elapsed;
+        Ok(())
+    }
+
+    /// Prints what the measured segments gave.
+    async fn report(&mut self, load: &Load) -> anyhow::Result<Run> {
+        let memory = bench_measure::memory(self.gateway.pid)?;
+        let transactions_after =
+            bench_measure::transactions(&self.http, self.gateway.metrics).await;
+        let s = &mut self.samples;
+        let seconds = self.elapsed.as_secs_f64();
+        let rpcs = s.start.len() + s.check.len();
+        let rate = s.check.len() as f64 / seconds;
+        println!("  {} ({})", self.way.name(), self.way.describe());
+        println!("  elapsed            {seconds:.2} s (its segments)");
+        println!("  flows/s            {rate:.0}");
+        println!(
+            "  rpcs/s             {:.0}  (Start + Check)",
+            rpcs as f64 / seconds
+        );
+        println!("  errors             {}", s.errors);
+        for (name, v) in [
+            ("StartVerification", &mut s.start),
+            ("CheckVerification", &mut s.check),
+        ] {
+            v.sort();
+            println!(
+                "  {name:<18} p50 {:>8.2} ms   p99 {:>8.2} ms",
+                pct(v, 0.50),
+                pct(v, 0.99)
+            );
+        }
+        s.answers.print();
+        let cpu_ms_per_flow = self.cpu_seconds * 1000.0 / load.flows.max(1) as f64;
+        println!(
+            "  gateway CPU        {cpu_ms_per_flow:.3} ms per flow, {:.0}% of one core \
+             (utime+stime over its segments, {} ticks/s)",
+            100.0 * self.cpu_seconds / seconds,
+            self.ticks_per_second
+        );
+        println!("  gateway memory     {} (VmRSS, VmHWM)", memory.describe());
+        println!(
+            "  {}",
+            bench_measure::transactions_line(
+                self.transactions_before
+                    .as_ref()
+                    .unwrap_or(&BTreeMap::new()),
+                &transactions_after,
+                load.flows,
+                "flow"
+            )
+        );
+        Ok(Run {
+            rate,
+            cpu_ms_per_flow,
+        })
+    }
 }
 
 /// Runs the flows with indices `flows` on `concurrency` workers sharing `clients`.

@@ -4,26 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::Context;
 
 /// The counter of committed store transactions, labelled `kind` = `read` or `write`.
 const TRANSACTIONS: &str = "verify_store_transactions_total";
 
-/// The CPU time a process has used so far, and when that was read.
+/// The CPU time a process has used so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuSample {
     ticks: u64,
-    at: Instant,
-}
-
-/// What a process used between two samples.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CpuUse {
-    pub seconds: f64,
-    /// CPU seconds per wall-clock second, in % of one core (a 2-core machine has 200%).
-    pub percent_of_core: f64,
 }
 
 /// The clock ticks per second `/proc/<pid>/stat` counts in (`getconf CLK_TCK`), asked once
@@ -46,10 +36,7 @@ pub(crate) fn cpu(pid: u32) -> anyhow::Result<CpuSample> {
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let ticks =
         ticks_of_stat(&stat).with_context(|| format!("no CPU times in /proc/{pid}/stat"))?;
-    Ok(CpuSample {
-        ticks,
-        at: Instant::now(),
-    })
+    Ok(CpuSample { ticks })
 }
 
 /// The command name may hold spaces and parentheses, so fields are counted after its last
@@ -63,18 +50,9 @@ fn ticks_of_stat(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// What `pid` used from `before` to `after`.
-pub(crate) fn cpu_use(before: CpuSample, after: CpuSample, ticks_per_second: u64) -> CpuUse {
-    let seconds = after.ticks.saturating_sub(before.ticks) as f64 / ticks_per_second as f64;
-    let wall = after.at.duration_since(before.at).as_secs_f64();
-    CpuUse {
-        seconds,
-        percent_of_core: if wall > 0.0 {
-            100.0 * seconds / wall
-        } else {
-            f64::NAN
-        },
-    }
+/// The CPU seconds (user and system) a process used from `before` to `after`.
+pub(crate) fn cpu_seconds(before: CpuSample, after: CpuSample, ticks_per_second: u64) -> f64 {
+    after.ticks.saturating_sub(before.ticks) as f64 / ticks_per_second as f64
 }
 
 /// Resident memory now (`VmRSS`) and its peak over the process's life (`VmHWM`), in KiB.

@@ -80,7 +80,8 @@ fn print_help() {
          p99, non-OK codes, gateway CPU per flow, RSS and peak RSS, store transactions per\n          \
          flow (--flows N, default 2000, after --warmup N, default 1000), once per way of\n          \
          calling (--auth none|token|mtls|all, default all: no callers, a bearer token,\n          \
-         a client certificate over mutual TLS) and each way against no credentials\n          \
+         a client certificate over mutual TLS), the gateways side by side taking turns of\n          \
+         --segment N flows (default 1000), and each way against no credentials\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
          failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
          abuse: an SMS-pumping attack among legitimate users, enforce and shadow mode:\n          \
