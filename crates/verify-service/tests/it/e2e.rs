@@ -169,3 +169,91 @@ async fn binary_serves_reflection_and_the_documented_walkthrough() {
         "{text}"
     );
 }
+
+/// The binary on a non-loopback address without callers: it refuses to start, naming the
+/// settings; with `auth.insecure_no_callers` it serves, with a warning.
+#[tokio::test]
+async fn binary_refuses_an_open_address_without_callers_unless_told_to() {
+    let data = std::env::temp_dir().join(format!("vg-open-{}", uuid::Uuid::new_v4()));
+    let gateway = |grpc: u16| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_verify-gateway"));
+        command
+            .args(["--grpc-addr", &format!("0.0.0.0:{grpc}")])
+            .args(["--sandbox-addr", "127.0.0.1:0"])
+            .args(["--webhooks-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TWILIO_ACCOUNT_SID")
+            .env_remove("DATABASE_URL")
+            .env_remove("VERIFY_AUTH__INSECURE_NO_CALLERS")
+            .env("VERIFY_LOG__FILTER", "warn");
+        command
+    };
+
+    let refused = tokio::task::spawn_blocking({
+        let mut command = gateway(free_port());
+        move || {
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("binary runs");
+    assert!(!refused.status.success(), "started open to anyone");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        "would answer anyone",
+        "0.0.0.0",
+        "[callers.<name>]",
+        "auth.insecure_no_callers",
+        "VERIFY_AUTH__INSECURE_NO_CALLERS",
+    ] {
+        assert!(said.contains(needle), "{needle} missing in: {said}");
+    }
+
+    let grpc = free_port();
+    let log = data.join("output.log");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = gateway(grpc)
+        .env("VERIFY_AUTH__INSECURE_NO_CALLERS", "true")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .expect("binary starts");
+    let _guard = KillOnDrop(child, data.clone());
+    let started = Instant::now();
+    let channel = loop {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .expect("uri");
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("serving");
+    // The warning is logged as the server starts; give the writer a moment.
+    let warned = loop {
+        let logged = std::fs::read_to_string(&log).expect("log");
+        if logged.contains("served without callers to anyone")
+            || started.elapsed() > Duration::from_secs(20)
+        {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        warned.contains("served without callers to anyone") && warned.contains("WARN"),
+        "no warning: {warned}"
+    );
+}
