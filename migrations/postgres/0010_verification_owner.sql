@@ -15,7 +15,10 @@ CREATE DOMAIN caller_name AS TEXT
 ALTER TABLE verifications ADD COLUMN owner caller_name NOT NULL DEFAULT '';
 
 -- An idempotency key names one request of one caller: two callers using the same key for
--- a purpose are two requests, and neither may receive the other's verification.
+-- a purpose are two requests, and neither may receive the other's verification. The new
+-- index is built before the old one goes, so no moment is without one; building it reads
+-- the rows that hold a key and blocks writes to `verifications` meanwhile: on a large
+-- table, migrate at a quiet time.
 CREATE UNIQUE INDEX verifications_purpose_owner_idempotency_key
     ON verifications (purpose, owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
