@@ -489,6 +489,19 @@ impl Verification {
         Ok(())
     }
 
+    /// Gives back an attempt [`Verification::begin_check`] claimed, when the provider gave
+    /// no answer to the check (unavailable, timed out): the user's guess was not judged, so
+    /// it must not count against them. Returns whether anything changed (a verification
+    /// that is no longer pending keeps its count).
+    pub fn release_check(&mut self, now: DateTime<Utc>) -> bool {
+        if self.status != VerificationStatus::Pending || self.checks == 0 {
+            return false;
+        }
+        self.checks -= 1;
+        self.touch(now);
+        true
+    }
+
     /// Applies the provider's answer to a claimed check.
     pub fn finish_check(&mut self, outcome: CheckOutcome, now: DateTime<Utc>) -> Transition {
         if self.status != VerificationStatus::Pending {
@@ -733,6 +746,21 @@ mod tests {
         v.begin_check(at(1)).expect("pending");
         v.finish_check(CheckOutcome::Wrong, at(1));
         assert_eq!(v.version, 3);
+    }
+
+    #[test]
+    fn a_released_check_is_given_back_while_pending() {
+        let mut v = pending(2, 3);
+        v.mark_sent("VE1".into(), at(0));
+        v.begin_check(at(1)).expect("pending");
+        v.begin_check(at(1)).expect("pending");
+        assert_eq!(v.checks_left(), 0);
+        assert!(v.release_check(at(2)));
+        assert_eq!((v.checks_left(), v.version), (1, 4));
+        v.begin_check(at(3)).expect("the attempt is back");
+        v.finish_check(CheckOutcome::Approved, at(3));
+        assert!(!v.release_check(at(4)), "over: the count stays");
+        assert_eq!(v.checks, 2);
     }
 
     #[test]

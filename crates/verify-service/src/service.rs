@@ -562,7 +562,13 @@ impl VerifyCore {
                 },
                 Err(e) if e.kind == ProviderErrorKind::NotFound => CheckOutcome::Gone,
                 Err(e) if e.kind == ProviderErrorKind::MaxChecks => CheckOutcome::ProviderLimit,
-                Err(e) => return Err(e.into()),
+                // No answer on the code (unavailable, timed out, refused for another
+                // reason): the attempt is given back, so a provider outage never uses up a
+                // user's checks. The shared check limit keeps its event: it counts tries.
+                Err(e) => {
+                    self.release_check(&mut v).await;
+                    return Err(e.into());
+                }
             };
             let transition = self.finish(&mut v, outcome).await?;
             match outcome {
@@ -592,6 +598,33 @@ impl VerifyCore {
         }
         .instrument(span)
         .await
+    }
+
+    /// Gives back the attempt a check claimed on `v` ([`Verification::release_check`]).
+    /// Best effort: the check answers with the provider's error either way, and a
+    /// verification this fails on keeps one attempt fewer.
+    async fn release_check(&self, v: &mut Verification) {
+        for _ in 0..CONFLICT_RETRIES {
+            let version = v.version;
+            if !v.release_check(self.clock.now()) {
+                return;
+            }
+            match self.store.update(v, version).await {
+                Ok(()) => return,
+                Err(domain::ports::StoreError::Conflict(id)) => match self.read(&id).await {
+                    Ok(current) => *v = current,
+                    Err(e) => {
+                        warn!(error = %e, "could not give back a check attempt");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    warn!(error = %e, "could not give back a check attempt");
+                    return;
+                }
+            }
+        }
+        warn!("could not give back a check attempt: the verification kept changing");
     }
 
     async fn finish(

@@ -93,6 +93,12 @@ impl Harness {
 
     /// Starts the gateway with `toml` layered over the shipped defaults.
     pub async fn start_with(backend: Backend, toml: &str) -> Harness {
+        Self::start_against(backend, toml, &TwilioEnv::default()).await
+    }
+
+    /// [`Harness::start_with`] with Twilio credentials: the sandbox is off, and `toml` says
+    /// where Twilio is (`[twilio] base_url`).
+    pub async fn start_against(backend: Backend, toml: &str, twilio: &TwilioEnv) -> Harness {
         crate::redaction::capture_logs();
         let data_dir = std::env::temp_dir().join(format!("vg-it-{}", uuid::Uuid::new_v4()));
         let database_url = match backend {
@@ -111,11 +117,14 @@ impl Harness {
             database_url: Some(database_url.clone()),
             ..Overrides::default()
         };
-        let settings =
-            config::load_from_str(toml, &overrides, &TwilioEnv::default()).expect("settings");
+        let settings = config::load_from_str(toml, &overrides, twilio).expect("settings");
         let gateway = Gateway::bind(&settings).await.expect("gateway binds");
         let grpc_addr = gateway.grpc_addr().expect("grpc addr");
-        let sandbox = format!("http://{}", gateway.sandbox_addr().expect("sandbox runs"));
+        // Empty when the gateway calls a Twilio of the test's own.
+        let sandbox = gateway
+            .sandbox_addr()
+            .map(|addr| format!("http://{addr}"))
+            .unwrap_or_default();
         let metrics = format!(
             "http://{}/metrics",
             gateway.metrics_addr().expect("metrics are served")

@@ -9,6 +9,7 @@ mod fallback;
 mod flows;
 mod harness;
 mod key_rotation;
+mod outages;
 mod redaction;
 mod replicas;
 mod tls;
