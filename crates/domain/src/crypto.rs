@@ -27,7 +27,7 @@ impl BlindIndexKey {
     pub fn hash(&self, destination: &Destination) -> DestinationHash {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
             .expect("HMAC-SHA256 takes a key of any length");
-        mac.update(canonical(destination).as_bytes());
+        mac.update(indexed(destination).as_bytes());
         DestinationHash(hex::encode(mac.finalize().into_bytes()))
     }
 
@@ -196,6 +196,16 @@ fn canonical(destination: &Destination) -> String {
     }
 }
 
+/// The text the blind index hashes: [`canonical`], with an email address as the mailbox it
+/// reaches ([`Email::mailbox`]), so `Bob@x.io` and `bob+otp@x.io` are one destination to
+/// every lookup and limit.
+fn indexed(destination: &Destination) -> String {
+    match destination {
+        Destination::Phone(_) => canonical(destination),
+        Destination::Email(e) => format!("email:{}", e.mailbox()),
+    }
+}
+
 fn from_canonical(text: &str) -> Option<Destination> {
     if let Some(e164) = text.strip_prefix("phone:") {
         PhoneNumber::from_e164(e164).map(Destination::Phone)
@@ -212,6 +222,15 @@ mod tests {
 
     fn phone() -> Destination {
         Destination::Phone(PhoneNumber::parse("+14155552671", None).expect("valid"))
+    }
+
+    #[test]
+    fn one_mailbox_is_one_blind_index() {
+        let key = BlindIndexKey::new([3; 32]);
+        let hash = |raw: &str| key.hash(&Destination::Email(Email::parse(raw).expect("valid")));
+        assert_eq!(hash("Bob@x.io"), hash("bob@x.io"));
+        assert_eq!(hash("BOB+otp@x.io"), hash("bob@x.io"));
+        assert_ne!(hash("bob@x.io"), hash("bobby@x.io"));
     }
 
     #[test]

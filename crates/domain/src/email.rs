@@ -67,6 +67,22 @@ impl Email {
         &self.0
     }
 
+    /// The mailbox the address reaches, as limits and the one-pending rule compare
+    /// destinations: lower-cased, and without a `+tag` after the local part.
+    /// `Jane.Doe+otp@Example.com` and `jane.doe@example.com` reach one inbox at nearly every
+    /// provider (a local part is case-sensitive only in theory), so they must count as one
+    /// destination, or changing the case would get past every per-destination limit. Dots
+    /// are kept: only some providers ignore them. The address itself is kept as typed
+    /// for delivery.
+    pub fn mailbox(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or((&self.0, ""));
+        let local = match local.split_once('+') {
+            Some((base, _tag)) if !base.is_empty() => base,
+            _ => local,
+        };
+        format!("{}@{domain}", local.to_lowercase())
+    }
+
     /// A mask safe for logs and responses: `j***@example.com`.
     pub fn masked(&self) -> String {
         let (local, domain) = self.0.rsplit_once('@').unwrap_or(("", &self.0));
@@ -112,6 +128,32 @@ mod tests {
         check(
             &format!("{}@example.com", "a".repeat(250)),
             Err(EmailError::TooLong),
+        );
+    }
+
+    #[test]
+    fn one_mailbox_whatever_the_case_or_tag() {
+        let mailbox = |raw: &str| Email::parse(raw).expect("valid").mailbox();
+        for raw in [
+            "bob@x.io",
+            "Bob@x.io",
+            "BOB@X.IO",
+            "bob+otp@x.io",
+            "BOB+Login@x.io",
+        ] {
+            assert_eq!(mailbox(raw), "bob@x.io", "{raw}");
+        }
+        assert_eq!(mailbox("b.o.b@x.io"), "b.o.b@x.io", "dots are kept");
+        assert_eq!(
+            mailbox("+bob@x.io"),
+            "+bob@x.io",
+            "no local part before the tag"
+        );
+        assert_eq!(mailbox("ÉLODIE@x.io"), "élodie@x.io");
+        // Delivery keeps the address as typed.
+        assert_eq!(
+            Email::parse("Bob+otp@X.io").expect("valid").as_str(),
+            "Bob+otp@x.io"
         );
     }
 

@@ -467,9 +467,16 @@ impl VerifyCore {
             }
             match self.store.update(&v, version).await {
                 Ok(()) => {
+                    // To the address the verification was started with: one destination
+                    // may be written in several ways (an email's case or `+tag`), and the
+                    // provider keeps its pending verification under the first.
+                    let to = self.keyring.open(&v.destination).unwrap_or_else(|e| {
+                        warn!(error = %e, "cannot open the stored destination; resending to the one given");
+                        input.to.clone()
+                    });
                     let request = ProviderStart {
                         service: policy.service_sid().to_owned(),
-                        to: input.to.clone(),
+                        to,
                         channel,
                         locale: input.locale.clone(),
                     };

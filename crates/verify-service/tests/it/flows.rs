@@ -321,6 +321,35 @@ async fn email_verifications_go_by_email(h: Harness) {
     h.shutdown().await;
 }
 
+/// One mailbox is one destination, however its address is written: the one-pending rule
+/// and the per-destination limits see `Bob@…`, `bob@…` and `BOB+tag@…` as one.
+async fn an_email_written_differently_is_the_same_destination(h: Harness) {
+    let start = |to: &str| pb::StartVerificationRequest {
+        purpose: "login".into(),
+        to: to.into(),
+        ..Default::default()
+    };
+    let first = h
+        .start_req(start("Bob@Example.com"))
+        .await
+        .expect("first start");
+    for again in ["bob@example.com", "BOB+login@example.com"] {
+        let resent = h.start_req(start(again)).await.expect("a resend");
+        assert_eq!(resent.id, first.id, "{again} started another verification");
+    }
+    // Past max_sends (3) for the one mailbox, however it is written.
+    let refused = h
+        .start_req(start("bob+other@EXAMPLE.com"))
+        .await
+        .expect_err("a fourth send to one mailbox");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Every send went to the address the verification was started with.
+    let code = h.latest_code("Bob@example.com").await;
+    assert_eq!(h.inbox("Bob@example.com").await.len(), 3);
+    assert!(h.check(&first.id, &code).await.expect("check").valid);
+    h.shutdown().await;
+}
+
 async fn health_is_served(h: Harness) {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc_addr))
         .expect("uri")
@@ -350,6 +379,7 @@ on_both_backends!(
     resends_are_limited_to_three,
     cancel_ends_a_verification,
     email_verifications_go_by_email,
+    an_email_written_differently_is_the_same_destination,
     health_is_served,
 );
 
