@@ -8,35 +8,49 @@
 //! lets a burst of `limit` through, then one more every `period / limit`. Each key holds
 //! one timestamp, its theoretical arrival time (TAT); an event is allowed when pushing the
 //! TAT one interval further keeps it within one period of now. A refusal says exactly how
-//! long to wait. Time is the caller's `now` in both layers (the in-process layer never
-//! reads a clock; it keeps the latest `now` it was given, so it never runs backwards).
+//! long to wait. Time is the caller's `now` in both layers, in whole milliseconds (the
+//! in-process layer never reads a clock; it keeps the latest `now` it was given, so it never
+//! runs backwards), and both run the same arithmetic, so they agree exactly on one key.
 //!
 //! # The two layers
 //!
-//! [`Limiter::take`] asks the **in-process layer** first: one `governor` keyed limiter per
-//! distinct quota, keyed by the request's key and driven by the caller's `now`. A key it
-//! refuses is refused there and then, without a database round trip: that is the cheap
-//! first line that keeps floods off the database. The keys it allows go, in one call, to
-//! the **shared layer**, a [`RateLimitStore`] (PostgreSQL or SQLite, in the `storage`
-//! crate), whose state every replica shares and which is authoritative.
-//! [`Limiter::peek`] asks only the shared layer.
+//! [`Limiter::take`] asks the **in-process layer** first: each key's TAT in a sharded map in
+//! memory (one entry per key and quota), decided by [`domain::abuse::gcra`] at the
+//! caller's `now`. A key it refuses is refused there and then, without a database round
+//! trip: that is the cheap first line that keeps floods off the database. When it allows
+//! every key, they go, in one call, to the **shared layer**, a [`RateLimitStore`]
+//! (PostgreSQL or SQLite, in the `storage` crate), whose state every replica shares and
+//! which is authoritative. [`Limiter::peek`] asks only the shared layer.
 //!
-//! [`Limiter::take`] treats keys independently, as [`RateLimitStore::take`] does: when a
-//! request names several keys and one is refused, the others are still taken. The hot
-//! paths instead split the layers: [`Limiter::take_local`] asks the in-process layer, and
-//! the keys it allows are taken by the store in the same transaction as the write they
-//! guard (`VerificationStore::insert_limited` / `update_limited`), all of them or none;
-//! [`LocalVerdict::merge`] joins the two answers. Keys are opaque strings; [`ip_key`]
-//! builds the canonical form of a client address.
+//! # All of a request's keys or none
+//!
+//! A request names several keys (a start: its destination, client IP, identity, range and
+//! country), and a refused request takes from none of them, so that refusals of one key
+//! cost the others nothing: a flood of starts to one number, refused by its own limit, must
+//! not use up its range's or its country's limit for everyone else. The in-process layer
+//! locks the shards of all of a request's keys, decides them all, and stores the new TATs
+//! only when every key allowed the event. The hot paths split the layers:
+//! [`Limiter::take_local`] asks the in-process layer, and the keys it took are taken by the
+//! store in the same transaction as the write they guard
+//! (`VerificationStore::insert_limited` / `update_limited`), all of them or none;
+//! [`Limiter::settle`] joins the two answers and, when the shared layer refused, gives the
+//! in-process takes back ([`Limiter::give_back`]: each key's TAT moves back one interval,
+//! never below that of a key never seen). [`Limiter::take`] does the same with
+//! [`RateLimitStore::take`], whose keys are independent of each other: there, a request
+//! the shared layer refuses still takes the keys the store allowed, so it is meant for
+//! requests of one key (the check cooldown). Keys are opaque strings; [`ip_key`] builds the
+//! canonical form of a client address.
 //!
 //! # The approximation
 //!
-//! The in-process layer counts only this replica's attempts, including attempts the shared
-//! layer then refused or never answered (a store error), so under contention it can refuse
-//! a little earlier than the shared limit alone would. It is also stricter by under
-//! `limit` milliseconds when `period` is not a multiple of `limit` (governor's burst is
-//! whole intervals). It never lets through more than the shared layer allows: every allowed
-//! key was allowed by the shared layer too.
+//! The in-process layer counts only this replica's attempts. It also counts attempts the
+//! shared layer never answered (a store error, a write abandoned after a conflict), since
+//! they may have been taken there, so under contention it can refuse a little earlier than
+//! the shared limit alone would. A take given back while other takes of the key happened
+//! after it is undone by one interval, which GCRA cannot always tell apart from a later
+//! event, so this replica may then allow one event more than it would have: the shared
+//! layer still decides it. It never lets through more than the shared layer allows: every
+//! allowed key was allowed by the shared layer too.
 //!
 //! # Bounded memory
 //!
@@ -135,30 +149,37 @@ impl Verdict {
     }
 }
 
-/// What the in-process layer decided about a call's keys ([`Limiter::take_local`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the in-process layer decided about a call's keys ([`Limiter::take_local`]): it took
+/// all of them or, when one refused, none.
+#[derive(Debug, PartialEq, Eq)]
 pub struct LocalVerdict {
     requests: Vec<LimitRequest>,
     decisions: Vec<LimitDecision>,
-    forward: Vec<LimitRequest>,
 }
 
 impl LocalVerdict {
-    /// The requests the in-process layer allowed, in order: what the shared layer decides.
-    pub fn forward(&self) -> &[LimitRequest] {
-        &self.forward
+    /// Whether the in-process layer allowed (and took) every key.
+    fn taken(&self) -> bool {
+        self.decisions.iter().all(|d| d.allowed)
     }
 
-    /// The in-process layer's decision about each request, in order.
+    /// The requests the shared layer must still decide, in order: all of them when the
+    /// in-process layer allowed every one, none when it refused one.
+    pub fn forward(&self) -> &[LimitRequest] {
+        if self.taken() { &self.requests } else { &[] }
+    }
+
+    /// The in-process layer's decision about each request, in order. When one refused, the
+    /// others say what they would have allowed; nothing was taken from them.
     pub fn decisions(&self) -> &[LimitDecision] {
         &self.decisions
     }
 
     /// The verdict when the in-process layer refused a key: every key's local decision
-    /// (those it allowed as allowed, with their local `remaining`). `None` when it refused
-    /// none.
+    /// (those it would have allowed as allowed, with their local `remaining`). `None` when
+    /// it refused none.
     pub fn refused(&self) -> Option<Verdict> {
-        if self.decisions.iter().all(|d| d.allowed) {
+        if self.taken() {
             return None;
         }
         Some(Verdict {
@@ -176,34 +197,30 @@ impl LocalVerdict {
     }
 
     /// The verdict over both layers, given the shared layer's decisions about
-    /// [`LocalVerdict::forward`] (in its order): a key refused locally carries the local
-    /// `retry_after` and `remaining` 0; a key allowed by both carries the shared decision,
+    /// [`LocalVerdict::forward`] (in its order): when the in-process layer refused, its
+    /// [`LocalVerdict::refused`] verdict; otherwise each key carries the shared decision,
     /// its `remaining` lowered to the local one if that is smaller. A store that answered
-    /// a different number of decisions is an error (fail closed).
+    /// a different number of decisions is an error (fail closed). This does not give back
+    /// the in-process takes of a request the shared layer refused: [`Limiter::settle`] does.
     pub fn merge(self, shared: Vec<LimitDecision>) -> Result<Verdict, StoreError> {
-        check_len(&shared, self.forward.len())?;
-        let mut shared = shared.into_iter();
-        let mut decisions = Vec::with_capacity(self.requests.len());
-        for (request, local) in self.requests.into_iter().zip(self.decisions) {
-            let decision = if local.allowed {
-                let mut decision = shared
-                    .next()
-                    .ok_or_else(|| wrong_len(0, self.forward.len()))?;
+        check_len(&shared, self.forward().len())?;
+        if let Some(verdict) = self.refused() {
+            return Ok(verdict);
+        }
+        let decisions = self
+            .requests
+            .into_iter()
+            .zip(self.decisions)
+            .zip(shared)
+            .map(|((request, local), mut decision)| {
                 decision.remaining = decision.remaining.min(local.remaining);
                 KeyDecision {
                     request,
                     decision,
                     local: false,
                 }
-            } else {
-                KeyDecision {
-                    request,
-                    decision: local,
-                    local: true,
-                }
-            };
-            decisions.push(decision);
-        }
+            })
+            .collect();
         Ok(Verdict { decisions })
     }
 }
@@ -231,10 +248,15 @@ impl Limiter {
         }
     }
 
-    /// Takes one event from every requested key: first from the in-process layer, then,
-    /// for the keys it allowed, from the shared store in one call. A key refused locally
-    /// carries the local `retry_after` and `remaining` 0. A key allowed by both carries the
-    /// shared decision, its `remaining` lowered to the local one if that is smaller.
+    /// Takes one event from every requested key: first from the in-process layer, all of
+    /// them or none; then, when it allowed them all, from the shared store in one call. A
+    /// key refused locally carries the local `retry_after` and `remaining` 0, and nothing
+    /// reaches the store. A key allowed by both carries the shared decision, its
+    /// `remaining` lowered to the local one if that is smaller. When the store refuses a
+    /// key, the in-process takes are given back; the store's own takes of the other keys
+    /// stand ([`RateLimitStore::take`] decides each key alone), so a request of several
+    /// keys that must be taken all or none goes through `take_local` and the store's
+    /// transaction instead.
     ///
     /// Fails (closed) when the store cannot answer; callers then send nothing.
     pub async fn take(
@@ -243,33 +265,56 @@ impl Limiter {
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
         let local = self.take_local(requests, now);
-        let shared = if local.forward.is_empty() {
+        let shared = if local.forward().is_empty() {
             Vec::new()
         } else {
-            self.shared.take(&local.forward, now).await?
+            self.shared.take(local.forward(), now).await?
         };
-        local.merge(shared)
+        self.settle(local, shared)
     }
 
     /// The in-process layer of [`Limiter::take`] alone: it takes one event from every key
-    /// it allows and says which requests the shared layer must still decide. The caller
-    /// takes those itself, in the same transaction as the write they guard
-    /// (`VerificationStore::insert_limited`), and merges the answer with
-    /// [`LocalVerdict::merge`]. When [`LocalVerdict::refused`], nothing should go to the
-    /// shared layer: the start is refused as it stands.
+    /// if each allows it, and none otherwise, and says which requests the shared layer must
+    /// still decide. The caller takes those itself, in the same transaction as the write
+    /// they guard (`VerificationStore::insert_limited`), and settles the answer with
+    /// [`Limiter::settle`]. When [`LocalVerdict::refused`], nothing was taken and nothing
+    /// should go to the shared layer: the request is refused as it stands.
     pub fn take_local(&self, requests: &[LimitRequest], now: DateTime<Utc>) -> LocalVerdict {
-        let decisions = self.local.take(requests, now);
-        let forward = requests
-            .iter()
-            .zip(&decisions)
-            .filter(|(_, d)| d.allowed)
-            .map(|(r, _)| r.clone())
-            .collect();
         LocalVerdict {
             requests: requests.to_vec(),
-            decisions,
-            forward,
+            decisions: self.local.take(requests, now),
         }
+    }
+
+    /// The verdict over both layers ([`LocalVerdict::merge`]), given the shared layer's
+    /// decisions about [`LocalVerdict::forward`]; when the shared layer refused a key, the
+    /// in-process layer gets back what `local` took, since the shared layer took nothing
+    /// (or, for [`RateLimitStore::take`], not all). A store that answered the wrong number
+    /// of decisions is an error, and the takes stand: what it took is unknown.
+    pub fn settle(
+        &self,
+        local: LocalVerdict,
+        shared: Vec<LimitDecision>,
+    ) -> Result<Verdict, StoreError> {
+        let taken = local.taken();
+        let verdict = local.merge(shared)?;
+        if taken && !verdict.allowed() {
+            let requests: Vec<LimitRequest> = verdict
+                .decisions()
+                .iter()
+                .map(|d| d.request.clone())
+                .collect();
+            self.local.give_back(&requests);
+        }
+        Ok(verdict)
+    }
+
+    /// Gives back what [`Limiter::take_local`] took for `local`, when the request it
+    /// guarded did not happen for another reason than a limit (scoring could not be read,
+    /// say): each key's TAT moves back one interval, never below that of a key never seen.
+    /// A refused `local` took nothing and gives nothing back.
+    pub fn give_back(&self, local: LocalVerdict) {
+        self.local.give_back(local.forward());
     }
 
     /// What the shared layer would answer to [`Limiter::take`], without taking anything: a

@@ -168,9 +168,10 @@ impl AbuseGuard {
         out
     }
 
-    /// Screens a start before anything is written: its limits in this process (a refusal
-    /// here never reaches the database), then scoring over the counters and blocks read in
-    /// one go. The shared limits are taken with the record ([`AbuseGuard::started`]).
+    /// Screens a start before anything is written: its limits in this process, all of
+    /// them or none (a refusal here takes from no other limit and never reaches the
+    /// database), then scoring over the counters and blocks read in one go. The shared
+    /// limits are taken with the record ([`AbuseGuard::started`]).
     pub async fn screen_start(
         &self,
         policy: &PurposePolicy,
@@ -198,7 +199,14 @@ impl AbuseGuard {
             .as_ref()
             .and_then(|p| p.country)
             .map_or_else(|| "unknown".to_owned(), |c| c.as_str().to_owned());
-        let (risk, adds, blocks) = self.score(&subject, repeat_destination, now).await?;
+        let (risk, adds, blocks) = match self.score(&subject, repeat_destination, now).await {
+            Ok(scored) => scored,
+            Err(e) => {
+                // Nothing is written: the start takes from none of its limits.
+                self.limiter.give_back(local);
+                return Err(e);
+            }
+        };
         Ok(Screened {
             limits,
             local,
@@ -210,7 +218,8 @@ impl AbuseGuard {
     }
 
     /// After the record was written with the shared limits' `decisions` (those of
-    /// [`Screened::shared_limits`], in order): refuses when a shared limit refused;
+    /// [`Screened::shared_limits`], in order): refuses when a shared limit refused (the
+    /// store then took none of them, and this process gives its own takes back);
     /// otherwise counts the attempt, imposes scoring's blocks, and returns the starts the
     /// limits still allow and scoring's verdict.
     pub async fn started(
@@ -219,7 +228,7 @@ impl AbuseGuard {
         decisions: Vec<LimitDecision>,
         now: DateTime<Utc>,
     ) -> Result<(u32, Option<RiskAssessment>), ServiceError> {
-        let verdict = screened.local.merge(decisions)?;
+        let verdict = self.limiter.settle(screened.local, decisions)?;
         if !verdict.allowed() {
             return Err(self.refusal(&screened.limits, &verdict));
         }
@@ -346,13 +355,14 @@ impl AbuseGuard {
     }
 
     /// After the claim was written with the shared limits' `decisions`: refuses when one
-    /// refused, else returns the checks the limit still allows.
+    /// refused (giving this process's takes back, as the store took none), else returns
+    /// the checks the limit still allows.
     pub fn checked(
         &self,
         screened: CheckScreened,
         decisions: Vec<LimitDecision>,
     ) -> Result<u32, ServiceError> {
-        let verdict = screened.local.merge(decisions)?;
+        let verdict = self.limiter.settle(screened.local, decisions)?;
         if !verdict.allowed() {
             return Err(self.refusal(&screened.limits, &verdict));
         }
