@@ -352,3 +352,53 @@ async fn admin_service_needs_its_token_when_one_is_set() {
     admin.list_blocks(request).await.expect("with the token");
     h.shutdown().await;
 }
+
+/// Starts refused by one limit take from none of the others: a flood of starts to one
+/// number, refused by its own limit, leaves its range and its country to everyone else.
+/// Scoring runs in shadow mode, so only the limits refuse.
+async fn refused_starts_take_nothing_from_other_limits(backend: Backend) {
+    let h = Harness::start_with(
+        backend,
+        "[rate_limits]\nsend_per_destination = \"3/10m\"\nsend_per_range = \"10/10m\"\n\
+         send_per_country = \"20/10m\"\n[fraud]\nmode = \"shadow\"\n",
+    )
+    .await;
+    let flooded = "+14155552691";
+    // A send and two resends, then well past the destination's limit, and past the
+    // range's and the country's too.
+    for i in 0..40 {
+        match h.start_req(sms(flooded)).await {
+            Ok(_) => assert!(i < 3, "start {i} to the flooded number was allowed"),
+            Err(refused) => {
+                assert!(i >= 3, "start {i}: {refused:?}");
+                assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+                let details = refused.get_error_details();
+                let quota = details.quota_failure().expect("QuotaFailure");
+                assert_eq!(quota.violations[0].subject, "send_per_destination");
+            }
+        }
+    }
+    // Another number of the range (the same number without its last five digits) ...
+    let neighbour = "+14155553692";
+    h.start_req(sms(neighbour))
+        .await
+        .expect("the range lost nothing to the refused starts");
+    // ... and a number of another range of the country are still served.
+    let elsewhere = "+12125552693";
+    h.start_req(sms(elsewhere))
+        .await
+        .expect("the country lost nothing to the refused starts");
+    assert_eq!(h.inbox(neighbour).await.len(), 1);
+    assert_eq!(h.inbox(elsewhere).await.len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_starts_take_nothing_from_other_limits_on_sqlite() {
+    refused_starts_take_nothing_from_other_limits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn refused_starts_take_nothing_from_other_limits_on_postgres() {
+    refused_starts_take_nothing_from_other_limits(Backend::Postgres).await;
+}
