@@ -15,14 +15,21 @@
 //! a report is never lost while the broker is down and is published once it is back. Twilio
 //! retries; a report seen before (same CloudEvent id, or same `MessageSid` + status) is
 //! stored and published once.
+//!
+//! Slow clients are cut off ([`listener`]): a request's headers must arrive within 10 s and
+//! its body within 30 s more (408 past it, nothing stored), and at most 1,024 connections
+//! are served at once ([`DEFAULT_LIMITS`]; [`Ingest::with_limits`] changes them).
 
+pub mod listener;
 mod relay;
 mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use domain::events::EventBus;
@@ -31,7 +38,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use url::Url;
 
+pub use listener::Limits;
 pub use routes::{MAX_BODY_BYTES, MESSAGE_STATUS_PATH, VERIFY_EVENTS_PATH};
+
+/// The receiver's limits on slow and numerous clients unless told otherwise: 10 s for a
+/// request's headers (and for an idle keep-alive connection), 30 s for its body (Twilio's
+/// batches are small, so this only ever cuts off a client that dribbles), and 1,024
+/// connections at once.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(10),
+    body_timeout: Duration::from_secs(30),
+    max_connections: NonZeroUsize::new(1_024).expect("1,024 is not zero"),
+};
 
 /// What webhook-ingest needs to know besides its connections.
 #[derive(Debug, Clone)]
@@ -153,6 +171,7 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub struct Ingest {
     listener: TcpListener,
+    limits: Limits,
     state: Arc<AppState>,
 }
 
@@ -173,6 +192,7 @@ impl Ingest {
         };
         Ok(Ingest {
             listener,
+            limits: DEFAULT_LIMITS,
             state: Arc::new(AppState {
                 settings: settings.clone(),
                 public_base_url,
@@ -183,6 +203,13 @@ impl Ingest {
                 draining: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Serves within `limits` instead of [`DEFAULT_LIMITS`].
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Ingest {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -204,16 +231,16 @@ impl Ingest {
         let (stop_tx, stop_rx) = watch::channel(false);
         let relay = tokio::spawn(relay::run(Arc::clone(&self.state), stop_rx));
         let drain = Arc::clone(&self.state);
-        let served = axum::serve(
+        let served = listener::serve(
             self.listener,
-            routes::router(Arc::clone(&self.state))
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            routes::router(Arc::clone(&self.state)),
+            self.limits,
+            async move {
+                shutdown.await;
+                drain.draining.store(true, Ordering::SeqCst);
+                tracing::info!("shutting down: finishing in-flight requests");
+            },
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            drain.draining.store(true, Ordering::SeqCst);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
         .await
         .context("serving HTTP");
         stop_tx.send_replace(true);

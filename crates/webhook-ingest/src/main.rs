@@ -2,12 +2,14 @@
 //! Configured by flags or their environment variables; secrets only from the environment.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use secrecy::SecretString;
 use url::Url;
-use webhook_ingest::{Ingest, Settings};
+use webhook_ingest::{DEFAULT_LIMITS, Ingest, Limits, Settings};
 
 /// webhook-ingest: the HTTP receiver of Twilio's signed webhooks for verify-gateway.
 ///
@@ -47,6 +49,35 @@ struct Cli {
         value_parser = parse_net
     )]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a request's headers may take to arrive (`10s`, `500ms`); a kept-alive
+    /// connection idle this long is closed too. Behind a proxy that keeps connections to
+    /// this server open, make it longer than the proxy's idle timeout.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    header_timeout: Duration,
+    /// How long a request's body may take to arrive after its headers; a slower one is
+    /// answered 408 and nothing of it is stored.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_BODY_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    body_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_LIMITS.max_connections
+    )]
+    max_connections: NonZeroUsize,
     /// Apply the database migrations before serving.
     #[arg(
         long,
@@ -153,10 +184,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &cli.amqp_exchange,
             )
             .await?;
-            let ingest = Ingest::bind(&settings, database, bus).await?;
+            let ingest = Ingest::bind(&settings, database, bus)
+                .await?
+                .with_limits(Limits {
+                    header_timeout: cli.header_timeout,
+                    body_timeout: cli.body_timeout,
+                    max_connections: cli.max_connections,
+                });
             tracing::info!(addr = %ingest.local_addr()?, "webhook-ingest serving");
             ingest.run(telemetry::shutdown_signal()).await
         }
+    }
+}
+
+/// A duration in whole milliseconds (`500ms`) or seconds (`10s`, or just `10`), not zero.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, millis_per_unit) = match raw.strip_suffix("ms") {
+        Some(digits) => (digits, 1),
+        None => (raw.strip_suffix('s').unwrap_or(raw), 1_000),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_millis(n.saturating_mul(millis_per_unit))),
+        _ => Err(format!(
+            "`{raw}` is not a duration such as `10s` or `500ms` (zero is not allowed)"
+        )),
     }
 }
 
@@ -166,4 +218,33 @@ fn parse_net(raw: &str) -> Result<ipnet::IpNet, String> {
     raw.parse::<ipnet::IpNet>()
         .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("`{raw}` is not an IP address or network"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str, expected: Option<Duration>) {
+        assert_eq!(parse_duration(raw).ok(), expected, "{raw}");
+    }
+
+    #[test]
+    fn durations_take_seconds_or_milliseconds() {
+        check("10s", Some(Duration::from_secs(10)));
+        check("10", Some(Duration::from_secs(10)));
+        check(" 500ms ", Some(Duration::from_millis(500)));
+        check("0s", None);
+        check("0ms", None);
+        check("1.5s", None);
+        check("10m", None);
+        check("", None);
+    }
+
+    #[test]
+    fn the_limits_default_to_the_library_defaults() {
+        let cli = Cli::try_parse_from(["webhook-ingest"]).expect("no flags needed");
+        assert_eq!(cli.header_timeout, DEFAULT_LIMITS.header_timeout);
+        assert_eq!(cli.body_timeout, DEFAULT_LIMITS.body_timeout);
+        assert_eq!(cli.max_connections, DEFAULT_LIMITS.max_connections);
+    }
 }

@@ -1,10 +1,11 @@
 //! webhook-ingest over real HTTP, on the real PostgreSQL and RabbitMQ of `cargo xtask deps up`
 //! (a database and an exchange per test): the process around its connections here, the
-//! webhooks themselves in `webhooks`. Requests are signed by Twilio's twilio-python from the
+//! webhooks themselves in `webhooks`, clients too slow or too many in `slow_clients`. Requests are signed by Twilio's twilio-python from the
 //! venv of `cargo xtask tools`.
 //!
 //! Stopping the broker is tested in the `broker_outage` binary, so it disturbs none of these.
 
+mod slow_clients;
 mod support;
 mod webhooks;
 

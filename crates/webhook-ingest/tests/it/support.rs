@@ -26,7 +26,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
-use webhook_ingest::{Bus, Ingest, Settings};
+use webhook_ingest::{Bus, DEFAULT_LIMITS, Ingest, Limits, Settings};
 
 /// The Auth Token the test servers check signatures with.
 pub const AUTH_TOKEN: &str = "wi-test-auth-token-0123456789abcdef";
@@ -210,9 +210,15 @@ impl Harness {
         Harness::start_with(settings()).await
     }
 
-    /// A migrated database of its own, a bus on an exchange of its own with the recorder
-    /// subscribed (so every report is routable from the start), and the server running.
+    /// A server with `settings` and the default limits on clients.
     pub async fn start_with(settings: Settings) -> Harness {
+        Harness::start_within(settings, DEFAULT_LIMITS).await
+    }
+
+    /// A migrated database of its own, a bus on an exchange of its own with the recorder
+    /// subscribed (so every report is routable from the start), and the server running
+    /// within `limits`.
+    pub async fn start_within(settings: Settings, limits: Limits) -> Harness {
         let pg = testkit::PgDatabase::create("wi")
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -257,7 +263,8 @@ impl Harness {
 
         let ingest = Ingest::bind(&settings, database.clone(), Bus::Rabbit(Arc::clone(&bus)))
             .await
-            .expect("webhook-ingest binds");
+            .expect("webhook-ingest binds")
+            .with_limits(limits);
         let port = ingest.local_addr().expect("a local address").port();
         let base = format!("http://127.0.0.1:{port}");
         let public_base = ingest.public_base_url().to_owned();
