@@ -2,9 +2,12 @@
 //! where (and how fast) delivery reports go.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use url::Url;
+
+use crate::Limits;
 
 /// The account SID the dev defaults accept.
 pub const DEV_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -26,6 +29,14 @@ pub const DEFAULT_DELIVERY_DELAY: Duration = Duration::from_millis(200);
 /// otherwise; each further retry waits twice as long (0.625 + 1.25 + 2.5 + 5 s, so five
 /// attempts span about 10 s).
 pub const DEFAULT_EVENT_RETRY_DELAY: Duration = Duration::from_millis(625);
+/// The limits on slow and numerous clients unless configured otherwise: 10 s for a
+/// request's headers (and for an idle keep-alive connection), 30 s for its body, 1,024
+/// connections at once.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(10),
+    body_timeout: Duration::from_secs(30),
+    max_connections: NonZeroUsize::new(1_024).expect("1,024 is not zero"),
+};
 
 /// Everything a sandbox needs; build it with [`SandboxConfig::dev`] and adjust the fields.
 #[derive(Clone)]
@@ -53,6 +64,11 @@ pub struct SandboxConfig {
     pub delivery_delay: Duration,
     /// The wait before retrying a failed event post; it doubles after every failure.
     pub event_retry_delay: Duration,
+    /// How long a client may take to send a request's headers (or keep a connection idle)
+    /// and its body, and how many connections are served at once; see [`serve`].
+    ///
+    /// [`serve`]: crate::serve
+    pub limits: Limits,
 }
 
 /// One Verify service.
@@ -87,6 +103,7 @@ impl SandboxConfig {
             events_url: None,
             delivery_delay: DEFAULT_DELIVERY_DELAY,
             event_retry_delay: DEFAULT_EVENT_RETRY_DELAY,
+            limits: DEFAULT_LIMITS,
         }
     }
 }
@@ -106,6 +123,7 @@ impl fmt::Debug for SandboxConfig {
             .field("events_url", &self.events_url.as_ref().map(redacted))
             .field("delivery_delay", &self.delivery_delay)
             .field("event_retry_delay", &self.event_retry_delay)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -141,6 +159,9 @@ mod tests {
         assert_eq!(config.events_url, None);
         assert_eq!(config.delivery_delay, Duration::from_millis(200));
         assert_eq!(config.event_retry_delay, Duration::from_millis(625));
+        assert_eq!(config.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.limits.max_connections.get(), 1_024);
     }
 
     #[test]

@@ -10,6 +10,11 @@ mod dispatch;
 mod error;
 mod events;
 mod http;
+// The listener with deadlines and a connection cap that webhook-ingest serves with. The
+// sandbox may not depend on webhook-ingest, so it compiles the same file; the file uses
+// nothing of the crate around it.
+#[path = "../../webhook-ingest/src/listener.rs"]
+mod listener;
 mod scenario;
 mod store;
 mod wire;
@@ -21,11 +26,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use config::{
-    DEFAULT_DELIVERY_DELAY, DEFAULT_EVENT_RETRY_DELAY, DEFAULT_INBOX_CAPACITY, DEFAULT_SLOW_DELAY,
-    DEFAULT_VERIFICATION_TTL, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_SERVICE_SID, SandboxConfig,
-    ServiceConfig,
+    DEFAULT_DELIVERY_DELAY, DEFAULT_EVENT_RETRY_DELAY, DEFAULT_INBOX_CAPACITY, DEFAULT_LIMITS,
+    DEFAULT_SLOW_DELAY, DEFAULT_VERIFICATION_TTL, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_SERVICE_SID,
+    SandboxConfig, ServiceConfig,
 };
 pub use dispatch::{EVENT_POST_ATTEMPTS, EVENT_POST_TIMEOUT};
+pub use listener::Limits;
 pub use scenario::scenarios;
 
 use auth::Credentials;
@@ -43,6 +49,7 @@ struct Inner {
     credentials: Credentials,
     services: Vec<ServiceConfig>,
     slow_delay: Duration,
+    limits: Limits,
     started: DateTime<Utc>,
     store: Mutex<Store>,
     /// Posts Verify Events; `None` when no events URL is configured.
@@ -55,6 +62,7 @@ impl std::fmt::Debug for Sandbox {
             .field("account_sid", &self.inner.account_sid)
             .field("services", &self.inner.services)
             .field("slow_delay", &self.inner.slow_delay)
+            .field("limits", &self.inner.limits)
             .field("events", &self.inner.events.is_some())
             .finish_non_exhaustive()
     }
@@ -116,6 +124,7 @@ impl Sandbox {
                 account_sid: config.account_sid,
                 services,
                 slow_delay: config.slow_delay,
+                limits: config.limits,
                 started: Utc::now(),
                 store: Mutex::new(Store::new(
                     config.verification_ttl,
@@ -150,6 +159,7 @@ impl Sandbox {
 }
 
 /// Serves `sandbox` on `listener` until `shutdown` completes, then drains open requests.
+/// Clients slower than the configured [`SandboxConfig::limits`] are cut off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sandbox: Sandbox,
@@ -158,7 +168,6 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "sandbox.listening");
     }
-    axum::serve(listener, sandbox.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = sandbox.inner.limits;
+    listener::serve(listener, sandbox.router(), limits, shutdown).await
 }

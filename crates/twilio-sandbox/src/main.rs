@@ -26,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
              send is reported there (message.sent, then message.delivered or .undelivered),\n\
              signed with X-Twilio-Signature under the auth token. Unset: no events.\n\
              Inbox: GET /sandbox/messages; event posts: GET /sandbox/events;\n\
-             magic destinations: GET /sandbox/scenarios."
+             magic destinations: GET /sandbox/scenarios.\n\
+             A request's headers must arrive within 10 s (an idle connection is closed then\n\
+             too) and its body within 30 s more (408); at most 1,024 connections at once."
         );
         return Ok(());
     }

@@ -8,4 +8,5 @@ mod inbox;
 mod official;
 mod receiver;
 mod scenarios;
+mod slow_clients;
 mod support;
