@@ -3,12 +3,15 @@
 //! approvals by country (conversion = approved / attempts), the windowed conversion rate of
 //! the countries and ranges scoring looked at, blocks imposed, and the in-process limiter's
 //! key count. Label values are bounded: countries are ISO codes, reasons and limits fixed
-//! codes, and ranges are kept for the most recent [`MAX_RANGE_SERIES`] only.
+//! codes, and ranges are kept for the most recent [`MAX_RANGE_SERIES`] only. The listener
+//! cuts off slow and numerous clients ([`LIMITS`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,6 +20,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use webhook_ingest::listener::{self, Limits};
+
+/// The metrics listener's limits: scrapes are `GET`s without a body from a few Prometheus
+/// servers, so 10 s for a request's headers (and for an idle keep-alive connection), 10 s
+/// for a body, and 64 connections at once.
+pub const LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(10),
+    body_timeout: Duration::from_secs(10),
+    max_connections: NonZeroUsize::new(64).expect("64 is not zero"),
+};
 
 /// Ranges with a conversion-rate series at once; the oldest series is dropped past it.
 pub const MAX_RANGE_SERIES: usize = 500;
@@ -303,10 +316,20 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` within [`LIMITS`] until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_within(listener, metrics, LIMITS, shutdown).await
+}
+
+/// [`serve`] within other limits.
+pub async fn serve_within(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use axum::http::header::CONTENT_TYPE;
@@ -325,8 +348,7 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    listener::serve(listener, app, limits, shutdown)
         .await
         .context("metrics server failed")
 }
@@ -367,5 +389,93 @@ mod tests {
             !text.contains(r#"range="+44000000""#),
             "the oldest range was dropped"
         );
+    }
+
+    /// The listener on real sockets, with short deadlines and a cap of two connections:
+    /// headers sent a byte at a time are cut off, connections beyond the cap wait for a
+    /// place, scrapes go on being answered, and an idle connection does not hold up
+    /// shutdown.
+    #[tokio::test]
+    async fn the_listener_cuts_off_slow_clients_and_caps_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        // Far longer than the deadlines: a connection still open then was not cut off.
+        const CLOSED_WITHIN: Duration = Duration::from_secs(5);
+        let limits = Limits {
+            header_timeout: Duration::from_millis(500),
+            body_timeout: Duration::from_millis(500),
+            max_connections: NonZeroUsize::new(2).expect("not zero"),
+        };
+        let listener = bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_within(
+            listener,
+            std::sync::Arc::new(Metrics::new()),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let scrape = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+
+        // Headers a byte every 50 ms, without end: the server closes the connection.
+        let slow = TcpStream::connect(addr).await.expect("accepted");
+        let (mut read, mut write) = slow.into_split();
+        let dribble = async {
+            for byte in b"GET /metrics HTTP/1.1\r\n"
+                .iter()
+                .chain(&b"X-Slow: 1\r\n".repeat(16))
+            {
+                if write.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let mut seen = Vec::new();
+        tokio::time::timeout(CLOSED_WITHIN, async {
+            tokio::select! {
+                _ = read.read_to_end(&mut seen) => {}
+                () = dribble => {}
+            }
+        })
+        .await
+        .expect("the server closed the slow connection");
+        assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+
+        // Two silent connections hold both places; a third waits until one goes.
+        let first = TcpStream::connect(addr).await.expect("accepted");
+        let _second = TcpStream::connect(addr).await.expect("accepted");
+        let mut third = TcpStream::connect(addr).await.expect("in the backlog");
+        third.write_all(scrape.as_bytes()).await.expect("sent");
+        let mut byte = [0_u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte))
+                .await
+                .is_err(),
+            "a connection beyond the cap was served"
+        );
+        drop(first);
+        let mut seen = Vec::new();
+        tokio::time::timeout(CLOSED_WITHIN, third.read_to_end(&mut seen))
+            .await
+            .expect("the waiting connection is served")
+            .expect("the answer is read");
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.starts_with("HTTP/1.1 200 "), "{seen}");
+        assert!(seen.ends_with("# EOF\n"), "{seen}");
+
+        // Shutdown does not wait for the silent connection still open.
+        let _ = stop.send(());
+        tokio::time::timeout(CLOSED_WITHIN, server)
+            .await
+            .expect("the server stops")
+            .expect("the task joins")
+            .expect("served without error");
     }
 }
