@@ -70,7 +70,8 @@ fn print_help() {
          ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests (CI)\n  \
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
-         smoke   the distributed fallback as separate processes (after deps up and a build)\n  \
+         smoke   the distributed fallback as separate processes, built by the README's own\n          \
+         command (after deps up)\n  \
          deploy-check  validate Dockerfile, compose, collector, Kubernetes and systemd files\n  \
          dev-certs [--out DIR] [--force] [--name HOST]...  a development CA, server and client\n          \
          certificates for the compose stack's TLS (default DIR deploy/dev-certs; keeps the CA)\n  \
@@ -193,6 +194,7 @@ fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         }
     }
     run(&mut test)?;
-    // The distributed mode as separate processes, with the binaries the tests just built.
+    // The distributed mode as separate processes, with the binaries the README's own
+    // build command makes.
     smoke::run(root, deps_env)
 }

@@ -2,10 +2,12 @@
 //! it: `twilio-sandbox`, `webhook-ingest` and two `verify-gateway` replicas on the
 //! PostgreSQL and RabbitMQ of `cargo xtask deps`. A start by SMS with `allow_fallback` to the
 //! sandbox's undelivered number must lead to a voice call within 2 seconds, visible through
-//! the other replica. Uses the debug binaries `cargo test --workspace` leaves in `target/`.
-//! `SMOKE_LOG=<filter>` shows the processes' logs with that filter.
+//! the other replica. The binaries are those the README's own build command makes (its
+//! "Distributed mode" section is read for the `cargo build` line, which is run as written,
+//! and for the `target/release/…` paths it then starts), so a walk-through that no longer
+//! builds what it runs fails here. `SMOKE_LOG=<filter>` shows the processes' logs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,13 +25,81 @@ impl Drop for Process {
     }
 }
 
-fn spawn(root: &Path, bin: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Process> {
-    let path = root.join("target/debug").join(bin);
+/// The README's "Distributed mode" section.
+fn walkthrough(root: &Path) -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(root.join("README.md")).context("reading README.md")?;
+    let start = readme
+        .find("\n## Distributed mode")
+        .context("README.md has no \"## Distributed mode\" section")?;
+    let section = &readme[start + 1..];
+    let end = section[1..].find("\n## ").map_or(section.len(), |i| i + 1);
+    Ok(section[..end].to_owned())
+}
+
+/// Runs the walk-through's `cargo build` line as written, and checks that every
+/// `target/release/<binary>` it goes on to start is one that line builds (cargo names the
+/// executables of the packages it built, fresh or not, so a binary an earlier build left
+/// in `target/` does not count). Returns where they are.
+pub(crate) fn build_as_the_readme_does(root: &Path) -> anyhow::Result<PathBuf> {
+    let section = walkthrough(root)?;
+    let line = section
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cargo build"))
+        .context("the README's distributed walk-through has no `cargo build` line")?;
+    let words: Vec<&str> = line
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    println!("smoke: building as the README does: {}", words.join(" "));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(root)
+        .args(&words[1..])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !output.status.success() {
+        bail!("`{line}` failed ({})", output.status);
+    }
+    let built: Vec<PathBuf> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .collect();
+    let release = built
+        .first()
+        .and_then(|exe| exe.parent())
+        .map(Path::to_path_buf)
+        .with_context(|| format!("`{line}` built no executable"))?;
+    let mut started: Vec<&str> = section
+        .split(|c: char| c.is_whitespace() || c == '`')
+        .filter_map(|word| word.strip_prefix("target/release/"))
+        .collect();
+    started.sort_unstable();
+    started.dedup();
+    if started.is_empty() {
+        bail!("the README's distributed walk-through starts no target/release/ binary");
+    }
+    for bin in started {
+        if !built.contains(&release.join(bin)) {
+            bail!(
+                "the README's distributed walk-through starts target/release/{bin}, which `{line}` \
+                 does not build"
+            );
+        }
+    }
+    Ok(release)
+}
+
+fn spawn(bins: &Path, bin: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Process> {
+    let path = bins.join(bin);
     if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build --bins` first",
-            path.display()
-        );
+        bail!("{} is missing", path.display());
     }
     let mut command = Command::new(&path);
     command
@@ -54,6 +124,7 @@ fn spawn(root: &Path, bin: &str, args: &[&str], env: &[(&str, String)]) -> anyho
 
 /// `deps_env` is the `KEY=value` text `cargo xtask deps up` writes.
 pub fn run(root: &Path, deps_env: &str) -> anyhow::Result<()> {
+    let bins = build_as_the_readme_does(root)?;
     let var = |name: &str| {
         deps_env
             .lines()
@@ -91,7 +162,7 @@ pub fn run(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         ("AMQP_EXCHANGE", exchange.clone()),
     ];
     let _sandbox = spawn(
-        root,
+        &bins,
         "twilio-sandbox",
         &[&format!("127.0.0.1:{sandbox_port}")],
         &[(
@@ -100,7 +171,7 @@ pub fn run(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         )],
     )?;
     crate::run(
-        Command::new(root.join("target/debug/verify-gateway"))
+        Command::new(bins.join("verify-gateway"))
             .arg("migrate")
             .env("DATABASE_URL", &database_url),
     )?;
@@ -111,7 +182,7 @@ pub fn run(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         format!("http://127.0.0.1:{ingest_port}"),
     ));
     let _ingest = spawn(
-        root,
+        &bins,
         "webhook-ingest",
         &["serve", "--addr", &format!("127.0.0.1:{ingest_port}")],
         &ingest_env,
@@ -141,13 +212,13 @@ pub fn run(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         format!("http://127.0.0.1:{sandbox_port}"),
     ));
     let _a = spawn(
-        root,
+        &bins,
         "verify-gateway",
         &["serve", "--grpc-addr", &format!("127.0.0.1:{grpc_a}")],
         &gateway_env,
     )?;
     let _b = spawn(
-        root,
+        &bins,
         "verify-gateway",
         &["serve", "--grpc-addr", &format!("127.0.0.1:{grpc_b}")],
         &gateway_env,
