@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
     tonic_prost_build::configure()
+        // prost's codec, but a message that does not decode is the sender's error.
+        .codec_path("crate::codec::ProtoCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(compiler.file_descriptor_set())?;

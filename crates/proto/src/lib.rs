@@ -1,5 +1,7 @@
 //! Rust types and tonic stubs generated from `proto/verify/v1`. Nothing hand-written lives
-//! here: the contract is the `.proto` file.
+//! here but the stubs' codec ([`codec`]): the contract is the `.proto` file.
+
+pub mod codec;
 
 /// `verify.v1`: the VerifyService contract, and `verify.admin.v1`: the operators'
 /// AdminService. One descriptor set holds both.

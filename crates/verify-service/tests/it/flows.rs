@@ -350,6 +350,47 @@ async fn an_email_written_differently_is_the_same_destination(h: Harness) {
     h.shutdown().await;
 }
 
+/// `StartVerificationRequest` with `to` as raw bytes, to send what no client library would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawStart {
+    #[prost(string, tag = "1")]
+    purpose: String,
+    #[prost(bytes = "vec", tag = "2")]
+    to: Vec<u8>,
+}
+
+/// A request that does not decode (a string field that is not UTF-8) is the caller's
+/// error, named by its field, and writes nothing.
+async fn a_request_that_does_not_decode_is_invalid_argument(h: Harness) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let refused = grpc
+        .unary(
+            tonic::Request::new(RawStart {
+                purpose: "login".into(),
+                to: b"+1415\xff\xfe2671".to_vec(),
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/verify.v1.VerifyService/StartVerification",
+            ),
+            proto::codec::ProtoCodec::<RawStart, pb::StartVerificationResponse>::default(),
+        )
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("StartVerificationRequest.to"),
+        "{refused:?}"
+    );
+    assert_eq!(h.row_count().await, 0);
+    h.shutdown().await;
+}
+
 async fn health_is_served(h: Harness) {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc_addr))
         .expect("uri")
@@ -380,6 +421,7 @@ on_both_backends!(
     cancel_ends_a_verification,
     email_verifications_go_by_email,
     an_email_written_differently_is_the_same_destination,
+    a_request_that_does_not_decode_is_invalid_argument,
     health_is_served,
 );
 
