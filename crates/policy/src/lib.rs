@@ -56,6 +56,10 @@ pub struct RateLimits {
     pub send_per_country: Option<Quota>,
     /// Checks by one identity (or, without one, on one verification).
     pub check_per_identity: Option<Quota>,
+    /// Checks of every verification to one destination together: the guesses one phone
+    /// number or mailbox can be made to take, whoever asks and however many verifications
+    /// are started for it.
+    pub check_per_destination: Option<Quota>,
     /// After a wrong code, how long the next check on that verification must wait.
     pub check_cooldown: Duration,
 }
@@ -70,6 +74,7 @@ impl RateLimits {
             send_per_range: None,
             send_per_country: None,
             check_per_identity: None,
+            check_per_destination: None,
             check_cooldown: Duration::ZERO,
         }
     }
@@ -86,6 +91,10 @@ impl Default for RateLimits {
             send_per_range: q("100/10m"),
             send_per_country: q("20000/1d"),
             check_per_identity: q("30/10m"),
+            // A burst of 40, then one more every 36 minutes: at most 80 guesses on one
+            // destination in any day, under the 100 failed attempts NIST SP 800-63B
+            // (5.2.2) allows before an authenticator is locked.
+            check_per_destination: q("40/1d"),
             check_cooldown: Duration::ZERO,
         }
     }

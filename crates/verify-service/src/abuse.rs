@@ -343,6 +343,16 @@ impl AbuseGuard {
                 request: LimitRequest { key, quota },
             });
         }
+        if let Some(quota) = limits.check_per_destination {
+            named.push(Named {
+                name: "check_per_destination",
+                what: "checks of the verifications to one destination",
+                request: LimitRequest {
+                    key: format!("check:{}:to:{}", v.purpose, v.destination_hash.as_str()),
+                    quota,
+                },
+            });
+        }
         let requests: Vec<LimitRequest> = named.iter().map(|l| l.request.clone()).collect();
         let local = self.limiter.take_local(&requests, now);
         if let Some(verdict) = local.refused() {

@@ -75,6 +75,7 @@ struct RawRateLimits {
     send_per_range: Option<String>,
     send_per_country: Option<String>,
     check_per_identity: Option<String>,
+    check_per_destination: Option<String>,
     check_cooldown_seconds: Option<u64>,
     /// Keys the in-process layer holds at most (per quota) before it evicts.
     local_max_keys: Option<usize>,
@@ -90,6 +91,7 @@ impl RawRateLimits {
             send_per_range: pick(&self.send_per_range, &over.send_per_range),
             send_per_country: pick(&self.send_per_country, &over.send_per_country),
             check_per_identity: pick(&self.check_per_identity, &over.check_per_identity),
+            check_per_destination: pick(&self.check_per_destination, &over.check_per_destination),
             check_cooldown_seconds: over.check_cooldown_seconds.or(self.check_cooldown_seconds),
             local_max_keys: self.local_max_keys,
         }
@@ -111,6 +113,7 @@ impl RawRateLimits {
             send_per_range: quota("send_per_range", &self.send_per_range)?,
             send_per_country: quota("send_per_country", &self.send_per_country)?,
             check_per_identity: quota("check_per_identity", &self.check_per_identity)?,
+            check_per_destination: quota("check_per_destination", &self.check_per_destination)?,
             check_cooldown: Duration::from_secs(self.check_cooldown_seconds.unwrap_or(0)),
         })
     }

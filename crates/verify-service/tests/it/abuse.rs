@@ -263,7 +263,7 @@ async fn limits_answer_with_retry_info_and_the_quota_that_refused() {
 
 #[tokio::test]
 async fn the_check_limit_per_verification_is_taken_only_when_it_can_refuse() {
-    let checks_limited = "SELECT COUNT(*) FROM rate_limits WHERE key LIKE 'check:%'";
+    let checks_limited = "SELECT COUNT(*) FROM rate_limits WHERE key LIKE 'check:%:ver:%'";
     // The default, 30 checks per verification, is more than `max_checks` (3): it could
     // never refuse, so nothing is taken or stored for it.
     let h = Harness::start_on(Backend::Sqlite).await;
@@ -299,6 +299,55 @@ async fn the_check_limit_per_verification_is_taken_only_when_it_can_refuse() {
         "check_per_identity"
     );
     assert_eq!(h.count(checks_limited).await, 1);
+    h.shutdown().await;
+}
+
+/// Guessing on one number does not restart with each new verification: every check of
+/// every verification to it counts against `check_per_destination`, and other numbers
+/// keep theirs.
+#[tokio::test]
+async fn guesses_on_one_destination_are_limited_across_its_verifications() {
+    let h = Harness::start_with(
+        Backend::Sqlite,
+        "[rate_limits]\ncheck_per_destination = \"4/1d\"\n",
+    )
+    .await;
+    let to = "+14155552695";
+    let first = h.start_sms(to).await.expect("sent").id;
+    let code = h.latest_code(to).await;
+    for _ in 0..3 {
+        h.check(&first, &wrong(&code)).await.expect("a wrong guess");
+    }
+    let ended = h.get(&first).await.expect("get");
+    assert_eq!(ended.status(), pb::VerificationStatus::MaxAttemptsReached);
+
+    // A new verification to the same number: one guess is left of the four.
+    let second = h.start_sms(to).await.expect("sent again").id;
+    assert_ne!(second, first);
+    let code = h.latest_code(to).await;
+    h.check(&second, &wrong(&code))
+        .await
+        .expect("the fourth guess");
+    let refused = h
+        .check(&second, &code)
+        .await
+        .expect_err("a fifth guess on the number");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused
+            .get_error_details()
+            .quota_failure()
+            .expect("quota")
+            .violations[0]
+            .subject,
+        "check_per_destination"
+    );
+
+    // Another number is not affected.
+    let other = "+14155552696";
+    let id = h.start_sms(other).await.expect("sent").id;
+    let code = h.latest_code(other).await;
+    assert!(h.check(&id, &code).await.expect("check").valid);
     h.shutdown().await;
 }
 
