@@ -54,6 +54,9 @@ pub struct ProviderVerification {
 pub struct ProviderCheck {
     pub status: ProviderStatus,
     pub valid: bool,
+    /// The provider's id of the verification it checked, when it said: a check by
+    /// destination ([`VerifyProvider::check_destination`]) learns it this way.
+    pub sid: Option<String>,
 }
 
 /// What went wrong at the provider, classified so services can act without reading text.
@@ -83,8 +86,12 @@ pub enum ProviderErrorKind {
     Unsubscribed,
     /// Credentials were refused (20003, 20008): a configuration error.
     Unauthenticated,
-    /// The provider failed or was unreachable and did not act (5xx, connect errors).
+    /// The provider answered with a failure of its own (5xx): whether it acted before it
+    /// failed is not known.
     Unavailable,
+    /// The provider could not be reached (a connection that was never made): nothing was
+    /// sent.
+    Unreachable,
     /// The request timed out after it may have reached the provider.
     Timeout,
     /// Anything else.
@@ -109,7 +116,20 @@ impl ProviderError {
             self.kind,
             ProviderErrorKind::RateLimited
                 | ProviderErrorKind::Unavailable
+                | ProviderErrorKind::Unreachable
                 | ProviderErrorKind::Timeout
+        )
+    }
+
+    /// Whether the provider may have acted on the request although it answered with this
+    /// error: it timed out, failed with a 5xx, or its answer could not be read. A create
+    /// that ends so may have sent a code.
+    pub fn may_have_acted(&self) -> bool {
+        matches!(
+            self.kind,
+            ProviderErrorKind::Unavailable
+                | ProviderErrorKind::Timeout
+                | ProviderErrorKind::Unexpected
         )
     }
 }
@@ -125,6 +145,16 @@ pub trait VerifyProvider: Send + Sync + fmt::Debug {
         &self,
         service: &str,
         sid: &str,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, ProviderError>;
+
+    /// Checks a code against the pending verification of `to` in `service`: for a
+    /// verification whose provider id was never learnt (its create timed out, or the
+    /// process stopped before storing the answer), which the provider may still hold.
+    async fn check_destination(
+        &self,
+        service: &str,
+        to: &Destination,
         code: &OtpCode,
     ) -> Result<ProviderCheck, ProviderError>;
 

@@ -384,6 +384,34 @@ impl Verification {
         self.touch(now);
     }
 
+    /// The provider did not confirm the first send (it timed out, or failed with a 5xx):
+    /// the code may have been sent, so the verification stays pending, without a provider
+    /// id, and says so ([`Verification::send_unconfirmed`]).
+    pub fn mark_unconfirmed(&mut self, now: DateTime<Utc>) {
+        self.touch(now);
+    }
+
+    /// Whether the first send's outcome is unknown: pending without a provider id, and
+    /// either marked so ([`Verification::mark_unconfirmed`]; a fresh record has version 0)
+    /// or older than `in_flight`, longer than any create waits for its answer (the process
+    /// that made it stopped before it could record the answer). Otherwise such a record's
+    /// first send is still in flight.
+    pub fn send_unconfirmed(&self, now: DateTime<Utc>, in_flight: std::time::Duration) -> bool {
+        self.status == VerificationStatus::Pending
+            && self.provider_sid.is_none()
+            && (self.version > 0
+                || chrono::Duration::from_std(in_flight)
+                    .is_ok_and(|wait| now - self.created_at >= wait))
+    }
+
+    /// Records the provider id a check by destination learnt for a verification whose
+    /// send was unconfirmed. Not a transition of its own: it is stored with the check's.
+    pub fn learn_provider_sid(&mut self, provider_sid: String) {
+        if self.provider_sid.is_none() {
+            self.provider_sid = Some(provider_sid);
+        }
+    }
+
     /// The provider refused the first send: the verification fails with its code.
     pub fn mark_failed(&mut self, code: Option<u32>, now: DateTime<Utc>) {
         self.status = VerificationStatus::Failed;
@@ -761,6 +789,21 @@ mod tests {
         v.finish_check(CheckOutcome::Approved, at(3));
         assert!(!v.release_check(at(4)), "over: the count stays");
         assert_eq!(v.checks, 2);
+    }
+
+    #[test]
+    fn a_send_is_unconfirmed_once_marked_or_past_any_wait() {
+        let wait = std::time::Duration::from_secs(60);
+        let mut v = pending(3, 3);
+        assert!(!v.send_unconfirmed(at(1), wait), "in flight");
+        assert!(
+            v.send_unconfirmed(at(60), wait),
+            "no create waits this long"
+        );
+        v.mark_unconfirmed(at(2));
+        assert!(v.send_unconfirmed(at(2), wait));
+        v.mark_sent("VE1".into(), at(3));
+        assert!(!v.send_unconfirmed(at(3), wait), "confirmed");
     }
 
     #[test]

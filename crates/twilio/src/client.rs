@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
-use domain::OtpCode;
 use domain::ports::{
     ProviderCheck, ProviderError, ProviderStart, ProviderVerification, VerifyProvider,
 };
+use domain::{Destination, OtpCode};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -165,7 +165,43 @@ impl TwilioVerify {
             let verification_sid = sid::verification(verification_sid)?;
             let url = self.url(&["v2", "Services", service, "VerificationCheck"]);
             let form = wire::VerificationCheckForm {
-                verification_sid,
+                verification_sid: Some(verification_sid),
+                to: None,
+                code: code.expose(),
+            };
+            let body: wire::VerificationCheck = self
+                .execute(Safety::NotIdempotent, Method::POST, &url, Some(&form))
+                .await?;
+            ProviderCheck::try_from(body)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `POST /v2/Services/{ServiceSid}/VerificationCheck` with `To`: checks the pending
+    /// verification Twilio holds for `to`, whose SID the caller does not know. The
+    /// answer names it (`sid`).
+    pub async fn check_verification_to(
+        &self,
+        service_sid: &str,
+        to: &Destination,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.check_verification",
+            otel.kind = "client",
+            service_sid = %service_sid,
+            to = %to,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let service = sid::service(service_sid)?;
+            let url = self.url(&["v2", "Services", service, "VerificationCheck"]);
+            let form = wire::VerificationCheckForm {
+                verification_sid: None,
+                to: Some(to.expose()),
                 code: code.expose(),
             };
             let body: wire::VerificationCheck = self
@@ -379,6 +415,15 @@ impl VerifyProvider for TwilioVerify {
         code: &OtpCode,
     ) -> Result<ProviderCheck, ProviderError> {
         Ok(self.check_verification(service, sid, code).await?)
+    }
+
+    async fn check_destination(
+        &self,
+        service: &str,
+        to: &Destination,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, ProviderError> {
+        Ok(self.check_verification_to(service, to, code).await?)
     }
 
     async fn fetch(&self, service: &str, sid: &str) -> Result<ProviderVerification, ProviderError> {

@@ -241,7 +241,7 @@ impl TwilioError {
                 _ => K::Unexpected,
             },
             TwilioError::Timeout => K::Timeout,
-            TwilioError::Connect(_) => K::Unavailable,
+            TwilioError::Connect(_) => K::Unreachable,
             // A success body we cannot read, or an exchange cut after sending: Twilio may
             // have acted, so nothing here may look retryable.
             TwilioError::Decode(_) | TwilioError::Transport(_) | TwilioError::InvalidConfig(_) => {
@@ -632,7 +632,7 @@ mod tests {
     fn transport_errors_map_to_their_kinds() {
         let kind = |e: TwilioError| ProviderError::from(e).kind;
         assert_eq!(kind(TwilioError::Timeout), K::Timeout);
-        assert_eq!(kind(TwilioError::Connect("refused".into())), K::Unavailable);
+        assert_eq!(kind(TwilioError::Connect("refused".into())), K::Unreachable);
         assert_eq!(kind(TwilioError::Decode("eof".into())), K::Unexpected);
         assert_eq!(kind(TwilioError::Transport("reset".into())), K::Unexpected);
         assert_eq!(

@@ -32,11 +32,14 @@ impl<'a> CreateVerificationForm<'a> {
     }
 }
 
-/// The body of `POST /v2/Services/{ServiceSid}/VerificationCheck`, by verification SID.
+/// The body of `POST /v2/Services/{ServiceSid}/VerificationCheck`: by verification SID, or
+/// by the destination (Twilio then checks its pending verification for it).
 #[derive(Serialize)]
 pub(crate) struct VerificationCheckForm<'a> {
-    #[serde(rename = "VerificationSid")]
-    pub verification_sid: &'a str,
+    #[serde(rename = "VerificationSid", skip_serializing_if = "Option::is_none")]
+    pub verification_sid: Option<&'a str>,
+    #[serde(rename = "To", skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a str>,
     #[serde(rename = "Code")]
     pub code: &'a str,
 }
@@ -62,6 +65,7 @@ pub(crate) struct Verification {
 /// `verify.v2.service.verification_check`, the fields the gateway reads.
 #[derive(Debug, Deserialize)]
 pub(crate) struct VerificationCheck {
+    sid: Option<String>,
     status: Option<String>,
     valid: Option<bool>,
 }
@@ -93,7 +97,11 @@ impl TryFrom<VerificationCheck> for ProviderCheck {
         let status = parse_status(c.status)?;
         // `valid` is legacy and nullable; the status is authoritative when it is absent.
         let valid = c.valid.unwrap_or(status == ProviderStatus::Approved);
-        Ok(ProviderCheck { status, valid })
+        Ok(ProviderCheck {
+            status,
+            valid,
+            sid: c.sid.filter(|s| !s.is_empty()),
+        })
     }
 }
 
@@ -178,16 +186,19 @@ mod tests {
             ProviderCheck::try_from(wrong),
             Ok(ProviderCheck {
                 status: ProviderStatus::Pending,
-                valid: false
+                valid: false,
+                sid: None,
             })
         );
         let legacy_null: VerificationCheck =
-            serde_json::from_str(r#"{"status":"approved","valid":null}"#).expect("parses");
+            serde_json::from_str(r#"{"sid":"VE1","status":"approved","valid":null}"#)
+                .expect("parses");
         assert_eq!(
             ProviderCheck::try_from(legacy_null),
             Ok(ProviderCheck {
                 status: ProviderStatus::Approved,
-                valid: true
+                valid: true,
+                sid: Some("VE1".into()),
             })
         );
     }

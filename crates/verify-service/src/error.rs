@@ -61,6 +61,13 @@ pub enum ServiceError {
         reason: &'static str,
         message: String,
     },
+    /// The provider did not confirm a create (it timed out, or failed with a 5xx): the
+    /// code may have been sent. The verification stays pending under its idempotency key.
+    #[error("the provider did not confirm the send of {verification_id}: {source}")]
+    SendUnconfirmed {
+        verification_id: String,
+        source: ProviderError,
+    },
     #[error("provider: {0}")]
     Provider(#[from] ProviderError),
     #[error("store: {0}")]
@@ -164,6 +171,30 @@ impl From<ServiceError> for Status {
                 message,
                 info(reason, HashMap::new()),
             ),
+            ServiceError::SendUnconfirmed {
+                verification_id,
+                source,
+            } => {
+                let mut metadata =
+                    HashMap::from([("verification_id".to_owned(), verification_id.clone())]);
+                if let Some(code) = source.code {
+                    metadata.insert("twilio_code".to_owned(), code.to_string());
+                }
+                let mut d = info("SEND_UNCONFIRMED", metadata);
+                d.set_retry_info(Some(Duration::from_secs(2)));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    format!(
+                        "the provider did not confirm the send ({:?}): the code may or may not \
+                         have been sent. Verification {verification_id} stays pending: a start \
+                         again with the same idempotency key answers with it and sends nothing, \
+                         a check of it works if the code arrived, a start without the key \
+                         sends again",
+                        source.kind
+                    ),
+                    d,
+                )
+            }
             ServiceError::Provider(e) => provider_status(e),
             ServiceError::Store(e) => store_status(e),
         }
@@ -234,6 +265,11 @@ fn provider_status(e: ProviderError) -> Status {
             Code::Internal,
             "the gateway's provider credentials were refused",
             None,
+        ),
+        K::Unreachable => (
+            Code::Unavailable,
+            "the provider could not be reached (nothing was sent); retry later",
+            Some(Duration::from_secs(1)),
         ),
         K::Unavailable => (
             Code::Unavailable,

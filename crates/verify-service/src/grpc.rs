@@ -115,10 +115,15 @@ pub fn to_proto(v: &Verification) -> pb::Verification {
             .map(|c| channel_to_proto(*c).into())
             .collect(),
         fallback_reason: v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
-        delivery_status: v
-            .delivery_status
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_default(),
+        // A pending verification without a provider id is only ever answered when its
+        // first send was not confirmed (one in flight is answered ABORTED).
+        delivery_status: match v.delivery_status {
+            Some(s) => s.as_str().to_owned(),
+            None if v.status == VerificationStatus::Pending && v.provider_sid.is_none() => {
+                "unconfirmed".to_owned()
+            }
+            None => String::new(),
+        },
         risk: v.risk.as_ref().map(risk_to_proto),
     }
 }

@@ -29,6 +29,19 @@ const CONFLICT_RETRIES: usize = 5;
 /// How long a start to a destination waits for a concurrent start's first send to it.
 const FIRST_SEND_WAIT: Duration = Duration::from_secs(5);
 
+/// Longer than any create waits for the provider's answer (`twilio.timeout_ms` and the
+/// connect retries): a record still without a provider id this long after it was written
+/// has no send in flight, only one whose outcome is unknown.
+const SEND_IN_FLIGHT_AT_MOST: Duration = Duration::from_secs(60);
+
+/// How often the record of a confirmed send is written before the start gives up (the
+/// code is out; a record left without its provider id is still checked by destination).
+const SENT_RECORD_TRIES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+];
+
 /// How long a start with an idempotency key that a rate limit refused looks for a
 /// concurrent start with the same key.
 const CONCURRENT_REPLAY_WAIT: Duration = Duration::from_millis(300);
@@ -272,6 +285,12 @@ impl VerifyCore {
     ) -> Result<Verification, ServiceError> {
         let deadline = tokio::time::Instant::now() + FIRST_SEND_WAIT;
         while pending.provider_sid.is_none() {
+            // Its first send's outcome is unknown: this start is an explicit ask to send
+            // again, and the provider answers it with its pending verification, if it has
+            // one, whose id the resend then records.
+            if pending.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST) {
+                break;
+            }
             if pending.status != VerificationStatus::Pending
                 || tokio::time::Instant::now() >= deadline
             {
@@ -381,7 +400,12 @@ impl VerifyCore {
                 "this key was already used for a different destination",
             ));
         }
-        if existing.status == VerificationStatus::Pending && existing.provider_sid.is_none() {
+        // A first send still in flight; one whose outcome is unknown is answered with, as is:
+        // the retry sends nothing.
+        if existing.status == VerificationStatus::Pending
+            && existing.provider_sid.is_none()
+            && !existing.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST)
+        {
             return Err(ServiceError::InProgress);
         }
         Ok(existing)
@@ -409,11 +433,25 @@ impl VerifyCore {
         match sent {
             Ok(pv) => {
                 v.mark_sent(pv.sid, now);
-                self.store.update(&v, version).await?;
+                self.record_sent(&v, version).await?;
                 // The call's audit line says it too (`grpc`): debug only, not twice at info.
                 tracing::debug!(verification_id = %v.id, "verification sent");
                 self.schedule_silence_check(policy, &v).await;
                 Ok(v)
+            }
+            // The code may be out: nothing is undone. The verification stays pending under
+            // its idempotency key (a retry with the key answers with it and sends nothing),
+            // a check names it by destination, and a start without the key sends again.
+            Err(e) if e.may_have_acted() => {
+                v.mark_unconfirmed(now);
+                if let Err(store_err) = self.store.update(&v, version).await {
+                    warn!(error = %store_err, "could not record the unconfirmed send");
+                }
+                warn!(kind = ?e.kind, twilio_code = ?e.code, "the provider did not confirm the send");
+                Err(ServiceError::SendUnconfirmed {
+                    verification_id: v.id.to_string(),
+                    source: e,
+                })
             }
             Err(e) => {
                 self.abuse
@@ -421,7 +459,8 @@ impl VerifyCore {
                     .await;
                 v.mark_failed(e.code, now);
                 if e.is_retryable() {
-                    // Nothing final happened upstream: let the caller retry with the same key.
+                    // Never reached the provider, or refused before it acted (429): let the
+                    // caller retry with the same key.
                     v.idempotency_key = None;
                 }
                 if let Err(store_err) = self.store.update(&v, version).await {
@@ -519,13 +558,27 @@ impl VerifyCore {
         async move {
             let mut v = self.load_to_check(id, owner).await?;
             let policy = self.policy(&v.purpose)?.clone();
-            let sid = v.provider_sid.clone().ok_or(ServiceError::FailedPrecondition {
-                reason: "VERIFICATION_NOT_SENT",
-                message: format!("verification {id} was never sent"),
-            })?;
             if v.status != VerificationStatus::Pending {
                 return Err(not_checkable(id, TransitionError::NotPending(v.status)));
             }
+            // Its provider id, or, when its send was never confirmed, its destination: the
+            // provider checks the pending verification it holds for it, if any.
+            let target = match v.provider_sid.clone() {
+                Some(sid) => CheckTarget::Sid(sid),
+                None if v.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST) => {
+                    CheckTarget::To(self.keyring.open(&v.destination).map_err(|e| {
+                        ServiceError::Store(domain::ports::StoreError::Unavailable(format!(
+                            "cannot open the destination of {id}: {e}"
+                        )))
+                    })?)
+                }
+                None => {
+                    return Err(ServiceError::FailedPrecondition {
+                        reason: "VERIFICATION_NOT_SENT",
+                        message: format!("verification {id} is still being sent; retry shortly"),
+                    });
+                }
+            };
             let screened = self.abuse.screen_check(&policy, &v, self.clock.now()).await?;
             // Claim one attempt, with the shared check limit in the same transaction.
             let mut limit_left = None;
@@ -560,7 +613,20 @@ impl VerifyCore {
             let Some(limit_left) = limit_left else {
                 return Err(domain::ports::StoreError::Conflict(*id).into());
             };
-            let outcome = match self.provider.check(policy.service_sid(), &sid, code).await {
+            let answer = match &target {
+                CheckTarget::Sid(sid) => self.provider.check(policy.service_sid(), sid, code).await,
+                CheckTarget::To(to) => {
+                    self.provider
+                        .check_destination(policy.service_sid(), to, code)
+                        .await
+                }
+            };
+            if let Ok(checked) = &answer
+                && let Some(sid) = &checked.sid
+            {
+                v.learn_provider_sid(sid.clone());
+            }
+            let outcome = match answer {
                 Ok(c) if c.valid && c.status == ProviderStatus::Approved => CheckOutcome::Approved,
                 Ok(c) => match c.status {
                     ProviderStatus::Pending | ProviderStatus::Other(_) => CheckOutcome::Wrong,
@@ -593,8 +659,10 @@ impl VerifyCore {
                 CheckOutcome::Approved | CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
             }
             tracing::debug!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
-            if transition == Transition::CancelUpstream {
-                self.cancel_upstream(policy.service_sid(), &sid).await;
+            if transition == Transition::CancelUpstream
+                && let Some(sid) = &v.provider_sid
+            {
+                self.cancel_upstream(policy.service_sid(), sid).await;
             }
             let attempts_left = v.checks_left().min(limit_left);
             Ok(Checked {
@@ -605,6 +673,29 @@ impl VerifyCore {
         }
         .instrument(span)
         .await
+    }
+
+    /// Stores `v` with the provider id its send was confirmed with, trying again a little
+    /// later when the store fails: the code is out, and without its id the verification
+    /// would be checked by destination only.
+    async fn record_sent(&self, v: &Verification, version: u32) -> Result<(), ServiceError> {
+        let mut last = None;
+        for pause in SENT_RECORD_TRIES {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            match self.store.update(v, version).await {
+                Ok(()) => return Ok(()),
+                Err(e @ domain::ports::StoreError::Unavailable(_)) => {
+                    warn!(error = %e, "could not record the confirmed send yet");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last
+            .map(ServiceError::from)
+            .unwrap_or_else(|| domain::ports::StoreError::Conflict(v.id).into()))
     }
 
     /// Gives back the attempt a check claimed on `v` ([`Verification::release_check`]).
@@ -797,6 +888,12 @@ fn destination_busy(purpose: &Purpose) -> ServiceError {
              (another caller's, or for another identity); start again once it ends"
         ),
     }
+}
+
+/// What a check names at the provider.
+enum CheckTarget {
+    Sid(String),
+    To(Destination),
 }
 
 fn not_checkable(id: &VerificationId, e: TransitionError) -> ServiceError {

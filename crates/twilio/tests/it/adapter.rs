@@ -479,6 +479,6 @@ async fn connection_refused_is_unavailable() -> anyhow::Result<()> {
         .expect_err("nothing listens");
     assert!(matches!(err, twilio::TwilioError::Connect(_)), "{err:?}");
     let err = domain::ports::ProviderError::from(err);
-    assert_eq!(err.kind, K::Unavailable);
+    assert_eq!(err.kind, K::Unreachable);
     Ok(())
 }

@@ -153,6 +153,17 @@ async fn requests_match_twilios_openapi_spec() -> anyhow::Result<()> {
         (checked.status, checked.valid),
         (ProviderStatus::Approved, true)
     );
+    // By destination, for a verification whose SID was never learnt: the answer names it.
+    let by_to = twilio
+        .check_destination(
+            SERVICE_SID,
+            &Destination::Phone(PhoneNumber::parse("+14155552671", None)?),
+            &code,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(diagnose("check by To", &e)))?;
+    assert_eq!(by_to.status, ProviderStatus::Approved);
+    assert!(by_to.sid.as_deref().is_some_and(|sid| sid.starts_with("VE")));
 
     let fetched = twilio
         .fetch(SERVICE_SID, VERIFICATION_SID)
