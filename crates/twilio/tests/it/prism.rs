@@ -163,7 +163,12 @@ async fn requests_match_twilios_openapi_spec() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(diagnose("check by To", &e)))?;
     assert_eq!(by_to.status, ProviderStatus::Approved);
-    assert!(by_to.sid.as_deref().is_some_and(|sid| sid.starts_with("VE")));
+    assert!(
+        by_to
+            .sid
+            .as_deref()
+            .is_some_and(|sid| sid.starts_with("VE"))
+    );
 
     let fetched = twilio
         .fetch(SERVICE_SID, VERIFICATION_SID)
