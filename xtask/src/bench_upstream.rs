@@ -49,6 +49,16 @@ impl FixedUpstream {
                 format!("http://127.0.0.1:{}", self.port),
             ),
             ("VERIFY_SANDBOX__MODE", "off".to_owned()),
+            // Without the sandbox the gateway makes no keys of its own: fixed ones, for
+            // benchmarks only.
+            (
+                "VERIFY_KEYS__BLIND_INDEX_KEY",
+                "YmVuY2gtYmxpbmQtaW5kZXgta2V5LTAxMjM0NTY3ODk=".to_owned(),
+            ),
+            (
+                "VERIFY_KEYS__ENCRYPTION_KEYS",
+                "bench:YmVuY2gtZW5jcnlwdGlvbi1rZXktMDEyMzQ1Njc4OSE=".to_owned(),
+            ),
         ]
     }
 }

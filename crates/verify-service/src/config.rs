@@ -551,6 +551,17 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
     }
 
     let keys = resolve_keys(raw.keys)?;
+    // Generated keys are for trying the gateway on its sandbox: each process that makes its
+    // own (or finds a file an earlier run left) protects destinations with keys no other
+    // replica has, so lookups and limits across replicas would quietly stop matching.
+    if matches!(keys, KeySource::GenerateDev) && !sandbox_on {
+        bail!(
+            "no keys are configured, and development keys are made only when the gateway \
+             runs its own Twilio sandbox: set keys.blind_index_key and keys.encryption_keys \
+             (VERIFY_KEYS__BLIND_INDEX_KEY, VERIFY_KEYS__ENCRYPTION_KEYS) or keys.file, the \
+             same on every replica (see the README, \"Keys\")"
+        );
+    }
     let log_format = o
         .log_format
         .as_deref()
@@ -894,7 +905,15 @@ mod tests {
             verify_service_sid: Some(format!("VA{}", "b".repeat(32))),
             ..TwilioEnv::default()
         };
-        let s = load("", &env).expect("valid");
+        // Real Twilio without keys: refused, never generated.
+        let err = format!("{:#}", load("", &env).expect_err("no keys"));
+        assert!(
+            err.contains("development keys are made only") && err.contains("VERIFY_KEYS__"),
+            "{err}"
+        );
+        let keys = "[keys]\nblind_index_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n\
+                    encryption_keys = \"k1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=\"\n";
+        let s = load(keys, &env).expect("valid");
         assert!(matches!(s.upstream, Upstream::Twilio));
         let login = s
             .policies

@@ -133,8 +133,11 @@ impl FlakyTwilio {
             verify_service_sid: Some(SERVICE_SID.into()),
             ..TwilioEnv::default()
         };
+        // With Twilio, keys are configured: the gateway makes none of its own.
         let toml = format!(
-            "[twilio]\nbase_url = \"{}\"\ntimeout_ms = 500\n{toml}",
+            "[twilio]\nbase_url = \"{}\"\ntimeout_ms = 500\n\
+             [keys]\nblind_index_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n\
+             encryption_keys = \"k1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=\"\n{toml}",
             self.base_url
         );
         Harness::start_against(Backend::Sqlite, &toml, &twilio).await
