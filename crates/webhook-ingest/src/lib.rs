@@ -7,7 +7,9 @@
 //! - `POST /webhooks/twilio/message-status`: Programmable Messaging status callbacks (form).
 //! - `GET /healthz` (the process answers), `GET /readyz` (the database answers too, so a
 //!   replica that could not store a webhook takes none; the broker is reported, but a broker
-//!   outage does not stop webhooks from being accepted into the outbox).
+//!   outage does not stop webhooks from being accepted into the outbox). The database is
+//!   pinged every 5 s, within 1.5 s ([`DatabasePing`]), and `/readyz` answers the last
+//!   ping's outcome: a probe costs the database nothing, however often it comes.
 //!
 //! A missing or malformed signature is 400, a wrong one 403, an oversized body 413, a
 //! malformed one 400; none of them stores anything. A good request is answered 200 once its
@@ -49,6 +51,21 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     header_timeout: Duration::from_secs(10),
     body_timeout: Duration::from_secs(30),
     max_connections: NonZeroUsize::new(1_024).expect("1,024 is not zero"),
+};
+
+/// How readiness follows the database: a ping every `every`, which fails when not answered
+/// within `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabasePing {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+/// Readiness pings the database every 5 s and waits 1.5 s for an answer: below the probes'
+/// own timeouts, so a slow database reads as "not ready", not as a hung process.
+pub const DEFAULT_DATABASE_PING: DatabasePing = DatabasePing {
+    every: Duration::from_secs(5),
+    timeout: Duration::from_millis(1500),
 };
 
 /// What webhook-ingest needs to know besides its connections.
@@ -165,6 +182,52 @@ pub(crate) struct AppState {
     pub(crate) stored: Notify,
     /// Set when shutdown begins: readiness turns false so traffic drains to other replicas.
     pub(crate) draining: AtomicBool,
+    /// The outcome of the last database ping: `Err` holds why it failed.
+    pub(crate) database_ready: std::sync::RwLock<Result<(), String>>,
+}
+
+/// Pings the database once, within `timeout`.
+async fn ping(database: &storage::Database, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, database.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("unavailable: {e}")),
+        Err(_) => Err(format!(
+            "unavailable: no answer within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Pings the database every `every` until `stop`, keeping the outcome for `/readyz`.
+async fn follow_database(
+    state: Arc<AppState>,
+    every: DatabasePing,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let outcome = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            outcome = ping(&state.database, every.timeout) => outcome,
+        };
+        let mut last = state
+            .database_ready
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*last, &outcome) {
+            (Ok(()), Err(e)) => {
+                tracing::warn!(database = %e, "not ready: the database does not answer")
+            }
+            (Err(_), Ok(())) => tracing::info!("ready: the database answers again"),
+            _ => {}
+        }
+        *last = outcome;
+    }
 }
 
 /// A webhook-ingest whose listener is bound.
@@ -172,11 +235,13 @@ pub(crate) struct AppState {
 pub struct Ingest {
     listener: TcpListener,
     limits: Limits,
+    database_ping: DatabasePing,
     state: Arc<AppState>,
 }
 
 impl Ingest {
-    /// Binds the listener. The database must be migrated.
+    /// Binds the listener and pings the database once, so readiness is known from the
+    /// first request. The database must be migrated.
     pub async fn bind(
         settings: &Settings,
         database: storage::Database,
@@ -190,9 +255,11 @@ impl Ingest {
             Some(base) => base.as_str().trim_end_matches('/').to_owned(),
             None => format!("http://{}", listener.local_addr()?),
         };
+        let first_ping = ping(&database, DEFAULT_DATABASE_PING.timeout).await;
         Ok(Ingest {
             listener,
             limits: DEFAULT_LIMITS,
+            database_ping: DEFAULT_DATABASE_PING,
             state: Arc::new(AppState {
                 settings: settings.clone(),
                 public_base_url,
@@ -201,8 +268,16 @@ impl Ingest {
                 bus,
                 stored: Notify::new(),
                 draining: AtomicBool::new(false),
+                database_ready: std::sync::RwLock::new(first_ping),
             }),
         })
+    }
+
+    /// Pings the database for readiness as `ping` says instead of [`DEFAULT_DATABASE_PING`].
+    #[must_use]
+    pub fn with_database_ping(mut self, ping: DatabasePing) -> Ingest {
+        self.database_ping = ping;
+        self
     }
 
     /// Serves within `limits` instead of [`DEFAULT_LIMITS`].
@@ -229,7 +304,12 @@ impl Ingest {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let relay = tokio::spawn(relay::run(Arc::clone(&self.state), stop_rx));
+        let relay = tokio::spawn(relay::run(Arc::clone(&self.state), stop_rx.clone()));
+        let pinging = tokio::spawn(follow_database(
+            Arc::clone(&self.state),
+            self.database_ping,
+            stop_rx,
+        ));
         let drain = Arc::clone(&self.state);
         let served = listener::serve(
             self.listener,
@@ -247,6 +327,7 @@ impl Ingest {
         if let Err(e) = relay.await {
             tracing::warn!(error = %e, "the outbox relay ended abnormally");
         }
+        let _ = pinging.await;
         if let Bus::Rabbit(bus) = &self.state.bus {
             bus.close().await;
         }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,10 +27,6 @@ pub const MESSAGE_STATUS_PATH: &str = "/webhooks/twilio/message-status";
 
 /// The largest body accepted (413 above it). Twilio's Event Streams batches stay far below.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// How long `/readyz` waits for the database before calling it unavailable; below the
-/// probes' own timeouts, so a slow database reads as "not ready", not as a hung process.
-const READY_DB_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -261,14 +256,18 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the database answers a ping. The broker's state is reported but does not
-/// count: reports go to the outbox first, so webhooks are accepted and stored while the
-/// broker is down and published once it is back.
+/// Readiness: the database answered its last periodic ping (a probe does not query it, so
+/// probes cost it nothing). The broker's state is reported but does not count: reports go to
+/// the outbox first, so webhooks are accepted and stored while the broker is down and
+/// published once it is back.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.database.ping()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("unavailable: {e}"),
-        Err(_) => "unavailable: no answer within 1.5 s".to_owned(),
+    let database = match &*state
+        .database_ready
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
     };
     let broker = if state.bus.is_connected() {
         "ok"

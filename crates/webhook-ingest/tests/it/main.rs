@@ -28,10 +28,19 @@ async fn serves_health_and_readiness_then_stops_gracefully() {
     assert_eq!(body["database"], "ok");
     assert_eq!(body["broker"], "ok");
 
-    // The database goes away under the running process: not ready, but still alive.
+    // The database goes away under the running process: not ready once the periodic ping
+    // finds it gone (within 5 s), but still alive.
     harness.drop_database().await;
-    let (status, body) = get(&format!("{base}/readyz")).await;
-    assert_eq!(status, 503, "{body}");
+    let body = support::poll("/readyz turns 503", support::WITHIN, || {
+        let readyz = format!("{base}/readyz");
+        async move {
+            match get(&readyz).await {
+                (503, body) => Ok(body),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        }
+    })
+    .await;
     assert_eq!(body["status"], "unavailable");
     assert!(
         body["database"]
