@@ -164,6 +164,7 @@ pub struct Gateway {
     counters: Arc<crate::counters::BufferedCounters>,
     admin: Option<crate::server::Admin>,
     metrics: Option<(TcpListener, Arc<Metrics>)>,
+    server_limits: crate::server::Limits,
 }
 
 impl Gateway {
@@ -172,6 +173,14 @@ impl Gateway {
     /// subscribes the delivery consumer.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Gateway> {
         let insecure_no_callers = settings.open_to_anyone()?;
+        if settings.server_limits.request_timeout <= settings.twilio.timeout {
+            tracing::warn!(
+                request_timeout_ms = settings.server_limits.request_timeout.as_millis() as u64,
+                twilio_timeout_ms = settings.twilio.timeout.as_millis() as u64,
+                "server.request_timeout_seconds is not above twilio.timeout_ms: a call cut off \
+                 while Twilio works on it leaves its send or check unconfirmed"
+            );
+        }
         let keys = keys::load(&settings.keys, &settings.data_dir)?;
         // Certificates that do not load stop the start, before anything else is opened.
         let tls = settings
@@ -217,7 +226,12 @@ impl Gateway {
                     webhook_ingest::Bus::Shared(bus.as_dyn()),
                 )
                 .await
-                .context("starting the embedded webhook receiver")?,
+                .context("starting the embedded webhook receiver")?
+                // The same pings as gRPC health, so both answer alike.
+                .with_database_ping(webhook_ingest::DatabasePing {
+                    every: settings.server_limits.database_ping_every,
+                    timeout: settings.server_limits.database_ping_timeout,
+                }),
             ),
             None => None,
         };
@@ -341,6 +355,7 @@ impl Gateway {
             counters,
             admin,
             metrics: metrics_listener.map(|l| (l, metrics)),
+            server_limits: settings.server_limits,
         })
     }
 
@@ -362,8 +377,9 @@ impl Gateway {
         self.webhooks.as_ref().and_then(|w| w.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish, lets consumers
-    /// ack what they hold, and closes the broker and database connections.
+    /// Serves until `shutdown` resolves, then turns gRPC health NOT_SERVING, lets in-flight
+    /// calls finish within the shutdown grace (cutting off what is still open after it),
+    /// lets consumers ack what they hold, and closes the broker and database connections.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -392,6 +408,8 @@ impl Gateway {
             self.callers,
             (*self.core).clone(),
             self.admin,
+            self.server_limits,
+            self.database.clone(),
             stopped(stop_rx.clone()),
         ));
         let metrics_task = self.metrics.map(|(listener, metrics)| {

@@ -192,7 +192,52 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     grpc_addr: SocketAddr,
+    request_timeout_seconds: u64,
+    concurrency_limit_per_connection: usize,
+    max_concurrent_streams: u32,
+    max_concurrent_calls: usize,
+    shutdown_grace_seconds: u64,
+    database_ping_interval_ms: u64,
+    database_ping_timeout_ms: u64,
     tls: RawTls,
+}
+
+impl RawServer {
+    fn limits(&self) -> anyhow::Result<crate::server::Limits> {
+        let positive = |name: &str, value: u64| -> anyhow::Result<u64> {
+            if value == 0 {
+                bail!("server.{name} must be above 0");
+            }
+            Ok(value)
+        };
+        Ok(crate::server::Limits {
+            request_timeout: Duration::from_secs(positive(
+                "request_timeout_seconds",
+                self.request_timeout_seconds,
+            )?),
+            concurrency_per_connection: positive(
+                "concurrency_limit_per_connection",
+                self.concurrency_limit_per_connection as u64,
+            )? as usize,
+            max_concurrent_streams: positive(
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            )? as u32,
+            max_concurrent_calls: positive(
+                "max_concurrent_calls",
+                self.max_concurrent_calls as u64,
+            )? as usize,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            database_ping_every: Duration::from_millis(positive(
+                "database_ping_interval_ms",
+                self.database_ping_interval_ms,
+            )?),
+            database_ping_timeout: Duration::from_millis(positive(
+                "database_ping_timeout_ms",
+                self.database_ping_timeout_ms,
+            )?),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +393,8 @@ pub enum KeySource {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub grpc_addr: SocketAddr,
+    /// The gRPC server's bounds on calls, its shutdown grace and its health pings.
+    pub server_limits: crate::server::Limits,
     /// TLS on the gRPC port; `None`: plaintext.
     pub tls: Option<crate::tls::TlsFiles>,
     pub upstream: Upstream,
@@ -636,6 +683,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
     };
     Ok(Settings {
         grpc_addr,
+        server_limits: raw.server.limits()?,
         tls,
         callers,
         insecure_no_callers: raw.auth.insecure_no_callers,
@@ -1004,5 +1052,37 @@ mod tests {
             ..TwilioEnv::default()
         };
         check("", &half, "without TWILIO_AUTH_TOKEN");
+    }
+
+    #[test]
+    fn server_limits_default_above_twilio_and_refuse_zero() {
+        let none = TwilioEnv::default();
+        let s = load("", &none).expect("defaults are valid");
+        assert_eq!(s.server_limits.shutdown_grace, Duration::from_secs(10));
+        assert!(
+            s.server_limits.request_timeout > s.twilio.timeout,
+            "a call may wait on Twilio for its whole timeout"
+        );
+        let s = load(
+            "[server]
+shutdown_grace_seconds = 0",
+            &none,
+        )
+        .expect("no grace is valid");
+        assert_eq!(s.server_limits.shutdown_grace, Duration::ZERO);
+        for key in [
+            "request_timeout_seconds",
+            "concurrency_limit_per_connection",
+            "max_concurrent_streams",
+            "max_concurrent_calls",
+            "database_ping_interval_ms",
+            "database_ping_timeout_ms",
+        ] {
+            let err = format!(
+                "{:#}",
+                load(&format!("[server]\n{key} = 0"), &none).expect_err("refused")
+            );
+            assert!(err.contains(&format!("server.{key}")), "{err}");
+        }
     }
 }

@@ -12,5 +12,6 @@ mod key_rotation;
 mod outages;
 mod redaction;
 mod replicas;
+mod shutdown;
 mod tls;
 mod trace_context;
