@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use domain::abuse::{RateLimitStore, RiskStore};
 use domain::events::DedupeStore;
-use domain::ports::{DeliveryReportStore, Outbox, VerificationStore};
+use domain::ports::{DeliveryReportStore, Outbox, StoreError, VerificationStore};
 
 use crate::error::StorageError;
 use crate::postgres::PostgresStore;
@@ -52,6 +53,21 @@ impl Database {
         match self {
             Database::Sqlite(s) => s.ping().await,
             Database::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Deletes the history older than `before`: verifications created before it that are
+    /// over (a pending one only once past its expiry at `now`), delivery reports received
+    /// before it and the consumers' memory of messages they finished before it. In
+    /// batches of a thousand rows, each its own statement, so nothing waits long behind it.
+    pub async fn purge_history(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<crate::Purged, StoreError> {
+        match self {
+            Database::Sqlite(s) => s.purge_history(before, now).await,
+            Database::Postgres(s) => s.purge_history(before, now).await,
         }
     }
 

@@ -168,6 +168,28 @@ pub(crate) const RETRY_LATER: &str = "UPDATE outbox \
 /// Deletes up to `$2` rows published before `$1`, oldest first, along the partial index on
 /// `published_at`; returns their ids. Run until a batch comes back short, so no statement
 /// holds locks on an unbounded number of rows.
+/// `$1` the first verification id kept ([`crate::retention::first_id_kept`]), `$2` now in
+/// milliseconds, `$3` the batch: deletes the verifications created before the bound that
+/// are over (not pending, or pending past their expiry), along the primary key.
+pub(crate) const PURGE_VERIFICATIONS: &str = "DELETE FROM verifications WHERE id IN (\
+     SELECT id FROM verifications WHERE id < $1 AND (status <> 'pending' OR expires_at < $2) \
+     ORDER BY id LIMIT $3) \
+     RETURNING id";
+
+/// `$1` the cutoff in milliseconds, `$2` the batch: delivery reports received before it,
+/// oldest first (ids grow with arrival).
+pub(crate) const PURGE_REPORTS: &str = "DELETE FROM delivery_reports WHERE id IN (\
+     SELECT id FROM delivery_reports WHERE received_at < $1 ORDER BY id LIMIT $2) \
+     RETURNING id";
+
+/// `$1` the cutoff in milliseconds, `$2` the batch: the consumers' memory of messages they
+/// finished handling before it (a redelivery that old is long past any broker's retries).
+pub(crate) const PURGE_PROCESSED: &str = "DELETE FROM processed_messages \
+     WHERE (consumer, message_id) IN (\
+     SELECT consumer, message_id FROM processed_messages \
+     WHERE state = 'done' AND completed_at < $1 LIMIT $2) \
+     RETURNING message_id";
+
 pub(crate) const PURGE_PUBLISHED: &str = "DELETE FROM outbox WHERE id IN (\
      SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 \
      ORDER BY published_at LIMIT $2) \

@@ -9,8 +9,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, PgPool, Postgres};
 use tracing::log::LevelFilter;
 
-use crate::error::StorageError;
+use chrono::{DateTime, Utc};
+use domain::ports::StoreError;
+
+use crate::abuse::PURGE_BATCH;
+use crate::error::{StorageError, unavailable};
 use crate::repo::{Dialect, Repo, delegate_store};
+use crate::retention::Purged;
+use crate::row::to_millis;
 use crate::sql::{self, outbox_columns};
 
 mod lanes;
@@ -258,6 +264,60 @@ impl PostgresStore {
     /// Takes a connection from the pool and pings the server over it.
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.repo.ping().await
+    }
+
+    /// Deletes what is older than `before`: see [`crate::Database::purge_history`].
+    pub async fn purge_history(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Purged, StoreError> {
+        let pool = &self.repo.pool;
+        let batch = i64::from(PURGE_BATCH);
+        let (bound, now, before) = (
+            crate::retention::first_id_kept(before),
+            to_millis(now),
+            to_millis(before),
+        );
+        let mut purged = Purged::default();
+        loop {
+            let ids: Vec<String> = sqlx::query_scalar(sql::PURGE_VERIFICATIONS)
+                .bind(&bound)
+                .bind(now)
+                .bind(batch)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)?;
+            purged.verifications += ids.len() as u64;
+            if ids.len() < PURGE_BATCH as usize {
+                break;
+            }
+        }
+        loop {
+            let ids: Vec<i64> = sqlx::query_scalar(sql::PURGE_REPORTS)
+                .bind(before)
+                .bind(batch)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)?;
+            purged.delivery_reports += ids.len() as u64;
+            if ids.len() < PURGE_BATCH as usize {
+                break;
+            }
+        }
+        loop {
+            let ids: Vec<String> = sqlx::query_scalar(sql::PURGE_PROCESSED)
+                .bind(before)
+                .bind(batch)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)?;
+            purged.processed_messages += ids.len() as u64;
+            if ids.len() < PURGE_BATCH as usize {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     /// The dedupe memory of message consumers on this database: a claim holds for `lease`

@@ -18,8 +18,16 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use chrono::{DateTime, Utc};
+use domain::ports::StoreError;
+
+use crate::abuse::PURGE_BATCH;
 use crate::error::StorageError;
 use crate::repo::delegate_store;
+use crate::retention::Purged;
+use crate::row::to_millis;
+use crate::sql;
+use engine::query;
 use engine::{BUSY_TIMEOUT, Engine, Location};
 use repo::SqliteRepo;
 /// The statements the planner tests read.
@@ -113,6 +121,62 @@ impl SqliteStore {
         // The engine's connections cache the schema; they see the new one on their next
         // statement (SQLite re-prepares statements whose schema changed).
         migrated.map_err(StorageError::Migrate)
+    }
+
+    /// Deletes what is older than `before`: see [`crate::Database::purge_history`]. Each
+    /// batch is one job of the writer, so no write waits behind the whole purge.
+    pub async fn purge_history(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Purged, StoreError> {
+        let batch = i64::from(PURGE_BATCH);
+        let bound = crate::retention::first_id_kept(before);
+        let (now, before) = (to_millis(now), to_millis(before));
+        let engine = &self.repo.engine;
+        let full = |n: usize| n == PURGE_BATCH as usize;
+        let mut purged = Purged::default();
+        loop {
+            let bound = bound.clone();
+            let n = engine
+                .write(move |conn| {
+                    query(
+                        conn,
+                        sql::PURGE_VERIFICATIONS,
+                        &[&bound, &now, &batch],
+                        |_| Ok(()),
+                    )
+                })
+                .await?
+                .len();
+            purged.verifications += n as u64;
+            if !full(n) {
+                break;
+            }
+        }
+        loop {
+            let n = engine
+                .write(move |conn| query(conn, sql::PURGE_REPORTS, &[&before, &batch], |_| Ok(())))
+                .await?
+                .len();
+            purged.delivery_reports += n as u64;
+            if !full(n) {
+                break;
+            }
+        }
+        loop {
+            let n = engine
+                .write(move |conn| {
+                    query(conn, sql::PURGE_PROCESSED, &[&before, &batch], |_| Ok(()))
+                })
+                .await?
+                .len();
+            purged.processed_messages += n as u64;
+            if !full(n) {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     /// Runs a trivial read, for readiness probes.

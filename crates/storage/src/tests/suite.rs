@@ -113,6 +113,7 @@ both_backends!(
     concurrent_claimers_never_share_a_message,
     corrupt_outbox_rows_are_set_aside,
     purge_deletes_published_rows_before_the_cutoff,
+    history_past_the_retention_is_purged,
     dedupe_claims_are_acquired_then_busy_then_done,
     expired_dedupe_leases_are_reclaimed,
     concurrent_dedupe_claims_acquire_exactly_once,
@@ -1691,6 +1692,104 @@ async fn purge_deletes_published_rows_before_the_cutoff(db: Arc<TestDb>) -> anyh
     // An unpublished message is never purged, however old.
     assert_eq!(db.count("outbox").await?, 1);
     Ok(())
+}
+
+/// A verification id made at `t`, as the service makes them (UUIDv7).
+fn id_made_at(t: chrono::DateTime<chrono::Utc>) -> anyhow::Result<VerificationId> {
+    let millis = u64::try_from(t.timestamp_millis())?;
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        millis / 1000,
+        u32::try_from(millis % 1000)? * 1_000_000,
+    );
+    Ok(VerificationId::from_uuid(uuid::Uuid::new_v7(ts)))
+}
+
+async fn history_past_the_retention_is_purged(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let store = db.port();
+    let day = 86_400;
+    let made = |n: u128, purpose: &str, created: i64, status: VerificationStatus| {
+        let mut v = bare(n, purpose, &fixtures::phone());
+        v.id = id_made_at(at(created))?;
+        v.status = status;
+        v.created_at = at(created);
+        v.updated_at = at(created);
+        v.expires_at = at(created + 600);
+        anyhow::Ok(v)
+    };
+    // Before the cutoff (day 30): over, or pending past its expiry (purged); pending with
+    // an expiry still ahead (kept). After it: kept whatever its state.
+    let old_done = made(1, "login", 0, VerificationStatus::Approved)?;
+    let old_expired = made(2, "signup", 0, VerificationStatus::Pending)?;
+    let mut old_live = made(3, "payment", 0, VerificationStatus::Pending)?;
+    old_live.expires_at = at(40 * day);
+    let new_done = made(4, "login", 31 * day, VerificationStatus::Failed)?;
+    for v in [&old_done, &old_expired, &old_live, &new_done] {
+        create(&*store, v).await?;
+    }
+    let reports = db.database().delivery_reports();
+    reports
+        .record_report(&report("ce:old"), &envelope(1), at(day))
+        .await?;
+    reports
+        .record_report(&report("ce:new"), &envelope(2), at(31 * day))
+        .await?;
+
+    let purged = db
+        .database()
+        .purge_history(at(30 * day), at(35 * day))
+        .await?;
+    assert_eq!(
+        (purged.verifications, purged.delivery_reports),
+        (2, 1),
+        "{purged:?}"
+    );
+    assert_eq!(store.get(&old_done.id).await?, None);
+    assert_eq!(store.get(&old_expired.id).await?, None);
+    assert!(store.get(&old_live.id).await?.is_some(), "still pending");
+    assert!(
+        store.get(&new_done.id).await?.is_some(),
+        "within the retention"
+    );
+    assert_eq!(db.count("delivery_reports").await?, 1);
+    // Again: nothing more to do.
+    let again = db
+        .database()
+        .purge_history(at(30 * day), at(35 * day))
+        .await?;
+    assert_eq!(again, storage_purged(0, 0, 0));
+
+    // Handled messages are finished on the database's clock: a cutoff ahead of it takes
+    // them, one behind it does not; one still in progress is kept.
+    let dedupe = db.database().dedupe_store(Duration::from_secs(60));
+    dedupe.claim("consumer", message_id(7)).await?;
+    dedupe.complete("consumer", message_id(7)).await?;
+    dedupe.claim("consumer", message_id(8)).await?;
+    let now = chrono::Utc::now();
+    let behind = db
+        .database()
+        .purge_history(now - chrono::Duration::hours(1), now)
+        .await?;
+    assert_eq!(behind.processed_messages, 0);
+    let ahead = db
+        .database()
+        .purge_history(now + chrono::Duration::hours(1), now)
+        .await?;
+    assert_eq!(ahead.processed_messages, 1);
+    assert_eq!(db.count("processed_messages").await?, 1);
+    Ok(())
+}
+
+fn storage_purged(
+    verifications: u64,
+    delivery_reports: u64,
+    processed_messages: u64,
+) -> crate::Purged {
+    crate::Purged {
+        verifications,
+        delivery_reports,
+        processed_messages,
+    }
 }
 
 async fn dedupe_claims_are_acquired_then_busy_then_done(db: Arc<TestDb>) -> anyhow::Result<()> {
