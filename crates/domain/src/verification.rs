@@ -155,6 +155,7 @@ pub struct NewVerification {
     pub destination: SealedDestination,
     pub destination_hash: DestinationHash,
     pub to_masked: String,
+    /// See [`Verification::identity`].
     pub identity: Option<String>,
     /// The caller that starts it (see [`Verification::owner`]).
     pub owner: String,
@@ -181,6 +182,9 @@ pub struct Verification {
     pub destination: SealedDestination,
     pub destination_hash: DestinationHash,
     pub to_masked: String,
+    /// The user the caller started it for, as a keyed hash of the caller's `identity`
+    /// ([`crate::BlindIndexKey::tag`]): compared, never read back, so it is not stored in
+    /// clear.
     pub identity: Option<String>,
     /// The name of the configured caller that started it, the only one that may read,
     /// check, cancel or resend it; empty when the gateway serves without callers. An

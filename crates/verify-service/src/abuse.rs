@@ -331,10 +331,9 @@ impl AbuseGuard {
             v.identity.is_some() || quota.limit() < v.max_checks
         });
         if let Some(quota) = quota {
+            // The stored identity is its tag already (the one `send_per_identity` keys on).
             let key = match &v.identity {
-                Some(identity) => {
-                    format!("check:{}:id:{}", v.purpose, self.identity_tag(identity))
-                }
+                Some(identity) => format!("check:{}:id:{identity}", v.purpose),
                 None => format!("check:{}:ver:{}", v.purpose, v.id),
             };
             named.push(Named {

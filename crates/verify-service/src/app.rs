@@ -21,8 +21,7 @@ use crate::{fallback, keys};
 /// Opens the configured database, creating the data dir first when it is SQLite's home.
 pub async fn open_database(settings: &Settings) -> anyhow::Result<storage::Database> {
     if settings.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+        crate::data_dir::ensure_private(&settings.data_dir)?;
     }
     storage::Database::open(&settings.database_url)
         .await
@@ -113,13 +112,15 @@ const COUNTER_PURGE_ROUNDS: u32 = 60;
 const BLOCKS_KEPT: chrono::Duration = chrono::Duration::days(30);
 
 /// Evicts stale in-process limiter keys and, in the database, limiter rows that hold no
-/// information and counter buckets past every window. Any replica may do it; the deletes
-/// are idempotent.
+/// information, counter buckets past every window and (hourly) the history past
+/// `retention`. Any replica may do it; the deletes are idempotent.
 async fn housekeeping(
     abuse: Arc<AbuseGuard>,
     database: storage::Database,
+    retention: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,6 +145,18 @@ async fn housekeeping(
         if let Err(e) = database.risk_store().purge_blocks(now - BLOCKS_KEPT).await {
             tracing::warn!(error = %e, "purging ended blocks failed");
         }
+        if round % COUNTER_PURGE_ROUNDS == 0 {
+            match database.purge_history(now - retention, now).await {
+                Ok(purged) if purged != storage::Purged::default() => tracing::info!(
+                    verifications = purged.verifications,
+                    delivery_reports = purged.delivery_reports,
+                    processed_messages = purged.processed_messages,
+                    "purged the history past the retention period"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging the history failed"),
+            }
+        }
     }
 }
 
@@ -156,6 +169,8 @@ pub struct Gateway {
     callers: Option<Arc<crate::auth::Callers>>,
     /// VerifyService answers anyone beyond loopback, as configured: warned of hourly.
     insecure_no_callers: bool,
+    /// `storage.retention_days`.
+    retention: std::time::Duration,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
@@ -347,6 +362,7 @@ impl Gateway {
             tls,
             callers: settings.callers.clone(),
             insecure_no_callers,
+            retention: settings.retention,
             sandbox,
             webhooks,
             database,
@@ -422,6 +438,7 @@ impl Gateway {
         let housekeeping_task = tokio::spawn(housekeeping(
             Arc::clone(&self.abuse),
             self.database.clone(),
+            self.retention,
             stopped(stop_rx.clone()),
         ));
         // Stopped only after the gRPC server, so the last flush holds every request's counts.

@@ -269,6 +269,7 @@ enum SandboxMode {
 struct RawStorage {
     database_url: String,
     migrate_on_start: bool,
+    retention_days: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,6 +402,8 @@ pub struct Settings {
     pub database_url: String,
     /// Apply migrations when serving starts; off where a separate step migrates.
     pub migrate_on_start: bool,
+    /// How long verifications, delivery reports and handled messages are kept.
+    pub retention: Duration,
     /// RabbitMQ (distributed mode); `None`: the embedded mode's in-process bus.
     pub amqp_url: Option<SecretString>,
     /// The RabbitMQ topic exchange.
@@ -694,6 +697,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         upstream,
         database_url,
         migrate_on_start: raw.storage.migrate_on_start,
+        retention: retention(raw.storage.retention_days)?,
         amqp_url,
         amqp_exchange: o
             .amqp_exchange
@@ -863,6 +867,15 @@ fn resolve_keys(raw: RawKeys) -> anyhow::Result<KeySource> {
     })
 }
 
+/// `storage.retention_days`: at least a day (every verification is over within one) and at
+/// most ten years.
+fn retention(days: u32) -> anyhow::Result<Duration> {
+    if !(1..=3650).contains(&days) {
+        bail!("storage.retention_days must be between 1 and 3650 (got {days})");
+    }
+    Ok(Duration::from_secs(u64::from(days) * 86_400))
+}
+
 fn toml_from_str<T: for<'de> Deserialize<'de>>(text: &str) -> anyhow::Result<T> {
     Figment::new()
         .merge(Toml::string(text))
@@ -1000,6 +1013,11 @@ mod tests {
         );
         check("[admin]\ntoken = \"short\"", &none, "admin.token");
         check("[metrics]\naddr = \"nowhere\"", &none, "metrics.addr");
+        check(
+            "[storage]\nretention_days = 0",
+            &none,
+            "storage.retention_days",
+        );
         check(
             "[server.tls]\ncert_file = \"tls.crt\"",
             &none,

@@ -86,8 +86,7 @@ fn key_bytes(b64: &str) -> anyhow::Result<[u8; 32]> {
 fn dev_keys(data_dir: &Path) -> anyhow::Result<Keys> {
     let path = data_dir.join(DEV_KEYS_FILE);
     if !path.exists() {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        crate::data_dir::ensure_private(data_dir)?;
         let mut rng = rand::rng();
         let mut blind = [0u8; 32];
         let mut enc = [0u8; 32];

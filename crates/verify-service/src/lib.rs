@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod counters;
+pub mod data_dir;
 pub mod error;
 pub mod fallback;
 pub mod grpc;

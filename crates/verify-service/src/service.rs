@@ -233,7 +233,7 @@ impl VerifyCore {
                 // same one (and could check the user's code): refused, and told nothing of
                 // it.
                 Inserted::Pending(pending)
-                    if pending.resendable_by(&input.owner, input.identity.as_deref()) =>
+                    if pending.resendable_by(&input.owner, v.identity.as_deref()) =>
                 {
                     self.resend_when_sent(policy, *pending, &input, channel)
                         .await?
@@ -319,7 +319,11 @@ impl VerifyCore {
             destination: self.keyring.seal(&input.to, nonce),
             destination_hash: hash,
             to_masked: input.to.masked(),
-            identity: input.identity.clone(),
+            // Kept as a keyed hash: it is only ever compared.
+            identity: input
+                .identity
+                .as_deref()
+                .map(|identity| self.blind_index.tag("identity", identity)),
             owner: input.owner.clone(),
             idempotency_key: input.idempotency_key.clone(),
             max_sends: policy.max_sends(),

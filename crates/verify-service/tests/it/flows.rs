@@ -350,6 +350,54 @@ async fn an_email_written_differently_is_the_same_destination(h: Harness) {
     h.shutdown().await;
 }
 
+/// The caller's `identity` is kept as a keyed hash: never in clear in the database, while a
+/// start of the same identity still resends on its verification and another's is refused.
+async fn identities_are_stored_as_keyed_hashes(h: Harness) {
+    let start = |identity: &str| pb::StartVerificationRequest {
+        purpose: "login".into(),
+        to: "+14155552681".into(),
+        identity: identity.into(),
+        ..Default::default()
+    };
+    let first = h.start_req(start("user-secret-42")).await.expect("start");
+    let again = h.start_req(start("user-secret-42")).await.expect("resend");
+    assert_eq!(again.id, first.id, "the same identity resends on it");
+    let other = h
+        .start_req(start("someone-else"))
+        .await
+        .expect_err("another identity");
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM verifications WHERE identity IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count(
+            "SELECT COUNT(*) FROM verifications WHERE identity LIKE '%secret%' \
+             OR identity LIKE '%user%'"
+        )
+        .await,
+        0,
+        "the identity is in clear"
+    );
+    h.shutdown().await;
+}
+
+/// The embedded store's directory is its owner's only: SQLite's files and the development
+/// keys are in it.
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start().await;
+    let mode = std::fs::metadata(&h.data_dir)
+        .expect("data dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    h.shutdown().await;
+}
+
 /// `StartVerificationRequest` with `to` as raw bytes, to send what no client library would.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RawStart {
@@ -422,6 +470,7 @@ on_both_backends!(
     email_verifications_go_by_email,
     an_email_written_differently_is_the_same_destination,
     a_request_that_does_not_decode_is_invalid_argument,
+    identities_are_stored_as_keyed_hashes,
     health_is_served,
 );
 
