@@ -39,7 +39,7 @@ fn workspace_deps() -> BTreeMap<String, BTreeSet<String>> {
     deps
 }
 
-const WORKSPACE_LIBS: [&str; 11] = [
+const WORKSPACE_LIBS: [&str; 12] = [
     "domain",
     "policy",
     "fraud",
@@ -51,6 +51,7 @@ const WORKSPACE_LIBS: [&str; 11] = [
     "proto",
     "twilio-sandbox",
     "events",
+    "http-listener",
 ];
 const SERVICES: [&str; 2] = ["verify-service", "webhook-ingest"];
 const IO_CRATES: [&str; 11] = [
@@ -97,7 +98,8 @@ fn workspace_edges_follow_the_design() {
         ("messaging", &["domain"][..]),
         ("telemetry", &[][..]),
         ("proto", &[][..]),
-        ("twilio-sandbox", &["domain"][..]),
+        ("http-listener", &[][..]),
+        ("twilio-sandbox", &["domain", "http-listener"][..]),
         ("testkit", &[][..]),
         ("xtask", &["proto"][..]),
     ]);

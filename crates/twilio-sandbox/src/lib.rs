@@ -10,11 +10,6 @@ mod dispatch;
 mod error;
 mod events;
 mod http;
-// The listener with deadlines and a connection cap that webhook-ingest serves with. The
-// sandbox may not depend on webhook-ingest, so it compiles the same file; the file uses
-// nothing of the crate around it.
-#[path = "../../webhook-ingest/src/listener.rs"]
-mod listener;
 mod scenario;
 mod store;
 mod wire;
@@ -31,7 +26,7 @@ pub use config::{
     SandboxConfig, ServiceConfig,
 };
 pub use dispatch::{EVENT_POST_ATTEMPTS, EVENT_POST_TIMEOUT};
-pub use listener::Limits;
+pub use http_listener::Limits;
 pub use scenario::scenarios;
 
 use auth::Credentials;
@@ -169,5 +164,5 @@ pub async fn serve(
         tracing::info!(%addr, "sandbox.listening");
     }
     let limits = sandbox.inner.limits;
-    listener::serve(listener, sandbox.router(), limits, shutdown).await
+    http_listener::serve(listener, sandbox.router(), limits, shutdown).await
 }

@@ -14,13 +14,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
+use http_listener::Limits;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use webhook_ingest::listener::{self, Limits};
 
 /// The metrics listener's limits: scrapes are `GET`s without a body from a few Prometheus
 /// servers, so 10 s for a request's headers (and for an idle keep-alive connection), 10 s
@@ -348,7 +348,7 @@ pub async fn serve_within(
             }
         }),
     );
-    listener::serve(listener, app, limits, shutdown)
+    http_listener::serve(listener, app, limits, shutdown)
         .await
         .context("metrics server failed")
 }

@@ -18,11 +18,10 @@
 //! retries; a report seen before (same CloudEvent id, or same `MessageSid` + status) is
 //! stored and published once.
 //!
-//! Slow clients are cut off ([`listener`]): a request's headers must arrive within 10 s and
+//! Slow clients are cut off ([`http_listener`]): a request's headers must arrive within 10 s and
 //! its body within 30 s more (408 past it, nothing stored), and at most 1,024 connections
 //! are served at once ([`DEFAULT_LIMITS`]; [`Ingest::with_limits`] changes them).
 
-pub mod listener;
 mod relay;
 mod routes;
 
@@ -40,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use url::Url;
 
-pub use listener::Limits;
+pub use http_listener::Limits;
 pub use routes::{MAX_BODY_BYTES, MESSAGE_STATUS_PATH, VERIFY_EVENTS_PATH};
 
 /// The receiver's limits on slow and numerous clients unless told otherwise: 10 s for a
@@ -311,7 +310,7 @@ impl Ingest {
             stop_rx,
         ));
         let drain = Arc::clone(&self.state);
-        let served = listener::serve(
+        let served = http_listener::serve(
             self.listener,
             routes::router(Arc::clone(&self.state)),
             self.limits,

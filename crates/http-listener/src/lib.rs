@@ -17,8 +17,8 @@
 //!
 //! On shutdown the listener closes, idle connections close, and requests in flight finish.
 //!
-//! This file is also compiled into `twilio-sandbox` (by `#[path]`), which may not depend on
-//! this crate: it uses nothing of the crate around it.
+//! Every HTTP listener of the gateway serves with it: webhook-ingest's, the sandbox's and
+//! verify-service's `/metrics`.
 
 use std::fmt;
 use std::future::Future;
