@@ -151,31 +151,8 @@ impl TwilioVerify {
         verification_sid: &str,
         code: &OtpCode,
     ) -> Result<ProviderCheck, TwilioError> {
-        let span = tracing::info_span!(
-            "twilio.check_verification",
-            otel.kind = "client",
-            service_sid = %service_sid,
-            verification_sid = %verification_sid,
-            http_status = field::Empty,
-            twilio_code = field::Empty,
-            attempts = field::Empty,
-        );
-        async {
-            let service = sid::service(service_sid)?;
-            let verification_sid = sid::verification(verification_sid)?;
-            let url = self.url(&["v2", "Services", service, "VerificationCheck"]);
-            let form = wire::VerificationCheckForm {
-                verification_sid: Some(verification_sid),
-                to: None,
-                code: code.expose(),
-            };
-            let body: wire::VerificationCheck = self
-                .execute(Safety::NotIdempotent, Method::POST, &url, Some(&form))
-                .await?;
-            ProviderCheck::try_from(body)
-        }
-        .instrument(span)
-        .await
+        self.verification_check(service_sid, CheckBy::Sid(verification_sid), code)
+            .await
     }
 
     /// `POST /v2/Services/{ServiceSid}/VerificationCheck` with `To`: checks the pending
@@ -187,21 +164,43 @@ impl TwilioVerify {
         to: &Destination,
         code: &OtpCode,
     ) -> Result<ProviderCheck, TwilioError> {
+        self.verification_check(service_sid, CheckBy::To(to), code)
+            .await
+    }
+
+    async fn verification_check(
+        &self,
+        service_sid: &str,
+        by: CheckBy<'_>,
+        code: &OtpCode,
+    ) -> Result<ProviderCheck, TwilioError> {
         let span = tracing::info_span!(
             "twilio.check_verification",
             otel.kind = "client",
             service_sid = %service_sid,
-            to = %to,
+            verification_sid = field::Empty,
+            to = field::Empty,
             http_status = field::Empty,
             twilio_code = field::Empty,
             attempts = field::Empty,
         );
+        match by {
+            CheckBy::Sid(sid) => span.record("verification_sid", sid),
+            // A destination prints as its mask.
+            CheckBy::To(to) => span.record("to", field::display(to)),
+        };
         async {
             let service = sid::service(service_sid)?;
             let url = self.url(&["v2", "Services", service, "VerificationCheck"]);
             let form = wire::VerificationCheckForm {
-                verification_sid: None,
-                to: Some(to.expose()),
+                verification_sid: match by {
+                    CheckBy::Sid(sid) => Some(sid::verification(sid)?),
+                    CheckBy::To(_) => None,
+                },
+                to: match by {
+                    CheckBy::Sid(_) => None,
+                    CheckBy::To(to) => Some(to.expose()),
+                },
                 code: code.expose(),
             };
             let body: wire::VerificationCheck = self
@@ -400,6 +399,14 @@ fn authorization(credentials: &Credentials) -> Result<HeaderValue, TwilioError> 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// What a verification check names at Twilio.
+#[derive(Clone, Copy)]
+enum CheckBy<'a> {
+    Sid(&'a str),
+    /// The destination, for whose pending verification Twilio checks the code.
+    To(&'a Destination),
 }
 
 #[async_trait]
