@@ -113,6 +113,15 @@ impl Drop for BenchGateway {
     }
 }
 
+/// Where cargo puts release binaries: under `CARGO_TARGET_DIR` when it is set (relative to
+/// the workspace when relative, as cargo reads it), else `target/`.
+pub(crate) fn release_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+        .join("release")
+}
+
 /// Builds the release binary once.
 pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -153,7 +162,7 @@ pub(crate) fn spawn_gateway(
     let sandbox = free_port()?;
     let webhooks = free_port()?;
     let metrics = free_port()?;
-    let mut command = Command::new(root.join("target/release/verify-gateway"));
+    let mut command = Command::new(release_dir(root).join("verify-gateway"));
     command
         .arg("--grpc-addr")
         .arg(format!("127.0.0.1:{grpc}"))

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -45,6 +46,21 @@ fn reject(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Re
         Json(json!({ "status": status.as_u16(), "code": code, "message": message.to_string() })),
     )
         .into_response()
+}
+
+/// A body that could not be read, in the JSON of every other error: over
+/// [`MAX_BODY_BYTES`] (413, `body_too_large`) or cut off (400, `body_unreadable`).
+fn body_rejection(rejection: &BytesRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        reject(
+            status,
+            "body_too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        reject(status, "body_unreadable", rejection.body_text())
+    }
 }
 
 fn signature_rejection(error: &SignatureError) -> Response {
@@ -165,8 +181,12 @@ async fn verify_events(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&rejection),
+    };
     let url = signed_url(&state, peer, &uri, &headers);
     if let Err(e) = state
         .validator
@@ -203,8 +223,12 @@ async fn message_status(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&rejection),
+    };
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

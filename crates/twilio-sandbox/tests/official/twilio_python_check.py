@@ -1,7 +1,7 @@
 """Drives the twilio-sandbox with Twilio's official Python helper library (twilio 9.x),
 used unchanged: only the Verify domain's base_url is pointed at the sandbox.
 
-Usage: twilio_python_check.py <base-url>   (e.g. http://127.0.0.1:4010)
+Usage: twilio_python_check.py <base-url>   (e.g. http://127.0.0.1:8090, where `cargo run` serves the sandbox)
 Exits non-zero with a message on the first failed expectation.
 """
 

@@ -267,7 +267,7 @@ async fn altered_unsigned_oversized_or_malformed_requests_store_nothing() {
             headers: signature(&oversized_signed),
             body: oversized,
             status: 413,
-            code: None,
+            code: Some("body_too_large"),
         },
         Attempt {
             what: "validly signed malformed JSON",
