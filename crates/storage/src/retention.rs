@@ -2,7 +2,12 @@
 //! memory of handled messages are deleted once older than the retention period
 //! (`storage.retention_days`), a batch at a time, by [`crate::Database::purge_history`].
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
+use domain::ports::StoreError;
+
+use crate::abuse::PURGE_BATCH;
 
 /// What one purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,6 +23,23 @@ pub struct Purged {
 pub(crate) fn first_id_kept(before: DateTime<Utc>) -> String {
     let millis = u64::try_from(before.timestamp_millis()).unwrap_or(0);
     format!("ver_{:012x}{}", millis & 0xffff_ffff_ffff, "0".repeat(20))
+}
+
+/// Runs `batch` (one delete of at most [`PURGE_BATCH`] rows, returning how many it
+/// deleted) until one comes back short; returns the total.
+pub(crate) async fn in_batches<F, Fut>(mut batch: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = batch().await?;
+        total += deleted as u64;
+        if deleted < PURGE_BATCH as usize {
+            return Ok(total);
+        }
+    }
 }
 
 #[cfg(test)]

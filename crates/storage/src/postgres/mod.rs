@@ -15,7 +15,7 @@ use domain::ports::StoreError;
 use crate::abuse::PURGE_BATCH;
 use crate::error::{StorageError, unavailable};
 use crate::repo::{Dialect, Repo, delegate_store};
-use crate::retention::Purged;
+use crate::retention::{Purged, in_batches};
 use crate::row::to_millis;
 use crate::sql::{self, outbox_columns};
 
@@ -279,45 +279,40 @@ impl PostgresStore {
             to_millis(now),
             to_millis(before),
         );
-        let mut purged = Purged::default();
-        loop {
-            let ids: Vec<String> = sqlx::query_scalar(sql::PURGE_VERIFICATIONS)
-                .bind(&bound)
-                .bind(now)
-                .bind(batch)
-                .fetch_all(pool)
-                .await
-                .map_err(unavailable)?;
-            purged.verifications += ids.len() as u64;
-            if ids.len() < PURGE_BATCH as usize {
-                break;
-            }
-        }
-        loop {
-            let ids: Vec<i64> = sqlx::query_scalar(sql::PURGE_REPORTS)
-                .bind(before)
-                .bind(batch)
-                .fetch_all(pool)
-                .await
-                .map_err(unavailable)?;
-            purged.delivery_reports += ids.len() as u64;
-            if ids.len() < PURGE_BATCH as usize {
-                break;
-            }
-        }
-        loop {
-            let ids: Vec<String> = sqlx::query_scalar(sql::PURGE_PROCESSED)
-                .bind(before)
-                .bind(batch)
-                .fetch_all(pool)
-                .await
-                .map_err(unavailable)?;
-            purged.processed_messages += ids.len() as u64;
-            if ids.len() < PURGE_BATCH as usize {
-                break;
-            }
-        }
-        Ok(purged)
+        let deleted = |ids: Vec<sqlx::postgres::PgRow>| ids.len();
+        Ok(Purged {
+            verifications: in_batches(|| async {
+                sqlx::query(sql::PURGE_VERIFICATIONS)
+                    .bind(&bound)
+                    .bind(now)
+                    .bind(batch)
+                    .fetch_all(pool)
+                    .await
+                    .map(deleted)
+                    .map_err(unavailable)
+            })
+            .await?,
+            delivery_reports: in_batches(|| async {
+                sqlx::query(sql::PURGE_REPORTS)
+                    .bind(before)
+                    .bind(batch)
+                    .fetch_all(pool)
+                    .await
+                    .map(deleted)
+                    .map_err(unavailable)
+            })
+            .await?,
+            processed_messages: in_batches(|| async {
+                sqlx::query(sql::PURGE_PROCESSED)
+                    .bind(before)
+                    .bind(batch)
+                    .fetch_all(pool)
+                    .await
+                    .map(deleted)
+                    .map_err(unavailable)
+            })
+            .await?,
+        })
     }
 
     /// The dedupe memory of message consumers on this database: a claim holds for `lease`

@@ -24,7 +24,7 @@ use domain::ports::StoreError;
 use crate::abuse::PURGE_BATCH;
 use crate::error::StorageError;
 use crate::repo::delegate_store;
-use crate::retention::Purged;
+use crate::retention::{Purged, in_batches};
 use crate::row::to_millis;
 use crate::sql;
 use engine::query;
@@ -134,49 +134,35 @@ impl SqliteStore {
         let bound = crate::retention::first_id_kept(before);
         let (now, before) = (to_millis(now), to_millis(before));
         let engine = &self.repo.engine;
-        let full = |n: usize| n == PURGE_BATCH as usize;
-        let mut purged = Purged::default();
-        loop {
-            let bound = bound.clone();
-            let n = engine
-                .write(move |conn| {
+        Ok(Purged {
+            verifications: in_batches(|| {
+                let bound = bound.clone();
+                engine.write(move |conn| {
                     query(
                         conn,
                         sql::PURGE_VERIFICATIONS,
                         &[&bound, &now, &batch],
                         |_| Ok(()),
                     )
+                    .map(|rows| rows.len())
                 })
-                .await?
-                .len();
-            purged.verifications += n as u64;
-            if !full(n) {
-                break;
-            }
-        }
-        loop {
-            let n = engine
-                .write(move |conn| query(conn, sql::PURGE_REPORTS, &[&before, &batch], |_| Ok(())))
-                .await?
-                .len();
-            purged.delivery_reports += n as u64;
-            if !full(n) {
-                break;
-            }
-        }
-        loop {
-            let n = engine
-                .write(move |conn| {
+            })
+            .await?,
+            delivery_reports: in_batches(|| {
+                engine.write(move |conn| {
+                    query(conn, sql::PURGE_REPORTS, &[&before, &batch], |_| Ok(()))
+                        .map(|rows| rows.len())
+                })
+            })
+            .await?,
+            processed_messages: in_batches(|| {
+                engine.write(move |conn| {
                     query(conn, sql::PURGE_PROCESSED, &[&before, &batch], |_| Ok(()))
+                        .map(|rows| rows.len())
                 })
-                .await?
-                .len();
-            purged.processed_messages += n as u64;
-            if !full(n) {
-                break;
-            }
-        }
-        Ok(purged)
+            })
+            .await?,
+        })
     }
 
     /// Runs a trivial read, for readiness probes.
