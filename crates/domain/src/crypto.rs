@@ -1,6 +1,15 @@
 //! Protection of destinations at rest: an HMAC-SHA256 blind index for lookups and logs,
 //! and AES-256-GCM encryption tagged with a key id so keys can rotate.
 //!
+//! A ciphertext is bound to its verification: the associated data covers the key id and
+//! the verification id, so a ciphertext copied into another row (by anyone who can write
+//! the database but holds no key) does not open there, rather than sending that row's
+//! code to another person. Rows sealed before the binding carry the key id as
+//! `unbound:<key id>` (the migration that introduced it renamed them; key ids cannot hold
+//! a colon): they still open, with the key id alone as associated data, until
+//! `verify-gateway reencrypt` re-seals them, which it does as for any key that is not the
+//! current one.
+//!
 //! Nonces come in as arguments (this crate has no randomness); callers must pass 96 fresh
 //! random bits per encryption.
 
@@ -11,7 +20,11 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{Destination, Email, PhoneNumber};
+use crate::{Destination, Email, PhoneNumber, VerificationId};
+
+/// The prefix of the stored key id of a ciphertext sealed before ciphertexts were bound to
+/// their verification (associated data: the key id alone).
+const UNBOUND: &str = "unbound:";
 
 /// The secret key of the blind index. Its `Debug` never shows the key.
 #[derive(Clone)]
@@ -136,8 +149,14 @@ impl Keyring {
         self.current.id()
     }
 
-    /// Encrypts with the current key. `nonce` must be fresh random bytes.
-    pub fn seal(&self, destination: &Destination, nonce: [u8; 12]) -> SealedDestination {
+    /// Encrypts with the current key, bound to the verification `row`: the ciphertext
+    /// opens only for that verification. `nonce` must be fresh random bytes.
+    pub fn seal(
+        &self,
+        destination: &Destination,
+        row: &VerificationId,
+        nonce: [u8; 12],
+    ) -> SealedDestination {
         let key = &self.current;
         let plain = canonical(destination);
         let sealed = key
@@ -146,7 +165,7 @@ impl Keyring {
                 &Nonce::from(nonce),
                 Payload {
                     msg: plain.as_bytes(),
-                    aad: key.id.as_bytes(),
+                    aad: &bound_to(&key.id, row),
                 },
             )
             .expect("AES-GCM encryption of a short message cannot fail");
@@ -159,11 +178,20 @@ impl Keyring {
         }
     }
 
-    /// Decrypts with whichever key of the ring made the ciphertext.
-    pub fn open(&self, sealed: &SealedDestination) -> Result<Destination, CryptoError> {
+    /// Decrypts the destination of the verification `row` with whichever key of the ring
+    /// made the ciphertext. A ciphertext sealed for another verification does not open.
+    pub fn open(
+        &self,
+        sealed: &SealedDestination,
+        row: &VerificationId,
+    ) -> Result<Destination, CryptoError> {
+        let (key_id, aad) = match sealed.key_id.strip_prefix(UNBOUND) {
+            Some(key_id) => (key_id, key_id.as_bytes().to_vec()),
+            None => (sealed.key_id.as_str(), bound_to(&sealed.key_id, row)),
+        };
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
-            .find(|k| k.id == sealed.key_id)
+            .find(|k| k.id == key_id)
             .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
         if sealed.ciphertext.len() < 12 {
             return Err(CryptoError::Open(sealed.key_id.clone()));
@@ -178,13 +206,25 @@ impl Keyring {
                 &Nonce::from(nonce),
                 Payload {
                     msg: body,
-                    aad: key.id.as_bytes(),
+                    aad: &aad,
                 },
             )
             .map_err(|_| CryptoError::Open(sealed.key_id.clone()))?;
         let text = String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)?;
         from_canonical(&text).ok_or(CryptoError::Corrupt)
     }
+}
+
+/// The associated data of a bound ciphertext: a label, the key id and the verification's
+/// 16 id bytes (key ids never hold the NUL that ends them).
+fn bound_to(key_id: &str, row: &VerificationId) -> Vec<u8> {
+    const LABEL: &[u8] = b"destination\0";
+    let mut aad = Vec::with_capacity(LABEL.len() + key_id.len() + 1 + 16);
+    aad.extend_from_slice(LABEL);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(row.as_uuid().as_bytes());
+    aad
 }
 
 /// The text that is hashed and encrypted: the kind, then the canonical destination, so a
@@ -224,6 +264,10 @@ mod tests {
         Destination::Phone(PhoneNumber::parse("+14155552671", None).expect("valid"))
     }
 
+    fn row(n: u128) -> VerificationId {
+        VerificationId::from_uuid(uuid::Uuid::from_u128(n))
+    }
+
     #[test]
     fn one_mailbox_is_one_blind_index() {
         let key = BlindIndexKey::new([3; 32]);
@@ -247,7 +291,7 @@ mod tests {
     #[test]
     fn sealed_destination_opens_after_rotation() {
         let old = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
-        let sealed = old.seal(&phone(), [3; 12]);
+        let sealed = old.seal(&phone(), &row(1), [3; 12]);
         assert_eq!(sealed.key_id, "k1");
         assert!(
             !String::from_utf8_lossy(&sealed.ciphertext).contains("4155552671"),
@@ -257,26 +301,84 @@ mod tests {
             EncryptionKey::new("k2", [8; 32]),
             vec![EncryptionKey::new("k1", [7; 32])],
         );
-        assert_eq!(rotated.open(&sealed), Ok(phone()));
-        assert_eq!(rotated.seal(&phone(), [4; 12]).key_id, "k2");
+        assert_eq!(rotated.open(&sealed, &row(1)), Ok(phone()));
+        assert_eq!(rotated.seal(&phone(), &row(1), [4; 12]).key_id, "k2");
+    }
+
+    #[test]
+    fn a_ciphertext_opens_only_for_its_own_verification() {
+        let ring = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
+        let sealed = ring.seal(&phone(), &row(1), [3; 12]);
+        assert_eq!(ring.open(&sealed, &row(1)), Ok(phone()));
+        // Copied into another row, it is refused rather than read as that row's.
+        assert_eq!(
+            ring.open(&sealed, &row(2)),
+            Err(CryptoError::Open("k1".into()))
+        );
+        // Nor does it pass for a ciphertext of the scheme without binding.
+        let relabelled = SealedDestination {
+            key_id: "unbound:k1".into(),
+            ciphertext: sealed.ciphertext.clone(),
+        };
+        assert_eq!(
+            ring.open(&relabelled, &row(1)),
+            Err(CryptoError::Open("unbound:k1".into()))
+        );
+    }
+
+    #[test]
+    fn ciphertexts_sealed_before_the_binding_still_open() {
+        // What the key id alone as associated data gave, as rows written before the
+        // binding hold it (their key id renamed `unbound:k1` by the migration).
+        let key = Aes256Gcm::new(&Key::<Aes256Gcm>::from([7; 32]));
+        let nonce = [5u8; 12];
+        let body = key
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: b"phone:+14155552671",
+                    aad: b"k1",
+                },
+            )
+            .expect("seals");
+        let legacy = SealedDestination {
+            key_id: "unbound:k1".into(),
+            ciphertext: [nonce.as_slice(), &body].concat(),
+        };
+        let ring = Keyring::new(
+            EncryptionKey::new("k2", [8; 32]),
+            vec![EncryptionKey::new("k1", [7; 32])],
+        );
+        assert_eq!(ring.open(&legacy, &row(9)), Ok(phone()));
+        let missing = Keyring::new(EncryptionKey::new("k2", [8; 32]), vec![]);
+        assert_eq!(
+            missing.open(&legacy, &row(9)),
+            Err(CryptoError::UnknownKey("unbound:k1".into()))
+        );
     }
 
     #[test]
     fn tampering_and_unknown_keys_are_errors() {
         let ring = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
-        let mut sealed = ring.seal(&phone(), [3; 12]);
+        let mut sealed = ring.seal(&phone(), &row(1), [3; 12]);
         let last = sealed.ciphertext.len() - 1;
         sealed.ciphertext[last] ^= 1;
-        assert_eq!(ring.open(&sealed), Err(CryptoError::Open("k1".into())));
+        assert_eq!(
+            ring.open(&sealed, &row(1)),
+            Err(CryptoError::Open("k1".into()))
+        );
         sealed.key_id = "k9".into();
         assert_eq!(
-            ring.open(&sealed),
+            ring.open(&sealed, &row(1)),
             Err(CryptoError::UnknownKey("k9".into()))
         );
         let short = SealedDestination {
             key_id: "k1".into(),
             ciphertext: vec![1, 2],
         };
-        assert_eq!(ring.open(&short), Err(CryptoError::Open("k1".into())));
+        assert_eq!(
+            ring.open(&short, &row(1)),
+            Err(CryptoError::Open("k1".into()))
+        );
     }
 }

@@ -272,7 +272,7 @@ impl VerifyCore {
     /// redelivered event cannot send again; a provider refusal is logged, and the
     /// verification stays pending on the new channel until it expires or is resent.
     async fn fallback_send(&self, policy: &PurposePolicy, mut v: Verification) {
-        let to = match self.keyring.open(&v.destination) {
+        let to = match self.keyring.open(&v.destination, &v.id) {
             Ok(to) => to,
             Err(e) => {
                 warn!(error = %e, "cannot open the stored destination for the fallback");

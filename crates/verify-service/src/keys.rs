@@ -159,8 +159,9 @@ mod tests {
             first.blind_index.hash(&dest),
             second.blind_index.hash(&dest)
         );
-        let sealed = first.keyring.seal(&dest, [9; 12]);
-        assert_eq!(second.keyring.open(&sealed), Ok(dest));
+        let row = domain::VerificationId::from_uuid(uuid::Uuid::from_u128(1));
+        let sealed = first.keyring.seal(&dest, &row, [9; 12]);
+        assert_eq!(second.keyring.open(&sealed, &row), Ok(dest));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

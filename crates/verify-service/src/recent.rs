@@ -230,11 +230,12 @@ mod tests {
     fn pending(n: u128) -> anyhow::Result<Verification> {
         let to = Destination::Phone(PhoneNumber::parse(&format!("+1415555{n:04}"), None)?);
         let keyring = Keyring::new(EncryptionKey::new("k1", [7; 32]), vec![]);
+        let id = VerificationId::from_uuid(Uuid::from_u128(n));
         Ok(Verification::new(NewVerification {
-            id: VerificationId::from_uuid(Uuid::from_u128(n)),
+            destination: keyring.seal(&to, &id, [1; 12]),
+            id,
             purpose: Purpose::parse("login")?,
             channel: Channel::Sms,
-            destination: keyring.seal(&to, [1; 12]),
             destination_hash: BlindIndexKey::new([9; 32]).hash(&to),
             to_masked: to.masked(),
             identity: None,

@@ -312,11 +312,12 @@ impl VerifyCore {
     ) -> NewVerification {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
+        let id = VerificationId::from_uuid(uuid::Uuid::now_v7());
         NewVerification {
-            id: VerificationId::from_uuid(uuid::Uuid::now_v7()),
+            destination: self.keyring.seal(&input.to, &id, nonce),
+            id,
             purpose: input.purpose.clone(),
             channel,
-            destination: self.keyring.seal(&input.to, nonce),
             destination_hash: hash,
             to_masked: input.to.masked(),
             // Kept as a keyed hash: it is only ever compared.
@@ -513,7 +514,7 @@ impl VerifyCore {
                     // To the address the verification was started with: one destination
                     // may be written in several ways (an email's case or `+tag`), and the
                     // provider keeps its pending verification under the first.
-                    let to = self.keyring.open(&v.destination).unwrap_or_else(|e| {
+                    let to = self.keyring.open(&v.destination, &v.id).unwrap_or_else(|e| {
                         warn!(error = %e, "cannot open the stored destination; resending to the one given");
                         input.to.clone()
                     });
@@ -570,7 +571,7 @@ impl VerifyCore {
             let target = match v.provider_sid.clone() {
                 Some(sid) => CheckTarget::Sid(sid),
                 None if v.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST) => {
-                    CheckTarget::To(self.keyring.open(&v.destination).map_err(|e| {
+                    CheckTarget::To(self.keyring.open(&v.destination, &v.id).map_err(|e| {
                         ServiceError::Store(domain::ports::StoreError::Unavailable(format!(
                             "cannot open the destination of {id}: {e}"
                         )))
@@ -653,7 +654,7 @@ impl VerifyCore {
                 // Scoring counts approvals by country and range, so only then is the
                 // destination opened.
                 CheckOutcome::Approved if self.abuse.counts_approvals() => {
-                    match self.keyring.open(&v.destination) {
+                    match self.keyring.open(&v.destination, &v.id) {
                         Ok(to) => self.abuse.approved(&to, v.channel, self.clock.now()).await,
                         Err(e) => {
                             warn!(error = %e, "cannot open the destination to count the approval");

@@ -36,6 +36,8 @@ pub(crate) enum Schema {
     /// The last schema before abuse protection (no `risk`, no `blocked`, no limiter or
     /// scoring tables).
     BeforeAbuse,
+    /// The last schema before destination ciphertexts were bound to their rows.
+    BeforeBinding,
 }
 
 impl Schema {
@@ -47,6 +49,7 @@ impl Schema {
             (Schema::BeforeDeliveryReports, Backend::Postgres) => Some(1),
             (Schema::BeforeAbuse, Backend::Sqlite) => Some(5),
             (Schema::BeforeAbuse, Backend::Postgres) => Some(3),
+            (Schema::BeforeBinding, _) => Some(10),
         }
     }
 }

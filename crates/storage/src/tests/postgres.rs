@@ -179,7 +179,8 @@ async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<
             .collect();
         assert_eq!(moved, ["verifications_one_pending_per_destination"]);
         store.migrate().await?;
-        assert_eq!(store.get(&kept.id).await?, Some(kept.clone()));
+        let kept = fixtures::unbound(kept);
+        assert_eq!(store.get(&kept.id).await?.as_ref(), Some(&kept));
         let table_checks: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pg_constraint \
              WHERE conrelid = 'verifications'::regclass AND contype = 'c'",

@@ -24,7 +24,7 @@ use sqlx::Postgres;
 // this makes that path work for the ones declared in `abuse` too.
 use super::harness;
 use super::harness::{Backend, Bind, TABLES, TestDb};
-use crate::fixtures::{self, at, bare, envelope, full, message_id, report};
+use crate::fixtures::{self, at, bare, envelope, full, message_id, report, unbound};
 use crate::repo::Dialect;
 use crate::row::VerificationRow;
 use crate::sql;
@@ -103,6 +103,7 @@ both_backends!(
     fallback_fields_round_trip_in_every_form,
     rows_from_before_delivery_reports_get_the_defaults @ BeforeDeliveryReports,
     rows_from_before_abuse_protection_keep_every_field @ BeforeAbuse,
+    ciphertexts_sealed_before_the_binding_open_until_resealed @ BeforeBinding,
     blocked_verifications_round_trip_with_their_risk,
     find_by_provider_sid_returns_the_newest_holder,
     a_report_is_recorded_once_with_its_event,
@@ -561,7 +562,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     changed.channel = Channel::Whatsapp;
     changed.status = VerificationStatus::Failed;
     changed.provider_sid = Some("VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into());
-    changed.destination = fixtures::keyring().seal(&fixtures::phone(), [42; 12]);
+    changed.destination = fixtures::keyring().seal(&fixtures::phone(), &v.id, [42; 12]);
     changed.to_masked = "+1415***0000".into();
     changed.identity = Some("user-9".into());
     changed.idempotency_key = Some(IdempotencyKey::parse("late-key")?);
@@ -737,7 +738,7 @@ async fn find_by_idempotency_key_matches_purpose_owner_and_key(
 fn sealed_with(n: u128, key_id: &str, created: i64) -> Verification {
     let mut v = full(n, "login", None, &fixtures::phone());
     let nonce = [u8::try_from(n % 251).unwrap_or(0); 12];
-    v.destination = fixtures::keyring_with(key_id).seal(&fixtures::phone(), nonce);
+    v.destination = fixtures::keyring_with(key_id).seal(&fixtures::phone(), &v.id, nonce);
     v.created_at = at(created);
     v.updated_at = at(created);
     v
@@ -799,7 +800,7 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
         // Every status is rotated, pending ones included (on purposes of their own).
         if n % 2 == 0 {
             v = pending(n, &format!("p{n}"), i64::try_from(n)?, 600);
-            v.destination = old.seal(&fixtures::phone(), [1; 12]);
+            v.destination = old.seal(&fixtures::phone(), &v.id, [1; 12]);
         }
         create(&*store, &v).await?;
     }
@@ -815,9 +816,9 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
         }
         ensure!(rewritten < 7, "the list must shrink as rows are rewritten");
         for mut v in batch {
-            let destination = old.open(&v.destination)?;
+            let destination = old.open(&v.destination, &v.id)?;
             let read_at = v.version;
-            v.destination = current.seal(&destination, [2; 12]);
+            v.destination = current.seal(&destination, &v.id, [2; 12]);
             v.version += 1;
             store.update(&v, read_at).await?;
             rewritten += 1;
@@ -826,7 +827,7 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
     assert_eq!(rewritten, 7);
     for n in 1..=7 {
         let v = store.get(&fixtures::id(n)).await?.context("stored")?;
-        assert_eq!(current.open(&v.destination)?, fixtures::phone());
+        assert_eq!(current.open(&v.destination, &v.id)?, fixtures::phone());
     }
     Ok(())
 }
@@ -911,7 +912,7 @@ async fn no_plaintext_destination_reaches_the_database(db: Arc<TestDb>) -> anyho
     // A stored destination still opens with the keyring: it is sealed, not lost.
     let stored = store.get(&email.id).await?.context("inserted")?;
     assert_eq!(
-        fixtures::keyring().open(&stored.destination)?,
+        fixtures::keyring().open(&stored.destination, &stored.id)?,
         fixtures::email()
     );
 
@@ -1137,7 +1138,7 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
     db.migrate().await?;
     let store = db.port();
     for old in [&pending, &finished, &sent] {
-        let mut expected = old.clone();
+        let mut expected = unbound(old.clone());
         expected.allow_fallback = false;
         expected.channels_tried = vec![old.channel];
         expected.fallback_reason = None;
@@ -1200,6 +1201,71 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
     Ok(())
 }
 
+/// A destination as the releases before the binding sealed it, for [`fixtures::phone`]
+/// with [`fixtures::keyring`]'s key `k1` and the nonce `[1; 12]`: AES-256-GCM with the key
+/// id alone as associated data (computed with another AES-GCM implementation).
+const SEALED_BEFORE_BINDING: [u8; 46] = [
+    // the nonce
+    0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01,
+    // the sealed text and its tag
+    0x06, 0x89, 0xe6, 0xd9, 0xf5, 0x85, 0xc7, 0x3f, 0xe5, 0xe5, 0xe9, 0x14, 0x45, 0x02, 0x42, 0x07,
+    0x9f, 0xca, 0x33, 0xbf, 0x80, 0x2f, 0x77, 0xc9, 0x26, 0x84, 0x37, 0xf4, 0x08, 0x93, 0x07, 0x56,
+    0xfd, 0xa7,
+];
+
+async fn ciphertexts_sealed_before_the_binding_open_until_resealed(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let mut old = full(1, "login", None, &fixtures::phone());
+    old.destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
+    let mut another = bare(2, "signup", &fixtures::phone());
+    another.destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
+    for v in [&old, &another] {
+        db.insert_raw(VerificationRow::from(v)).await?;
+    }
+
+    db.migrate().await?;
+    let store = db.port();
+    let keyring = fixtures::keyring();
+    for v in [&old, &another] {
+        let stored = store.get(&v.id).await?.context("kept")?;
+        assert_eq!(stored, unbound(v.clone()));
+        // Still readable, with the key id alone as associated data.
+        assert_eq!(
+            keyring.open(&stored.destination, &stored.id)?,
+            fixtures::phone()
+        );
+    }
+    // Listed as not sealed with the current key, though that key made them: re-sealing
+    // binds them, as `verify-gateway reencrypt` does.
+    let listed = store.list_sealed_with_other_key("k1", 10).await?;
+    assert_eq!(
+        listed.iter().map(|v| v.id).collect::<HashSet<_>>(),
+        [old.id, another.id].into_iter().collect()
+    );
+    for mut v in listed {
+        let destination = keyring.open(&v.destination, &v.id)?;
+        let read_at = v.version;
+        v.destination = keyring.seal(&destination, &v.id, [2; 12]);
+        v.version += 1;
+        store.update(&v, read_at).await?;
+    }
+    assert_eq!(store.list_sealed_with_other_key("k1", 10).await?, []);
+    let first = store.get(&old.id).await?.context("kept")?;
+    let second = store.get(&another.id).await?.context("kept")?;
+    assert_eq!(first.destination.key_id, "k1");
+    assert_eq!(
+        keyring.open(&first.destination, &first.id)?,
+        fixtures::phone()
+    );
+    // Bound now: the first row's ciphertext does not open as the second's.
+    assert!(keyring.open(&first.destination, &second.id).is_err());
+    // Migrating again leaves re-sealed rows alone.
+    db.migrate().await?;
+    assert_eq!(store.get(&old.id).await?.as_ref(), Some(&first));
+    Ok(())
+}
+
 async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
     // Rows as the previous release wrote them (no risk, no owner): finished with every
     // field set, pending, and sealed for an email.
@@ -1219,6 +1285,8 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
     // On SQLite the migration rebuilds the table: every row and rule must survive it.
     db.migrate().await?;
     let store = db.port();
+    // Sealed before ciphertexts were bound to their rows (see `bound_before`).
+    let (finished, pending, email) = (unbound(finished), unbound(pending), unbound(email));
     for v in [&finished, &pending, &email] {
         assert_eq!(store.get(&v.id).await?.as_ref(), Some(v));
     }

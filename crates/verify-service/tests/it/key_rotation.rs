@@ -22,8 +22,13 @@ fn keys_toml(encryption_keys: &str) -> String {
 }
 
 async fn inbox_len(sandbox: &str) -> usize {
+    inbox_len_of(sandbox, TO).await
+}
+
+async fn inbox_len_of(sandbox: &str, to: &str) -> usize {
+    let to = to.replace('+', "%2B");
     let messages: Vec<serde_json::Value> =
-        reqwest::get(format!("{sandbox}/sandbox/messages?to=%2B14155552690"))
+        reqwest::get(format!("{sandbox}/sandbox/messages?to={to}"))
             .await
             .expect("inbox")
             .json()
@@ -35,10 +40,17 @@ async fn inbox_len(sandbox: &str) -> usize {
 async fn start(
     client: &mut pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
 ) -> pb::Verification {
+    start_to(client, TO).await
+}
+
+async fn start_to(
+    client: &mut pb::verify_service_client::VerifyServiceClient<tonic::transport::Channel>,
+    to: &str,
+) -> pb::Verification {
     client
         .start_verification(pb::StartVerificationRequest {
             purpose: "login".into(),
-            to: TO.into(),
+            to: to.into(),
             channel: pb::Channel::Sms.into(),
             ..Default::default()
         })
@@ -74,7 +86,7 @@ async fn open_stored(database_url: &str, id: &str, encryption_keys: &str) -> Opt
         .expect("row exists");
     database.close().await;
     keys.keyring
-        .open(&row.destination)
+        .open(&row.destination, &row.id)
         .ok()
         .map(|d| d.expose().to_owned())
 }
@@ -148,4 +160,53 @@ async fn rotation_on_sqlite() {
 #[tokio::test]
 async fn rotation_on_postgres() {
     rotate_on(fresh_postgres_database().await).await;
+}
+
+/// Someone who can write the database but holds no key copies one verification's sealed
+/// destination into another's row: the other verification's code must not go to the first
+/// one's number. The copy does not open there (it is bound to its own row), so a resend
+/// goes to the number its caller gives.
+async fn copied_ciphertext_on(database_url: String) {
+    const OTHER: &str = "+14155552691";
+    let (sandbox, stop_sandbox) = standalone_sandbox().await;
+    let k1 = format!("k1:{}", b64([11u8; 32]));
+    let gateway = replica(&database_url, &sandbox, &keys_toml(&k1)).await;
+    let first = start_to(&mut gateway.client.clone(), TO).await;
+    let second = start_to(&mut gateway.client.clone(), OTHER).await;
+    gateway.shutdown().await;
+
+    let database = storage::Database::open(&database_url).await.expect("open");
+    let store = database.verifications();
+    let read = |id: &str| {
+        let id: domain::VerificationId = id.parse().expect("id");
+        let store = store.clone();
+        async move { store.get(&id).await.expect("read").expect("row exists") }
+    };
+    let source = read(&first.id).await;
+    let mut target = read(&second.id).await;
+    let version = target.version;
+    target.destination = source.destination.clone();
+    target.version += 1;
+    store.update(&target, version).await.expect("written");
+    database.close().await;
+    assert_eq!(open_stored(&database_url, &second.id, &k1).await, None);
+
+    let gateway = replica(&database_url, &sandbox, &keys_toml(&k1)).await;
+    let resent = start_to(&mut gateway.client.clone(), OTHER).await;
+    assert_eq!(resent.id, second.id, "a resend on the pending verification");
+    assert_eq!(inbox_len_of(&sandbox, TO).await, 1, "nothing more to {TO}");
+    assert_eq!(inbox_len_of(&sandbox, OTHER).await, 2);
+    gateway.shutdown().await;
+    let _ = stop_sandbox.send(());
+}
+
+#[tokio::test]
+async fn a_copied_ciphertext_does_not_open_in_another_row_on_sqlite() {
+    let file = std::env::temp_dir().join(format!("vg-copy-{}.db", uuid::Uuid::new_v4()));
+    copied_ciphertext_on(format!("sqlite://{}?mode=rwc", file.display())).await;
+}
+
+#[tokio::test]
+async fn a_copied_ciphertext_does_not_open_in_another_row_on_postgres() {
+    copied_ciphertext_on(fresh_postgres_database().await).await;
 }
