@@ -396,6 +396,15 @@ pub trait Outbox: Send + Sync + fmt::Debug {
     /// inspection) and makes it due again at `at`. A published or unknown id is left alone.
     async fn retry_later(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<(), StoreError>;
 
+    /// Gives up on publishing message `id`: it becomes a dead letter, never claimed again
+    /// (attempts + 1, `error` kept for inspection; a repair sets `next_attempt_at`). A
+    /// published or unknown id is left alone.
+    async fn set_aside(&self, id: i64, error: &str) -> Result<(), StoreError>;
+
+    /// How many unpublished messages are set aside: dead letters, and stored messages that
+    /// could not be read back.
+    async fn count_set_aside(&self) -> Result<u64, StoreError>;
+
     /// Deletes the messages published before `older_than`; returns how many.
     async fn purge_published(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -248,6 +248,33 @@ where
         Ok(())
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.outbox.set_aside",
+        skip_all,
+        fields(outbox_id = id)
+    )]
+    pub(crate) async fn set_aside(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::RETRY_LATER)
+            .bind(id)
+            .bind(QUARANTINED)
+            .bind(truncate_error(error))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "storage.outbox.count_set_aside", skip_all)]
+    pub(crate) async fn count_set_aside(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(sql::COUNT_SET_ASIDE)
+            .bind(QUARANTINED)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     #[tracing::instrument(level = "debug", name = "storage.outbox.purge_published", skip_all)]
     pub(crate) async fn purge_published(
         &self,

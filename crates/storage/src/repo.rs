@@ -803,6 +803,18 @@ macro_rules! delegate_store {
                 self.repo.retry_later(id, at, error).await
             }
 
+            async fn set_aside(
+                &self,
+                id: i64,
+                error: &str,
+            ) -> Result<(), domain::ports::StoreError> {
+                self.repo.set_aside(id, error).await
+            }
+
+            async fn count_set_aside(&self) -> Result<u64, domain::ports::StoreError> {
+                self.repo.count_set_aside().await
+            }
+
             async fn purge_published(
                 &self,
                 older_than: chrono::DateTime<chrono::Utc>,

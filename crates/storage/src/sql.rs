@@ -165,6 +165,11 @@ pub(crate) const RETRY_LATER: &str = "UPDATE outbox \
      SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
      WHERE id = $1 AND published_at IS NULL";
 
+/// `$1` is [`crate::messages::QUARANTINED`]: how many unpublished rows are set aside (dead
+/// letters and corrupt rows), along the partial index of unpublished rows by due time.
+pub(crate) const COUNT_SET_ASIDE: &str =
+    "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND next_attempt_at = $1";
+
 /// Deletes up to `$2` rows published before `$1`, oldest first, along the partial index on
 /// `published_at`; returns their ids. Run until a batch comes back short, so no statement
 /// holds locks on an unbounded number of rows.

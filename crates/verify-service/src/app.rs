@@ -118,6 +118,7 @@ async fn housekeeping(
     abuse: Arc<AbuseGuard>,
     database: storage::Database,
     retention: std::time::Duration,
+    metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -144,6 +145,12 @@ async fn housekeeping(
         }
         if let Err(e) = database.risk_store().purge_blocks(now - BLOCKS_KEPT).await {
             tracing::warn!(error = %e, "purging ended blocks failed");
+        }
+        if let Some(metrics) = &metrics {
+            match database.outbox().count_set_aside().await {
+                Ok(count) => metrics.set_outbox_dead_letters(count),
+                Err(e) => tracing::warn!(error = %e, "counting the outbox's dead letters failed"),
+            }
         }
         if round % COUNTER_PURGE_ROUNDS == 0 {
             match database.purge_history(now - retention, now).await {
@@ -428,6 +435,10 @@ impl Gateway {
             self.database.clone(),
             stopped(stop_rx.clone()),
         ));
+        let watched = self
+            .metrics
+            .as_ref()
+            .map(|(_, metrics)| Arc::clone(metrics));
         let metrics_task = self.metrics.map(|(listener, metrics)| {
             tokio::spawn(crate::metrics::serve(
                 listener,
@@ -439,6 +450,7 @@ impl Gateway {
             Arc::clone(&self.abuse),
             self.database.clone(),
             self.retention,
+            watched,
             stopped(stop_rx.clone()),
         ));
         // Stopped only after the gRPC server, so the last flush holds every request's counts.

@@ -92,6 +92,7 @@ pub struct Metrics {
     ranges: Mutex<VecDeque<String>>,
     blocks: Family<BlockLabels, Counter>,
     local_keys: Gauge,
+    outbox_dead_letters: Gauge,
     store_transactions: Family<StoreLabels, Counter>,
     store_commits: Counter,
     store_source: std::sync::OnceLock<Source>,
@@ -128,6 +129,7 @@ impl Metrics {
             ranges: Mutex::new(VecDeque::new()),
             blocks: Family::default(),
             local_keys: Gauge::default(),
+            outbox_dead_letters: Gauge::default(),
             store_transactions: Family::default(),
             store_commits: Counter::default(),
             store_source: std::sync::OnceLock::new(),
@@ -179,6 +181,12 @@ impl Metrics {
             m.local_keys.clone(),
         );
         registry.register(
+            "outbox_dead_letters",
+            "Delivery reports set aside in the outbox, never to be published (given up after \
+             their publishing attempts, or unreadable), as of the last housekeeping round",
+            m.outbox_dead_letters.clone(),
+        );
+        registry.register(
             "store_transactions",
             "Transactions of the embedded store, by kind: read, or write (each atomic to its caller)",
             m.store_transactions.clone(),
@@ -189,6 +197,12 @@ impl Metrics {
             m.store_commits.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Records how many outbox rows are set aside now.
+    pub fn set_outbox_dead_letters(&self, count: u64) {
+        self.outbox_dead_letters
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Reads the store's counts of its work at every scrape (the embedded store counts
@@ -380,6 +394,9 @@ mod tests {
         assert!(text.contains(
             r#"verify_rate_limit_refusals_total{limit="send_per_destination",layer="shared"} 1"#
         ));
+        assert!(text.contains("verify_outbox_dead_letters 0"), "{text}");
+        m.set_outbox_dead_letters(3);
+        assert!(m.encode().contains("verify_outbox_dead_letters 3"));
         let ranges = text
             .lines()
             .filter(|l| l.starts_with("verify_range_conversion_rate{"))

@@ -52,6 +52,10 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     max_connections: NonZeroUsize::new(1_024).expect("1,024 is not zero"),
 };
 
+/// Failed publishing attempts after which a stored report becomes a dead letter unless
+/// told otherwise: with the relay's back-off capped at 30 s, about a day of broker outage.
+pub const DEFAULT_OUTBOX_MAX_ATTEMPTS: u32 = 2_880;
+
 /// How readiness follows the database: a ping every `every`, which fails when not answered
 /// within `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +239,7 @@ pub struct Ingest {
     listener: TcpListener,
     limits: Limits,
     database_ping: DatabasePing,
+    outbox_max_attempts: u32,
     state: Arc<AppState>,
 }
 
@@ -259,6 +264,7 @@ impl Ingest {
             listener,
             limits: DEFAULT_LIMITS,
             database_ping: DEFAULT_DATABASE_PING,
+            outbox_max_attempts: DEFAULT_OUTBOX_MAX_ATTEMPTS,
             state: Arc::new(AppState {
                 settings: settings.clone(),
                 public_base_url,
@@ -286,6 +292,14 @@ impl Ingest {
         self
     }
 
+    /// Gives a stored report up as a dead letter after `attempts` failed publishing
+    /// attempts (at least one) instead of [`DEFAULT_OUTBOX_MAX_ATTEMPTS`].
+    #[must_use]
+    pub fn with_outbox_max_attempts(mut self, attempts: u32) -> Ingest {
+        self.outbox_max_attempts = attempts.max(1);
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -303,7 +317,11 @@ impl Ingest {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let relay = tokio::spawn(relay::run(Arc::clone(&self.state), stop_rx.clone()));
+        let relay = tokio::spawn(relay::run(
+            Arc::clone(&self.state),
+            self.outbox_max_attempts,
+            stop_rx.clone(),
+        ));
         let pinging = tokio::spawn(follow_database(
             Arc::clone(&self.state),
             self.database_ping,

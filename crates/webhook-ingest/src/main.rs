@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use secrecy::SecretString;
 use url::Url;
-use webhook_ingest::{DEFAULT_LIMITS, Ingest, Limits, Settings};
+use webhook_ingest::{DEFAULT_LIMITS, DEFAULT_OUTBOX_MAX_ATTEMPTS, Ingest, Limits, Settings};
 
 /// webhook-ingest: the HTTP receiver of Twilio's signed webhooks for verify-gateway.
 ///
@@ -78,6 +78,17 @@ struct Cli {
         default_value_t = DEFAULT_LIMITS.max_connections
     )]
     max_connections: NonZeroUsize,
+    /// Failed publishing attempts after which a stored report is given up on: a dead
+    /// letter, kept in the outbox for inspection and counted. The default, with retries
+    /// every 30 s once the back-off is at its cap, is about a day of broker outage.
+    #[arg(
+        long,
+        global = true,
+        env = "WEBHOOK_OUTBOX_MAX_ATTEMPTS",
+        default_value_t = DEFAULT_OUTBOX_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    outbox_max_attempts: u32,
     /// Apply the database migrations before serving.
     #[arg(
         long,
@@ -190,7 +201,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     header_timeout: cli.header_timeout,
                     body_timeout: cli.body_timeout,
                     max_connections: cli.max_connections,
-                });
+                })
+                .with_outbox_max_attempts(cli.outbox_max_attempts);
             tracing::info!(addr = %ingest.local_addr()?, "webhook-ingest serving");
             ingest.run(telemetry::shutdown_signal()).await
         }

@@ -568,6 +568,29 @@ impl SqliteRepo {
             .await
     }
 
+    pub(crate) async fn set_aside(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        let error = truncate_error(error);
+        self.engine
+            .write(move |conn| {
+                execute(conn, sql::RETRY_LATER, &[&id, &QUARANTINED, &error]).map(drop)
+            })
+            .await
+    }
+
+    pub(crate) async fn count_set_aside(&self) -> Result<u64, StoreError> {
+        let counts = self
+            .engine
+            .read(move |conn| {
+                query(conn, sql::COUNT_SET_ASIDE, &[&QUARANTINED], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .await?;
+        Ok(counts
+            .first()
+            .map_or(0, |&count| u64::try_from(count).unwrap_or(0)))
+    }
+
     /// Deletes in batches, one job each, until a batch comes back short.
     async fn purge_batches(&self, statement: &'static str, bound: i64) -> Result<u64, StoreError> {
         let batch = i64::from(PURGE_BATCH);

@@ -110,6 +110,7 @@ both_backends!(
     a_reused_message_id_records_nothing,
     concurrent_reports_with_one_key_record_exactly_one,
     outbox_claims_lease_retry_and_publish,
+    dead_letters_are_set_aside_and_counted,
     outbox_enqueue_is_idempotent_on_the_message_id,
     concurrent_claimers_never_share_a_message,
     corrupt_outbox_rows_are_set_aside,
@@ -1513,6 +1514,44 @@ async fn concurrent_reports_with_one_key_record_exactly_one(db: Arc<TestDb>) -> 
 /// The message ids of `messages`, in order.
 fn message_ids(messages: &[OutboxMessage]) -> Vec<domain::events::MessageId> {
     messages.iter().map(|m| m.envelope.message_id).collect()
+}
+
+async fn dead_letters_are_set_aside_and_counted(db: Arc<TestDb>) -> anyhow::Result<()> {
+    let outbox = db.database().outbox();
+    let lease = Duration::from_secs(30);
+    for n in 1..=3 {
+        outbox.enqueue(&envelope(n), at(1)).await?;
+    }
+    assert_eq!(outbox.count_set_aside().await?, 0);
+    let claimed = outbox.claim(10, at(10), lease).await?;
+    assert_eq!(claimed.len(), 3);
+    outbox
+        .set_aside(claimed[0].id, "given up after 2880 attempts")
+        .await?;
+    outbox.mark_published(&[claimed[1].id], at(11)).await?;
+    // A published message is not set aside after the fact.
+    outbox.set_aside(claimed[1].id, "late").await?;
+    outbox.set_aside(999_999, "unknown").await?;
+    assert_eq!(outbox.count_set_aside().await?, 1);
+    // Never due again, however late, while the third comes back when its lease ends.
+    let later = outbox.claim(10, at(i64::from(u32::MAX)), lease).await?;
+    assert_eq!(message_ids(&later), [message_id(3)]);
+    let last_error = db
+        .text(&format!(
+            "SELECT last_error FROM outbox WHERE id = {}",
+            claimed[0].id
+        ))
+        .await?;
+    assert_eq!(last_error.as_deref(), Some("given up after 2880 attempts"));
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT attempts FROM outbox WHERE id = {}",
+            claimed[0].id
+        ))
+        .await?,
+        1
+    );
+    Ok(())
 }
 
 async fn outbox_claims_lease_retry_and_publish(db: Arc<TestDb>) -> anyhow::Result<()> {
