@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::events::{BusError, Delivery, Envelope, EventBus, EventHandler, Subscription};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::DeadLetter;
@@ -28,9 +28,15 @@ const DEAD_LETTER_CAPACITY: usize = 10_000;
 /// retry delay up to `max_attempts`, then dead letters (readable with
 /// [`InProcessBus::take_dead_letters`]).
 ///
-/// Different by nature: nothing is durable. `publish` "confirms" once the message is queued
-/// in memory, and queued, delayed and dead-lettered messages are gone when the process
-/// exits. Queues are unbounded, like a broker's.
+/// Different by nature: nothing is durable, so `publish` confirms only once every queue
+/// the message was routed to has settled it (handled, or given up as a dead letter),
+/// retries included: the in-memory stand-in for a broker's "stored durably". An outbox
+/// relay therefore marks a message published only after it was handled, and a crash before
+/// that leaves it in the outbox to be published again. Delayed messages (and a delayed
+/// publish with no delay) and dead letters are in memory only and gone when the process
+/// exits. Queues are unbounded, like a broker's. A `publish` from inside a handler waits
+/// for its own message to be handled, so handlers publish with a delay. A `publish` still
+/// waiting when the bus closes answers [`BusError::Closed`].
 pub struct InProcessBus {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -53,6 +59,8 @@ struct Queue {
 struct Job {
     envelope: Envelope,
     attempt: u32,
+    /// Told when the message is settled, for a `publish` waiting on it.
+    settled: Option<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for InProcessBus {
@@ -118,12 +126,11 @@ impl Shared {
         self.queues.read().ok()?.get(name).cloned()
     }
 
-    /// Puts the envelope in every queue bound to its kind; false when there is none.
-    fn route(&self, envelope: &Envelope) -> bool {
-        let Ok(queues) = self.queues.read() else {
-            return false;
-        };
-        let mut routed = false;
+    /// Puts the envelope in every queue bound to its kind; `None` when there is none, else
+    /// one receiver per queue, told when that queue has settled the message.
+    fn route(&self, envelope: &Envelope) -> Option<Vec<oneshot::Receiver<()>>> {
+        let queues = self.queues.read().ok()?;
+        let mut settled = Vec::new();
         for queue in queues.values() {
             let bound = queue.bindings.read().is_ok_and(|bindings| {
                 bindings
@@ -131,18 +138,23 @@ impl Shared {
                     .any(|b| topic_matches(b, envelope.kind.as_str()))
             });
             if bound {
-                queue.push(envelope.clone(), 1);
-                routed = true;
+                let (tell, told) = oneshot::channel();
+                queue.push(envelope.clone(), 1, Some(tell));
+                settled.push(told);
             }
         }
-        routed
+        (!settled.is_empty()).then_some(settled)
     }
 }
 
 impl Queue {
-    fn push(&self, envelope: Envelope, attempt: u32) {
+    fn push(&self, envelope: Envelope, attempt: u32, settled: Option<oneshot::Sender<()>>) {
         // The receiver lives as long as the queue, so sending cannot fail while `self` exists.
-        let _ = self.sender.send(Job { envelope, attempt });
+        let _ = self.sender.send(Job {
+            envelope,
+            attempt,
+            settled,
+        });
     }
 
     fn dead_letter(&self, dead: DeadLetter) {
@@ -161,20 +173,32 @@ impl EventBus for InProcessBus {
     async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
         self.ensure_open()?;
         validate_envelope(envelope)?;
-        if self.shared.route(envelope) {
-            Ok(())
-        } else {
-            Err(BusError::Unroutable(envelope.kind.to_string()))
+        let Some(settled) = self.shared.route(envelope) else {
+            return Err(BusError::Unroutable(envelope.kind.to_string()));
+        };
+        let mut stop = self.shared.stop.clone();
+        for told in settled {
+            tokio::select! {
+                outcome = told => outcome.map_err(|_| BusError::Closed)?,
+                // Closed before the message was settled: not confirmed, so a relay keeps it
+                // and publishes it again (consumers dedupe a handling that did finish).
+                () = stopped(&mut stop) => return Err(BusError::Closed),
+            }
         }
+        Ok(())
     }
 
     async fn publish_delayed(&self, envelope: &Envelope, delay: Duration) -> Result<(), BusError> {
         self.ensure_open()?;
         validate_envelope(envelope)?;
         validate_delay(delay)?;
-        // As on RabbitMQ, no delay is a plain publish (and can be unroutable).
+        // As on RabbitMQ, no delay is a plain publish (and can be unroutable), though one
+        // that does not wait for the handling: handlers publish this way.
         if delay.is_zero() {
-            return self.publish(envelope).await;
+            return match self.shared.route(envelope) {
+                Some(_) => Ok(()),
+                None => Err(BusError::Unroutable(envelope.kind.to_string())),
+            };
         }
         let shared = Arc::clone(&self.shared);
         let mut stop = self.shared.stop.clone();
@@ -183,7 +207,7 @@ impl EventBus for InProcessBus {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {
                     // Like a delay queue expiring into the exchange: nobody bound means dropped.
-                    if !shared.route(&envelope) {
+                    if shared.route(&envelope).is_none() {
                         debug!(message_id = %envelope.message_id, kind = %envelope.kind, "delayed message unroutable; dropped");
                     }
                 }
@@ -297,7 +321,11 @@ async fn handle(
     slot: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Job { envelope, attempt } = job;
+    let Job {
+        envelope,
+        attempt,
+        settled,
+    } = job;
     let delivery = Delivery {
         envelope: envelope.clone(),
         attempt,
@@ -307,11 +335,17 @@ async fn handle(
     // window, as it does in a RabbitMQ retry queue.
     drop(slot);
     match settle(result, attempt, &subscription) {
-        Settle::Ack => {}
+        Settle::Ack => {
+            if let Some(tell) = settled {
+                let _ = tell.send(());
+            }
+        }
         Settle::Retry { next_attempt } => {
             debug!(next_attempt, "handler failed; retrying later");
             tokio::select! {
-                () = tokio::time::sleep(subscription.retry_delay) => queue.push(envelope, next_attempt),
+                () = tokio::time::sleep(subscription.retry_delay) => {
+                    queue.push(envelope, next_attempt, settled);
+                }
                 () = stopped(&mut stop) => {}
             }
         }
@@ -323,6 +357,9 @@ async fn handle(
                 attempts: attempt,
                 reason,
             });
+            if let Some(tell) = settled {
+                let _ = tell.send(());
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The outbox relay: publishes stored reports to the bus with publisher confirms, oldest
-//! first, and marks them published. A row is claimed with a lease before it is published, so
+//! The outbox relay: publishes stored reports to the bus with publisher confirms, a claimed
+//! batch (the oldest due) at once, and marks them published. A row is claimed with a lease before it is published, so
 //! relays of several replicas never publish it at once; a relay that dies mid-batch leaves
 //! its rows to be claimed again when the lease ends (consumers dedupe by message id).
 //!
@@ -80,8 +80,13 @@ pub(crate) async fn run(state: Arc<AppState>, max_attempts: u32, mut stop: watch
                 Vec::new()
             }
         };
-        let mut published = Vec::new();
-        for message in &claimed {
+        // The batch is published at once, each message on its own: a broker confirms them
+        // as they come, and the in-process bus only once each is handled, so one slow
+        // handler does not hold up the rest. Consumers never relied on publishing order
+        // (Twilio's own reports come in any order).
+        let claimed_count = claimed.len();
+        let mut publishing = tokio::task::JoinSet::new();
+        for message in claimed {
             // The publish shows in the trace of the webhook request that stored the report.
             let span = info_span!(
                 parent: None,
@@ -96,7 +101,26 @@ pub(crate) async fn run(state: Arc<AppState>, max_attempts: u32, mut stop: watch
                 let tracestate = headers.get(TRACESTATE).map(String::as_str);
                 telemetry::trace::set_parent(&span, traceparent, tracestate);
             }
-            match bus.publish(&message.envelope).instrument(span).await {
+            let bus = Arc::clone(&bus);
+            publishing.spawn(
+                async move {
+                    let outcome = bus.publish(&message.envelope).await;
+                    (message, outcome)
+                }
+                .instrument(span),
+            );
+        }
+        let mut published = Vec::new();
+        while let Some(joined) = publishing.join_next().await {
+            let (message, outcome) = match joined {
+                Ok(done) => done,
+                // Its lease ends and it is claimed again.
+                Err(e) => {
+                    warn!(error = %e, "a publish task ended abnormally");
+                    continue;
+                }
+            };
+            match outcome {
                 Ok(()) => published.push(message.id),
                 Err(e) => match after_failure(&e, message.attempts, max_attempts) {
                     AfterFailure::Retry(delay) => {
@@ -149,7 +173,7 @@ pub(crate) async fn run(state: Arc<AppState>, max_attempts: u32, mut stop: watch
             }
         }
         // A full batch may mean more is waiting; otherwise wait for news or the poll.
-        if claimed.len() < BATCH as usize || published.len() < claimed.len() {
+        if claimed_count < BATCH as usize || published.len() < claimed_count {
             tokio::select! {
                 () = state.stored.notified() => {}
                 () = tokio::time::sleep(IDLE_POLL) => {}
