@@ -6,6 +6,7 @@
 //! Limit keys and counter keys never hold a raw destination: destinations appear as their
 //! blind-index hash, identities as a keyed tag, numbers as their range at most.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub struct AbuseGuard {
     fraud: fraud::FraudConfig,
     blind_index: BlindIndexKey,
     metrics: Arc<Metrics>,
+    /// Destinations fraud scoring leaves alone, by blind index: the embedded sandbox's
+    /// scenario numbers while it is the upstream.
+    unscored: HashSet<DestinationHash>,
 }
 
 /// One limit of a purpose, named as QuotaFailure and the metrics name it.
@@ -92,7 +96,23 @@ impl AbuseGuard {
             fraud,
             blind_index,
             metrics,
+            unscored: HashSet::new(),
         }
+    }
+
+    /// Leaves starts to `destinations` unscored: no assessment, no counts, no blocks; their
+    /// limits still apply. For the embedded sandbox's scenario numbers,
+    /// a block of sequential numbers whose codes are never entered: scored, they would
+    /// look like SMS pumping and soon block their range, the README's example number
+    /// with it, though nothing is ever sent.
+    #[must_use]
+    pub fn leaving_unscored(mut self, destinations: impl IntoIterator<Item = Destination>) -> Self {
+        let hashes: Vec<_> = destinations
+            .into_iter()
+            .map(|d| self.blind_index.hash(&d))
+            .collect();
+        self.unscored.extend(hashes);
+        self
     }
 
     /// Runs the in-process limiter's eviction and reports its size.
@@ -413,7 +433,7 @@ impl AbuseGuard {
         ),
         ServiceError,
     > {
-        if self.fraud.mode == fraud::Mode::Off {
+        if self.fraud.mode == fraud::Mode::Off || self.unscored.contains(&subject.destination) {
             return Ok((None, Vec::new(), Vec::new()));
         }
         let queries = fraud::queries(&self.fraud, subject, now);

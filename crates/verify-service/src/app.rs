@@ -304,13 +304,23 @@ impl Gateway {
         let counters = Arc::new(crate::counters::BufferedCounters::new(
             database.risk_store(),
         ));
-        let abuse = Arc::new(AbuseGuard::new(
-            limiter,
-            Arc::clone(&counters) as Arc<dyn domain::abuse::RiskStore>,
-            settings.fraud.clone(),
-            keys.blind_index.clone(),
-            Arc::clone(&metrics),
-        ));
+        // The embedded sandbox's scenario numbers are for trying failures; scored, they
+        // would soon block their range (see `AbuseGuard::leaving_unscored`).
+        let scenario_numbers = sandbox
+            .iter()
+            .flat_map(|_| twilio_sandbox::scenarios())
+            .filter_map(|(_, to)| domain::PhoneNumber::parse(to, None).ok())
+            .map(domain::Destination::Phone);
+        let abuse = Arc::new(
+            AbuseGuard::new(
+                limiter,
+                Arc::clone(&counters) as Arc<dyn domain::abuse::RiskStore>,
+                settings.fraud.clone(),
+                keys.blind_index.clone(),
+                Arc::clone(&metrics),
+            )
+            .leaving_unscored(scenario_numbers),
+        );
         let clock: Arc<dyn domain::ports::Clock> = Arc::new(SystemClock);
         let admin = match &settings.admin {
             AdminAccess::Off => None,

@@ -451,3 +451,60 @@ async fn refused_starts_take_nothing_from_other_limits_on_sqlite() {
 async fn refused_starts_take_nothing_from_other_limits_on_postgres() {
     refused_starts_take_nothing_from_other_limits(Backend::Postgres).await;
 }
+
+/// The embedded default (fraud scoring enforced) against its own sandbox: the scenario
+/// numbers, a block of sequential numbers whose codes are never entered, can be tried
+/// again and again without scoring blocking their range, which also holds the README's
+/// example number. Limits still apply to them.
+#[tokio::test]
+async fn scenario_numbers_can_be_tried_again_and_again_in_the_embedded_default() {
+    let h = Harness::start().await;
+    let mut admin = admin_client(&h).await;
+    let names = ["delivered", "undelivered_30003", "landline_30006", "silent"];
+    let mut numbers = Vec::new();
+    for name in names {
+        numbers.push(h.scenario(name).await);
+    }
+    let mut sent = 0;
+    for round in 0..4 {
+        for to in &numbers {
+            match h.start_req(sms(to)).await {
+                Ok(v) => {
+                    sent += 1;
+                    assert!(v.risk.is_none(), "round {round}: {to} was scored: {v:?}");
+                    // A new verification next round, as a developer trying again starts.
+                    h.client
+                        .clone()
+                        .cancel_verification(pb::CancelVerificationRequest { id: v.id })
+                        .await
+                        .expect("cancelled");
+                }
+                Err(status) => {
+                    // Only a limit may refuse a start here, never scoring.
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                }
+            }
+        }
+    }
+    assert!(sent >= numbers.len() * 2, "only {sent} starts were sent");
+    let blocks = admin
+        .list_blocks(admin::ListBlocksRequest {
+            kind: admin::BlockKind::Unspecified.into(),
+            page_size: 0,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .blocks;
+    assert!(blocks.is_empty(), "nothing blocked: {blocks:?}");
+    // The README's example number, in the same range, is scored as usual and sent.
+    let example = h
+        .start_req(sms("+14155552671"))
+        .await
+        .expect("the example number is sent");
+    assert_eq!(
+        example.risk.map(|r| r.decision()),
+        Some(pb::RiskDecision::Allow)
+    );
+    h.shutdown().await;
+}
