@@ -9,19 +9,34 @@ use phonenumber::country;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Region(country::Id);
 
+/// Holds what was given, cut to a few characters: a region code has two, and the message
+/// reaches callers and logs, so it never echoes a long input whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is not an ISO 3166-1 alpha-2 region code")]
 pub struct RegionError(pub String);
+
+impl RegionError {
+    /// Characters of the input kept in the message.
+    const ECHOED: usize = 8;
+
+    fn of(raw: &str) -> RegionError {
+        let mut echoed: String = raw.chars().take(Self::ECHOED).collect();
+        if raw.chars().nth(Self::ECHOED).is_some() {
+            echoed.push('…');
+        }
+        RegionError(echoed)
+    }
+}
 
 impl Region {
     pub fn parse(raw: &str) -> Result<Self, RegionError> {
         let upper = raw.trim().to_ascii_uppercase();
         if upper.len() != 2 {
-            return Err(RegionError(raw.to_owned()));
+            return Err(RegionError::of(raw));
         }
         country::Id::from_str(&upper)
             .map(Region)
-            .map_err(|_| RegionError(raw.to_owned()))
+            .map_err(|_| RegionError::of(raw))
     }
 
     pub fn as_str(&self) -> &str {
@@ -469,6 +484,14 @@ mod tests {
         assert!(Region::parse("us").is_ok());
         assert!(Region::parse("USA").is_err());
         assert!(Region::parse("ZZ").is_err());
+        // What is echoed back is cut short.
+        assert_eq!(Region::parse("ZZ"), Err(RegionError("ZZ".into())));
+        let long = "+14155552671".repeat(1000);
+        let message = Region::parse(&long).expect_err("not a region").to_string();
+        assert_eq!(
+            message,
+            "`+1415555…` is not an ISO 3166-1 alpha-2 region code"
+        );
     }
 
     fn library_type(t: phonenumber::Type) -> NumberType {

@@ -78,8 +78,7 @@ pub fn parse_verify_events(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<VerifyEvents, EventsError> {
-    let events: Vec<CloudEvent> =
-        serde_json::from_slice(body).map_err(|e| EventsError::NotCloudEvents(e.to_string()))?;
+    let events: Vec<CloudEvent> = serde_json::from_slice(body).map_err(not_cloud_events)?;
     let mut out = VerifyEvents::default();
     for event in events {
         match message_report(&event, received_at) {
@@ -88,6 +87,20 @@ pub fn parse_verify_events(
         }
     }
     Ok(out)
+}
+
+/// Where and how the body is wrong, without serde's own message: a type error there quotes
+/// the value it met (`invalid type: string "+14155552671"`), which may be a phone number
+/// or anything else a sender put in, and this message reaches logs and the answer.
+fn not_cloud_events(e: serde_json::Error) -> EventsError {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "JSON of the wrong shape",
+        Category::Eof => "cut short",
+    };
+    EventsError::NotCloudEvents(format!("{what} at line {} column {}", e.line(), e.column()))
 }
 
 fn message_report(event: &CloudEvent, received_at: DateTime<Utc>) -> Option<DeliveryReport> {
@@ -274,6 +287,23 @@ mod tests {
         assert_eq!(parsed.reports[0].status, DeliveryStatus::Failed);
         assert_eq!(parsed.reports[0].error_code, Some(30008));
         assert_eq!(parsed.skipped, 1);
+    }
+
+    #[test]
+    fn a_malformed_body_is_described_without_its_values() {
+        // A string where an object belongs: serde's own message quotes it.
+        let body = br#"[{"id":"E","type":"com.twilio.accountsecurity.verify.message.failed",
+                        "data":"+14155552671"}]"#;
+        let serde_says = serde_json::from_slice::<Vec<CloudEvent>>(body)
+            .expect_err("wrong shape")
+            .to_string();
+        assert!(serde_says.contains("4155552671"), "{serde_says}");
+        let error = parse_verify_events(body, now()).expect_err("wrong shape");
+        let message = error.to_string();
+        assert!(!message.contains("4155552671"), "{message}");
+        assert!(message.contains("wrong shape at line"), "{message}");
+        let cut = parse_verify_events(br#"[{"id":"+14155552671"#, now()).expect_err("cut");
+        assert!(!cut.to_string().contains("4155552671"), "{cut}");
     }
 
     fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
