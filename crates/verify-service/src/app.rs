@@ -20,10 +20,12 @@ use crate::{fallback, keys};
 
 /// Opens the configured database, creating the data dir first when it is SQLite's home.
 pub async fn open_database(settings: &Settings) -> anyhow::Result<storage::Database> {
-    if settings.database_url.starts_with("sqlite:") {
+    use secrecy::ExposeSecret;
+    let url = settings.database_url.expose_secret();
+    if url.starts_with("sqlite:") {
         crate::data_dir::ensure_private(&settings.data_dir)?;
     }
-    storage::Database::open(&settings.database_url)
+    storage::Database::open(url)
         .await
         .context("opening the database")
 }

@@ -14,7 +14,7 @@ use domain::{Channel, Purpose, Region};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use policy::{Policies, PurposePolicy, PurposeSettings, RateLimits};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
@@ -178,7 +178,7 @@ fn resolve_fraud(raw: RawFraud) -> anyhow::Result<fraud::FraudConfig> {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     /// The bearer token of AdminService; secrets belong in `VERIFY_ADMIN__TOKEN`.
-    token: String,
+    token: SecretString,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,7 +267,7 @@ enum SandboxMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
-    database_url: String,
+    database_url: SecretString,
     migrate_on_start: bool,
     retention_days: u32,
 }
@@ -283,7 +283,7 @@ struct RawWebhooks {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBus {
-    amqp_url: String,
+    amqp_url: SecretString,
     exchange: String,
 }
 
@@ -312,10 +312,10 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawKeys {
     #[serde(default)]
-    blind_index_key: Option<String>,
+    blind_index_key: Option<SecretString>,
     /// `id:base64key` pairs separated by commas; the first encrypts, all decrypt.
     #[serde(default)]
-    encryption_keys: Option<String>,
+    encryption_keys: Option<SecretString>,
     /// A TOML file with `blind_index_key` and `encryption_keys`.
     #[serde(default)]
     file: Option<PathBuf>,
@@ -351,9 +351,9 @@ fn default_fallback_after_seconds() -> u64 {
 #[derive(Debug, Default, Clone)]
 pub struct TwilioEnv {
     pub account_sid: Option<String>,
-    pub auth_token: Option<String>,
+    pub auth_token: Option<SecretString>,
     pub api_key_sid: Option<String>,
-    pub api_key_secret: Option<String>,
+    pub api_key_secret: Option<SecretString>,
     pub verify_service_sid: Option<String>,
 }
 
@@ -362,9 +362,9 @@ impl TwilioEnv {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         TwilioEnv {
             account_sid: var("TWILIO_ACCOUNT_SID"),
-            auth_token: var("TWILIO_AUTH_TOKEN"),
+            auth_token: var("TWILIO_AUTH_TOKEN").map(SecretString::from),
             api_key_sid: var("TWILIO_API_KEY_SID"),
-            api_key_secret: var("TWILIO_API_KEY_SECRET"),
+            api_key_secret: var("TWILIO_API_KEY_SECRET").map(SecretString::from),
             verify_service_sid: var("TWILIO_VERIFY_SERVICE_SID"),
         }
     }
@@ -399,7 +399,7 @@ pub struct Settings {
     /// TLS on the gRPC port; `None`: plaintext.
     pub tls: Option<crate::tls::TlsFiles>,
     pub upstream: Upstream,
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Apply migrations when serving starts; off where a separate step migrates.
     pub migrate_on_start: bool,
     /// How long verifications, delivery reports and handled messages are kept.
@@ -474,8 +474,9 @@ pub struct EmbeddedWebhooks {
     pub auth_token: SecretString,
 }
 
-/// Overrides from the command line; `None` keeps the configured value.
-#[derive(Debug, Default, Clone)]
+/// Overrides from the command line; `None` keeps the configured value. Its `Debug` hides
+/// the URLs, which may carry passwords.
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub grpc_addr: Option<SocketAddr>,
@@ -487,6 +488,24 @@ pub struct Overrides {
     pub webhooks_addr: Option<SocketAddr>,
     pub log_format: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |url: &Option<String>| url.as_ref().map(|_| "[redacted]");
+        f.debug_struct("Overrides")
+            .field("config_file", &self.config_file)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("sandbox_addr", &self.sandbox_addr)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &hidden(&self.database_url))
+            .field("amqp_url", &hidden(&self.amqp_url))
+            .field("amqp_exchange", &self.amqp_exchange)
+            .field("webhooks_addr", &self.webhooks_addr)
+            .field("log_format", &self.log_format)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish()
+    }
 }
 
 /// Loads the layered configuration from the process environment.
@@ -618,16 +637,17 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         .unwrap_or(&raw.log.format)
         .parse()
         .context("log.format")?;
-    let database_url = o
-        .database_url
-        .clone()
-        .or_else(|| non_empty(&raw.storage.database_url))
-        .unwrap_or_else(|| default_database_url(&data_dir));
+    let database_url = SecretString::from(
+        o.database_url
+            .clone()
+            .or_else(|| non_empty(raw.storage.database_url.expose_secret()))
+            .unwrap_or_else(|| default_database_url(&data_dir)),
+    );
     let amqp_url = o
         .amqp_url
         .as_deref()
         .and_then(non_empty)
-        .or_else(|| non_empty(&raw.bus.amqp_url))
+        .or_else(|| non_empty(raw.bus.amqp_url.expose_secret()))
         .map(|url| {
             if url.starts_with("amqp://") || url.starts_with("amqps://") {
                 Ok(SecretString::from(url))
@@ -641,7 +661,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
 
     let webhooks = if raw.webhooks.embedded && amqp_url.is_none() {
         let token = if sandbox_on {
-            Some(twilio_sandbox::DEV_AUTH_TOKEN.to_owned())
+            Some(SecretString::from(twilio_sandbox::DEV_AUTH_TOKEN))
         } else {
             env.auth_token.clone()
         };
@@ -654,7 +674,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
                             .with_context(|| format!("webhooks.public_base_url `{u}` is not a URL"))
                     })
                     .transpose()?,
-                auth_token: SecretString::from(token),
+                auth_token: token,
             }),
             // API-key credentials without the account's auth token: nothing to check
             // signatures with, so no receiver (and no delivery-driven fallback).
@@ -665,7 +685,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
     };
 
     let grpc_addr = o.grpc_addr.unwrap_or(raw.server.grpc_addr);
-    let admin = match non_empty(&raw.admin.token) {
+    let admin = match non_empty(raw.admin.token.expose_secret()) {
         Some(token) if token.len() < 16 || token.starts_with("REPLACE_ME") => {
             bail!("admin.token must be a secret of at least 16 characters (VERIFY_ADMIN__TOKEN)")
         }
@@ -826,13 +846,13 @@ fn twilio_credentials(env: &TwilioEnv) -> anyhow::Result<Option<twilio::Credenti
             Ok(Some(twilio::Credentials::ApiKey {
                 account_sid,
                 key_sid: key_sid.clone(),
-                key_secret: SecretString::from(secret.clone()),
+                key_secret: secret.clone(),
             }))
         }
         (Some(_), None, _) => bail!("TWILIO_API_KEY_SID is set without TWILIO_API_KEY_SECRET"),
         (None, _, Some(token)) => Ok(Some(twilio::Credentials::AuthToken {
             account_sid,
-            auth_token: SecretString::from(token.clone()),
+            auth_token: token.clone(),
         })),
         (None, _, None) => bail!(
             "TWILIO_ACCOUNT_SID is set without TWILIO_AUTH_TOKEN or TWILIO_API_KEY_SID/TWILIO_API_KEY_SECRET"
@@ -844,8 +864,8 @@ fn resolve_keys(raw: RawKeys) -> anyhow::Result<KeySource> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct KeyFile {
-        blind_index_key: String,
-        encryption_keys: String,
+        blind_index_key: SecretString,
+        encryption_keys: SecretString,
     }
     let (blind, enc) = match (raw.file, raw.blind_index_key, raw.encryption_keys) {
         (Some(path), None, None) => {
@@ -862,8 +882,8 @@ fn resolve_keys(raw: RawKeys) -> anyhow::Result<KeySource> {
         ),
     };
     Ok(KeySource::Given {
-        blind_index_key: SecretString::from(blind),
-        encryption_keys: SecretString::from(enc),
+        blind_index_key: blind,
+        encryption_keys: enc,
     })
 }
 
@@ -904,8 +924,48 @@ mod tests {
         assert_eq!(login.default_channel(), Channel::Sms);
         assert_eq!((login.max_checks(), login.max_sends()), (3, 3));
         assert!(matches!(s.keys, KeySource::GenerateDev));
-        assert!(s.database_url.starts_with("sqlite://"));
+        assert!(s.database_url.expose_secret().starts_with("sqlite://"));
         assert_eq!(s.tls, None, "plaintext on loopback by default");
+    }
+
+    /// Secrets never show in the `Debug` of what configuration becomes: the database and
+    /// broker URLs (which carry passwords), the admin token, the keys, Twilio's token.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let env = TwilioEnv {
+            account_sid: Some(format!("AC{}", "1".repeat(32))),
+            auth_token: Some("twilio-secret-token".into()),
+            verify_service_sid: Some(format!("VA{}", "2".repeat(32))),
+            ..TwilioEnv::default()
+        };
+        let toml = "[sandbox]\nmode = \"off\"\n\
+                    [storage]\ndatabase_url = \"postgres://u:db-password@db/verify\"\n\
+                    [bus]\namqp_url = \"amqp://u:bus-password@mq:5672\"\n\
+                    [admin]\ntoken = \"admin-token-0123456789\"\n\
+                    [keys]\nblind_index_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n\
+                    encryption_keys = \"k1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=\"\n";
+        let settings = load(toml, &env).expect("valid");
+        let overrides = Overrides {
+            database_url: Some("postgres://u:db-password@db/verify".into()),
+            amqp_url: Some("amqp://u:bus-password@mq:5672".into()),
+            ..Overrides::default()
+        };
+        for shown in [
+            format!("{settings:?}"),
+            format!("{env:?}"),
+            format!("{overrides:?}"),
+        ] {
+            for secret in [
+                "db-password",
+                "bus-password",
+                "admin-token-0123456789",
+                "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+                "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+                "twilio-secret-token",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
     }
 
     #[test]
