@@ -2,13 +2,18 @@
 //! `cargo xtask deps up` runs: where they are, and a PostgreSQL database of its own per test.
 //!
 //! A test that needs them and cannot reach them fails with the command to run; it never
-//! skips. Only ever a dev-dependency (the tidy test checks).
+//! skips. Only ever a dev-dependency (the tidy test checks). A test that stops PostgreSQL
+//! runs a [`PrivatePostgres`] of its own.
+
+mod private_postgres;
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+pub use private_postgres::{PrivatePostgres, StopMode};
 
 /// What a test says when PostgreSQL or RabbitMQ is missing; CI must never pass without them.
 pub const NOT_REACHABLE: &str = "run `cargo xtask deps up` (PostgreSQL and RabbitMQ on loopback)";
