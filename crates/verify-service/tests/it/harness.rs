@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use proto::verify::v1 as pb;
 use proto::verify::v1::verify_service_client::VerifyServiceClient;
@@ -99,15 +100,24 @@ impl Harness {
     /// [`Harness::start_with`] with Twilio credentials: the sandbox is off, and `toml` says
     /// where Twilio is (`[twilio] base_url`).
     pub async fn start_against(backend: Backend, toml: &str, twilio: &TwilioEnv) -> Harness {
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_database().await),
+        };
+        Self::start_at(database_url, toml, twilio).await
+    }
+
+    /// [`Harness::start_against`] on the database at `database_url`; `None` is SQLite in
+    /// the gateway's data directory.
+    pub async fn start_at(database_url: Option<String>, toml: &str, twilio: &TwilioEnv) -> Harness {
         crate::redaction::capture_logs();
         let data_dir = std::env::temp_dir().join(format!("vg-it-{}", uuid::Uuid::new_v4()));
-        let database_url = match backend {
-            Backend::Sqlite => format!(
+        let database_url = database_url.unwrap_or_else(|| {
+            format!(
                 "sqlite://{}?mode=rwc",
                 data_dir.join("verify-gateway.db").display()
-            ),
-            Backend::Postgres => fresh_postgres_database().await,
-        };
+            )
+        });
         let overrides = Overrides {
             grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
             sandbox_addr: Some("127.0.0.1:0".parse().expect("addr")),
@@ -257,6 +267,30 @@ impl Harness {
         self.count("SELECT COUNT(*) FROM verifications").await
     }
 
+    /// Every verification as (id, idempotency key, status, Twilio id), read with plain SQL.
+    pub async fn verifications(&self) -> Vec<(String, Option<String>, String, Option<String>)> {
+        use sqlx::Connection;
+        const SQL: &str =
+            "SELECT id, idempotency_key, CAST(status AS TEXT), provider_sid FROM verifications";
+        if self.database_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                .await
+                .expect("db opens");
+            sqlx::query_as(SQL)
+                .fetch_all(&mut conn)
+                .await
+                .expect("rows")
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                .await
+                .expect("db opens");
+            sqlx::query_as(SQL)
+                .fetch_all(&mut conn)
+                .await
+                .expect("rows")
+        }
+    }
+
     /// The answer of one `SELECT COUNT(*) …`, run with plain SQL on either backend.
     pub async fn count(&self, count: &'static str) -> i64 {
         use sqlx::Connection;
@@ -286,6 +320,19 @@ impl Drop for Harness {
             let _ = stop.send(());
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Polls `probe` every 50 ms until it holds, failing with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

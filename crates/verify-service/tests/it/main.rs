@@ -6,6 +6,7 @@ mod callers;
 mod distributed;
 mod e2e;
 mod fallback;
+mod faults;
 mod flows;
 mod harness;
 mod key_rotation;

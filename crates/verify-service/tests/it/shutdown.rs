@@ -20,9 +20,9 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use verify_service::app::Gateway;
 use verify_service::config::{self, Overrides, TwilioEnv};
 
-use crate::harness::{Backend, Harness};
+use crate::harness::{Backend, Harness, eventually};
 
-const VERIFY_SERVICE: &str = "verify.v1.VerifyService";
+pub const VERIFY_SERVICE: &str = "verify.v1.VerifyService";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -31,20 +31,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `probe` every 50 ms until it holds, failing with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn health_of(channel: &Channel, service: &str) -> Option<ServingStatus> {
+pub async fn health_of(channel: &Channel, service: &str) -> Option<ServingStatus> {
     HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: service.into(),
