@@ -5,6 +5,7 @@
 //!
 //! Stopping the broker is tested in the `broker_outage` binary, so it disturbs none of these.
 
+mod killed;
 mod slow_clients;
 mod support;
 mod webhooks;
