@@ -27,6 +27,6 @@ pub use phone::{NumberType, PhoneNumber, PhoneNumberError, Region, RegionError};
 pub use purpose::{Purpose, PurposeError, is_config_name};
 pub use verification::{
     CheckOutcome, DeliveryVerdict, IdempotencyKey, IdempotencyKeyError, IgnoredBecause, Locale,
-    LocaleError, NewVerification, OtpCode, OtpCodeError, Transition, TransitionError, Verification,
-    VerificationStatus,
+    LocaleError, NEVER_SENT, NewVerification, OtpCode, OtpCodeError, Transition, TransitionError,
+    Verification, VerificationStatus,
 };

@@ -162,6 +162,21 @@ pub trait VerifyProvider: Send + Sync + fmt::Debug {
 
     async fn cancel(&self, service: &str, sid: &str)
     -> Result<ProviderVerification, ProviderError>;
+
+    /// The provider's id (`VE…`) of the verification its newest send attempt to `to` in
+    /// `service` created after `since` belongs to, or `None` when it holds no such attempt.
+    ///
+    /// For a verification whose first send was never confirmed (the create timed out or
+    /// failed with a 5xx, or the process stopped before storing the answer): an attempt
+    /// means the code went out, as that verification; none, long enough after the create
+    /// (the provider's attempt records may lag), means it never did. A read: it sends
+    /// nothing and may be repeated.
+    async fn find_sent(
+        &self,
+        service: &str,
+        to: &Destination,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, ProviderError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -312,6 +327,18 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
     async fn list_sealed_with_other_key(
         &self,
         current_key_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError>;
+
+    /// Up to `limit` pending verifications without a provider id created before
+    /// `created_before`, oldest first: the work list of the reconciliation of sends whose
+    /// outcome is unknown ([`Verification::send_unconfirmed`]), which learns each one's
+    /// provider id or ends it. Rows it settles drop out of the list, so no cursor is
+    /// needed; every call is a bounded read of an index holding only such rows, however
+    /// large the table.
+    async fn list_unconfirmed(
+        &self,
+        created_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Verification>, StoreError>;
 }

@@ -7,6 +7,7 @@
 //! Pending ──── cancel ───────────────┼──────────────────────────▶ Canceled
 //!   │                                │
 //!   └──── provider refused send ─────┘── expires_at passed ─────▶ Expired / Failed
+//!         (or an unconfirmed send it never got: `mark_never_sent`)
 //! ```
 //! Every transition bumps `version`, which the store uses for optimistic concurrency.
 
@@ -251,6 +252,11 @@ pub enum TransitionError {
     FallbackNotAllowed,
 }
 
+/// The failure code of a verification whose unconfirmed send never reached the provider
+/// ([`Verification::mark_never_sent`]): Twilio's 20404 (resource not found), as the
+/// provider holds no record of it.
+pub const NEVER_SENT: u32 = 20404;
+
 /// What a delivery report means for a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryVerdict {
@@ -414,6 +420,35 @@ impl Verification {
         if self.provider_sid.is_none() {
             self.provider_sid = Some(provider_sid);
         }
+    }
+
+    /// The provider confirmed after the fact a first send whose answer was lost: it holds
+    /// an attempt for the destination, of its verification `provider_sid` (found by the
+    /// reconciliation, [`crate::ports::VerifyProvider::find_sent`]). Versioned, unlike
+    /// [`Verification::learn_provider_sid`], as it is stored on its own. Returns whether
+    /// anything changed: only a pending verification still without a provider id does.
+    pub fn confirm_sent(&mut self, provider_sid: String, now: DateTime<Utc>) -> bool {
+        if self.status != VerificationStatus::Pending || self.provider_sid.is_some() {
+            return false;
+        }
+        self.learn_provider_sid(provider_sid);
+        self.touch(now);
+        true
+    }
+
+    /// A first send whose outcome was unknown never happened: long after the create, the
+    /// provider holds no attempt for the destination. The verification fails with
+    /// [`NEVER_SENT`] as its code, so it no longer holds its destination's pending slot
+    /// and a new start sends afresh. Returns whether it did: only a pending verification
+    /// without a provider id ends so.
+    pub fn mark_never_sent(&mut self, now: DateTime<Utc>) -> bool {
+        if self.status != VerificationStatus::Pending || self.provider_sid.is_some() {
+            return false;
+        }
+        self.status = VerificationStatus::Failed;
+        self.failure_code = Some(NEVER_SENT);
+        self.touch(now);
+        true
     }
 
     /// The provider refused the first send: the verification fails with its code.
@@ -808,6 +843,31 @@ mod tests {
         assert!(v.send_unconfirmed(at(2), wait));
         v.mark_sent("VE1".into(), at(3));
         assert!(!v.send_unconfirmed(at(3), wait), "confirmed");
+    }
+
+    #[test]
+    fn an_unconfirmed_send_is_confirmed_or_ends_as_never_sent() {
+        let mut confirmed = pending(3, 3);
+        confirmed.mark_unconfirmed(at(1));
+        assert!(confirmed.confirm_sent("VE1".into(), at(5)));
+        assert_eq!(
+            (confirmed.provider_sid.as_deref(), confirmed.version),
+            (Some("VE1"), 2)
+        );
+        assert!(
+            !confirmed.confirm_sent("VE2".into(), at(6)),
+            "a known id stays"
+        );
+        assert!(!confirmed.mark_never_sent(at(6)), "it was sent");
+
+        let mut lost = pending(3, 3);
+        lost.mark_unconfirmed(at(1));
+        assert!(lost.mark_never_sent(at(120)), "pending without an id");
+        assert_eq!(lost.status, VerificationStatus::Failed);
+        assert_eq!(lost.failure_code, Some(NEVER_SENT));
+        assert_eq!((lost.sends_left(), lost.checks_left()), (0, 0));
+        assert!(!lost.confirm_sent("VE1".into(), at(121)), "over");
+        assert!(!lost.mark_never_sent(at(121)), "over");
     }
 
     #[test]

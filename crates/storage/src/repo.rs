@@ -664,6 +664,28 @@ where
             .map(|row| Verification::try_from(row).map_err(StoreError::from))
             .collect()
     }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "storage.list_unconfirmed",
+        skip_all,
+        fields(limit)
+    )]
+    pub(crate) async fn list_unconfirmed(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError> {
+        let rows: Vec<VerificationRow> = sqlx::query_as(sql::UNCONFIRMED)
+            .bind(to_millis(created_before))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        rows.into_iter()
+            .map(|row| Verification::try_from(row).map_err(StoreError::from))
+            .collect()
+    }
 }
 
 /// Implements [`domain::ports::VerificationStore`], [`domain::ports::DeliveryReportStore`],
@@ -752,6 +774,14 @@ macro_rules! delegate_store {
                 self.repo
                     .list_sealed_with_other_key(current_key_id, limit)
                     .await
+            }
+
+            async fn list_unconfirmed(
+                &self,
+                created_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<domain::Verification>, domain::ports::StoreError> {
+                self.repo.list_unconfirmed(created_before, limit).await
             }
         }
 

@@ -102,6 +102,19 @@ pub(crate) const SEALED_WITH_OTHER_KEY: &str = concat!(
     " ORDER BY created_at, id LIMIT $2"
 );
 
+/// `$1` is the bound on `created_at` (milliseconds), `$2` the limit: pending verifications
+/// without a provider id created before it, oldest first, read in the order of the partial
+/// index `verifications_unconfirmed` (migration 0012), which holds only such rows, so a
+/// call reads at most `limit` entries however large the table. The literals are in the
+/// text for the partial index to apply (see [`PENDING_SLOT`]).
+pub(crate) const UNCONFIRMED: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM verifications",
+    " WHERE status = 'pending' AND provider_sid IS NULL AND created_at < $1",
+    " ORDER BY created_at, id LIMIT $2"
+);
+
 /// The assignments of [`UPDATE`]: `$3` to `$25`, the columns that may change over a
 /// verification's life, in the order of [`crate::row::bind_update`].
 macro_rules! update_set {

@@ -1,5 +1,5 @@
-//! The Verify V2 client: one pooled HTTP client, the four verification calls, and the
-//! `VerifyProvider` implementation the services hold.
+//! The Verify V2 client: one pooled HTTP client, the four verification calls, the list of
+//! verification attempts, and the `VerifyProvider` implementation the services hold.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
 use domain::ports::{
     ProviderCheck, ProviderError, ProviderStart, ProviderVerification, VerifyProvider,
 };
@@ -264,6 +265,69 @@ impl TwilioVerify {
         .await
     }
 
+    /// `GET /v2/Attempts` filtered by `VerifyServiceSid`, `ChannelData.To` and
+    /// `DateCreatedAfter`: the verification SID (`VE…`) of the newest attempt Twilio holds
+    /// for `to` in `service_sid` created after `since`, or `None` when it holds none. A read,
+    /// so it is repeated after a 5xx like a fetch.
+    ///
+    /// For a send whose create Twilio never confirmed: whether it went out, and as which
+    /// verification. Only the first page is read: the filters leave a handful of attempts
+    /// (one destination, one service, a few minutes), far fewer than a page holds.
+    pub async fn find_sent_verification(
+        &self,
+        service_sid: &str,
+        to: &Destination,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, TwilioError> {
+        let span = tracing::info_span!(
+            "twilio.list_attempts",
+            otel.kind = "client",
+            service_sid = %service_sid,
+            // A destination prints as its mask.
+            to = %to,
+            verification_sid = field::Empty,
+            attempt_sid = field::Empty,
+            channel = field::Empty,
+            conversion_status = field::Empty,
+            http_status = field::Empty,
+            twilio_code = field::Empty,
+            attempts = field::Empty,
+        );
+        async {
+            let service = sid::service(service_sid)?;
+            let mut url = self.url(&["v2", "Attempts"]);
+            url.query_pairs_mut()
+                .append_pair("VerifyServiceSid", service)
+                .append_pair("ChannelData.To", to.expose())
+                // Twilio's form: whole seconds, `Z` (CONTRACT §1).
+                .append_pair(
+                    "DateCreatedAfter",
+                    &since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                )
+                .append_pair("PageSize", &wire::ATTEMPTS_PAGE_SIZE.to_string());
+            let body: wire::AttemptList = self
+                .execute::<_, ()>(Safety::Idempotent, Method::GET, &url, None)
+                .await?;
+            let newest = body.newest_sent();
+            if let Some(attempt) = &newest {
+                let span = Span::current();
+                span.record("verification_sid", attempt.verification_sid.as_str());
+                if let Some(sid) = &attempt.sid {
+                    span.record("attempt_sid", sid.as_str());
+                }
+                if let Some(channel) = &attempt.channel {
+                    span.record("channel", channel.as_str());
+                }
+                if let Some(status) = &attempt.conversion_status {
+                    span.record("conversion_status", status.as_str());
+                }
+            }
+            Ok(newest.map(|attempt| attempt.verification_sid))
+        }
+        .instrument(span)
+        .await
+    }
+
     fn verification_url(
         &self,
         service_sid: &str,
@@ -356,17 +420,19 @@ impl TwilioVerify {
         &self,
         request: RequestBuilder,
     ) -> Result<T, TwilioError> {
+        // Without the URL: a list's query names the destination (`ChannelData.To`), which no
+        // error text may carry into a log.
         let response = request
             .send()
             .await
-            .map_err(|e| TwilioError::from_transport(&e))?;
+            .map_err(|e| TwilioError::from_transport(&e.without_url()))?;
         let status = response.status();
         Span::current().record("http_status", status.as_u16());
         if status.is_success() {
             let bytes = response
                 .bytes()
                 .await
-                .map_err(|e| TwilioError::from_transport(&e))?;
+                .map_err(|e| TwilioError::from_transport(&e.without_url()))?;
             return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Decode(e.to_string()));
         }
         let retry_after = if status == StatusCode::TOO_MANY_REQUESTS {
@@ -443,6 +509,15 @@ impl VerifyProvider for TwilioVerify {
         sid: &str,
     ) -> Result<ProviderVerification, ProviderError> {
         Ok(self.cancel_verification(service, sid).await?)
+    }
+
+    async fn find_sent(
+        &self,
+        service: &str,
+        to: &Destination,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, ProviderError> {
+        Ok(self.find_sent_verification(service, to, since).await?)
     }
 }
 

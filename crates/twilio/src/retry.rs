@@ -2,8 +2,8 @@
 //!
 //! The rule is that a retry must never send a second code or spend a second check: creates
 //! and checks are repeated only when Twilio cannot have processed them (a 429, which Twilio
-//! never processes, or a connection that was never opened). Fetch and cancel are idempotent,
-//! so they are also repeated after a 5xx.
+//! never processes, or a connection that was never opened). Fetch, cancel and the list of
+//! attempts are idempotent, so they are also repeated after a 5xx.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::TwilioError;
 /// Whether repeating the request can change anything at Twilio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Safety {
-    /// Fetch and cancel: repeating them gives the same result.
+    /// Fetch, cancel and the attempts list: repeating them gives the same result.
     Idempotent,
     /// Create (sends a code) and check (spends an attempt).
     NotIdempotent,

@@ -5,11 +5,12 @@
 //! (CONTRACT §1). Only the fields the gateway uses are read: in particular `to` is never
 //! deserialised, so the destination cannot end up in a log through a `Debug` print.
 
+use chrono::{DateTime, Utc};
 use domain::ports::{ProviderCheck, ProviderStatus, ProviderVerification};
 use domain::{Channel, Locale};
 use serde::{Deserialize, Serialize};
 
-use crate::TwilioError;
+use crate::{TwilioError, sid};
 
 /// The body of `POST /v2/Services/{ServiceSid}/Verifications`.
 #[derive(Serialize)]
@@ -102,6 +103,71 @@ impl TryFrom<VerificationCheck> for ProviderCheck {
             valid,
             sid: c.sid.filter(|s| !s.is_empty()),
         })
+    }
+}
+
+/// `PageSize` of the attempts list: the filters leave a handful of attempts (one
+/// destination, one service, minutes), so one page of Twilio's default size holds them all.
+pub(crate) const ATTEMPTS_PAGE_SIZE: u32 = 50;
+
+/// The body of `GET /v2/Attempts` (`ListVerificationAttemptResponse`): the attempts of the
+/// page; `meta` is not read, as only the first page is.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AttemptList {
+    #[serde(default)]
+    attempts: Vec<Attempt>,
+}
+
+/// `verify.v2.verification_attempt`, the fields the gateway reads (not `channel_data`,
+/// which holds the destination).
+#[derive(Debug, Deserialize)]
+struct Attempt {
+    sid: Option<String>,
+    verification_sid: Option<String>,
+    channel: Option<String>,
+    date_created: Option<String>,
+    conversion_status: Option<String>,
+}
+
+/// The attempt [`AttemptList::newest_sent`] picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SentAttempt {
+    /// The attempt (`VL…`).
+    pub sid: Option<String>,
+    /// The verification it sent for (`VE…`).
+    pub verification_sid: String,
+    pub channel: Option<String>,
+    /// `converted` (the code was checked right) or `unconverted`.
+    pub conversion_status: Option<String>,
+}
+
+impl AttemptList {
+    /// The newest attempt (by `date_created`) that names a verification: the send whose
+    /// verification a record without its provider id is. Twilio's order of the list is not
+    /// relied on; an attempt without a readable date counts as the oldest, one without a
+    /// well-formed verification SID is skipped.
+    pub(crate) fn newest_sent(self) -> Option<SentAttempt> {
+        self.attempts
+            .into_iter()
+            .filter_map(|a| {
+                let verification_sid = a.verification_sid.filter(|s| sid::is_sid(s, "VE"))?;
+                let created = a
+                    .date_created
+                    .as_deref()
+                    .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+                    .map(|d| d.with_timezone(&Utc));
+                Some((
+                    created,
+                    SentAttempt {
+                        sid: a.sid,
+                        verification_sid,
+                        channel: a.channel,
+                        conversion_status: a.conversion_status,
+                    },
+                ))
+            })
+            .max_by_key(|(created, _)| *created)
+            .map(|(_, attempt)| attempt)
     }
 }
 
@@ -201,6 +267,45 @@ mod tests {
                 sid: Some("VE1".into()),
             })
         );
+    }
+
+    fn newest(body: &str) -> Option<SentAttempt> {
+        serde_json::from_str::<AttemptList>(body)
+            .expect("parses")
+            .newest_sent()
+    }
+
+    #[test]
+    fn the_spec_examples_of_the_attempts_list_parse() {
+        let example = r#"{"attempts":[{"sid":"VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","account_sid":"ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","service_sid":"VAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","verification_sid":"VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","date_created":"2020-08-11T18:36:59Z","date_updated":"2020-08-11T18:37:00Z","conversion_status":"unconverted","channel":"sms","price":{"value":"0.005","currency":"usd"},"channel_data":{"verification_sid":"VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","to":"+573003003030","status":"unconfirmed","message_status":"undelivered","error_code":"30008","country":"CO","code_length":6,"locale":"es","mcc":"732","mnc":"103","carrier":"Colombia Movil (Tigo)"},"url":"https://verify.twilio.com/v2/Attempts/VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}],"meta":{"key":"attempts","page":0,"page_size":50,"first_page_url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","previous_page_url":null,"url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","next_page_url":null}}"#;
+        assert_eq!(
+            newest(example),
+            Some(SentAttempt {
+                sid: Some("VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into()),
+                verification_sid: "VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+                channel: Some("sms".into()),
+                conversion_status: Some("unconverted".into()),
+            })
+        );
+        let empty = r#"{"attempts":[],"meta":{"key":"attempts","page":0,"page_size":50,"first_page_url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","previous_page_url":null,"url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","next_page_url":null}}"#;
+        assert_eq!(newest(empty), None);
+    }
+
+    #[test]
+    fn the_newest_attempt_with_a_verification_wins() {
+        let ve = |n: u8| format!("VE{}", format!("{n:x}").repeat(32));
+        let body = serde_json::json!({"attempts": [
+            {"verification_sid": ve(1), "date_created": "2026-01-01T10:00:05Z"},
+            {"verification_sid": ve(2), "date_created": "2026-01-01T10:00:09Z"},
+            {"verification_sid": ve(3), "date_created": null},
+            {"verification_sid": null, "date_created": "2026-01-01T10:00:30Z"},
+            {"verification_sid": "VE-not-a-sid", "date_created": "2026-01-01T10:00:30Z"},
+            {"verification_sid": ve(4), "date_created": "2026-01-01T10:00:07+00:00"},
+        ]})
+        .to_string();
+        assert_eq!(newest(&body).map(|a| a.verification_sid), Some(ve(2)));
+        assert_eq!(newest(r#"{"attempts":[{"date_created":null}]}"#), None);
+        assert_eq!(newest("{}"), None);
     }
 
     #[test]

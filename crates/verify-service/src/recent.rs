@@ -207,6 +207,14 @@ impl VerificationStore for RecentStore {
             .list_sealed_with_other_key(current_key_id, limit)
             .await
     }
+
+    async fn list_unconfirmed(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError> {
+        self.inner.list_unconfirmed(created_before, limit).await
+    }
 }
 
 #[cfg(test)]

@@ -434,6 +434,29 @@ impl SqliteRepo {
             .collect()
     }
 
+    pub(crate) async fn list_unconfirmed(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError> {
+        let before = to_millis(created_before);
+        let limit = i64::from(limit);
+        let rows = self
+            .engine
+            .read(move |conn| {
+                query(
+                    conn,
+                    sql::UNCONFIRMED,
+                    &[&before, &limit],
+                    rows::verification,
+                )
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| Verification::try_from(row).map_err(StoreError::from))
+            .collect()
+    }
+
     // Delivery reports, the outbox and the dedupe memory.
 
     pub(crate) async fn record_report(

@@ -97,6 +97,7 @@ both_backends!(
     find_by_idempotency_key_matches_purpose_owner_and_key,
     list_sealed_with_other_key_lists_old_keys_oldest_first,
     list_sealed_with_other_key_drains_by_rewriting,
+    list_unconfirmed_lists_pending_rows_without_a_provider_id_oldest_first,
     corrupt_rows_are_errors_not_panics,
     no_plaintext_destination_reaches_the_database,
     lookups_use_their_indexes,
@@ -792,6 +793,55 @@ async fn list_sealed_with_other_key_lists_old_keys_oldest_first(
     Ok(())
 }
 
+async fn list_unconfirmed_lists_pending_rows_without_a_provider_id_oldest_first(
+    db: Arc<TestDb>,
+) -> anyhow::Result<()> {
+    let store = db.port();
+    // One purpose each, so the pending rows do not share a destination's pending slot.
+    let unconfirmed = |n: u128, purpose: &str, created: i64| pending(n, purpose, created, 600);
+    let later = unconfirmed(1, "login", 10);
+    let older = unconfirmed(2, "signup", 5);
+    let same_age = unconfirmed(3, "reset", 5);
+    let too_young = unconfirmed(4, "pay", 30);
+    let mut sent = unconfirmed(5, "invite", 1);
+    sent.mark_sent("VE1".into(), at(1));
+    let mut over = unconfirmed(6, "delete", 2);
+    over.mark_failed(Some(60200), at(2));
+    for v in [&later, &older, &same_age, &too_young, &sent, &over] {
+        create(&*store, v).await?;
+    }
+    let ids = |list: &[Verification]| list.iter().map(|v| v.id).collect::<Vec<_>>();
+
+    // Oldest first, equal ages in id order; sent, ended and younger rows are left out.
+    let listed = store.list_unconfirmed(at(20), 10).await?;
+    assert_eq!(ids(&listed), [2, 3, 1].map(fixtures::id));
+    // Returned whole, ready for a transition and an update at their version.
+    assert_eq!(listed.first(), Some(&older));
+    assert_eq!(
+        ids(&store.list_unconfirmed(at(20), 2).await?),
+        [2, 3].map(fixtures::id)
+    );
+    assert_eq!(store.list_unconfirmed(at(20), 0).await?, []);
+    assert_eq!(
+        store.list_unconfirmed(at(5), 10).await?,
+        [],
+        "strictly before"
+    );
+
+    // Settled rows drop out of the list: one learns its id, one ends as never sent.
+    let mut confirmed = older.clone();
+    assert!(confirmed.confirm_sent("VE2".into(), at(21)));
+    store.update(&confirmed, older.version).await?;
+    let mut ended = same_age.clone();
+    assert!(ended.mark_never_sent(at(21)));
+    store.update(&ended, same_age.version).await?;
+    assert_eq!(
+        ids(&store.list_unconfirmed(at(40), 10).await?),
+        [1, 4].map(fixtures::id)
+    );
+    Ok(())
+}
+
 async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyhow::Result<()> {
     let store = db.port();
     let current = fixtures::keyring();
@@ -1019,6 +1069,11 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
             "verifications_by_provider_sid",
         ),
         (
+            sql::UNCONFIRMED,
+            vec![int, Bind::Int(100)],
+            "verifications_unconfirmed",
+        ),
+        (
             match db.backend() {
                 Backend::Sqlite => crate::sqlite::CLAIM_OUTBOX,
                 Backend::Postgres => <Postgres as Dialect>::CLAIM_OUTBOX,
@@ -1035,6 +1090,25 @@ async fn lookups_use_their_indexes(db: Arc<TestDb>) -> anyhow::Result<()> {
     for (statement, binds, index) in cases {
         let plan = db.plan(statement, &binds).await?;
         assert!(plan.contains(index), "{statement}\n→ {plan}");
+    }
+    // The reconciliation's list is read from its partial index in the order it asks for,
+    // so a batch stops after `limit` entries and sorts nothing.
+    let plan = db.plan(sql::UNCONFIRMED, &[int, Bind::Int(100)]).await?;
+    assert!(!plan.contains("SCAN verifications"), "{plan}");
+    if db.backend() == Backend::Sqlite {
+        assert!(
+            plan.contains(
+                "SEARCH verifications USING INDEX verifications_unconfirmed (created_at<?)"
+            ),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    } else {
+        assert!(
+            plan.contains("Index Scan using verifications_unconfirmed"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Sort  ("), "{plan}");
     }
     // Each range of the key rotation list is read from the index in the order it asks for,
     // so a batch stops after `limit` entries per range: only the outer ordering of the (at

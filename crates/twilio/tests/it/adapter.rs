@@ -278,6 +278,64 @@ async fn fetch_and_cancel_are_retried_after_500() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The attempts list: Twilio's filters in the query (the destination only there), the
+/// newest attempt's verification, and repeated after a 5xx like any read.
+#[tokio::test]
+async fn find_sent_lists_attempts_by_service_destination_and_time() -> anyhow::Result<()> {
+    let older = "VE00000000000000000000000000000001";
+    let newer = "VE00000000000000000000000000000002";
+    let fake = FakeTwilio::start([
+        Reply::text(503, "unavailable"),
+        Reply::attempts(&[
+            (older, "2026-01-01T10:00:01Z"),
+            (newer, "2026-01-01T10:00:03Z"),
+        ]),
+        Reply::attempts(&[]),
+        Reply::error(429, 20429, "Too many requests").header("retry-after", "60"),
+    ])
+    .await?;
+    let twilio = provider(&fake)?;
+    let to = Destination::Phone(PhoneNumber::parse("+14155552671", None)?);
+    let since = chrono::DateTime::parse_from_rfc3339("2026-01-01T09:59:55.750Z")?.to_utc();
+    assert_eq!(
+        twilio.find_sent(SERVICE_SID, &to, since).await?,
+        Some(newer.to_owned())
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "the 503 was repeated");
+    let request = &seen[1];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("GET", "/v2/Attempts")
+    );
+    assert_eq!(
+        request.query,
+        format!(
+            "VerifyServiceSid={SERVICE_SID}&ChannelData.To=%2B14155552671\
+             &DateCreatedAfter=2026-01-01T09%3A59%3A55Z&PageSize=50"
+        )
+    );
+    assert_eq!(request.body, "");
+    assert_eq!(
+        request.header("authorization"),
+        Some(basic(ACCOUNT_SID, AUTH_TOKEN).as_str())
+    );
+
+    assert_eq!(twilio.find_sent(SERVICE_SID, &to, since).await?, None);
+    let err = twilio
+        .find_sent(SERVICE_SID, &to, since)
+        .await
+        .expect_err("a long Retry-After goes back");
+    assert_eq!(err.kind, K::RateLimited);
+    let refused = twilio
+        .find_sent("VA%2e%2e", &to, since)
+        .await
+        .expect_err("a malformed service never reaches Twilio");
+    assert_eq!(refused.kind, K::InvalidRequest);
+    assert_eq!(fake.seen().len(), 4);
+    Ok(())
+}
+
 #[tokio::test]
 async fn retries_stop_at_max_retries() -> anyhow::Result<()> {
     let fake = FakeTwilio::start((0..5).map(|_| Reply::text(500, "down"))).await?;

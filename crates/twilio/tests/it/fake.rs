@@ -100,6 +100,43 @@ impl Reply {
         )
     }
 
+    /// A page of the attempts list holding `attempts`, each `(verification_sid,
+    /// date_created)`, with Twilio's other fields.
+    pub fn attempts(attempts: &[(&str, &str)]) -> Self {
+        let attempts: Vec<serde_json::Value> = attempts
+            .iter()
+            .enumerate()
+            .map(|(n, (verification_sid, date_created))| {
+                serde_json::json!({
+                    "sid": format!("VL{n:032x}"),
+                    "account_sid": crate::ACCOUNT_SID,
+                    "service_sid": crate::SERVICE_SID,
+                    "verification_sid": verification_sid,
+                    "date_created": date_created,
+                    "date_updated": date_created,
+                    "conversion_status": "unconverted",
+                    "channel": "sms",
+                    "price": null,
+                    "channel_data": {"verification_sid": verification_sid, "to": "+14155552671"},
+                    "url": format!("https://verify.twilio.com/v2/Attempts/VL{n:032x}"),
+                })
+            })
+            .collect();
+        Reply::json(
+            200,
+            serde_json::json!({
+                "attempts": attempts,
+                "meta": {
+                    "key": "attempts", "page": 0, "page_size": 50,
+                    "first_page_url": "https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0",
+                    "previous_page_url": null,
+                    "url": "https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0",
+                    "next_page_url": null,
+                },
+            }),
+        )
+    }
+
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
         self
@@ -116,6 +153,8 @@ impl Reply {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// The raw query string, empty without one.
+    pub query: String,
     pub headers: HeaderMap,
     pub body: String,
 }
@@ -195,6 +234,7 @@ async fn answer(State(script): State<Script>, request: Request) -> Response {
         .push(Seen {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         });

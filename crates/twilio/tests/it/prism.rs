@@ -182,8 +182,31 @@ async fn requests_match_twilios_openapi_spec() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(diagnose("cancel", &e)))?;
     assert_eq!(canceled.status, ProviderStatus::Canceled);
 
-    // The passes above mean something only if Prism refuses what breaks the spec: a create
-    // without `To` must get 422.
+    // The attempts list, by service, destination and time: Prism answers the spec's first
+    // example, the empty list.
+    let since = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")?.to_utc();
+    let found = twilio
+        .find_sent(
+            SERVICE_SID,
+            &Destination::Phone(PhoneNumber::parse("+14155552671", None)?),
+            since,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(diagnose("attempts list", &e)))?;
+    assert_eq!(found, None);
+
+    // The passes above mean something only if Prism refuses what breaks the spec: a list
+    // with a malformed filter, and a create without `To`, must get 422.
+    let response = reqwest::Client::new()
+        .get(format!("{}v2/Attempts?VerifyServiceSid=VA123", prism.url))
+        .basic_auth(crate::ACCOUNT_SID, Some(crate::AUTH_TOKEN))
+        .send()
+        .await?;
+    assert_eq!(
+        response.status().as_u16(),
+        422,
+        "Prism does not validate query parameters"
+    );
     let response = reqwest::Client::new()
         .post(format!(
             "{}v2/Services/{SERVICE_SID}/Verifications",
