@@ -16,8 +16,10 @@ use crate::dispatch::Job;
 use crate::error::Error;
 use crate::events;
 use crate::scenario::{self, Scenario, scenarios};
-use crate::store::{CODE_LENGTHS, Channel, NewStatus, StartRequest, Target};
-use crate::wire::{CheckJson, ScenariosJson, ServiceJson, ServiceListJson, VerificationJson};
+use crate::store::{AttemptFilter, CODE_LENGTHS, Channel, NewStatus, StartRequest, Target};
+use crate::wire::{
+    AttemptListJson, CheckJson, ScenariosJson, ServiceJson, ServiceListJson, VerificationJson,
+};
 
 /// Request bodies larger than this answer 413; Verify requests are a few hundred bytes.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,6 +43,7 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
             "/v2/Services/{service_sid}/VerificationCheck",
             post(create_check),
         )
+        .route("/v2/Attempts", get(list_attempts))
         .route("/sandbox/scenarios", get(list_scenarios))
         .route("/sandbox/messages", get(list_messages))
         .route("/sandbox/events", get(list_events))
@@ -413,6 +416,84 @@ async fn check(
     Ok(verification)
 }
 
+/// `PageSize` when absent, and its largest value (OpenAPI `ListVerificationAttempt`).
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// `GET /v2/Attempts`: the sandbox's send attempts, newest first, filtered by
+/// `VerifyServiceSid`, `ChannelData.To` and `DateCreatedAfter`, one page of `PageSize`.
+/// A malformed filter is Twilio's 400 / 60200 naming it; other filters are ignored.
+async fn list_attempts(
+    State(sandbox): State<Sandbox>,
+    uri: Uri,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.as_deref();
+    let service_sid = query_param(query, "VerifyServiceSid");
+    // A `+` left unencoded decodes to a space, as on `/sandbox/messages`.
+    let to = query_param(query, "ChannelData.To").map(|v| match v.strip_prefix(' ') {
+        Some(rest) => format!("+{rest}"),
+        None => v,
+    });
+    let filter = attempt_filter(query, service_sid.as_deref(), to.as_deref());
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(error) => return error.respond(uri.path()),
+    };
+    let attempts = sandbox.with_store(|store| store.attempts(&filter, Utc::now()));
+    tracing::debug!(attempts = attempts.len(), "sandbox.attempts.listed");
+    Json(AttemptListJson::new(
+        attempts,
+        &sandbox.inner.account_sid,
+        &base_url(&headers),
+        filter.page_size,
+    ))
+    .into_response()
+}
+
+/// The filters of an attempts list, or the error naming the first malformed one.
+fn attempt_filter<'a>(
+    query: Option<&str>,
+    service_sid: Option<&'a str>,
+    to: Option<&'a str>,
+) -> Result<AttemptFilter<'a>, Error> {
+    if service_sid.is_some_and(|s| !is_sid(s, "VA")) {
+        return Err(Error::InvalidParameter("VerifyServiceSid"));
+    }
+    let created_after = query_param(query, "DateCreatedAfter")
+        .map(|d| {
+            chrono::DateTime::parse_from_rfc3339(&d)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| Error::InvalidParameter("DateCreatedAfter"))
+        })
+        .transpose()?;
+    let page_size = query_param(query, "PageSize")
+        .map(|n| {
+            n.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                .ok_or(Error::InvalidParameter("PageSize"))
+        })
+        .transpose()?
+        .unwrap_or(DEFAULT_PAGE_SIZE);
+    Ok(AttemptFilter {
+        service_sid,
+        to,
+        created_after,
+        page_size,
+    })
+}
+
+/// Whether `value` is `prefix` and 32 hex digits, the shape of a Twilio SID.
+fn is_sid(value: &str, prefix: &str) -> bool {
+    value.len() == prefix.len() + 32
+        && value.starts_with(prefix)
+        && value.as_bytes()[prefix.len()..]
+            .iter()
+            .all(u8::is_ascii_hexdigit)
+}
+
 async fn list_scenarios() -> Response {
     Json(ScenariosJson(scenarios())).into_response()
 }
@@ -482,6 +563,21 @@ mod tests {
             classify_to(&format!("{}@example.com", "a".repeat(300))),
             None
         );
+    }
+
+    #[test]
+    fn sid_shapes() {
+        let hex = "0123456789abcdefABCDEF0123456789";
+        for (value, ok) in [
+            (format!("VA{hex}"), true),
+            (format!("VE{hex}"), false),
+            (format!("VA{}", &hex[1..]), false),
+            (format!("VA{}g", &hex[1..]), false),
+            (format!("VA{}é", &hex[2..]), false),
+            (String::new(), false),
+        ] {
+            assert_eq!(is_sid(&value, "VA"), ok, "{value:?}");
+        }
     }
 
     #[test]

@@ -172,6 +172,32 @@ pub(crate) enum NewStatus {
     Approved,
 }
 
+/// What `GET /v2/Attempts` asks for: each filter `None` when absent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptFilter<'a> {
+    /// `VerifyServiceSid`.
+    pub(crate) service_sid: Option<&'a str>,
+    /// `ChannelData.To`.
+    pub(crate) to: Option<&'a str>,
+    /// `DateCreatedAfter`: only attempts made strictly after it.
+    pub(crate) created_after: Option<DateTime<Utc>>,
+    /// `PageSize` (Twilio's default 50, at most 1,000).
+    pub(crate) page_size: usize,
+}
+
+/// One send attempt, as the attempts list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    pub(crate) sid: String,
+    pub(crate) service_sid: String,
+    pub(crate) verification_sid: String,
+    pub(crate) to: String,
+    pub(crate) channel: Channel,
+    pub(crate) created: DateTime<Utc>,
+    /// Its verification was approved.
+    pub(crate) converted: bool,
+}
+
 /// Verifications and the inbox.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -354,6 +380,34 @@ impl Store {
                 .filter(|v| v.service_sid == service_sid && v.live(now))
                 .map(|v| v.to.clone()),
         }
+    }
+
+    /// The send attempts of the verifications the sandbox holds that `filter` admits, newest
+    /// first, at most `filter.page_size` of them: `GET /v2/Attempts`. Verifications Twilio
+    /// soft-deletes (approved, max attempts, expired) are forgotten with their attempts.
+    pub(crate) fn attempts(&self, filter: &AttemptFilter<'_>, now: DateTime<Utc>) -> Vec<Attempt> {
+        let mut attempts: Vec<Attempt> = self
+            .verifications
+            .values()
+            .filter(|v| v.live(now))
+            .filter(|v| filter.service_sid.is_none_or(|s| v.service_sid == s))
+            .filter(|v| filter.to.is_none_or(|to| v.to == to))
+            .flat_map(|v| {
+                v.send_attempts.iter().map(|a| Attempt {
+                    sid: a.attempt_sid.clone(),
+                    service_sid: v.service_sid.clone(),
+                    verification_sid: v.sid.clone(),
+                    to: v.to.clone(),
+                    channel: a.channel,
+                    created: a.time,
+                    converted: v.status == Status::Approved,
+                })
+            })
+            .filter(|a| filter.created_after.is_none_or(|after| a.created > after))
+            .collect();
+        attempts.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.sid.cmp(&b.sid)));
+        attempts.truncate(filter.page_size);
+        attempts
     }
 
     /// Inbox messages as they stand at `now`, newest first, optionally only those sent
@@ -694,6 +748,68 @@ mod tests {
             store.check(SERVICE, Target::To(TO), &v2.code, t0() + secs(1300)),
             Err(Error::NotFound)
         );
+    }
+
+    #[test]
+    fn attempts_are_listed_newest_first_within_the_filters() {
+        let mut store = store();
+        let mut rng = StdRng::seed_from_u64(7);
+        let first = start(&mut store, &mut rng, "+14155552671", t0());
+        let resent = start(&mut store, &mut rng, "+14155552671", t0() + secs(10));
+        let other = start(&mut store, &mut rng, "+14155550100", t0() + secs(20));
+        let all = AttemptFilter {
+            service_sid: None,
+            to: None,
+            created_after: None,
+            page_size: 50,
+        };
+        let sids = |filter: &AttemptFilter<'_>| -> Vec<String> {
+            store
+                .attempts(filter, t0() + secs(30))
+                .into_iter()
+                .map(|a| a.sid)
+                .collect()
+        };
+        let attempt = |v: &Verification, n: usize| v.send_attempts[n].attempt_sid.clone();
+        assert_eq!(
+            sids(&all),
+            [attempt(&other, 0), attempt(&resent, 1), attempt(&first, 0)]
+        );
+        let to_one = AttemptFilter {
+            to: Some("+14155552671"),
+            ..all
+        };
+        assert_eq!(sids(&to_one), [attempt(&resent, 1), attempt(&first, 0)]);
+        let listed = store.attempts(&to_one, t0() + secs(30));
+        assert!(
+            listed
+                .iter()
+                .all(|a| a.verification_sid == first.sid && !a.converted)
+        );
+        assert_eq!(
+            sids(&AttemptFilter {
+                created_after: Some(t0()),
+                ..to_one
+            }),
+            [attempt(&resent, 1)],
+            "strictly after"
+        );
+        assert_eq!(
+            sids(&AttemptFilter {
+                page_size: 1,
+                ..all
+            }),
+            [attempt(&other, 0)]
+        );
+        assert!(
+            sids(&AttemptFilter {
+                service_sid: Some("VA00000000000000000000000000000099"),
+                ..all
+            })
+            .is_empty()
+        );
+        // Expired verifications are gone with their attempts.
+        assert!(store.attempts(&all, t0() + secs(3600)).is_empty());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The JSON the sandbox answers with, field for field and in the order of Twilio's OpenAPI
-//! examples (`createVerification`, `verificationChecks`, `fetchRecord`).
+//! examples (`createVerification`, `verificationChecks`, `fetchRecord`,
+//! `listVerificationAttempts`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::config::ServiceConfig;
-use crate::store::{Channel, Status, Verification};
+use crate::store::{Attempt, Channel, Status, Verification};
 
 /// Twilio's timestamp form: ISO-8601 in UTC to the second (`2015-07-30T20:00:00Z`).
 pub(crate) fn iso8601(t: &DateTime<Utc>) -> String {
@@ -280,21 +281,97 @@ struct MetaJson {
     key: &'static str,
 }
 
+impl MetaJson {
+    /// The `meta` of a list answered in one page (CONTRACT §1, Pagination): the first page
+    /// of `path`, with no previous or next one.
+    fn one_page(base_url: &str, path: &str, page_size: usize, key: &'static str) -> Self {
+        let url = format!("{base_url}{path}?PageSize={page_size}&Page=0");
+        MetaJson {
+            page: 0,
+            page_size,
+            first_page_url: url.clone(),
+            previous_page_url: None,
+            url,
+            next_page_url: None,
+            key,
+        }
+    }
+}
+
 impl ServiceListJson {
     pub(crate) fn new(services: Vec<ServiceJson>, base_url: &str) -> Self {
-        let page_size = 50;
-        let url = format!("{base_url}/v2/Services?PageSize={page_size}&Page=0");
         ServiceListJson {
             services,
-            meta: MetaJson {
-                page: 0,
-                page_size,
-                first_page_url: url.clone(),
-                previous_page_url: None,
-                url,
-                next_page_url: None,
-                key: "services",
-            },
+            meta: MetaJson::one_page(base_url, "/v2/Services", 50, "services"),
+        }
+    }
+}
+
+/// `GET /v2/Attempts` (`ListVerificationAttemptResponse`): the attempts of one page.
+#[derive(Debug, Serialize)]
+pub(crate) struct AttemptListJson {
+    attempts: Vec<VerificationAttemptJson>,
+    meta: MetaJson,
+}
+
+/// `verify.v2.verification_attempt`, in the order of the `listVerificationAttempts` example.
+#[derive(Debug, Serialize)]
+struct VerificationAttemptJson {
+    sid: String,
+    account_sid: String,
+    service_sid: String,
+    verification_sid: String,
+    date_created: String,
+    date_updated: String,
+    conversion_status: &'static str,
+    channel: &'static str,
+    /// The sandbox charges nothing; the field is nullable ("may not be immediately
+    /// available").
+    price: Option<Empty>,
+    channel_data: ChannelDataJson,
+    url: String,
+}
+
+/// The part of `channel_data` the sandbox knows.
+#[derive(Debug, Serialize)]
+struct ChannelDataJson {
+    verification_sid: String,
+    to: String,
+}
+
+impl AttemptListJson {
+    pub(crate) fn new(
+        attempts: Vec<Attempt>,
+        account_sid: &str,
+        base_url: &str,
+        page_size: usize,
+    ) -> Self {
+        let attempts = attempts
+            .into_iter()
+            .map(|a| VerificationAttemptJson {
+                url: format!("{base_url}/v2/Attempts/{}", a.sid),
+                account_sid: account_sid.to_owned(),
+                service_sid: a.service_sid,
+                date_created: iso8601(&a.created),
+                date_updated: iso8601(&a.created),
+                conversion_status: if a.converted {
+                    "converted"
+                } else {
+                    "unconverted"
+                },
+                channel: a.channel.as_str(),
+                price: None,
+                channel_data: ChannelDataJson {
+                    verification_sid: a.verification_sid.clone(),
+                    to: a.to,
+                },
+                verification_sid: a.verification_sid,
+                sid: a.sid,
+            })
+            .collect();
+        AttemptListJson {
+            attempts,
+            meta: MetaJson::one_page(base_url, "/v2/Attempts", page_size, "attempts"),
         }
     }
 }
@@ -438,6 +515,27 @@ mod tests {
             json["links"]["verifications"],
             "https://verify.twilio.com/v2/Services/VAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Verifications"
         );
+    }
+
+    #[test]
+    fn attempt_list_follows_the_openapi_example() {
+        let attempt = Attempt {
+            sid: "VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned(),
+            service_sid: "VAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned(),
+            verification_sid: "VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned(),
+            to: "+573003003030".to_owned(),
+            channel: Channel::Sms,
+            created: at(18),
+            converted: false,
+        };
+        let body = AttemptListJson::new(
+            vec![attempt],
+            "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "https://verify.twilio.com",
+            50,
+        );
+        let expected = r#"{"attempts":[{"sid":"VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","account_sid":"ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","service_sid":"VAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","verification_sid":"VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","date_created":"2015-07-30T18:00:00Z","date_updated":"2015-07-30T18:00:00Z","conversion_status":"unconverted","channel":"sms","price":null,"channel_data":{"verification_sid":"VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","to":"+573003003030"},"url":"https://verify.twilio.com/v2/Attempts/VLaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}],"meta":{"page":0,"page_size":50,"first_page_url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","previous_page_url":null,"url":"https://verify.twilio.com/v2/Attempts?PageSize=50&Page=0","next_page_url":null,"key":"attempts"}}"#;
+        assert_eq!(serde_json::to_string(&body).expect("serialises"), expected);
     }
 
     #[test]

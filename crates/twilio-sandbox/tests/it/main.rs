@@ -3,6 +3,7 @@
 //! for the Verify Events it posts.
 
 mod api;
+mod attempts;
 mod events;
 mod inbox;
 mod official;
