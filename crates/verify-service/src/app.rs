@@ -180,6 +180,7 @@ pub struct Gateway {
     insecure_no_callers: bool,
     /// `storage.retention_days`.
     retention: std::time::Duration,
+    reconcile: crate::reconcile::Settings,
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
@@ -382,6 +383,7 @@ impl Gateway {
             callers: settings.callers.clone(),
             insecure_no_callers,
             retention: settings.retention,
+            reconcile: settings.reconcile,
             sandbox,
             webhooks,
             database,
@@ -465,6 +467,11 @@ impl Gateway {
             watched,
             stopped(stop_rx.clone()),
         ));
+        let reconcile_task = tokio::spawn(crate::reconcile::run(
+            Arc::clone(&self.core),
+            self.reconcile,
+            stopped(stop_rx.clone()),
+        ));
         // Stopped only after the gRPC server, so the last flush holds every request's counts.
         let (flush_tx, flush_rx) = watch::channel(false);
         let flush_task = tokio::spawn(crate::counters::flush_periodically(
@@ -484,6 +491,7 @@ impl Gateway {
             task.await.context("metrics task")??;
         }
         housekeeping_task.await.context("housekeeping task")?;
+        reconcile_task.await.context("reconciliation task")?;
         if let Some(task) = webhooks_task {
             task.await.context("webhook task")?.context("webhooks")?;
         }

@@ -37,6 +37,7 @@ struct RawConfig {
     fraud: RawFraud,
     admin: RawAdmin,
     metrics: RawMetrics,
+    reconcile: RawReconcile,
     auth: RawAuth,
     #[serde(default)]
     callers: BTreeMap<String, RawCaller>,
@@ -266,6 +267,39 @@ enum SandboxMode {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawReconcile {
+    interval_ms: u64,
+    min_age_ms: u64,
+    give_up_after_seconds: u64,
+    batch: u32,
+}
+
+impl RawReconcile {
+    fn settings(&self) -> anyhow::Result<crate::reconcile::Settings> {
+        if self.interval_ms == 0 {
+            bail!("reconcile.interval_ms must be above 0");
+        }
+        if !(1..=1000).contains(&self.batch) {
+            bail!(
+                "reconcile.batch must be between 1 and 1000 (got {})",
+                self.batch
+            );
+        }
+        let settings = crate::reconcile::Settings {
+            every: Duration::from_millis(self.interval_ms),
+            min_age: Duration::from_millis(self.min_age_ms),
+            give_up_after: Duration::from_secs(self.give_up_after_seconds),
+            batch: self.batch,
+        };
+        if settings.give_up_after < settings.min_age {
+            bail!("reconcile.give_up_after_seconds must not be below reconcile.min_age_ms");
+        }
+        Ok(settings)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStorage {
     database_url: SecretString,
     migrate_on_start: bool,
@@ -404,6 +438,8 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// How long verifications, delivery reports and handled messages are kept.
     pub retention: Duration,
+    /// The reconciliation of sends Twilio never confirmed.
+    pub reconcile: crate::reconcile::Settings,
     /// RabbitMQ (distributed mode); `None`: the embedded mode's in-process bus.
     pub amqp_url: Option<SecretString>,
     /// The RabbitMQ topic exchange.
@@ -718,6 +754,7 @@ fn resolve(raw: RawConfig, o: &Overrides, env: &TwilioEnv) -> anyhow::Result<Set
         database_url,
         migrate_on_start: raw.storage.migrate_on_start,
         retention: retention(raw.storage.retention_days)?,
+        reconcile: raw.reconcile.settings()?,
         amqp_url,
         amqp_exchange: o
             .amqp_exchange
@@ -926,6 +963,8 @@ mod tests {
         assert!(matches!(s.keys, KeySource::GenerateDev));
         assert!(s.database_url.expose_secret().starts_with("sqlite://"));
         assert_eq!(s.tls, None, "plaintext on loopback by default");
+        assert_eq!(s.reconcile.every, Duration::from_secs(15));
+        assert_eq!(s.reconcile.give_up_after, Duration::from_secs(120));
     }
 
     /// Secrets never show in the `Debug` of what configuration becomes: the database and
@@ -1077,6 +1116,17 @@ mod tests {
             "[storage]\nretention_days = 0",
             &none,
             "storage.retention_days",
+        );
+        check(
+            "[reconcile]\ninterval_ms = 0",
+            &none,
+            "reconcile.interval_ms",
+        );
+        check("[reconcile]\nbatch = 0", &none, "reconcile.batch");
+        check(
+            "[reconcile]\nmin_age_ms = 600000",
+            &none,
+            "reconcile.give_up_after_seconds",
         );
         check(
             "[server.tls]\ncert_file = \"tls.crt\"",

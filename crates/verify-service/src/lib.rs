@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod keys;
 pub mod metrics;
 pub mod recent;
+pub mod reconcile;
 pub mod server;
 pub mod service;
 pub mod tls;

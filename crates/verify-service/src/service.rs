@@ -32,7 +32,7 @@ const FIRST_SEND_WAIT: Duration = Duration::from_secs(5);
 /// Longer than any create waits for the provider's answer (`twilio.timeout_ms` and the
 /// connect retries): a record still without a provider id this long after it was written
 /// has no send in flight, only one whose outcome is unknown.
-const SEND_IN_FLIGHT_AT_MOST: Duration = Duration::from_secs(60);
+pub(crate) const SEND_IN_FLIGHT_AT_MOST: Duration = Duration::from_secs(60);
 
 /// How often the record of a confirmed send is written before the start gives up (the
 /// code is out; a record left without its provider id is still checked by destination).

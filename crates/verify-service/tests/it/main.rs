@@ -11,6 +11,7 @@ mod flows;
 mod harness;
 mod key_rotation;
 mod outages;
+mod reconcile;
 mod redaction;
 mod replicas;
 mod shutdown;
