@@ -17,7 +17,7 @@ use domain::{
 };
 use policy::{Policies, PolicyError, PurposePolicy};
 use rand::RngCore;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::abuse::AbuseGuard;
 use crate::error::ServiceError;
@@ -41,6 +41,11 @@ const SENT_RECORD_TRIES: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
 ];
+
+/// After the start gave up, the record of a confirmed send is tried again after this
+/// long, then twice as long each time up to [`SENT_RECORD_LATER_MAX`].
+const SENT_RECORD_LATER_FIRST: Duration = Duration::from_secs(1);
+const SENT_RECORD_LATER_MAX: Duration = Duration::from_secs(5);
 
 /// How long a start with an idempotency key that a rate limit refused looks for a
 /// concurrent start with the same key.
@@ -698,9 +703,41 @@ impl VerifyCore {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The code is out: its record is written as soon as the store answers again.
+        self.record_sent_later(v.clone(), version);
         Err(last
             .map(ServiceError::from)
             .unwrap_or_else(|| domain::ports::StoreError::Conflict(v.id).into()))
+    }
+
+    /// Goes on writing the record of a confirmed send the start could not write, in the
+    /// background, until the store answers or the verification expires: a database outage
+    /// then leaves the verification without its provider id (checked by destination, its
+    /// key answering "in progress") only while it lasts. A row changed meanwhile (the
+    /// reconciliation learnt the id, a check or a resend went through) is left as it is.
+    fn record_sent_later(&self, v: Verification, version: u32) {
+        let store = Arc::clone(&self.store);
+        let clock = Arc::clone(&self.clock);
+        tokio::spawn(async move {
+            let mut pause = SENT_RECORD_LATER_FIRST;
+            while clock.now() < v.expires_at {
+                tokio::time::sleep(pause).await;
+                match store.update(&v, version).await {
+                    Ok(()) => {
+                        info!(verification_id = %v.id, "recorded a confirmed send once the store answered again");
+                        return;
+                    }
+                    Err(domain::ports::StoreError::Unavailable(_)) => {
+                        pause = (pause * 2).min(SENT_RECORD_LATER_MAX);
+                    }
+                    Err(e) => {
+                        debug!(verification_id = %v.id, error = %e, "a confirmed send's record was overtaken");
+                        return;
+                    }
+                }
+            }
+            warn!(verification_id = %v.id, "a confirmed send was never recorded: the store did not answer before it expired");
+        });
     }
 
     /// Gives back the attempt a check claimed on `v` ([`Verification::release_check`]).

@@ -19,7 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 use crate::harness::{Harness, eventually};
-use crate::outages::{Behaviour, FlakyTwilio, start_with_key};
+use crate::outages::{Behaviour, Create, FlakyTwilio, start_with_key};
 use crate::shutdown::{VERIFY_SERVICE, health_of};
 
 /// The server ends a call after this long. A call waits at most 5 s for a PostgreSQL
@@ -174,10 +174,9 @@ async fn health_channel(h: &Harness) -> Channel {
 /// one code; every start answered with an error, retried with its key, answers without a
 /// second code: with the verification it left, or a clean start.
 ///
-/// One exception, the README's ("a verification whose record lacks its Twilio id … is
-/// treated the same once a minute has passed"): Twilio confirmed the send but none of the
-/// three writes of its id got through. For a minute its key answers ABORTED
-/// (`IDEMPOTENCY_KEY_IN_PROGRESS`), and that is accepted only for such a row.
+/// A start whose send Twilio confirmed while none of the three writes of its id got
+/// through answered UNAVAILABLE too; its id is written in the background once the store
+/// answers again, and then its key answers the verification.
 async fn nothing_half_written(h: &Harness, twilio: &FlakyTwilio, outcomes: &[Outcome]) {
     let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
     assert!(
@@ -216,45 +215,67 @@ async fn nothing_half_written(h: &Harness, twilio: &FlakyTwilio, outcomes: &[Out
         assert_eq!(twilio.sent_to(&o.to), 1, "codes sent to {}", o.to);
     }
 
-    let (mut replayed, mut in_progress) = (0, 0);
+    // A start whose code went out but whose record could not be written in the fault gets
+    // its record once the store answers again, without anyone asking.
+    let sent_unrecorded: Vec<&str> = failed
+        .iter()
+        .filter(|o| twilio.sent_to(&o.to) == 1)
+        .filter_map(|o| {
+            rows.iter()
+                .find(|(_, key, status, sid)| {
+                    key.as_deref() == Some(o.key.as_str()) && status == "pending" && sid.is_none()
+                })
+                .map(|(id, ..)| id.as_str())
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "confirmed sends recorded after the fault",
+        || async {
+            let now = h.verifications().await;
+            sent_unrecorded.iter().all(|id| {
+                now.iter().any(|(row, _, _, sid)| {
+                    row == id && sid.as_deref().is_some_and(|s| s.starts_with("VE"))
+                })
+            })
+        },
+    )
+    .await;
+    let rows = h.verifications().await;
+
+    let mut replayed = 0;
     for o in &failed {
         let left = rows
             .iter()
             .find(|(_, key, _, _)| key.as_deref() == Some(o.key.as_str()));
-        match h.start_req(start_with_key(&o.to, &o.key)).await {
-            Ok(again) => {
-                assert_eq!(again.status(), pb::VerificationStatus::Pending, "{again:?}");
-                if let Some((id, ..)) = left {
-                    assert_eq!(&again.id, id, "the key answers the verification it holds");
-                    replayed += 1;
-                }
-            }
-            Err(e) => {
-                let reason = e.get_error_details().error_info().map(|i| i.reason.clone());
-                let sent_unrecorded = left
-                    .is_some_and(|(_, _, status, sid)| status == "pending" && sid.is_none())
-                    && twilio.sent_to(&o.to) == 1;
-                assert!(
-                    e.code() == Code::Aborted
-                        && reason.as_deref() == Some("IDEMPOTENCY_KEY_IN_PROGRESS")
-                        && sent_unrecorded,
+        // Retried with its key after the fault, a start answers the verification it left,
+        // or, when it left none, starts one.
+        let again = h
+            .start_req(start_with_key(&o.to, &o.key))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
                     "the start to {} failed in the fault; retried with its key after it, it \
                      answers {e:?} (its row: {left:?})",
                     o.to
-                );
-                in_progress += 1;
-            }
+                )
+            });
+        assert_eq!(again.status(), pb::VerificationStatus::Pending, "{again:?}");
+        if let Some((id, ..)) = left {
+            assert_eq!(&again.id, id, "the key answers the verification it holds");
+            replayed += 1;
         }
         assert_eq!(twilio.sent_to(&o.to), 1, "codes sent to {}", o.to);
     }
     println!(
-        "{} starts: {} OK, {} UNAVAILABLE (slowest call {slowest:.1?}); retried with their \
-         keys: {replayed} answered the verification left, {in_progress} were in progress (a \
-         confirmed send whose id was not recorded), {} started anew",
+        "{} starts: {} OK, {} UNAVAILABLE (slowest call {slowest:.1?}), {} of them with the \
+         code sent and recorded only after the fault; retried with their keys: {replayed} \
+         answered the verification left, {} started anew",
         outcomes.len(),
         outcomes.len() - failed.len(),
         failed.len(),
-        failed.len() - replayed - in_progress
+        sent_unrecorded.len(),
+        failed.len() - replayed
     );
 }
 
@@ -352,5 +373,74 @@ async fn an_sqlite_file_locked_by_another_writer_is_unavailable_then_recovers_wi
     assert!(health_is(&health, ServingStatus::Serving).await);
     let outcomes = load.finish().await;
     nothing_half_written(&h, &twilio, &outcomes).await;
+    h.shutdown().await;
+}
+
+/// Twilio confirms a send while PostgreSQL is down: the start cannot record the send's id
+/// and answers UNAVAILABLE, though the code is out. Once PostgreSQL is back the id is
+/// written without anyone asking, and a retry with the key answers that verification and
+/// sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_confirmed_while_postgres_is_down_is_recorded_once_it_is_back() {
+    const TO: &str = "+14155553001";
+    const KEY: &str = "down-1";
+    let pg = testkit::PrivatePostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let twilio = FlakyTwilio::start(Behaviour {
+        creates: vec![Create::SentSlowly(Duration::from_millis(1500))],
+        ..Behaviour::default()
+    })
+    .await;
+    let h = twilio
+        .gateway_at(Some(pg.url.clone()), "timeout_ms = 5000", &config())
+        .await;
+    let mut client = h.client.clone();
+    let start =
+        tokio::spawn(async move { client.start_verification(start_with_key(TO, KEY)).await });
+    // The row is written before the create; stopped while Twilio works on it, PostgreSQL
+    // is down when the answer comes.
+    eventually(Duration::from_secs(10), "the create reaches Twilio", || {
+        let asked = twilio.creates.load(Ordering::SeqCst);
+        async move { asked >= 1 }
+    })
+    .await;
+    pg.stop(testkit::StopMode::Immediate)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let refused = start
+        .await
+        .expect("the call returns")
+        .expect_err("the send cannot be recorded");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(twilio.sent_to(TO), 1, "the code is out");
+
+    pg.start_again()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pg.log()));
+    eventually(
+        Duration::from_secs(30),
+        "the confirmed send recorded",
+        || async {
+            h.verifications().await.iter().any(|(_, key, status, sid)| {
+                key.as_deref() == Some(KEY)
+                    && status == "pending"
+                    && sid.as_deref().is_some_and(|s| s.starts_with("VE"))
+            })
+        },
+    )
+    .await;
+    let again = h
+        .start_req(start_with_key(TO, KEY))
+        .await
+        .expect("the key answers its verification");
+    let rows = h.verifications().await;
+    let (id, ..) = rows
+        .iter()
+        .find(|(_, key, _, _)| key.as_deref() == Some(KEY))
+        .expect("its row");
+    assert_eq!(&again.id, id);
+    assert_eq!(again.status(), pb::VerificationStatus::Pending);
+    assert_eq!(twilio.sent_to(TO), 1, "nothing sent again");
     h.shutdown().await;
 }
