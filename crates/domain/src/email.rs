@@ -68,7 +68,8 @@ impl Email {
     }
 
     /// The mailbox the address reaches, as limits and the one-pending rule compare
-    /// destinations: lower-cased, and without a `+tag` after the local part.
+    /// destinations: lower-cased (the domain too, beyond ASCII: `ÉXAMPLE.fr` and
+    /// `éxample.fr` are one IDN domain), and without a `+tag` after the local part.
     /// `Jane.Doe+otp@Example.com` and `jane.doe@example.com` reach one inbox at nearly every
     /// provider (a local part is case-sensitive only in theory), so they must count as one
     /// destination, or changing the case would get past every per-destination limit. Dots
@@ -80,7 +81,7 @@ impl Email {
             Some((base, _tag)) if !base.is_empty() => base,
             _ => local,
         };
-        format!("{}@{domain}", local.to_lowercase())
+        format!("{}@{}", local.to_lowercase(), domain.to_lowercase())
     }
 
     /// A mask safe for logs and responses: `j***@example.com`.
@@ -150,6 +151,10 @@ mod tests {
             "no local part before the tag"
         );
         assert_eq!(mailbox("ÉLODIE@x.io"), "élodie@x.io");
+        // Found by the `email` fuzz target: `parse` lower-cases the domain's ASCII only, and
+        // the mailbox kept `É`, so one inbox had two mailboxes.
+        assert_eq!(mailbox("bob+login*&@ÉLOD.uk"), "bob@élod.uk");
+        assert_eq!(mailbox("bob@ÉLOD.uk"), mailbox("bob@élod.uk"));
         // Delivery keeps the address as typed.
         assert_eq!(
             Email::parse("Bob+otp@X.io").expect("valid").as_str(),

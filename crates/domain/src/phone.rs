@@ -146,8 +146,16 @@ impl PhoneNumber {
         let national = parsed.national().to_string();
         let (region, number_type) =
             classify(country_code, &national).ok_or(PhoneNumberError::Invalid)?;
+        let e164 = format!("+{country_code}{national}");
+        // A number written without `+` must be one its E.164 form names too: `phonenumber`
+        // strips a national prefix after a `+` that it keeps after an international prefix
+        // (Russia's `8`: `00 7 856…` typed in Germany is valid, `+7856…` is not), and the
+        // E.164 form is what is stored, sent to Twilio and typed again by the user.
+        if !raw.starts_with('+') && Self::parse(&e164, None).map(|n| n.e164) != Ok(e164.clone()) {
+            return Err(PhoneNumberError::Invalid);
+        }
         Ok(PhoneNumber {
-            e164: format!("+{country_code}{national}"),
+            e164,
             region,
             number_type,
             country_code,
@@ -420,6 +428,19 @@ mod tests {
         check("+1 415", None, Err(PhoneNumberError::Invalid));
         check("(415) 555-2671", None, Err(PhoneNumberError::Unparseable));
         check(&"1".repeat(80), us(), Err(PhoneNumberError::TooLong));
+    }
+
+    #[test]
+    fn a_number_is_accepted_only_when_its_e164_form_is() {
+        // Found by the `phone` fuzz target: after Germany's international prefix this was
+        // `+78561728394`, a Russian fixed line, which itself does not parse (the `8` after
+        // `+7` is taken for Russia's national prefix).
+        let de = Region::parse("DE").ok();
+        check("+78561728394", None, Err(PhoneNumberError::Invalid));
+        check("0078561728394", de, Err(PhoneNumberError::Invalid));
+        // International prefixes that name a valid E.164 number still parse.
+        check("0044 20 7946 0958", de, Ok("+442079460958"));
+        check("011 44 20 7946 0958", us(), Ok("+442079460958"));
     }
 
     #[test]
