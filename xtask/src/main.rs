@@ -3,9 +3,12 @@
 //! - `tools`: installs what the tests need besides Rust (Prism and buf from npm, the official
 //!   Twilio helper libraries from PyPI and npm) into `.tools/`.
 //! - `ci`: what CI runs: tools, PostgreSQL and RabbitMQ (`deps`), rustfmt check, clippy
-//!   `-D warnings`, buf lint, the deployment files' validators, all tests.
+//!   `-D warnings`, buf lint, the deployment files' validators, all tests, the fuzz targets
+//!   for 25 s each.
 //! - `deps`: a throwaway PostgreSQL and RabbitMQ on loopback (see `deps.rs`).
 //! - `deploy-check`: the deployment files' validators alone (see `deploy_check.rs`).
+//! - `fuzz`: the libFuzzer targets of `fuzz/` with cargo-fuzz on the stable toolchain, each
+//!   for a bounded time over its committed seeds (see `fuzz.rs`).
 //! - `dev-certs`: a development CA and the compose stack's server and client certificates
 //!   (see `dev_certs.rs`).
 //! - `bench`: drives Start+Check flows against the gateway alone (a fixed-answer Twilio
@@ -24,6 +27,7 @@ mod bench_upstream;
 mod deploy_check;
 mod deps;
 mod dev_certs;
+mod fuzz;
 mod smoke;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ const PRISM: &str = "@stoplight/prism-cli@5.14.2";
 const BUF: &str = "@bufbuild/buf@1.75.0";
 const TWILIO_NODE: &str = "twilio@6.2.0";
 const TWILIO_PYTHON: &str = "twilio==9.13.0";
+/// How long CI runs each fuzz target.
+const CI_FUZZ_SECONDS: u64 = 25;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Some("deps") => deps::run(&root, &args[1..]),
         Some("deploy-check") => deploy_check::check(&root),
         Some("dev-certs") => dev_certs::run(&root, &args[1..]),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("smoke") => {
             let env = std::fs::read_to_string(root.join(".tools/deps.env"))
                 .context("no .tools/deps.env: run `cargo xtask deps up` first")?;
@@ -67,12 +74,16 @@ fn print_help() {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          tools   install test tools into .tools/ (Prism, buf, twilio-python, twilio-node)\n  \
-         ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests (CI)\n  \
+         ci      tools, deps, fmt check, clippy -D warnings, buf lint, deploy checks, all tests,\n          \
+         fuzz targets 25 s each (CI)\n  \
          deps    up|down|status|restart-rabbitmq: throwaway PostgreSQL and RabbitMQ on loopback\n          \
          (installs the Debian packages when missing; prints DATABASE_URL and AMQP_URL)\n  \
          smoke   the distributed fallback as separate processes, built by the README's own\n          \
          command (after deps up)\n  \
          deploy-check  validate Dockerfile, compose, collector, Kubernetes and systemd files\n  \
+         fuzz    [--seconds N] [TARGET...] build the libFuzzer targets of fuzz/ (cargo-fuzz into\n          \
+         .tools/, stable toolchain) and run each N s (default 60) over fuzz/seeds/<target>\n          \
+         and fuzz/corpus/<target>; a crash fails, naming its input in fuzz/artifacts/\n  \
          dev-certs [--out DIR] [--force] [--name HOST]...  a development CA, server and client\n          \
          certificates for the compose stack's TLS (default DIR deploy/dev-certs; keeps the CA)\n  \
          bench   [flows|delivery|abuse|memory|all] load against the gateway; prints figures\n          \
@@ -194,6 +205,9 @@ fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         }
     }
     run(&mut test)?;
+    // Each parser at the edge under libFuzzer for a bounded time: with the build, about
+    // five minutes of CI's budget.
+    fuzz::run_targets(root, CI_FUZZ_SECONDS, fuzz::TARGETS)?;
     // The distributed mode as separate processes, with the binaries the README's own
     // build command makes.
     smoke::run(root, deps_env)
