@@ -387,7 +387,7 @@ impl GrpcService {
         audit.saw(&started.verification);
         Ok(Response::new(pb::StartVerificationResponse {
             verification: Some(to_proto(&started.verification)),
-            attempts_left: started.attempts_left,
+            starts_left: started.starts_left,
         }))
     }
 

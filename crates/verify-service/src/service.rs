@@ -76,7 +76,7 @@ pub struct StartInput {
 #[derive(Debug, Clone)]
 pub struct Started {
     pub verification: Verification,
-    pub attempts_left: u32,
+    pub starts_left: u32,
 }
 
 /// A check's answer.
@@ -166,10 +166,10 @@ impl VerifyCore {
             {
                 tracing::Span::current().record("verification_id", v.id.to_string());
                 info!(status = %v.status, "idempotent replay");
-                let attempts_left = self.abuse.starts_left(policy, &input, &hash, now).await?;
+                let starts_left = self.abuse.starts_left(policy, &input, &hash, now).await?;
                 return Ok(Started {
                     verification: v,
-                    attempts_left,
+                    starts_left,
                 });
             }
             let screened = match self
@@ -209,8 +209,8 @@ impl VerifyCore {
                 Limited::Refused(decisions) => (decisions, None),
                 Limited::Done { decisions, outcome } => (decisions, Some(outcome)),
             };
-            let attempts_left = match self.abuse.started(screened, decisions, now).await {
-                Ok((attempts_left, _)) => attempts_left,
+            let starts_left = match self.abuse.started(screened, decisions, now).await {
+                Ok((starts_left, _)) => starts_left,
                 Err(refused @ ServiceError::RateLimited { .. }) => {
                     return self.unless_concurrent_replay(policy, &input, &hash, refused).await;
                 }
@@ -247,7 +247,7 @@ impl VerifyCore {
             };
             Ok(Started {
                 verification,
-                attempts_left,
+                starts_left,
             })
         }
         .instrument(span)
@@ -271,7 +271,7 @@ impl VerifyCore {
         {
             return Ok(Started {
                 verification: v,
-                attempts_left: 0,
+                starts_left: 0,
             });
         }
         Err(refused)

@@ -210,13 +210,13 @@ async fn limits_answer_with_retry_info_and_the_quota_that_refused() {
         .await
         .expect("first")
         .into_inner();
-    assert_eq!(first.attempts_left, 1, "one more start is allowed");
+    assert_eq!(first.starts_left, 1, "one more start is allowed");
     let second = client
         .start_verification(sms(to))
         .await
         .expect("second")
         .into_inner();
-    assert_eq!(second.attempts_left, 0);
+    assert_eq!(second.starts_left, 0);
     let refused = client
         .start_verification(sms(to))
         .await
