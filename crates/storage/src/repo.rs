@@ -660,9 +660,7 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        rows.into_iter()
-            .map(|row| Verification::try_from(row).map_err(StoreError::from))
-            .collect()
+        crate::row::verifications(rows)
     }
 
     #[tracing::instrument(
@@ -682,9 +680,7 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(read_error)?;
-        rows.into_iter()
-            .map(|row| Verification::try_from(row).map_err(StoreError::from))
-            .collect()
+        crate::row::verifications(rows)
     }
 }
 

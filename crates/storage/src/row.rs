@@ -272,6 +272,13 @@ impl From<&Verification> for VerificationRow {
     }
 }
 
+/// Rows read back as verifications; the first that does not read back is the error.
+pub(crate) fn verifications(rows: Vec<VerificationRow>) -> Result<Vec<Verification>, StoreError> {
+    rows.into_iter()
+        .map(|row| Verification::try_from(row).map_err(StoreError::from))
+        .collect()
+}
+
 impl TryFrom<VerificationRow> for Verification {
     type Error = CorruptRow;
 

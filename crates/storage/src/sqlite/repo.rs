@@ -416,22 +416,8 @@ impl SqliteRepo {
         current_key_id: &str,
         limit: u32,
     ) -> Result<Vec<Verification>, StoreError> {
-        let key = current_key_id.to_owned();
-        let limit = i64::from(limit);
-        let rows = self
-            .engine
-            .read(move |conn| {
-                query(
-                    conn,
-                    sql::SEALED_WITH_OTHER_KEY,
-                    &[&key, &limit],
-                    rows::verification,
-                )
-            })
-            .await?;
-        rows.into_iter()
-            .map(|row| Verification::try_from(row).map_err(StoreError::from))
-            .collect()
+        self.list(sql::SEALED_WITH_OTHER_KEY, current_key_id.to_owned(), limit)
+            .await
     }
 
     pub(crate) async fn list_unconfirmed(
@@ -439,22 +425,23 @@ impl SqliteRepo {
         created_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Verification>, StoreError> {
-        let before = to_millis(created_before);
+        self.list(sql::UNCONFIRMED, to_millis(created_before), limit)
+            .await
+    }
+
+    /// The verifications `statement` lists, whose parameters are `first` and the limit.
+    async fn list(
+        &self,
+        statement: &'static str,
+        first: impl rusqlite::ToSql + Send + 'static,
+        limit: u32,
+    ) -> Result<Vec<Verification>, StoreError> {
         let limit = i64::from(limit);
         let rows = self
             .engine
-            .read(move |conn| {
-                query(
-                    conn,
-                    sql::UNCONFIRMED,
-                    &[&before, &limit],
-                    rows::verification,
-                )
-            })
+            .read(move |conn| query(conn, statement, &[&first, &limit], rows::verification))
             .await?;
-        rows.into_iter()
-            .map(|row| Verification::try_from(row).map_err(StoreError::from))
-            .collect()
+        crate::row::verifications(rows)
     }
 
     // Delivery reports, the outbox and the dedupe memory.
