@@ -280,6 +280,18 @@ impl PostgresStore {
             to_millis(before),
         );
         let deleted = |ids: Vec<sqlx::postgres::PgRow>| ids.len();
+        // The purges whose parameters are the time bound and the batch.
+        let older_than = |statement: &'static str| {
+            in_batches(move || async move {
+                sqlx::query(statement)
+                    .bind(before)
+                    .bind(batch)
+                    .fetch_all(pool)
+                    .await
+                    .map(deleted)
+                    .map_err(unavailable)
+            })
+        };
         Ok(Purged {
             verifications: in_batches(|| async {
                 sqlx::query(sql::PURGE_VERIFICATIONS)
@@ -292,26 +304,8 @@ impl PostgresStore {
                     .map_err(unavailable)
             })
             .await?,
-            delivery_reports: in_batches(|| async {
-                sqlx::query(sql::PURGE_REPORTS)
-                    .bind(before)
-                    .bind(batch)
-                    .fetch_all(pool)
-                    .await
-                    .map(deleted)
-                    .map_err(unavailable)
-            })
-            .await?,
-            processed_messages: in_batches(|| async {
-                sqlx::query(sql::PURGE_PROCESSED)
-                    .bind(before)
-                    .bind(batch)
-                    .fetch_all(pool)
-                    .await
-                    .map(deleted)
-                    .map_err(unavailable)
-            })
-            .await?,
+            delivery_reports: older_than(sql::PURGE_REPORTS).await?,
+            processed_messages: older_than(sql::PURGE_PROCESSED).await?,
         })
     }
 
