@@ -118,6 +118,16 @@ impl PhoneNumber {
     /// Parses what a user typed (`(415) 555-2671`, `+44 20 7946 0958`, `tel:+1-415-555-2671`)
     /// using `default_region` for numbers written without a country code.
     pub fn parse(raw: &str, default_region: Option<Region>) -> Result<Self, PhoneNumberError> {
+        Self::parse_hinted(raw, default_region, true)
+    }
+
+    /// [`Self::parse`], with `hinted` false the slower way without a [`RegionHint`] (the
+    /// tests hold both to one answer).
+    fn parse_hinted(
+        raw: &str,
+        default_region: Option<Region>,
+        hinted: bool,
+    ) -> Result<Self, PhoneNumberError> {
         let raw = raw.trim();
         if raw.is_empty() {
             return Err(PhoneNumberError::Empty);
@@ -135,8 +145,17 @@ impl PhoneNumber {
         {
             return Err(PhoneNumberError::Unparseable);
         }
-        let parsed = phonenumber::parse(default_region.map(|r| r.0), raw)
-            .map_err(|_| PhoneNumberError::Unparseable)?;
+        let hint = match default_region {
+            None if hinted => RegionHint::of(raw),
+            _ => None,
+        };
+        let parsed = phonenumber::parse(
+            default_region
+                .map(|r| r.0)
+                .or(hint.as_ref().map(|h| h.region)),
+            raw,
+        )
+        .map_err(|_| PhoneNumberError::Unparseable)?;
         if parsed.extension().is_some() {
             return Err(PhoneNumberError::Extension);
         }
@@ -144,8 +163,15 @@ impl PhoneNumber {
         // The national significant number with its leading zeros (Italy's `06…`, Côte
         // d'Ivoire's `07…`): the numbering plan's patterns are written for it.
         let national = parsed.national().to_string();
-        let (region, number_type) =
-            classify(country_code, &national).ok_or(PhoneNumberError::Invalid)?;
+        let classified = match hint {
+            // The hint classified this very number already.
+            Some(hint) if hint.code == country_code && hint.national == national => {
+                Some((Some(Region(hint.region)), hint.number_type))
+                    .filter(|(_, t)| *t != NumberType::Unknown)
+            }
+            _ => classify(country_code, &national),
+        };
+        let (region, number_type) = classified.ok_or(PhoneNumberError::Invalid)?;
         let e164 = format!("+{country_code}{national}");
         // A number written without `+` must be one its E.164 form names too: `phonenumber`
         // strips a national prefix after a `+` that it keeps after an international prefix
@@ -248,6 +274,78 @@ impl PhoneNumber {
     }
 }
 
+/// The region `phonenumber` would find for a number written `+` and digits, found with the
+/// patterns compiled here, so that `phonenumber::parse` can be given it.
+///
+/// Without a region, `phonenumber::parse` looks for one among the regions sharing the
+/// number's country code (`source_for`: the first whose leading digits start the number,
+/// or whose plan knows it), through its own pattern cache, which the regions of country
+/// code 1 alone overflow; it was most of a start's time in parsing. Given the region it
+/// would find, it parses the number the same way: after a `+`, a region only changes the
+/// parse when its international dialling prefix starts the digits (`+1 011…`), and then
+/// there is no hint. Codes of one region need none (`phonenumber` takes it at once).
+#[derive(Debug, Clone)]
+struct RegionHint {
+    region: country::Id,
+    code: u16,
+    /// The national number as `source_for` sees it: without leading zeros.
+    national: String,
+    /// The type of `national` in `region` (`classify`'s answer for it).
+    number_type: NumberType,
+}
+
+impl RegionHint {
+    fn of(raw: &str) -> Option<RegionHint> {
+        let digits = raw.strip_prefix('+')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // As `phonenumber` reads a country code: the first of one to three digits known.
+        let (code, candidates, national) = (1..=3.min(digits.len())).find_map(|len| {
+            let code: u16 = digits[..len].parse().ok()?;
+            let candidates = phonenumber::metadata::DATABASE.by_code(&code)?;
+            Some((code, candidates, &digits[len..]))
+        })?;
+        if candidates.len() < 2 || digits.starts_with('0') {
+            return None;
+        }
+        let national = national.trim_start_matches('0');
+        let (meta, number_type) = select_region(&candidates, national)?;
+        let region = country::Id::from_str(meta.id()).ok()?;
+        let idd_starts_the_digits = meta.international_prefix().is_some_and(|idd| {
+            starts_with_match(idd.as_str(), digits, || {
+                idd.find(digits).is_some_and(|m| m.start() == 0)
+            })
+        });
+        (!idd_starts_the_digits).then(|| RegionHint {
+            region,
+            code,
+            national: national.to_owned(),
+            number_type,
+        })
+    }
+}
+
+/// Of the regions sharing a country code, the one a national number belongs to: the first
+/// whose leading digits start it, or (for a region without them) whose plan knows it; with
+/// the number's type there (`Unknown` when the region was chosen by its leading digits and
+/// its plan does not know the number).
+fn select_region(
+    candidates: &[&'static phonenumber::Metadata],
+    national: &str,
+) -> Option<(&'static phonenumber::Metadata, NumberType)> {
+    candidates
+        .iter()
+        .find_map(|meta| match meta.leading_digits() {
+            Some(pattern) => starts_with_match(pattern.as_str(), national, || {
+                pattern.find(national).is_some_and(|m| m.start() == 0)
+            })
+            .then(|| (*meta, number_type(meta, national))),
+            None => Some((*meta, number_type(meta, national)))
+                .filter(|(_, t)| *t != NumberType::Unknown),
+        })
+}
+
 /// The region a number belongs to and its type, as libphonenumber's `getRegionCodeForNumber`
 /// and `getNumberType` decide them; `None` when no region's plan knows the number (it is
 /// not valid). One pass over the candidate regions: `phonenumber`'s own accessors each
@@ -256,16 +354,7 @@ fn classify(code: u16, national: &str) -> Option<(Option<Region>, NumberType)> {
     let candidates = phonenumber::metadata::DATABASE.by_code(&code)?;
     let (meta, number_type) = match candidates.as_slice() {
         [only] => (*only, number_type(only, national)),
-        _ => candidates
-            .iter()
-            .find_map(|meta| match meta.leading_digits() {
-                Some(pattern) => starts_with_match(pattern.as_str(), national, || {
-                    pattern.find(national).is_some_and(|m| m.start() == 0)
-                })
-                .then(|| (*meta, number_type(meta, national))),
-                None => Some((*meta, number_type(meta, national)))
-                    .filter(|(_, t)| *t != NumberType::Unknown),
-            })?,
+        _ => select_region(&candidates, national)?,
     };
     if number_type == NumberType::Unknown {
         return None;
@@ -276,9 +365,9 @@ fn classify(code: u16, national: &str) -> Option<(Option<Region>, NumberType)> {
 }
 
 /// The first type whose pattern matches, in libphonenumber's order.
-fn number_type(meta: &phonenumber::Metadata, national: &str) -> NumberType {
+fn number_type(meta: &'static phonenumber::Metadata, national: &str) -> NumberType {
     let d = meta.descriptors();
-    let matches = |descriptor: Option<&phonenumber::metadata::Descriptor>| {
+    let matches = |descriptor: Option<&'static phonenumber::metadata::Descriptor>| {
         descriptor.is_some_and(|d| descriptor_matches(d, national))
     };
     if !descriptor_matches(d.general(), national) {
@@ -316,7 +405,10 @@ fn number_type(meta: &phonenumber::Metadata, national: &str) -> NumberType {
 
 /// `Descriptor::is_match`: the number has one of the descriptor's possible lengths (when
 /// it lists any) and its pattern matches from the number's first digit.
-fn descriptor_matches(descriptor: &phonenumber::metadata::Descriptor, national: &str) -> bool {
+fn descriptor_matches(
+    descriptor: &'static phonenumber::metadata::Descriptor,
+    national: &str,
+) -> bool {
     let lengths = descriptor.possible_length();
     if !lengths.is_empty() && !u16::try_from(national.len()).is_ok_and(|n| lengths.contains(&n)) {
         return false;
@@ -330,7 +422,11 @@ fn descriptor_matches(descriptor: &phonenumber::metadata::Descriptor, national: 
 /// Whether `pattern` matches `value` from its start, as `phonenumber` asks (`find` and a
 /// match at 0), with the pattern compiled once by [`plan_patterns`]; `as_phonenumber` asks
 /// `phonenumber` itself, for a pattern that does not compile here.
-fn starts_with_match(pattern: &str, value: &str, as_phonenumber: impl FnOnce() -> bool) -> bool {
+fn starts_with_match(
+    pattern: &'static str,
+    value: &str,
+    as_phonenumber: impl FnOnce() -> bool,
+) -> bool {
     match plan_patterns().get(pattern) {
         Some(regex) => regex.is_match(value),
         None => as_phonenumber(),
@@ -346,7 +442,28 @@ fn starts_with_match(pattern: &str, value: &str, as_phonenumber: impl FnOnce() -
 /// has at most a dozen patterns and the plan a few thousand; should the map ever pass
 /// [`PlanPatterns::MAX`] (it cannot with the bundled plan), it starts over.
 struct PlanPatterns {
-    compiled: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<regex::Regex>>>,
+    compiled:
+        std::sync::RwLock<std::collections::HashMap<PatternKey, std::sync::Arc<regex::Regex>>>,
+}
+
+/// A pattern of the bundled plan, known by where it lives: its text never moves or changes
+/// (it is `'static`), so its address names it, and a lookup does not hash the pattern's
+/// text (the United States' fixed-line pattern alone is a few kilobytes).
+#[derive(Clone, Copy)]
+struct PatternKey(&'static str);
+
+impl PartialEq for PatternKey {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for PatternKey {}
+
+impl std::hash::Hash for PatternKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self.0, state);
+    }
 }
 
 impl PlanPatterns {
@@ -354,9 +471,10 @@ impl PlanPatterns {
 
     /// The compiled form of `pattern`; `None` when it does not compile here (the caller
     /// then asks `phonenumber`).
-    fn get(&self, pattern: &str) -> Option<std::sync::Arc<regex::Regex>> {
+    fn get(&self, pattern: &'static str) -> Option<std::sync::Arc<regex::Regex>> {
+        let key = PatternKey(pattern);
         if let Ok(compiled) = self.compiled.read()
-            && let Some(regex) = compiled.get(pattern)
+            && let Some(regex) = compiled.get(&key)
         {
             return Some(std::sync::Arc::clone(regex));
         }
@@ -370,7 +488,7 @@ impl PlanPatterns {
             if compiled.len() >= Self::MAX {
                 compiled.clear();
             }
-            compiled.insert(pattern.to_owned(), std::sync::Arc::clone(&regex));
+            compiled.insert(key, std::sync::Arc::clone(&regex));
         }
         Some(regex)
     }
@@ -494,6 +612,24 @@ mod tests {
     }
 
     #[test]
+    fn numbers_of_shared_country_codes_get_a_region_hint() {
+        let hint = |raw: &str| RegionHint::of(raw).map(|h| (h.region, h.number_type));
+        assert_eq!(
+            hint("+14155552671"),
+            Some((country::Id::US, NumberType::FixedLineOrMobile))
+        );
+        assert_eq!(hint("+16135550123").map(|h| h.0), Some(country::Id::CA));
+        assert_eq!(hint("+447400123456").map(|h| h.0), Some(country::Id::GB));
+        // One region for the code: `phonenumber` finds it at once.
+        assert_eq!(hint("+33612345678"), None);
+        // The region's international prefix after the `+` changes the parse: no hint.
+        assert_eq!(hint("+1011441234567"), None);
+        // Not `+` and digits alone.
+        assert_eq!(hint("+1 415 555 2671"), None);
+        assert_eq!(hint("4155552671"), None);
+    }
+
+    #[test]
     fn masks_the_middle() {
         let n = PhoneNumber::parse("+14155552671", None).expect("valid");
         assert_eq!(n.masked(), "+1415***2671");
@@ -552,6 +688,19 @@ mod tests {
                 let lib_type = lib.number_type(&phonenumber::metadata::DATABASE);
                 proptest::prop_assert_eq!(ours.number_type(), library_type(lib_type));
             }
+        }
+
+        /// A number written `+` and digits parses the same with the region hint as without.
+        #[test]
+        fn the_region_hint_changes_no_answer(
+            code in proptest::sample::select(vec![1u16, 7, 44, 47, 61, 212, 262, 290, 358, 590, 599, 33]),
+            national in "(011|0|00|1)?[0-9]{0,13}",
+        ) {
+            let raw = format!("+{code}{national}");
+            proptest::prop_assert_eq!(
+                PhoneNumber::parse_hinted(&raw, None, true),
+                PhoneNumber::parse_hinted(&raw, None, false)
+            );
         }
 
         /// What `parse` gives, `from_e164` gives back from its E.164 form.
