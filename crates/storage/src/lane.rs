@@ -60,6 +60,10 @@ pub(crate) struct Lanes {
     /// An optimistic update: the row and the version it must still have; whether it was
     /// written.
     pub(crate) update: Lane<(VerificationRow, i64), bool>,
+    /// An optimistic update guarded by its limits (a check's claim); `None` when the row
+    /// was not at the expected version (nothing taken), else what the takes left and
+    /// whether the row was written.
+    pub(crate) guarded_update: Lane<GuardedUpdate, Option<GuardedRow>>,
     /// A read by id.
     pub(crate) get: Lane<String, Option<VerificationRow>>,
     /// A read of scoring's signals; the rows of `READ_SIGNALS` for it.
@@ -80,6 +84,18 @@ pub(crate) struct SignalsRead {
 #[derive(Debug)]
 pub(crate) struct GuardedInsert {
     pub(crate) row: VerificationRow,
+    /// When the takes happen, in milliseconds since the Unix epoch.
+    pub(crate) now_ms: i64,
+    /// The takes, as the JSON input of `take_rate_limits`.
+    pub(crate) take: String,
+}
+
+/// An optimistic update guarded by one round of takes.
+#[derive(Debug)]
+pub(crate) struct GuardedUpdate {
+    pub(crate) row: VerificationRow,
+    /// The version the row must still have.
+    pub(crate) expected_version: i64,
     /// When the takes happen, in milliseconds since the Unix epoch.
     pub(crate) now_ms: i64,
     /// The takes, as the JSON input of `take_rate_limits`.

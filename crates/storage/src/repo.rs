@@ -18,7 +18,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use crate::abuse::{collect_decisions, decide_round, rounds, take_input};
 use crate::error::{read_error, unavailable};
-use crate::lane::{GuardedInsert, Lanes};
+use crate::lane::{GuardedInsert, GuardedUpdate, Lanes};
 use crate::row::{GuardedRow, TakenRow, VerificationRow, bind_insert, bind_update, to_millis};
 use crate::sql;
 
@@ -354,22 +354,21 @@ where
                 .await;
         }
         let round = rounds.pop().unwrap_or_default();
-        let now_ms = to_millis(now);
-        let row = bind_update(
-            sqlx::query(DB::UPDATE_LIMITED),
-            VerificationRow::from(verification),
-            i64::from(expected_version),
-        )
-        .bind(now_ms)
-        .bind(take_input(limits, &round))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        // No row: the verification did not have the expected version, and nothing was taken.
-        let Some(row) = row else {
+        // One statement with the claims of concurrent checks (the `guarded_update` lane).
+        let guarded = self
+            .lanes
+            .guarded_update
+            .call(GuardedUpdate {
+                row: VerificationRow::from(verification),
+                expected_version: i64::from(expected_version),
+                now_ms: to_millis(now),
+                take: take_input(limits, &round),
+            })
+            .await?;
+        // None: the verification did not have the expected version, and nothing was taken.
+        let Some(guarded) = guarded else {
             return Err(self.why_not_updated(verification).await);
         };
-        let guarded = GuardedRow::from_row(&row).map_err(unavailable)?;
         let (decisions, written) = guarded_decisions(limits, &round, guarded)?;
         if decisions.iter().any(|d| !d.allowed) {
             return Ok(Limited::Refused(decisions));

@@ -13,7 +13,7 @@ use sqlx::{FromRow, PgPool, Postgres, Row};
 
 use crate::abuse::{count_queries_input, targets_input};
 use crate::error::{read_error, unavailable};
-use crate::lane::{Batch, GuardedInsert, Lane, Lanes, SignalsRead};
+use crate::lane::{Batch, GuardedInsert, GuardedUpdate, Lane, Lanes, SignalsRead};
 use crate::repo::Dialect;
 use crate::row::{GuardedRow, SignalRow, VerificationRow, bind_insert, bind_update};
 use crate::sql::{self, columns};
@@ -42,9 +42,17 @@ const SIGNALS_PER_BATCH: usize = 64;
 const READS_IN_FLIGHT: usize = 1;
 const READS_PER_BATCH: usize = 64;
 
+/// Updates guarded by limits (a check's claim): one at a time, as for plain updates; each
+/// call's takes are a subtransaction, so at most 32 per statement, as for inserts.
+const GUARDED_UPDATES_IN_FLIGHT: usize = 1;
+const GUARDED_UPDATES_PER_BATCH: usize = 32;
+
 /// Connections of the lanes' pool: one per batch the lanes may run at once.
-const LANE_CONNECTIONS: u32 =
-    (INSERTS_IN_FLIGHT + UPDATES_IN_FLIGHT + SIGNALS_IN_FLIGHT + READS_IN_FLIGHT) as u32;
+const LANE_CONNECTIONS: u32 = (INSERTS_IN_FLIGHT
+    + UPDATES_IN_FLIGHT
+    + GUARDED_UPDATES_IN_FLIGHT
+    + SIGNALS_IN_FLIGHT
+    + READS_IN_FLIGHT) as u32;
 
 /// The columns of many verifications as the start of an `unnest`: `$1` to `$27`, the
 /// columns of [`crate::sql::columns!`] in its order, each an array with one element per row
@@ -79,17 +87,112 @@ pub(crate) const UPDATE_MANY: &str = concat!(
     " CROSS JOIN LATERAL (SELECT ctid AS tid FROM verifications",
     " WHERE id = u.id AND version = u.expected_version LIMIT 1) AS r)",
     " UPDATE verifications AS v SET",
-    " channel = t.channel, status = t.status, provider_sid = t.provider_sid,",
-    " destination_ciphertext = t.destination_ciphertext,",
-    " destination_key_id = t.destination_key_id, destination_hash = t.destination_hash,",
-    " to_masked = t.to_masked, identity = t.identity, sends = t.sends, checks = t.checks,",
-    " max_sends = t.max_sends, max_checks = t.max_checks, failure_code = t.failure_code,",
-    " updated_at = t.updated_at, expires_at = t.expires_at, version = t.version,",
-    " idempotency_key = t.idempotency_key, allow_fallback = t.allow_fallback,",
-    " channels_tried = t.channels_tried, fallback_reason = t.fallback_reason,",
-    " delivery_status = t.delivery_status, trace_parent = t.trace_parent, risk = t.risk",
+    set_from!("t"),
     " FROM t WHERE v.ctid = t.tid",
     " RETURNING v.id"
+);
+
+/// The columns an update writes ([`crate::sql::update_set!`]), each from the column of
+/// that name of the row source `$t`.
+macro_rules! set_from {
+    ($t:literal) => {
+        concat!(
+            " channel = ",
+            $t,
+            ".channel, status = ",
+            $t,
+            ".status,",
+            " provider_sid = ",
+            $t,
+            ".provider_sid,",
+            " destination_ciphertext = ",
+            $t,
+            ".destination_ciphertext,",
+            " destination_key_id = ",
+            $t,
+            ".destination_key_id,",
+            " destination_hash = ",
+            $t,
+            ".destination_hash, to_masked = ",
+            $t,
+            ".to_masked,",
+            " identity = ",
+            $t,
+            ".identity, sends = ",
+            $t,
+            ".sends, checks = ",
+            $t,
+            ".checks,",
+            " max_sends = ",
+            $t,
+            ".max_sends, max_checks = ",
+            $t,
+            ".max_checks,",
+            " failure_code = ",
+            $t,
+            ".failure_code, updated_at = ",
+            $t,
+            ".updated_at,",
+            " expires_at = ",
+            $t,
+            ".expires_at, version = ",
+            $t,
+            ".version,",
+            " idempotency_key = ",
+            $t,
+            ".idempotency_key,",
+            " allow_fallback = ",
+            $t,
+            ".allow_fallback,",
+            " channels_tried = ",
+            $t,
+            ".channels_tried,",
+            " fallback_reason = ",
+            $t,
+            ".fallback_reason,",
+            " delivery_status = ",
+            $t,
+            ".delivery_status,",
+            " trace_parent = ",
+            $t,
+            ".trace_parent, risk = ",
+            $t,
+            ".risk"
+        )
+    };
+}
+use set_from;
+
+/// [`crate::repo::Dialect::UPDATE_LIMITED`] for many updates (a check's claim with its
+/// limits): `$1` to `$27` the rows ([`unnest_columns!`]), `$28` the versions they must still
+/// have, `$29` their times (now, in milliseconds), `$30` their takes (each one round, as
+/// JSON). As alone, each update first locks its row at its expected version; only the
+/// updates whose row was locked take their limits, in the calls' order and each all or
+/// none (`take_rate_limits_many`, migration 0008), and only those whose limits all allowed
+/// write their row. Returns a row per locked update, in order: `i` (its place among the
+/// inputs, from 1) and the columns of [`GuardedRow`]; an update with no row returned did
+/// not find its row at its version and took nothing.
+pub(crate) const UPDATE_LIMITED_MANY: &str = concat!(
+    "WITH u AS MATERIALIZED (SELECT * FROM ",
+    unnest_columns!(),
+    ", $28::bigint[], $29::bigint[], $30::text[]) WITH ORDINALITY AS u(",
+    columns!(),
+    ", expected_version, now_ms, take, n)),",
+    " locked AS MATERIALIZED (SELECT l.n, l.tid, row_number() OVER (ORDER BY l.n) AS k",
+    " FROM (SELECT u.n, r.tid FROM u CROSS JOIN LATERAL (SELECT ctid AS tid FROM verifications",
+    " WHERE id = u.id AND version = u.expected_version LIMIT 1 FOR UPDATE) AS r) AS l),",
+    " taken AS MATERIALIZED (SELECT locked.n, t.taken_keys, t.taken_tats, t.taken_allowed,",
+    " t.taken_at, t.all_allowed FROM take_rate_limits_many(",
+    "ARRAY(SELECT u.now_ms FROM locked JOIN u ON u.n = locked.n ORDER BY locked.k),",
+    " ARRAY(SELECT u.take FROM locked JOIN u ON u.n = locked.n ORDER BY locked.k)) AS t",
+    " JOIN locked ON locked.k = t.i),",
+    " written AS (UPDATE verifications AS v SET",
+    set_from!("u"),
+    " FROM u JOIN locked ON locked.n = u.n JOIN taken ON taken.n = u.n",
+    " WHERE v.ctid = locked.tid AND taken.all_allowed RETURNING u.n)",
+    " SELECT taken.n::int AS i, taken.taken_keys, taken.taken_tats, taken.taken_allowed,",
+    " taken.taken_at, EXISTS (SELECT 1 FROM written WHERE written.n = taken.n) AS written",
+    " FROM taken ORDER BY taken.n"
 );
 
 /// [`crate::repo::Dialect::INSERT_LIMITED`] for many starts: `$1` to `$27` the rows
@@ -162,6 +265,12 @@ pub(crate) fn spawn(pool: &PgPool) -> Lanes {
             Updates(pool.clone()),
             UPDATES_IN_FLIGHT,
             UPDATES_PER_BATCH,
+        ),
+        guarded_update: Lane::spawn(
+            "guarded update",
+            GuardedUpdates(pool.clone()),
+            GUARDED_UPDATES_IN_FLIGHT,
+            GUARDED_UPDATES_PER_BATCH,
         ),
         get: Lane::spawn(
             "read",
@@ -276,7 +385,7 @@ impl Batch for Signals {
 /// Starts' inserts guarded by their limits.
 pub(crate) struct Inserts(pub(crate) PgPool);
 
-/// A row of [`INSERT_MANY`].
+/// A row of [`INSERT_MANY`] or [`UPDATE_LIMITED_MANY`].
 #[derive(FromRow)]
 struct InsertedRow {
     i: i32,
@@ -369,6 +478,72 @@ impl Batch for Updates {
             .await
             .map_err(unavailable)?;
         Ok(written.is_some())
+    }
+}
+
+/// Optimistic updates guarded by limits (a check's claim).
+pub(crate) struct GuardedUpdates(pub(crate) PgPool);
+
+impl Batch for GuardedUpdates {
+    type Input = GuardedUpdate;
+    type Output = Option<GuardedRow>;
+
+    /// One update per row and batch, as for plain updates.
+    fn admits(&self, inputs: &[GuardedUpdate], next: &GuardedUpdate) -> bool {
+        inputs.iter().all(|input| input.row.id != next.row.id)
+    }
+
+    async fn run(&self, inputs: &[GuardedUpdate]) -> Result<Vec<Option<GuardedRow>>, StoreError> {
+        let rows = Columns::of(inputs.iter().map(|input| &input.row))
+            .bind(sqlx::query(UPDATE_LIMITED_MANY))
+            .bind(
+                inputs
+                    .iter()
+                    .map(|input| input.expected_version)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(inputs.iter().map(|input| input.now_ms).collect::<Vec<_>>())
+            .bind(
+                inputs
+                    .iter()
+                    .map(|input| input.take.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&self.0)
+            .await
+            .map_err(unavailable)?;
+        let mut outcomes: Vec<Option<GuardedRow>> = inputs.iter().map(|_| None).collect();
+        for row in &rows {
+            let row = InsertedRow::from_row(row).map_err(read_error)?;
+            let slot = usize::try_from(row.i)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| outcomes.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!(
+                        "a batch of guarded updates returned update {} of {}",
+                        row.i,
+                        inputs.len()
+                    ))
+                })?;
+            *slot = Some(row.guarded);
+        }
+        Ok(outcomes)
+    }
+
+    async fn run_one(&self, input: &GuardedUpdate) -> Result<Option<GuardedRow>, StoreError> {
+        let row = bind_update(
+            sqlx::query(Postgres::UPDATE_LIMITED),
+            input.row.clone(),
+            input.expected_version,
+        )
+        .bind(input.now_ms)
+        .bind(input.take.clone())
+        .fetch_optional(&self.0)
+        .await
+        .map_err(unavailable)?;
+        row.map(|row| GuardedRow::from_row(&row).map_err(read_error))
+            .transpose()
     }
 }
 

@@ -23,7 +23,10 @@ mod lanes;
 
 /// The batched statements, for the tests that run them directly.
 #[cfg(test)]
-pub(crate) use lanes::{GET_MANY, INSERT_MANY, Inserts, Reads, Signals, UPDATE_MANY, Updates};
+pub(crate) use lanes::{
+    GET_MANY, GuardedUpdates, INSERT_MANY, Inserts, Reads, Signals, UPDATE_LIMITED_MANY,
+    UPDATE_MANY, Updates,
+};
 
 /// The PostgreSQL schema, embedded in the binary so a deployment needs no files beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");

@@ -13,8 +13,11 @@ use crate::abuse::{rounds, take_input};
 use crate::fixtures::at;
 use crate::fixtures::{self, bare, full};
 use crate::lane::Batch;
-use crate::lane::{GuardedInsert, SignalsRead};
-use crate::postgres::{GET_MANY, INSERT_MANY, Inserts, Reads, Signals, UPDATE_MANY, Updates};
+use crate::lane::{GuardedInsert, GuardedUpdate, SignalsRead};
+use crate::postgres::{
+    GET_MANY, GuardedUpdates, INSERT_MANY, Inserts, Reads, Signals, UPDATE_LIMITED_MANY,
+    UPDATE_MANY, Updates,
+};
 use crate::row::VerificationRow;
 use crate::row::to_millis;
 use crate::{PostgresStore, StorageError};
@@ -380,6 +383,15 @@ async fn batched_statements_find_each_row_by_its_primary_key_in_any_cached_plan(
                 1,
                 &["Index Scan using verifications_pkey"][..],
             ),
+            (
+                "update_limited_many",
+                UPDATE_LIMITED_MANY,
+                30,
+                &[
+                    "Index Scan using verifications_pkey",
+                    "Tid Scan on verifications",
+                ][..],
+            ),
             // The insert reads no verification: only its conflict check probes the indexes.
             (
                 "insert_many",
@@ -471,6 +483,107 @@ async fn a_batch_of_guarded_inserts_takes_and_writes_each_start_as_alone() -> an
             .await?;
         // The refused start's own key was taken and undone with the refusal.
         assert_eq!(keys, vec!["own:1", "own:2", "own:4", "shared"]);
+        store.close().await;
+        Ok(())
+    })
+    .await
+}
+
+/// The take of `limits` (as `(key, quota)`) as one round of JSON input.
+fn take_of(limits: &[(&str, &str)]) -> String {
+    let requests: Vec<LimitRequest> = limits
+        .iter()
+        .map(|(key, quota)| LimitRequest {
+            key: (*key).to_owned(),
+            quota: Quota::parse(quota).expect("valid quota"),
+        })
+        .collect();
+    let round = rounds(&requests).pop().unwrap_or_default();
+    take_input(&requests, &round)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_guarded_updates_takes_and_writes_each_update_as_alone() -> anyhow::Result<()> {
+    with_database(|url| async move {
+        let store = PostgresStore::connect(&url).await?;
+        store.migrate().await?;
+        let stored: Vec<_> = (1..=4u128)
+            .map(|n| bare(n, &format!("purpose{n}"), &fixtures::phone()))
+            .collect();
+        for v in &stored {
+            assert_eq!(store.insert(v).await?, Inserted::Created);
+        }
+        let claimed: Vec<_> = stored
+            .iter()
+            .map(|v| {
+                let mut next = v.clone();
+                next.checks += 1;
+                next.version = v.version + 1;
+                next
+            })
+            .collect();
+        let update = |i: usize, expected: u32, limits: &[(&str, &str)]| GuardedUpdate {
+            row: VerificationRow::from(&claimed[i]),
+            expected_version: i64::from(expected),
+            now_ms: to_millis(at(0)),
+            take: take_of(limits),
+        };
+        let inputs = [
+            // At its version and allowed: written.
+            update(
+                0,
+                stored[0].version,
+                &[("shared", "2/10m"), ("own:1", "1/10m")],
+            ),
+            // Not at its version: takes nothing, writes nothing.
+            update(
+                1,
+                stored[1].version + 5,
+                &[("shared", "2/10m"), ("own:2", "1/10m")],
+            ),
+            // At its version, the second take of the shared limit: written.
+            update(
+                2,
+                stored[2].version,
+                &[("own:3", "1/10m"), ("shared", "2/10m")],
+            ),
+            // The shared limit is used up: its own take is undone, nothing written.
+            update(
+                3,
+                stored[3].version,
+                &[("own:4", "1/10m"), ("shared", "2/10m")],
+            ),
+        ];
+        let outcomes = GuardedUpdates(store.pool().clone()).run(&inputs).await?;
+        let seen: Vec<Option<(bool, bool)>> = outcomes
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map(|g| (g.taken_allowed.iter().all(|&a| a), g.written))
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                Some((true, true)),
+                None,
+                Some((true, true)),
+                Some((false, false))
+            ]
+        );
+        for (i, v) in stored.iter().enumerate() {
+            let want = if i == 0 || i == 2 { &claimed[i] } else { v };
+            assert_eq!(store.get(&v.id).await?.as_ref(), Some(want), "row {i}");
+        }
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM rate_limits ORDER BY key")
+            .fetch_all(store.pool())
+            .await?;
+        assert_eq!(keys, vec!["own:1", "own:3", "shared"]);
+
+        // Alone, the update not at its version finds no row either.
+        let lone = GuardedUpdates(store.pool().clone());
+        let again = lone.run_one(&inputs[1]).await?;
+        assert!(again.is_none(), "{again:?}");
         store.close().await;
         Ok(())
     })
