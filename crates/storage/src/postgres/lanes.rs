@@ -402,18 +402,15 @@ impl Batch for Inserts {
     }
 
     async fn run(&self, inputs: &[GuardedInsert]) -> Result<Vec<GuardedRow>, StoreError> {
-        let rows = Columns::of(inputs.iter().map(|input| &input.row))
-            .bind(sqlx::query(INSERT_MANY))
-            .bind(inputs.iter().map(|input| input.now_ms).collect::<Vec<_>>())
-            .bind(
-                inputs
-                    .iter()
-                    .map(|input| input.take.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&self.0)
-            .await
-            .map_err(unavailable)?;
+        let query =
+            Columns::of(inputs.iter().map(|input| &input.row)).bind(sqlx::query(INSERT_MANY));
+        let rows = bind_takes(
+            query,
+            inputs.iter().map(|input| (input.now_ms, &input.take)),
+        )
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)?;
         let mut guarded = Vec::with_capacity(rows.len());
         for (n, row) in (1..).zip(&rows) {
             let row = InsertedRow::from_row(row).map_err(read_error)?;
@@ -494,24 +491,17 @@ impl Batch for GuardedUpdates {
     }
 
     async fn run(&self, inputs: &[GuardedUpdate]) -> Result<Vec<Option<GuardedRow>>, StoreError> {
-        let rows = Columns::of(inputs.iter().map(|input| &input.row))
+        let expected: Vec<i64> = inputs.iter().map(|input| input.expected_version).collect();
+        let query = Columns::of(inputs.iter().map(|input| &input.row))
             .bind(sqlx::query(UPDATE_LIMITED_MANY))
-            .bind(
-                inputs
-                    .iter()
-                    .map(|input| input.expected_version)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(inputs.iter().map(|input| input.now_ms).collect::<Vec<_>>())
-            .bind(
-                inputs
-                    .iter()
-                    .map(|input| input.take.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&self.0)
-            .await
-            .map_err(unavailable)?;
+            .bind(expected);
+        let rows = bind_takes(
+            query,
+            inputs.iter().map(|input| (input.now_ms, &input.take)),
+        )
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)?;
         let mut outcomes: Vec<Option<GuardedRow>> = inputs.iter().map(|_| None).collect();
         for row in &rows {
             let row = InsertedRow::from_row(row).map_err(read_error)?;
@@ -586,6 +576,17 @@ impl Batch for Reads {
             .await
             .map_err(read_error)
     }
+}
+
+/// Binds the next two parameters to the calls' takes: their times (now, in milliseconds)
+/// and their inputs of `take_rate_limits` (JSON), one element per call.
+fn bind_takes<'q, 'a>(
+    query: Query<'q, Postgres, PgArguments>,
+    takes: impl Iterator<Item = (i64, &'a String)>,
+) -> Query<'q, Postgres, PgArguments> {
+    let (times, inputs): (Vec<i64>, Vec<String>) =
+        takes.map(|(at, take)| (at, take.clone())).unzip();
+    query.bind(times).bind(inputs)
 }
 
 /// The columns of many verifications, one array per column, one element per row: the

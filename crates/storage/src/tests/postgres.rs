@@ -433,18 +433,10 @@ fn guarded(n: u128, to: u32, limits: &[(&str, &str)]) -> GuardedInsert {
     let destination = Destination::Phone(
         PhoneNumber::parse(&format!("+1415555{:04}", 1000 + to), None).expect("valid number"),
     );
-    let requests: Vec<LimitRequest> = limits
-        .iter()
-        .map(|(key, quota)| LimitRequest {
-            key: (*key).to_owned(),
-            quota: Quota::parse(quota).expect("valid quota"),
-        })
-        .collect();
-    let round = rounds(&requests).pop().unwrap_or_default();
     GuardedInsert {
         row: VerificationRow::from(&bare(n, "login", &destination)),
         now_ms: to_millis(at(0)),
-        take: take_input(&requests, &round),
+        take: take_of(limits),
     }
 }
 
