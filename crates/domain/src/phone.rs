@@ -203,12 +203,7 @@ impl PhoneNumber {
         {
             return None;
         }
-        let (country_code, national) = (1..=3.min(digits.len())).find_map(|len| {
-            let code: u16 = digits[..len].parse().ok()?;
-            phonenumber::metadata::DATABASE
-                .by_code(&code)
-                .map(|_| (code, &digits[len..]))
-        })?;
+        let (country_code, _, national) = split_country_code(digits)?;
         let (region, number_type) = classify(country_code, national)?;
         Some(PhoneNumber {
             e164: e164.to_owned(),
@@ -300,12 +295,7 @@ impl RegionHint {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        // As `phonenumber` reads a country code: the first of one to three digits known.
-        let (code, candidates, national) = (1..=3.min(digits.len())).find_map(|len| {
-            let code: u16 = digits[..len].parse().ok()?;
-            let candidates = phonenumber::metadata::DATABASE.by_code(&code)?;
-            Some((code, candidates, &digits[len..]))
-        })?;
+        let (code, candidates, national) = split_country_code(digits)?;
         if candidates.len() < 2 || digits.starts_with('0') {
             return None;
         }
@@ -324,6 +314,17 @@ impl RegionHint {
             number_type,
         })
     }
+}
+
+/// The country code at the front of `digits` (a number's digits after its `+`), as
+/// `phonenumber` reads one: the first of one to three digits the plan knows (country codes
+/// are prefix-free); with the regions of that code and the national number after it.
+fn split_country_code(digits: &str) -> Option<(u16, Vec<&'static phonenumber::Metadata>, &str)> {
+    (1..=3.min(digits.len())).find_map(|len| {
+        let code: u16 = digits[..len].parse().ok()?;
+        let candidates = phonenumber::metadata::DATABASE.by_code(&code)?;
+        Some((code, candidates, &digits[len..]))
+    })
 }
 
 /// Of the regions sharing a country code, the one a national number belongs to: the first
