@@ -145,6 +145,15 @@ impl PhoneNumber {
         {
             return Err(PhoneNumberError::Unparseable);
         }
+        // A number written in international format (its first digit-or-plus is a plus)
+        // names its own country, and the default region must not change it (as in
+        // libphonenumber); `phonenumber` would strip the default region's national prefix
+        // from it (`+39 090…` typed in Germany lost Italy's leading zero and was refused).
+        let international = raw
+            .chars()
+            .find(|c| matches!(c, '+' | '\u{ff0b}') || c.is_numeric())
+            .is_some_and(|c| !c.is_numeric());
+        let default_region = default_region.filter(|_| !international);
         let hint = match default_region {
             None if hinted => RegionHint::of(raw),
             _ => None,
@@ -560,6 +569,30 @@ mod tests {
         // International prefixes that name a valid E.164 number still parse.
         check("0044 20 7946 0958", de, Ok("+442079460958"));
         check("011 44 20 7946 0958", us(), Ok("+442079460958"));
+    }
+
+    #[test]
+    fn the_default_region_does_not_change_a_number_written_with_a_plus() {
+        // Found by the `phone` fuzz target: `00390-0090-.789` typed in Germany is
+        // `+39090789`, an Italian fixed line, and that E.164 form typed in Germany was
+        // refused: the parser took Italy's leading zero for Germany's national prefix.
+        let de = Region::parse("DE").ok();
+        check("00390-0090-.789", de, Ok("+39090789"));
+        for raw in [
+            "+39090789",
+            "tel:+39090789",
+            "(+39) 090789",
+            "\u{ff0b}39090789",
+        ] {
+            check(raw, de, Ok("+39090789"));
+            assert_eq!(
+                PhoneNumber::parse(raw, de),
+                PhoneNumber::parse(raw, None),
+                "{raw}"
+            );
+        }
+        check("+390612345678", de, Ok("+390612345678"));
+        check("+442079460958", de, Ok("+442079460958"));
     }
 
     #[test]
