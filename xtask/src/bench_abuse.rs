@@ -2,13 +2,26 @@
 //! sandbox, with the shipped rate limits and fraud scoring.
 //!
 //! One deterministic stream interleaves legitimate users (each from its own IP, numbers
-//! spread over common countries and ranges, 90% of them entering their code) with two
-//! attacks that never check a code and rotate client IPs: sequential numbers in a GB
-//! premium-rate range, and random numbers across one Indonesian mobile range. The stream
-//! runs once in `enforce` mode and once, on a fresh database, in `shadow` mode, one request
-//! at a time so both runs see the same order. Printed: attack sends that reached the
-//! sandbox, after how many sends each attacked range was blocked, the legitimate users
-//! refused, and how far shadow mode's recorded decisions agree with enforce mode's.
+//! spread over common countries and ranges, 90% of them entering their code) with four
+//! attacks:
+//!
+//! - `premium`: sequential numbers in a GB premium-rate range, a new client IP every three
+//!   attempts, never checking a code;
+//! - `one range`: random numbers across one Indonesian mobile range, the same;
+//! - `thin and wide`: a dozen random valid mobile numbers in each of [`THIN_WIDE_RANGES`]
+//!   ranges spread over countries that are not on the default high-risk list, every start
+//!   from a new IP and a new identity, never checking a code;
+//! - `conversion-faking`: random numbers in one Brazilian mobile range, every start from a
+//!   new IP and identity, of which the attacker completes about a third (it owns those
+//!   numbers and reads their codes), so the range's approval rate looks alive.
+//!
+//! Beside the last two, legitimate users of the very ranges they attack, some of whom
+//! abandon without entering their code. The stream runs once in `enforce` mode and once, on
+//! a fresh database, in `shadow` mode, one request at a time so both runs see the same
+//! order. Printed, per attack: its sends that reached the sandbox and how the ranges it
+//! used were blocked; the legitimate users refused and asked to step up (all of them, and
+//! those of the attacked ranges); and how far shadow mode's recorded decisions agree with
+//! enforce mode's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,6 +79,59 @@ const PREMIUM_RANGE: &str = "+4490987";
 /// The mobile range attacked with random numbers.
 const MOBILE_RANGE: &str = "+62812345";
 
+/// Mobile numbers of the countries the thin-and-wide attack spreads over: none of them on
+/// the default high-risk list, all of them countries legitimate users come from.
+const THIN_WIDE_COUNTRIES: [&str; 6] = [
+    "+447#########",
+    "+4917########",
+    "+336########",
+    "+55119########",
+    "+5255########",
+    "+919#########",
+];
+/// Ranges the thin-and-wide attack uses, and numbers it tries in each.
+const THIN_WIDE_RANGES: usize = 20;
+const THIN_WIDE_PER_RANGE: usize = 12;
+/// The conversion-faking attack's range is drawn from this template; its attempts, of
+/// which it completes one in [`FAKING_COMPLETES_ONE_IN`].
+const FAKING_TEMPLATE: &str = "+55119########";
+const FAKING_ATTEMPTS: usize = 120;
+const FAKING_COMPLETES_ONE_IN: u64 = 3;
+/// Legitimate users of each range the thin-and-wide attack uses, and of the
+/// conversion-faking range; each enters its code with this chance in ten.
+const LEGIT_PER_THIN_RANGE: usize = 1;
+const LEGIT_IN_FAKING_RANGE: usize = 8;
+const LEGIT_IN_RANGE_COMPLETES_IN_TEN: u64 = 7;
+
+/// The digits a range leaves out of a number (the gateway's `PhoneNumber::RANGE_DIGITS`).
+const RANGE_DIGITS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Attack {
+    Premium,
+    OneRange,
+    ThinWide,
+    ConversionFaking,
+}
+
+impl Attack {
+    const ALL: [Attack; 4] = [
+        Attack::Premium,
+        Attack::OneRange,
+        Attack::ThinWide,
+        Attack::ConversionFaking,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Premium => "premium (sequential, GB premium rate)",
+            Attack::OneRange => "one range (random, ID mobile)",
+            Attack::ThinWide => "thin and wide (new IP and identity per start)",
+            Attack::ConversionFaking => "conversion-faking (a third completed)",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Legit {
@@ -73,11 +139,17 @@ enum Action {
         ip: String,
         identity: String,
         completes: bool,
+        /// A user of a range the thin-and-wide or conversion-faking attack uses.
+        in_attacked_range: bool,
     },
     Attack {
-        range: &'static str,
+        attack: Attack,
+        range: String,
         to: String,
         ip: String,
+        identity: String,
+        /// The attacker reads the code and enters it.
+        completes: bool,
     },
 }
 
@@ -132,6 +204,7 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
             ip: format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256),
             identity: format!("user-{i}"),
             completes: rng.below(10) < 9,
+            in_attacked_range: false,
         });
     }
     let mut attack_actions = Vec::new();
@@ -141,32 +214,160 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
         let ip = format!("198.51.{}.{}", (i / 3) / 256 % 256, (i / 3) % 256);
         if i % 2 == 0 {
             attack_actions.push(Action::Attack {
-                range: PREMIUM_RANGE,
+                attack: Attack::Premium,
+                range: PREMIUM_RANGE.to_owned(),
                 to: format!("{PREMIUM_RANGE}{:05}", i / 2),
                 ip,
+                identity: String::new(),
+                completes: false,
             });
         } else {
             attack_actions.push(Action::Attack {
-                range: MOBILE_RANGE,
+                attack: Attack::OneRange,
+                range: MOBILE_RANGE.to_owned(),
                 to: format!("{MOBILE_RANGE}{}", rng.digits(5)),
                 ip,
+                identity: String::new(),
+                completes: false,
             });
         }
     }
-    // Interleave the two in a random order that keeps each one's own order.
-    let mut out = Vec::with_capacity(legit + attack);
-    let (mut l, mut a) = (legit_actions.into_iter(), attack_actions.into_iter());
-    let (mut left_l, mut left_a) = (legit as u64, attack as u64);
-    while left_l + left_a > 0 {
-        if rng.below(left_l + left_a) < left_l {
-            out.extend(l.next());
-            left_l -= 1;
-        } else {
+    // Interleave the two in a random order that keeps each one's own order (the stream
+    // the first two attacks were measured on), then the adaptive attacks and the users of
+    // their ranges into it, with a generator of their own so the first stream stays as it
+    // was.
+    let first = interleave(&mut rng, legit_actions, attack_actions);
+    let mut rng = Rng(0x5EED_CAFE_F00D_0002);
+    let adaptive = adaptive(&mut rng)?;
+    Ok(interleave(&mut rng, first, adaptive))
+}
+
+/// `a` and `b` merged in a random order that keeps each one's own order.
+fn interleave(rng: &mut Rng, a: Vec<Action>, b: Vec<Action>) -> Vec<Action> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut left_a, mut left_b) = (a.len() as u64, b.len() as u64);
+    let (mut a, mut b) = (a.into_iter(), b.into_iter());
+    while left_a + left_b > 0 {
+        if rng.below(left_a + left_b) < left_a {
             out.extend(a.next());
             left_a -= 1;
+        } else {
+            out.extend(b.next());
+            left_b -= 1;
         }
     }
+    out
+}
+
+/// A valid mobile number drawn from `template`.
+fn draw(rng: &mut Rng, template: &str) -> anyhow::Result<String> {
+    (0..10_000)
+        .map(|_| fill(rng, template))
+        .find(|candidate| valid(candidate))
+        .with_context(|| format!("no valid number drawn from the template {template}"))
+}
+
+/// `n` distinct valid mobile numbers of `range`, none of them in `taken`.
+fn numbers_in(
+    rng: &mut Rng,
+    range: &str,
+    n: usize,
+    taken: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let template = format!("{range}{}", "#".repeat(RANGE_DIGITS));
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let to = (0..10_000)
+            .map(|_| fill(rng, &template))
+            .find(|candidate| valid(candidate) && !taken.contains(candidate))
+            .with_context(|| format!("range {range} has too few valid numbers"))?;
+        taken.insert(to.clone());
+        out.push(to);
+    }
     Ok(out)
+}
+
+/// The thin-and-wide and conversion-faking attacks, and legitimate users of the ranges
+/// they use, in a random order that keeps each one's own.
+fn adaptive(rng: &mut Rng) -> anyhow::Result<Vec<Action>> {
+    let mut taken = std::collections::HashSet::new();
+    let mut legit = Vec::new();
+    let user = |rng: &mut Rng, to: String, legit: &mut Vec<Action>| {
+        let i = legit.len();
+        legit.push(Action::Legit {
+            to,
+            ip: format!("10.200.{}.{}", i / 256 % 256, i % 256),
+            identity: format!("ranged-user-{i}"),
+            completes: rng.below(10) < LEGIT_IN_RANGE_COMPLETES_IN_TEN,
+            in_attacked_range: true,
+        });
+    };
+
+    let mut thin_wide = Vec::new();
+    for r in 0..THIN_WIDE_RANGES {
+        let template = THIN_WIDE_COUNTRIES[r % THIN_WIDE_COUNTRIES.len()];
+        let seed = draw(rng, template)?;
+        let range = seed[..seed.len() - RANGE_DIGITS].to_owned();
+        let numbers = numbers_in(
+            rng,
+            &range,
+            THIN_WIDE_PER_RANGE + LEGIT_PER_THIN_RANGE,
+            &mut taken,
+        )?;
+        let (attacked, users) = numbers.split_at(THIN_WIDE_PER_RANGE);
+        for to in attacked {
+            thin_wide.push((range.clone(), to.clone()));
+        }
+        for to in users {
+            user(rng, to.clone(), &mut legit);
+        }
+    }
+    // The attacker works through its ranges side by side, not one after the other.
+    let mut shuffled = Vec::with_capacity(thin_wide.len());
+    while !thin_wide.is_empty() {
+        let pick = rng.below(thin_wide.len() as u64) as usize;
+        shuffled.push(thin_wide.swap_remove(pick));
+    }
+    let thin_wide: Vec<Action> = shuffled
+        .into_iter()
+        .enumerate()
+        .map(|(i, (range, to))| Action::Attack {
+            attack: Attack::ThinWide,
+            range,
+            to,
+            ip: format!("203.0.{}.{}", i / 256 % 256, i % 256),
+            identity: format!("tw-{i}"),
+            completes: false,
+        })
+        .collect();
+
+    let seed = draw(rng, FAKING_TEMPLATE)?;
+    let range = seed[..seed.len() - RANGE_DIGITS].to_owned();
+    let numbers = numbers_in(
+        rng,
+        &range,
+        FAKING_ATTEMPTS + LEGIT_IN_FAKING_RANGE,
+        &mut taken,
+    )?;
+    let (attacked, users) = numbers.split_at(FAKING_ATTEMPTS);
+    let faking: Vec<Action> = attacked
+        .iter()
+        .enumerate()
+        .map(|(i, to)| Action::Attack {
+            attack: Attack::ConversionFaking,
+            range: range.clone(),
+            to: to.clone(),
+            ip: format!("100.64.{}.{}", i / 256 % 256, i % 256),
+            identity: format!("cf-{i}"),
+            completes: rng.below(FAKING_COMPLETES_ONE_IN) == 0,
+        })
+        .collect();
+    for to in users {
+        user(rng, to.clone(), &mut legit);
+    }
+
+    let attacks = interleave(rng, thin_wide, faking);
+    Ok(interleave(rng, attacks, legit))
 }
 
 /// What the gateway did with one start.
@@ -212,6 +413,7 @@ async fn start(
     to: &str,
     ip: &str,
     identity: &str,
+    legit: bool,
 ) -> (Outcome, Option<String>) {
     let answer = client
         .start_verification(pb::StartVerificationRequest {
@@ -229,9 +431,9 @@ async fn start(
             (Outcome::Sent(decision_of(v.as_ref())), v.map(|v| v.id))
         }
         Err(s) => {
-            // Why legitimate users (the ones with an identity) were refused, for the first few.
+            // Why legitimate users were refused, for the first few.
             static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            if !identity.is_empty()
+            if legit
                 && matches!(s.code(), Code::PermissionDenied | Code::FailedPrecondition)
                 && SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
             {
@@ -250,6 +452,28 @@ async fn start(
     }
 }
 
+/// Enters the code the sandbox delivered to `to` for the verification `id`, as its owner
+/// would.
+async fn complete(
+    client: &mut crate::bench::Client,
+    http: &reqwest::Client,
+    inbox: &str,
+    to: &str,
+    id: String,
+) -> anyhow::Result<()> {
+    let url = url::Url::parse_with_params(inbox, [("to", to)])?;
+    let messages: serde_json::Value = http.get(url).send().await?.json().await?;
+    let code = messages[0]["code"]
+        .as_str()
+        .context("no code in the sandbox inbox")?
+        .to_owned();
+    client
+        .check_verification(pb::CheckVerificationRequest { id, code })
+        .await
+        .context("a check of a delivered code")?;
+    Ok(())
+}
+
 async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Result<Vec<Outcome>> {
     let gateway = spawn_gateway(root, Upstream::Sandbox, &[("VERIFY_FRAUD__MODE", mode)])?;
     let mut client = connect(gateway.grpc).await?;
@@ -258,30 +482,26 @@ async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Resu
     let began = Instant::now();
     let mut outcomes = Vec::with_capacity(actions.len());
     for action in actions {
-        let outcome = match action {
+        let (legit, to, ip, identity, completes) = match action {
             Action::Legit {
                 to,
                 ip,
                 identity,
                 completes,
-            } => {
-                let (outcome, id) = start(&mut client, to, ip, identity).await;
-                if let (true, Some(id)) = (*completes, id) {
-                    let url = url::Url::parse_with_params(&inbox, [("to", to.as_str())])?;
-                    let messages: serde_json::Value = http.get(url).send().await?.json().await?;
-                    let code = messages[0]["code"]
-                        .as_str()
-                        .context("no code in the sandbox inbox")?
-                        .to_owned();
-                    client
-                        .check_verification(pb::CheckVerificationRequest { id, code })
-                        .await
-                        .context("a legitimate check")?;
-                }
-                outcome
-            }
-            Action::Attack { to, ip, .. } => start(&mut client, to, ip, "").await.0,
+                ..
+            } => (true, to, ip, identity, *completes),
+            Action::Attack {
+                to,
+                ip,
+                identity,
+                completes,
+                ..
+            } => (false, to, ip, identity, *completes),
         };
+        let (outcome, id) = start(&mut client, to, ip, identity, legit).await;
+        if let (true, Some(id)) = (completes, id) {
+            complete(&mut client, &http, &inbox, to, id).await?;
+        }
         outcomes.push(outcome);
     }
     eprintln!(
@@ -300,71 +520,147 @@ fn percent(part: usize, whole: usize) -> f64 {
     }
 }
 
+/// What happened to one kind of legitimate user.
+#[derive(Debug, Default)]
+struct LegitTally {
+    users: usize,
+    blocked: usize,
+    step_up: usize,
+    rate_limited: usize,
+    errors: usize,
+}
+
+impl LegitTally {
+    fn add(&mut self, outcome: Outcome) {
+        self.users += 1;
+        match outcome {
+            Outcome::Sent(_) => {}
+            Outcome::Refused(Decision::Block) => self.blocked += 1,
+            Outcome::Refused(_) => self.step_up += 1,
+            Outcome::RateLimited => self.rate_limited += 1,
+            Outcome::Error => self.errors += 1,
+        }
+    }
+
+    fn print(&self, who: &str) {
+        println!(
+            "  {who:<34} {} users: blocked {} ({:.2}%), asked to step up {} ({:.2}%), \
+             rate limited {}, errors {}",
+            self.users,
+            self.blocked,
+            percent(self.blocked, self.users),
+            self.step_up,
+            percent(self.step_up, self.users),
+            self.rate_limited,
+            self.errors
+        );
+    }
+}
+
+/// What one attack got through: its attempts and sends, and per range it used, its sends
+/// and how many of them came before the range's first block.
+#[derive(Debug, Default)]
+struct AttackTally<'a> {
+    attempts: usize,
+    sent: usize,
+    ranges: BTreeMap<&'a str, (usize, Option<usize>)>,
+}
+
 pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Result<()> {
     let actions = stream(legit, attack)?;
+    let ranged_users = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Legit {
+                    in_attacked_range: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    let adaptive_attempts = THIN_WIDE_RANGES * THIN_WIDE_PER_RANGE + FAKING_ATTEMPTS;
     println!(
-        "verify-gateway bench abuse: {legit} legitimate users (90% enter their code) and {attack} \
-         attack attempts (sequential numbers in premium range {PREMIUM_RANGE}…, random numbers \
-         in range {MOBILE_RANGE}…; a new IP every 3 attempts; no checks), interleaved, shipped \
-         limits and scoring, release build"
+        "verify-gateway bench abuse: {} legitimate users (90% enter their code; {ranged_users} \
+         more in the ranges of the last two attacks, 70% enter theirs) and {} attack attempts \
+         ({attack} sequential numbers in premium range {PREMIUM_RANGE}… and random numbers in \
+         range {MOBILE_RANGE}…, a new IP every 3 attempts; {} thin and wide, {THIN_WIDE_PER_RANGE} \
+         in each of {THIN_WIDE_RANGES} ranges of 6 countries; {FAKING_ATTEMPTS} \
+         conversion-faking in one range, one in {FAKING_COMPLETES_ONE_IN} completed; the last \
+         two a new IP and identity per start), interleaved, shipped limits and scoring, \
+         release build",
+        legit,
+        attack + adaptive_attempts,
+        THIN_WIDE_RANGES * THIN_WIDE_PER_RANGE,
     );
     let enforce = run_stream(root, "enforce", &actions).await?;
     let shadow = run_stream(root, "shadow", &actions).await?;
 
-    let mut attack_sent = 0;
-    let mut legit_refused: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut legit_total = 0;
-    // Per attacked range: attempts, sends, and sends before its first block.
-    let mut ranges: BTreeMap<&str, (usize, usize, Option<usize>)> = BTreeMap::new();
+    let mut attacks: BTreeMap<Attack, AttackTally<'_>> = BTreeMap::new();
+    let (mut all_users, mut ranged) = (LegitTally::default(), LegitTally::default());
     for (action, outcome) in actions.iter().zip(&enforce) {
         match action {
-            Action::Legit { .. } => {
-                legit_total += 1;
-                let kind = match outcome {
-                    Outcome::Sent(_) => None,
-                    Outcome::Refused(Decision::Block) => Some("blocked"),
-                    Outcome::Refused(_) => Some("step-up"),
-                    Outcome::RateLimited => Some("rate limited"),
-                    Outcome::Error => Some("error"),
-                };
-                if let Some(kind) = kind {
-                    *legit_refused.entry(kind).or_default() += 1;
+            Action::Legit {
+                in_attacked_range, ..
+            } => {
+                all_users.add(*outcome);
+                if *in_attacked_range {
+                    ranged.add(*outcome);
                 }
             }
-            Action::Attack { range, .. } => {
-                let entry = ranges.entry(range).or_default();
-                entry.0 += 1;
+            Action::Attack { attack, range, .. } => {
+                let tally = attacks.entry(*attack).or_default();
+                let entry = tally.ranges.entry(range.as_str()).or_default();
+                tally.attempts += 1;
                 if matches!(outcome, Outcome::Sent(_)) {
-                    attack_sent += 1;
-                    entry.1 += 1;
+                    tally.sent += 1;
+                    entry.0 += 1;
                 }
-                if entry.2.is_none() && *outcome == Outcome::Refused(Decision::Block) {
-                    entry.2 = Some(entry.1);
+                if entry.1.is_none() && *outcome == Outcome::Refused(Decision::Block) {
+                    entry.1 = Some(entry.0);
                 }
             }
         }
     }
-    let refused: usize = legit_refused.values().sum();
+    let attempts: usize = attacks.values().map(|t| t.attempts).sum();
+    let sent: usize = attacks.values().map(|t| t.sent).sum();
     println!("enforce mode");
     println!(
-        "  attack sends reaching the sandbox  {attack_sent} of {attack} ({:.2}%): {:.2}% stopped",
-        percent(attack_sent, attack),
-        100.0 - percent(attack_sent, attack)
+        "  attack sends reaching the sandbox  {sent} of {attempts} ({:.2}%): {:.2}% stopped",
+        percent(sent, attempts),
+        100.0 - percent(sent, attempts)
     );
-    for (range, (attempts, sends, blocked_after)) in &ranges {
-        match blocked_after {
-            Some(n) => println!(
-                "  range {range:<10} blocked after {n} sends ({sends} sends of {attempts} attempts in all)"
-            ),
-            None => {
-                println!("  range {range:<10} never blocked ({sends} sends of {attempts} attempts)")
+    for attack in Attack::ALL {
+        let Some(tally) = attacks.get(&attack) else {
+            continue;
+        };
+        println!(
+            "  {:<46} {} of {} sent: {:.2}% stopped",
+            attack.name(),
+            tally.sent,
+            tally.attempts,
+            100.0 - percent(tally.sent, tally.attempts)
+        );
+        if tally.ranges.len() == 1 {
+            for (range, (sends, blocked_after)) in &tally.ranges {
+                match blocked_after {
+                    Some(n) => println!("    range {range} blocked after {n} sends"),
+                    None => println!("    range {range} never blocked ({sends} sends)"),
+                }
             }
+        } else {
+            let blocked: Vec<usize> = tally.ranges.values().filter_map(|r| r.1).collect();
+            println!(
+                "    {} of {} ranges blocked, after {:.1} sends on average",
+                blocked.len(),
+                tally.ranges.len(),
+                blocked.iter().sum::<usize>() as f64 / blocked.len().max(1) as f64
+            );
         }
     }
-    println!(
-        "  legitimate users refused            {refused} of {legit_total} ({:.2}%) {legit_refused:?}",
-        percent(refused, legit_total)
-    );
+    all_users.print("legitimate users");
+    ranged.print("  of them in the attacked ranges");
 
     // Rate limits run on the wall clock, and the shadow run is slower (it sends the attack),
     // so a start near a limit's edge may be limited in one run and scored in the other;
@@ -399,7 +695,9 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         .map(|(a, (e, s))| {
             let who = match a {
                 Action::Legit { .. } => "legitimate".to_owned(),
-                Action::Attack { range, .. } => format!("attack on {range}"),
+                Action::Attack { attack, range, .. } => {
+                    format!("{} on {range}", attack.name())
+                }
             };
             format!("{who}: enforce {e:?}, shadow {s:?}")
         })
@@ -417,7 +715,7 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
             .filter(|o| matches!(o, Outcome::Refused(_)))
             .count()
     );
-    println!("  attack sends reaching the sandbox   {shadow_sent_attack} of {attack}");
+    println!("  attack sends reaching the sandbox   {shadow_sent_attack} of {attempts}");
     for d in differing {
         println!("  differs: {d}");
     }

@@ -96,9 +96,10 @@ fn print_help() {
          --segment N flows (default 1000), and each way against no credentials\n          \
          delivery: signed webhooks accepted+stored/s (--events N, default 5000) and the\n          \
          failure-to-fallback latency p50/p99 (--fallbacks N, default 50)\n          \
-         abuse: an SMS-pumping attack among legitimate users, enforce and shadow mode:\n          \
-         attack sends stopped, sends until each range is blocked, legit refused\n          \
-         (--legit N, default 1000; --attack N, default 1000)\n          \
+         abuse: SMS-pumping attacks among legitimate users, enforce and shadow mode:\n          \
+         per attack (premium, one range, thin and wide, conversion-faking) the sends\n          \
+         stopped and how its ranges were blocked; legit users blocked or asked to step up\n          \
+         (--legit N, default 1000; --attack N premium + one-range attempts, default 1000)\n          \
          memory: N starts to distinct numbers, RSS and peak RSS every 100k\n          \
          (--destinations N, default 1000000)\n          \
          --concurrency C (default 32), --connections K (HTTP/2, default 4)"
