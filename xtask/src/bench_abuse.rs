@@ -16,11 +16,12 @@
 //!   numbers and reads their codes), so the range's approval rate looks alive.
 //!
 //! Beside the last two, legitimate users of the very ranges they attack, some of whom
-//! abandon without entering their code. The stream runs once in `enforce` mode and once, on
+//! abandon without entering their code; and returning users, who verify again with the
+//! identity and number of a verification they completed. The stream runs once in `enforce` mode and once, on
 //! a fresh database, in `shadow` mode, one request at a time so both runs see the same
 //! order. Printed, per attack: its sends that reached the sandbox and how the ranges it
-//! used were blocked; the legitimate users refused and asked to step up (all of them, and
-//! those of the attacked ranges); and how far shadow mode's recorded decisions agree with
+//! used were blocked; the legitimate users refused and asked to step up (all of them, those
+//! of the attacked ranges, the returning ones); and how far shadow mode's recorded decisions agree with
 //! enforce mode's.
 
 use std::collections::BTreeMap;
@@ -132,6 +133,21 @@ impl Attack {
     }
 }
 
+/// Which legitimate users a start is counted among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserKind {
+    /// A user verifying for the first time, from the common countries and ranges.
+    Ordinary,
+    /// A user of a range the thin-and-wide or conversion-faking attack uses.
+    InAttackedRange,
+    /// A user who completed a verification earlier in the stream and comes back, with
+    /// the same identity and number, from another IP.
+    Returning,
+}
+
+/// One in this many ordinary users who enter their code comes back later.
+const RETURNS_ONE_IN: usize = 10;
+
 #[derive(Debug, Clone)]
 enum Action {
     Legit {
@@ -139,8 +155,7 @@ enum Action {
         ip: String,
         identity: String,
         completes: bool,
-        /// A user of a range the thin-and-wide or conversion-faking attack uses.
-        in_attacked_range: bool,
+        kind: UserKind,
     },
     Attack {
         attack: Attack,
@@ -204,7 +219,7 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
             ip: format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256),
             identity: format!("user-{i}"),
             completes: rng.below(10) < 9,
-            in_attacked_range: false,
+            kind: UserKind::Ordinary,
         });
     }
     let mut attack_actions = Vec::new();
@@ -239,7 +254,56 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
     let first = interleave(&mut rng, legit_actions, attack_actions);
     let mut rng = Rng(0x5EED_CAFE_F00D_0002);
     let adaptive = adaptive(&mut rng)?;
-    Ok(interleave(&mut rng, first, adaptive))
+    let mixed = interleave(&mut rng, first, adaptive);
+    Ok(with_returns(&mut rng, mixed))
+}
+
+/// `actions` with a later start of one in [`RETURNS_ONE_IN`] ordinary users who enter
+/// their code: the same identity and number, another IP, at a random place after the
+/// first.
+fn with_returns(rng: &mut Rng, actions: Vec<Action>) -> Vec<Action> {
+    let mut returns: Vec<(usize, Action)> = Vec::new();
+    let mut completing = 0;
+    for (at, action) in actions.iter().enumerate() {
+        if let Action::Legit {
+            to,
+            identity,
+            completes: true,
+            kind: UserKind::Ordinary,
+            ..
+        } = action
+        {
+            completing += 1;
+            if completing % RETURNS_ONE_IN == 0 {
+                let later = at + 1 + rng.below((actions.len() - at) as u64) as usize;
+                returns.push((
+                    later,
+                    Action::Legit {
+                        to: to.clone(),
+                        ip: format!(
+                            "10.100.{}.{}",
+                            returns.len() / 256 % 256,
+                            returns.len() % 256
+                        ),
+                        identity: identity.clone(),
+                        completes: true,
+                        kind: UserKind::Returning,
+                    },
+                ));
+            }
+        }
+    }
+    returns.sort_by_key(|(later, _)| *later);
+    let mut returns = returns.into_iter().peekable();
+    let mut out = Vec::with_capacity(actions.len() + returns.len());
+    for (at, action) in actions.into_iter().enumerate() {
+        while let Some((_, r)) = returns.next_if(|(later, _)| *later == at) {
+            out.push(r);
+        }
+        out.push(action);
+    }
+    out.extend(returns.map(|(_, r)| r));
+    out
 }
 
 /// `a` and `b` merged in a random order that keeps each one's own order.
@@ -299,7 +363,7 @@ fn adaptive(rng: &mut Rng) -> anyhow::Result<Vec<Action>> {
             ip: format!("10.200.{}.{}", i / 256 % 256, i % 256),
             identity: format!("ranged-user-{i}"),
             completes: rng.below(10) < LEGIT_IN_RANGE_COMPLETES_IN_TEN,
-            in_attacked_range: true,
+            kind: UserKind::InAttackedRange,
         });
     };
 
@@ -568,22 +632,21 @@ struct AttackTally<'a> {
 
 pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Result<()> {
     let actions = stream(legit, attack)?;
-    let ranged_users = actions
-        .iter()
-        .filter(|a| {
-            matches!(
-                a,
-                Action::Legit {
-                    in_attacked_range: true,
-                    ..
-                }
-            )
-        })
-        .count();
+    let users_of = |kind: UserKind| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Legit { kind: k, .. } if *k == kind))
+            .count()
+    };
+    let (ranged_users, returning_users) = (
+        users_of(UserKind::InAttackedRange),
+        users_of(UserKind::Returning),
+    );
     let adaptive_attempts = THIN_WIDE_RANGES * THIN_WIDE_PER_RANGE + FAKING_ATTEMPTS;
     println!(
         "verify-gateway bench abuse: {} legitimate users (90% enter their code; {ranged_users} \
-         more in the ranges of the last two attacks, 70% enter theirs) and {} attack attempts \
+         more in the ranges of the last two attacks, 70% enter theirs; {returning_users} come \
+         back after a verification they completed) and {} attack attempts \
          ({attack} sequential numbers in premium range {PREMIUM_RANGE}… and random numbers in \
          range {MOBILE_RANGE}…, a new IP every 3 attempts; {} thin and wide, {THIN_WIDE_PER_RANGE} \
          in each of {THIN_WIDE_RANGES} ranges of 6 countries; {FAKING_ATTEMPTS} \
@@ -598,15 +661,19 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
     let shadow = run_stream(root, "shadow", &actions).await?;
 
     let mut attacks: BTreeMap<Attack, AttackTally<'_>> = BTreeMap::new();
-    let (mut all_users, mut ranged) = (LegitTally::default(), LegitTally::default());
+    let (mut all_users, mut ranged, mut returning) = (
+        LegitTally::default(),
+        LegitTally::default(),
+        LegitTally::default(),
+    );
     for (action, outcome) in actions.iter().zip(&enforce) {
         match action {
-            Action::Legit {
-                in_attacked_range, ..
-            } => {
+            Action::Legit { kind, .. } => {
                 all_users.add(*outcome);
-                if *in_attacked_range {
-                    ranged.add(*outcome);
+                match kind {
+                    UserKind::Ordinary => {}
+                    UserKind::InAttackedRange => ranged.add(*outcome),
+                    UserKind::Returning => returning.add(*outcome),
                 }
             }
             Action::Attack { attack, range, .. } => {
@@ -661,6 +728,7 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
     }
     all_users.print("legitimate users");
     ranged.print("  of them in the attacked ranges");
+    returning.print("  of them returning");
 
     // Rate limits run on the wall clock, and the shadow run is slower (it sends the attack),
     // so a start near a limit's edge may be limited in one run and scored in the other;
