@@ -226,7 +226,7 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
     for i in 0..attack {
         // Sequential numbers in the premium range, and random ones in the mobile range,
         // alternating; a new client IP every three attempts.
-        let ip = format!("198.51.{}.{}", (i / 3) / 256 % 256, (i / 3) % 256);
+        let ip = address("198.51", i / 3);
         if i % 2 == 0 {
             attack_actions.push(Action::Attack {
                 attack: Attack::Premium,
@@ -280,11 +280,7 @@ fn with_returns(rng: &mut Rng, actions: Vec<Action>) -> Vec<Action> {
                     later,
                     Action::Legit {
                         to: to.clone(),
-                        ip: format!(
-                            "10.100.{}.{}",
-                            returns.len() / 256 % 256,
-                            returns.len() % 256
-                        ),
+                        ip: address("10.100", returns.len()),
                         identity: identity.clone(),
                         completes: true,
                         kind: UserKind::Returning,
@@ -331,6 +327,27 @@ fn draw(rng: &mut Rng, template: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no valid number drawn from the template {template}"))
 }
 
+/// The i-th of a /16's addresses: `prefix` is its first two octets.
+fn address(prefix: &str, i: usize) -> String {
+    format!("{prefix}.{}.{}", i / 256 % 256, i % 256)
+}
+
+/// A range drawn from `template` (a valid number's, without its last [`RANGE_DIGITS`]
+/// digits), with `attacked` and then `users` distinct valid numbers of it, none in `taken`.
+fn range_of(
+    rng: &mut Rng,
+    template: &str,
+    attacked: usize,
+    users: usize,
+    taken: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
+    let seed = draw(rng, template)?;
+    let range = seed[..seed.len() - RANGE_DIGITS].to_owned();
+    let mut numbers = numbers_in(rng, &range, attacked + users, taken)?;
+    let users = numbers.split_off(attacked);
+    Ok((range, numbers, users))
+}
+
 /// `n` distinct valid mobile numbers of `range`, none of them in `taken`.
 fn numbers_in(
     rng: &mut Rng,
@@ -360,7 +377,7 @@ fn adaptive(rng: &mut Rng) -> anyhow::Result<Vec<Action>> {
         let i = legit.len();
         legit.push(Action::Legit {
             to,
-            ip: format!("10.200.{}.{}", i / 256 % 256, i % 256),
+            ip: address("10.200", i),
             identity: format!("ranged-user-{i}"),
             completes: rng.below(10) < LEGIT_IN_RANGE_COMPLETES_IN_TEN,
             kind: UserKind::InAttackedRange,
@@ -370,20 +387,18 @@ fn adaptive(rng: &mut Rng) -> anyhow::Result<Vec<Action>> {
     let mut thin_wide = Vec::new();
     for r in 0..THIN_WIDE_RANGES {
         let template = THIN_WIDE_COUNTRIES[r % THIN_WIDE_COUNTRIES.len()];
-        let seed = draw(rng, template)?;
-        let range = seed[..seed.len() - RANGE_DIGITS].to_owned();
-        let numbers = numbers_in(
+        let (range, attacked, users) = range_of(
             rng,
-            &range,
-            THIN_WIDE_PER_RANGE + LEGIT_PER_THIN_RANGE,
+            template,
+            THIN_WIDE_PER_RANGE,
+            LEGIT_PER_THIN_RANGE,
             &mut taken,
         )?;
-        let (attacked, users) = numbers.split_at(THIN_WIDE_PER_RANGE);
         for to in attacked {
-            thin_wide.push((range.clone(), to.clone()));
+            thin_wide.push((range.clone(), to));
         }
         for to in users {
-            user(rng, to.clone(), &mut legit);
+            user(rng, to, &mut legit);
         }
     }
     // The attacker works through its ranges side by side, not one after the other.
@@ -399,35 +414,33 @@ fn adaptive(rng: &mut Rng) -> anyhow::Result<Vec<Action>> {
             attack: Attack::ThinWide,
             range,
             to,
-            ip: format!("203.0.{}.{}", i / 256 % 256, i % 256),
+            ip: address("203.0", i),
             identity: format!("tw-{i}"),
             completes: false,
         })
         .collect();
 
-    let seed = draw(rng, FAKING_TEMPLATE)?;
-    let range = seed[..seed.len() - RANGE_DIGITS].to_owned();
-    let numbers = numbers_in(
+    let (range, attacked, users) = range_of(
         rng,
-        &range,
-        FAKING_ATTEMPTS + LEGIT_IN_FAKING_RANGE,
+        FAKING_TEMPLATE,
+        FAKING_ATTEMPTS,
+        LEGIT_IN_FAKING_RANGE,
         &mut taken,
     )?;
-    let (attacked, users) = numbers.split_at(FAKING_ATTEMPTS);
     let faking: Vec<Action> = attacked
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, to)| Action::Attack {
             attack: Attack::ConversionFaking,
             range: range.clone(),
-            to: to.clone(),
-            ip: format!("100.64.{}.{}", i / 256 % 256, i % 256),
+            to,
+            ip: address("100.64", i),
             identity: format!("cf-{i}"),
             completes: rng.below(FAKING_COMPLETES_ONE_IN) == 0,
         })
         .collect();
     for to in users {
-        user(rng, to.clone(), &mut legit);
+        user(rng, to, &mut legit);
     }
 
     let attacks = interleave(rng, thin_wide, faking);
