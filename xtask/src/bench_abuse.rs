@@ -210,10 +210,7 @@ fn stream(legit: usize, attack: usize) -> anyhow::Result<Vec<Action>> {
                 }
             })
             .map_or(LEGIT[0].1, |(_, t)| t);
-        let to = (0..10_000)
-            .map(|_| fill(&mut rng, template))
-            .find(|candidate| valid(candidate))
-            .with_context(|| format!("no valid number drawn from the template {template}"))?;
+        let to = draw(&mut rng, template)?;
         legit_actions.push(Action::Legit {
             to,
             ip: format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256),
@@ -485,13 +482,14 @@ fn decision_of(v: Option<&pb::Verification>) -> Decision {
     }
 }
 
+/// What the gateway answered to one start: the outcome, the verification's id when it was
+/// sent, and scoring's message when it refused.
 async fn start(
     client: &mut crate::bench::Client,
     to: &str,
     ip: &str,
     identity: &str,
-    legit: bool,
-) -> (Outcome, Option<String>) {
+) -> (Outcome, Option<String>, Option<String>) {
     let answer = client
         .start_verification(pb::StartVerificationRequest {
             purpose: "login".into(),
@@ -505,24 +503,21 @@ async fn start(
     match answer {
         Ok(r) => {
             let v = r.into_inner().verification;
-            (Outcome::Sent(decision_of(v.as_ref())), v.map(|v| v.id))
+            (
+                Outcome::Sent(decision_of(v.as_ref())),
+                v.map(|v| v.id),
+                None,
+            )
         }
         Err(s) => {
-            // Why legitimate users were refused, for the first few.
-            static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            if legit
-                && matches!(s.code(), Code::PermissionDenied | Code::FailedPrecondition)
-                && SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
-            {
-                eprintln!("  a legitimate user was refused: {}", s.message());
-            }
+            let why = Some(s.message().to_owned());
             match s.code() {
-                Code::PermissionDenied => (Outcome::Refused(Decision::Block), None),
-                Code::FailedPrecondition => (Outcome::Refused(Decision::StepUp), None),
-                Code::ResourceExhausted => (Outcome::RateLimited, None),
+                Code::PermissionDenied => (Outcome::Refused(Decision::Block), None, why),
+                Code::FailedPrecondition => (Outcome::Refused(Decision::StepUp), None, why),
+                Code::ResourceExhausted => (Outcome::RateLimited, None, why),
                 _ => {
                     eprintln!("unexpected answer: {s:?}");
-                    (Outcome::Error, None)
+                    (Outcome::Error, None, None)
                 }
             }
         }
@@ -551,13 +546,20 @@ async fn complete(
     Ok(())
 }
 
-async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Result<Vec<Outcome>> {
+/// Plays `actions` against a fresh gateway in `mode`: each start's outcome, and the
+/// refusals of legitimate users by what refused them ([`refusal_shape`]).
+async fn run_stream(
+    root: &Path,
+    mode: &str,
+    actions: &[Action],
+) -> anyhow::Result<(Vec<Outcome>, BTreeMap<String, usize>)> {
     let gateway = spawn_gateway(root, Upstream::Sandbox, &[("VERIFY_FRAUD__MODE", mode)])?;
     let mut client = connect(gateway.grpc).await?;
     let http = reqwest::Client::new();
     let inbox = format!("http://127.0.0.1:{}/sandbox/messages", gateway.sandbox);
     let began = Instant::now();
     let mut outcomes = Vec::with_capacity(actions.len());
+    let mut refusals = BTreeMap::new();
     for action in actions {
         let (legit, to, ip, identity, completes) = match action {
             Action::Legit {
@@ -575,9 +577,12 @@ async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Resu
                 ..
             } => (false, to, ip, identity, *completes),
         };
-        let (outcome, id) = start(&mut client, to, ip, identity, legit).await;
+        let (outcome, id, why) = start(&mut client, to, ip, identity).await;
         if let (true, Some(id)) = (completes, id) {
             complete(&mut client, &http, &inbox, to, id).await?;
+        }
+        if let (true, Some(why)) = (legit, why) {
+            *refusals.entry(refusal_shape(&why)).or_default() += 1;
         }
         outcomes.push(outcome);
     }
@@ -586,7 +591,28 @@ async fn run_stream(root: &Path, mode: &str, actions: &[Action]) -> anyhow::Resu
         actions.len(),
         began.elapsed().as_secs_f64()
     );
-    Ok(outcomes)
+    Ok((outcomes, refusals))
+}
+
+/// A refusal's message with its figures, ranges and networks left out, so refusals for
+/// the same reasons read alike: `a step-up is required before sending (score #): range #
+/// converted # of # new destinations …`.
+fn refusal_shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_figure = false;
+    for c in message.chars() {
+        let figure = c.is_ascii_digit() || (in_figure && matches!(c, '.' | '/'));
+        if c == '+' || figure {
+            if !in_figure {
+                out.push('#');
+            }
+            in_figure = true;
+        } else {
+            in_figure = false;
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn percent(part: usize, whole: usize) -> f64 {
@@ -670,8 +696,8 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         attack + adaptive_attempts,
         THIN_WIDE_RANGES * THIN_WIDE_PER_RANGE,
     );
-    let enforce = run_stream(root, "enforce", &actions).await?;
-    let shadow = run_stream(root, "shadow", &actions).await?;
+    let (enforce, refusals) = run_stream(root, "enforce", &actions).await?;
+    let (shadow, _) = run_stream(root, "shadow", &actions).await?;
 
     let mut attacks: BTreeMap<Attack, AttackTally<'_>> = BTreeMap::new();
     let (mut all_users, mut ranged, mut returning) = (
@@ -742,16 +768,35 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
     all_users.print("legitimate users");
     ranged.print("  of them in the attacked ranges");
     returning.print("  of them returning");
+    for (why, n) in &refusals {
+        println!("    {n:>4} refused: {why}");
+    }
 
     // Rate limits run on the wall clock, and the shadow run is slower (it sends the attack),
-    // so a start near a limit's edge may be limited in one run and scored in the other;
-    // decisions are compared where both runs scored.
+    // so a start near a limit's edge may be limited in one run and scored in the other; and
+    // shadow mode sends what enforce refuses, so those starts take from the limits of their
+    // destinations, ranges and countries, which a refused start leaves alone: decisions are
+    // compared where both runs scored.
     let both = |(e, s): &(&Outcome, &Outcome)| e.decision().is_some() && s.decision().is_some();
     let scored = enforce.iter().zip(&shadow).filter(both).count();
     let agree = enforce
         .iter()
         .zip(&shadow)
         .filter(both)
+        .filter(|(e, s)| e.decision() == s.decision())
+        .count();
+    // Legitimate users do what they do whatever the gateway answers; an attacker enters
+    // the codes it receives, so once enforce refuses its sends its conversion falls where
+    // in shadow mode it does not. Legitimate users' decisions are what shadow must predict.
+    let legit_both: Vec<(&Outcome, &Outcome)> = actions
+        .iter()
+        .zip(enforce.iter().zip(&shadow))
+        .filter(|(a, _)| matches!(a, Action::Legit { .. }))
+        .map(|(_, pair)| pair)
+        .filter(both)
+        .collect();
+    let legit_agree = legit_both
+        .iter()
         .filter(|(e, s)| e.decision() == s.decision())
         .count();
     let limited_once = enforce
@@ -771,7 +816,7 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
     let differing: Vec<String> = actions
         .iter()
         .zip(enforce.iter().zip(&shadow))
-        .filter(|(_, (e, s))| e.decision().is_some() && e.decision() != s.decision())
+        .filter(|(_, pair)| both(pair) && pair.0.decision() != pair.1.decision())
         .take(5)
         .map(|(a, (e, s))| {
             let who = match a {
@@ -788,6 +833,11 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         "  decisions equal to enforce mode     {agree} of {scored} starts both runs scored ({:.2}%); \
          {limited_once} rate-limited in one run only",
         percent(agree, scored)
+    );
+    println!(
+        "    of legitimate users' starts       {legit_agree} of {} ({:.2}%)",
+        legit_both.len(),
+        percent(legit_agree, legit_both.len())
     );
     println!(
         "  refused                             {} (shadow refuses nothing); would refuse {would_refuse}",

@@ -259,6 +259,10 @@ pub struct RiskAssessment {
     pub reasons: Vec<RiskReason>,
     /// Scored in shadow mode: recorded, not enforced.
     pub shadow: bool,
+    /// The client network the start came from as scoring judged it (`203.0.113.0/24`,
+    /// `2001:db8:1::/48`), kept so that an approval of the verification counts for that
+    /// network's conversion; `None` when the caller gave no client IP.
+    pub network: Option<String>,
 }
 
 impl RiskAssessment {
@@ -287,7 +291,8 @@ pub enum BlockKind {
     Country,
     /// One destination, by its blind-index hash (hex).
     Destination,
-    /// A client IP address; IPv6 addresses by their /64 network.
+    /// A client IP address (IPv6 addresses by their /64 network), or a network of them: an
+    /// IPv4 /24 (`203.0.113.0/24`), an IPv6 /48 (`2001:db8:1::/48`).
     Ip,
 }
 
@@ -594,6 +599,7 @@ mod tests {
             score: 100,
             reasons: vec![],
             shadow: false,
+            network: None,
         };
         assert!(refused.refuses());
         assert!(

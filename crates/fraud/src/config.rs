@@ -185,6 +185,16 @@ pub struct FraudConfig {
     pub sequential: CountSignal,
     /// New destinations from one client IP. Default: 1 hour, 10 → 50, 30 → 100.
     pub ip_fan_out: CountSignal,
+    /// Approvals over new destinations started from one client network (an IPv4 /24, an
+    /// IPv6 /48; only starts scoring allowed count, as a refused one gives its sender no code
+    /// to enter; this destination left out): an attacker who takes a new address, identity
+    /// and range for every start mostly keeps its network, and converts nothing, or a share
+    /// no network of real users falls to. A network of many users (a carrier's NAT, an
+    /// office) is not suspect by its size, only by its conversion. Default: 6 hours; under
+    /// 5% of at least 5, i.e. none approved → 60 (a step-up); under 50% of at least 8 → 60;
+    /// under 10% of at least 20 → 100 (a block, and the network blocked: reached by a
+    /// network that passes its step-ups and still enters no code).
+    pub network_conversion: ConversionSignal,
     /// New destinations for one identity (the caller's user). Default: 1 hour, 4 → 50,
     /// 10 → 100.
     pub identity_fan_out: CountSignal,
@@ -258,6 +268,7 @@ impl Default for FraudConfig {
             country_conversion: converting(HOUR, &[(50, 20, 20)]),
             sequential: counting(HOUR, &[(4, 50), (7, 100)]),
             ip_fan_out: counting(HOUR, &[(10, 50), (30, 100)]),
+            network_conversion: converting(6 * HOUR, &[(5, 5, 60), (8, 50, 60), (20, 10, 100)]),
             identity_fan_out: counting(HOUR, &[(4, 50), (10, 100)]),
             auto_block: 12 * HOUR,
             fraud_guard_block: 12 * HOUR,
@@ -323,6 +334,7 @@ impl FraudConfig {
         for (name, s) in [
             ("prefix_conversion", &self.prefix_conversion),
             ("country_conversion", &self.country_conversion),
+            ("network_conversion", &self.network_conversion),
         ] {
             if !s.enabled() {
                 continue;

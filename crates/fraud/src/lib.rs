@@ -7,12 +7,13 @@
 //! # How the service uses it
 //!
 //! For each start that passed the rate limits:
-//! 1. build a [`Subject`] (channel, phone parts, destination hash, client IP, identity tag,
-//!    whether the caller completed a step-up);
+//! 1. build a [`Subject`] (channel, phone parts, destination hash, client IP and its
+//!    [network](network_of), identity tag, whether the caller completed a step-up);
 //! 2. read the counters of [`queries`] and the blocks active on [`block_targets`];
 //! 3. [`assess`] them into an [`Outcome`]: record its `adds` and `blocks`, and refuse the
 //!    send when its assessment [`refuses`](domain::abuse::RiskAssessment::refuses);
-//! 4. on an approved check, record [`approved`];
+//! 4. on an approved check, record [`approved`] (with the network its start's assessment
+//!    kept);
 //! 5. when Twilio refuses a send with 60410, 60605 or 21408, impose [`provider_verdict`].
 //!
 //! # Rules (decide `block` outright)
@@ -31,7 +32,10 @@
 //!   weak on purpose: an attack on one range drags its country down, and that alone must
 //!   refuse no one;
 //! * `SEQUENTIAL_NUMBERS`: new destinations within one block of 100 numbers;
-//! * `IP_FAN_OUT` / `IDENTITY_FAN_OUT`: new destinations from one client IP or for one user.
+//! * `IP_FAN_OUT` / `IDENTITY_FAN_OUT`: new destinations from one client IP or for one user;
+//! * `NETWORK_LOW_CONVERSION`: approvals over new destinations started from one client
+//!   network (IPv4 /24, IPv6 /48), once there are enough: an attacker that takes a new
+//!   address, identity and range for every start mostly keeps its network.
 //!
 //! Each signal has tiers (a count, or a sample and a rate, and the weight they add); the
 //! heaviest tier reached counts.
@@ -39,17 +43,23 @@
 //! # Counters
 //!
 //! Keys are short and namespaced, never a raw number: `prefix:+4479111`, `country:GB`,
-//! `dest:<hash>`, `seq:<hundred-block tag>`, `ipfan:<ip>`, `idfan:<identity tag>`.
+//! `dest:<hash>`, `seq:<hundred-block tag>`, `ipfan:<ip>`, `net:<network>`,
+//! `idfan:<identity tag>`.
 //!
 //! Distinct destinations are counted without storing numbers: each start reads its own
 //! destination's counter; when that is zero the destination is new, and only then does the
 //! start add one to the range, country, hundred-block, IP and identity counters. Approved
 //! checks add to the range, country and destination counters. So resends and retries after
-//! a step-up count once, and conversion is "how many of the numbers tried approved".
-//! Starts count whether or not they are sent (shadow and enforce see the same counters),
-//! except that a start a rule refused (an active block, say) adds nothing to its range and
+//! a step-up count once, and conversion is "how many of the numbers tried approved". Starts
+//! count whether or not they are sent (shadow and enforce see the same counters), except
+//! that a start a rule refused (an active block, say) adds nothing to its range and
 //! country: its user could not approve, and counting it would block the range again the
-//! moment its block ends.
+//! moment its block ends. A network counts only the new destinations scoring allowed, and
+//! their approvals (the assessment keeps the network for the approval): a start refused
+//! for its range gives its sender no code, and says nothing about the network. Likewise a
+//! start refused only for its network's conversion is not counted for its range and
+//! country: a network stepped up for good would otherwise drag every range it tries down
+//! to a block, and the real users of those ranges with it.
 //!
 //! # Decision
 //!
@@ -64,7 +74,10 @@
 //!
 //! When behaviour reaches `block_score`, scoring also imposes blocks: on the range when a
 //! range signal took part (reason: the strongest one's code), on the client IP when its
-//! fan-out did. With the defaults a pumping attack on one range is blocked within about
+//! fan-out did, on the client's network when its conversion did; a range and a network
+//! each only when the behaviour without the other's signal still reaches `block_score`
+//! (a network that tries many ranges does not make each an attacked range). With the
+//! defaults a pumping attack on one range is blocked within about
 //! ten attempts (five get through before a step-up stops it); slower ones by about twenty,
 //! refused from the sixth.
 //!
@@ -89,7 +102,7 @@ pub use provider::{
     FRAUD_GUARD, MESSAGING_GEO_PERMISSION, VERIFY_GEO_PERMISSION, provider_verdict,
 };
 pub use score::{Observed, Outcome, approved, assess, block_targets, queries};
-pub use subject::{HUNDRED_BLOCK_TAG, PhoneSubject, Subject};
+pub use subject::{HUNDRED_BLOCK_TAG, PhoneSubject, Subject, network_of};
 
 #[cfg(test)]
 mod simulation;

@@ -62,6 +62,10 @@ pub(crate) mod keys {
         format!("ipfan:{ip}")
     }
 
+    pub fn network(network: &str) -> String {
+        format!("net:{network}")
+    }
+
     pub fn identity_fan_out(tag: &str) -> String {
         format!("idfan:{tag}")
     }
@@ -82,6 +86,7 @@ enum Slot {
     CountryConversion,
     Sequential,
     IpFanOut,
+    NetworkConversion,
     IdentityFanOut,
 }
 
@@ -157,6 +162,14 @@ fn plan(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> Vec<(Slo
             query(keys::ip_fan_out(ip), config.ip_fan_out.window),
         ));
     }
+    if let Some(network) = &subject.network
+        && config.network_conversion.enabled()
+    {
+        plan.push((
+            Slot::NetworkConversion,
+            query(keys::network(network), config.network_conversion.window),
+        ));
+    }
     if let Some(identity) = &subject.identity
         && config.identity_fan_out.enabled()
     {
@@ -183,8 +196,8 @@ pub fn queries(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> V
         .collect()
 }
 
-/// The targets whose active blocks apply to `subject`: its destination, client IP, range
-/// and country.
+/// The targets whose active blocks apply to `subject`: its destination, client IP and
+/// network, range and country.
 pub fn block_targets(subject: &Subject) -> Vec<BlockTarget> {
     let target = |kind, value: &str| BlockTarget {
         kind,
@@ -193,6 +206,9 @@ pub fn block_targets(subject: &Subject) -> Vec<BlockTarget> {
     let mut targets = vec![target(BlockKind::Destination, subject.destination.as_str())];
     if let Some(ip) = &subject.ip {
         targets.push(target(BlockKind::Ip, ip));
+    }
+    if let Some(network) = &subject.network {
+        targets.push(target(BlockKind::Ip, network));
     }
     if let Some(phone) = &subject.phone {
         targets.push(target(BlockKind::Prefix, &phone.range_prefix));
@@ -204,8 +220,10 @@ pub fn block_targets(subject: &Subject) -> Vec<BlockTarget> {
 }
 
 /// The counts an approved check adds: one approval to the destination's country, range
-/// and own counter. Empty when the mode is [`Mode::Off`]. Only the channel-independent
-/// parts of `subject` are read (destination and phone parts).
+/// and own counter, and to the network its start came from ([`Subject::network`]: the
+/// [`RiskAssessment::network`] kept with the verification). Empty when the mode is
+/// [`Mode::Off`]. Only the channel-independent parts of `subject` are read (destination,
+/// phone parts, network).
 pub fn approved(config: &FraudConfig, subject: &Subject) -> Vec<CountAdd> {
     if config.mode == Mode::Off {
         return Vec::new();
@@ -222,6 +240,9 @@ pub fn approved(config: &FraudConfig, subject: &Subject) -> Vec<CountAdd> {
         }
         adds.push(approval(keys::prefix(&phone.range_prefix)));
     }
+    if let Some(network) = &subject.network {
+        adds.push(approval(keys::network(network)));
+    }
     adds.push(approval(keys::destination(&subject.destination)));
     adds
 }
@@ -237,6 +258,8 @@ enum Class {
     Range,
     /// Fan-out from the client IP: grounds for blocking the IP.
     IpFanOut,
+    /// Behaviour of the client's network: grounds for blocking the network.
+    Network,
     /// Any other behaviour.
     Other,
 }
@@ -274,8 +297,15 @@ fn target_text(target: &BlockTarget) -> String {
         BlockKind::Prefix => format!("range {}", target.value),
         BlockKind::Country => format!("country {}", target.value),
         BlockKind::Destination => "this destination".to_owned(),
+        BlockKind::Ip if is_network(&target.value) => format!("network {}", target.value),
         BlockKind::Ip => "the client IP".to_owned(),
     }
+}
+
+/// Whether an IP block's value is a network of [`crate::network_of`] (an IPv6 /64 is one
+/// subscriber's address, named like an IPv4 address).
+fn is_network(value: &str) -> bool {
+    value.ends_with("/24") || value.ends_with("/48")
 }
 
 fn active_block_code(kind: BlockKind) -> &'static str {
@@ -452,6 +482,15 @@ pub fn assess(
     // Behaviour. Conversion is approvals over new destinations; a destination seen before
     // (a resend) is left out of its range's and country's figures while it is scored.
     let seen = u64::from(!new_destination);
+    // New destinations tried and approved over a conversion signal's window, this one left
+    // out.
+    let converted = |slot: Slot| {
+        let c = counts(slot);
+        (
+            c.attempts.saturating_sub(seen),
+            c.approved.saturating_sub(own.approved),
+        )
+    };
     if let Some(phone) = &subject.phone {
         let range = &phone.range_prefix;
         let s = &config.prefix_velocity;
@@ -469,9 +508,7 @@ pub fn assess(
             );
         }
         let s = &config.prefix_conversion;
-        let c = counts(Slot::PrefixConversion);
-        let tried = c.attempts.saturating_sub(seen);
-        let approved = c.approved.saturating_sub(own.approved);
+        let (tried, approved) = converted(Slot::PrefixConversion);
         if let Some(t) = s.reached(tried, approved) {
             find(
                 Class::Range,
@@ -500,9 +537,7 @@ pub fn assess(
         }
         let s = &config.country_conversion;
         if let Some(country) = phone.country {
-            let c = counts(Slot::CountryConversion);
-            let tried = c.attempts.saturating_sub(seen);
-            let approved = c.approved.saturating_sub(own.approved);
+            let (tried, approved) = converted(Slot::CountryConversion);
             if let Some(t) = s.reached(tried, approved) {
                 find(
                     Class::Other,
@@ -528,6 +563,22 @@ pub fn assess(
                     "{n} new destinations from the client IP in the last {} (threshold {})",
                     window_text(s.window),
                     t.at
+                ),
+                t.weight,
+            );
+        }
+    }
+    let s = &config.network_conversion;
+    if let Some(network) = &subject.network {
+        let (tried, approved) = converted(Slot::NetworkConversion);
+        if let Some(t) = s.reached(tried, approved) {
+            find(
+                Class::Network,
+                "NETWORK_LOW_CONVERSION",
+                format!(
+                    "network {network} converted {approved} of {tried} new destinations in the last {} (under {}%)",
+                    window_text(s.window),
+                    t.below_percent
                 ),
                 t.weight,
             );
@@ -564,16 +615,31 @@ pub fn assess(
     // step-up lets users through and the evidence with them.)
     let behaviour = sum(&|c| !matches!(c, Class::Rule | Class::Context));
     let ruled = findings.iter().any(|f| f.class == Class::Rule);
-    let mut decision = if ruled || behaviour >= config.block_score {
-        RiskDecision::Block
-    } else if score >= config.step_up_score {
-        RiskDecision::StepUp
-    } else {
-        RiskDecision::Allow
+    // A completed step-up turns a step-up into an allow (never a block).
+    let decide = |score: u32, behaviour: u32| {
+        if ruled || behaviour >= config.block_score {
+            RiskDecision::Block
+        } else if score >= config.step_up_score && !subject.step_up_completed {
+            RiskDecision::StepUp
+        } else {
+            RiskDecision::Allow
+        }
     };
+    let decision = decide(score, behaviour);
+    // A start refused only for its network's conversion says nothing about its range or
+    // country (the network is what keeps failing), as a start refused for its range says
+    // nothing about its network: it is counted for neither. Otherwise a network stepped up
+    // for good would drag every range it tries down to a block, and the real users of
+    // those ranges with it.
+    let network_weight = sum(&|c| c == Class::Network);
+    let for_the_network_only = decision != RiskDecision::Allow
+        && decide(
+            score.saturating_sub(network_weight),
+            behaviour.saturating_sub(network_weight),
+        ) == RiskDecision::Allow;
     let mut reasons: Vec<RiskReason> = findings.iter().map(|f| f.reason.clone()).collect();
-    if decision == RiskDecision::StepUp && subject.step_up_completed {
-        decision = RiskDecision::Allow;
+    if decision == RiskDecision::Allow && subject.step_up_completed && score >= config.step_up_score
+    {
         reasons.push(RiskReason {
             code: "STEP_UP_COMPLETED".to_owned(),
             message: "the caller completed a step-up check for this start, so no further step-up is asked"
@@ -583,13 +649,19 @@ pub fn assess(
     }
 
     // Auto-blocks: when behaviour reaches the block score, on the range when its behaviour
-    // took part, and on the IP when its fan-out did. A target already blocked (as counted
-    // above) is not blocked again.
+    // took part, on the IP when its fan-out did, and on the network when its conversion
+    // did. A range and a network are blocked each on evidence that is not the other's: a
+    // network that tries many ranges does not make each of them an attacked range (their
+    // users would be refused long after the network is stopped), nor does a range under
+    // attack make every network its users come from an attacker's. A target already blocked
+    // (as counted above) is not blocked again.
     let mut blocks = Vec::new();
     if behaviour >= config.block_score {
-        let mut impose = |target: BlockTarget, class: Class| {
+        let without = |class: Class| behaviour.saturating_sub(sum(&|c| c == class));
+        let mut impose = |target: BlockTarget, class: Class, evidence: u32| {
             let finding = findings.iter().find(|f| f.class == class);
             if let Some(f) = finding
+                && evidence >= config.block_score
                 && !blocked.contains(&&target)
             {
                 blocks.push(new_block(
@@ -610,6 +682,7 @@ pub fn assess(
                     value: phone.range_prefix.clone(),
                 },
                 Class::Range,
+                without(Class::Network),
             );
         }
         if let Some(ip) = &subject.ip {
@@ -619,31 +692,64 @@ pub fn assess(
                     value: ip.clone(),
                 },
                 Class::IpFanOut,
+                behaviour,
+            );
+        }
+        if let Some(network) = &subject.network {
+            impose(
+                BlockTarget {
+                    kind: BlockKind::Ip,
+                    value: network.clone(),
+                },
+                Class::Network,
+                without(Class::Range),
             );
         }
     }
 
+    // The network is judged by what it did with the codes scoring let it have: a start
+    // refused for its range or country gives its sender nothing to enter, and says nothing
+    // about the network. Only a start allowed (sent, or what enforce would have sent) counts
+    // for it, and only such a start's approval (its assessment keeps the network).
+    let network = subject
+        .network
+        .clone()
+        .filter(|_| new_destination && decision == RiskDecision::Allow);
     Outcome {
+        adds: attempt_adds(
+            subject,
+            new_destination,
+            !ruled && !for_the_network_only,
+            network.as_deref(),
+        ),
         assessment: Some(RiskAssessment {
             decision,
             score,
             reasons,
             shadow,
+            network,
         }),
         blocks,
-        adds: attempt_adds(subject, new_destination, ruled),
     }
 }
 
 /// What a scored attempt adds: one to its destination's counter and, when the destination
-/// is new, one to each counter of new destinations (range, country, hundred-block, IP,
-/// identity), refused or not, so shadow and enforce count alike.
+/// is new, one to each counter of new destinations (range and country when
+/// `range_and_country`, hundred-block, IP, identity), refused or not, so shadow and enforce
+/// count alike; and one to `network`'s, the network the start counts for (a new
+/// destination scoring allowed).
 ///
 /// A start a rule refused (an active block, a denied country or number type) adds nothing
 /// to its range and country: while a range is blocked its users cannot approve, and
 /// counting them would keep its conversion down and block it again the moment the block
-/// ends, for ever, even when it was blocked by mistake.
-fn attempt_adds(subject: &Subject, new_destination: bool, ruled: bool) -> Vec<CountAdd> {
+/// ends, for ever, even when it was blocked by mistake. Nor does a start refused only for
+/// its network.
+fn attempt_adds(
+    subject: &Subject,
+    new_destination: bool,
+    range_and_country: bool,
+    network: Option<&str>,
+) -> Vec<CountAdd> {
     let attempt = |key| CountAdd {
         key,
         attempts: 1,
@@ -654,7 +760,7 @@ fn attempt_adds(subject: &Subject, new_destination: bool, ruled: bool) -> Vec<Co
         return adds;
     }
     if let Some(phone) = &subject.phone {
-        if !ruled {
+        if range_and_country {
             if let Some(country) = phone.country {
                 adds.push(attempt(keys::country(country)));
             }
@@ -664,6 +770,9 @@ fn attempt_adds(subject: &Subject, new_destination: bool, ruled: bool) -> Vec<Co
     }
     if let Some(ip) = &subject.ip {
         adds.push(attempt(keys::ip_fan_out(ip)));
+    }
+    if let Some(network) = network {
+        adds.push(attempt(keys::network(network)));
     }
     if let Some(identity) = &subject.identity {
         adds.push(attempt(keys::identity_fan_out(identity)));

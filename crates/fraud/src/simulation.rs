@@ -186,6 +186,7 @@ impl Number {
             }),
             destination: DestinationHash::from_stored(key.tag("destination", &self.e164)),
             ip: None,
+            network: None,
             identity: None,
             step_up_completed: false,
         }

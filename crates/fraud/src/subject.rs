@@ -1,5 +1,7 @@
 //! What is scored: the parts of a start that signals read, none of them a raw destination.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use domain::{
     BlindIndexKey, Channel, Destination, DestinationHash, NumberType, PhoneNumber, Region,
 };
@@ -39,6 +41,9 @@ pub struct Subject {
     pub destination: DestinationHash,
     /// The client IP in the canonical form of IP blocks (`203.0.113.7`, `2001:db8:1:2::/64`).
     pub ip: Option<String>,
+    /// The client IP's network ([`network_of`]: `203.0.113.0/24`, `2001:db8:1::/48`): what an
+    /// attacker who takes a new address for every start usually keeps.
+    pub network: Option<String>,
     /// A keyed tag of the caller's user, when the caller named one.
     pub identity: Option<String>,
     /// The caller says the user passed a stronger check (captcha, TOTP) for this start.
@@ -54,10 +59,32 @@ impl Subject {
             phone: destination.phone().map(|p| PhoneSubject::new(p, key)),
             destination: key.hash(destination),
             ip: None,
+            network: None,
             identity: None,
             step_up_completed: false,
         }
     }
+}
+
+/// The network scoring judges a client address by: an IPv4 address's /24, an IPv6
+/// address's /48 (a site's allocation: an attacker holding one rotates through its /64s
+/// for free). An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) is its IPv4 address's.
+pub fn network_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4_network(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4_network(v4),
+            None => {
+                let network = u128::from(v6) & !(u128::MAX >> 48);
+                format!("{}/48", Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
+fn v4_network(v4: Ipv4Addr) -> String {
+    let [a, b, c, _] = v4.octets();
+    format!("{a}.{b}.{c}.0/24")
 }
 
 #[cfg(test)]
@@ -76,6 +103,21 @@ mod tests {
         assert_eq!(parts.hundred_block_tag.len(), 32);
         assert!(!format!("{subject:?}").contains("7400123456"));
         assert!(!format!("{subject:?}").contains(phone.hundred_block()));
+    }
+
+    #[test]
+    fn a_network_is_the_addresss_slash_24_or_slash_48() {
+        for (ip, network) in [
+            ("203.0.113.7", "203.0.113.0/24"),
+            ("203.0.113.255", "203.0.113.0/24"),
+            ("::ffff:203.0.113.7", "203.0.113.0/24"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1::/48"),
+            ("2001:db8:1:ffff::1", "2001:db8:1::/48"),
+            ("::1", "::/48"),
+        ] {
+            let ip: IpAddr = ip.parse().expect("a test address");
+            assert_eq!(network_of(ip), network, "{ip}");
+        }
     }
 
     #[test]

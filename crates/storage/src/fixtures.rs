@@ -145,6 +145,7 @@ pub(crate) fn risk(decision: RiskDecision, shadow: bool) -> RiskAssessment {
             },
         ],
         shadow,
+        network: Some("203.0.113.0/24".into()),
     }
 }
 

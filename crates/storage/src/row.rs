@@ -172,24 +172,29 @@ fn decode_fallback_reason(raw: &str) -> Result<FallbackReason, String> {
 
 /// A risk assessment as a JSON object, built by hand so stored rows do not depend on how
 /// (or whether) the domain types serialize: `{"decision":"block","score":90,"shadow":false,
-/// "reasons":[{"code":…,"message":…,"weight":…}]}`.
+/// "reasons":[{"code":…,"message":…,"weight":…}]}`, and `"network":"203.0.113.0/24"` when
+/// scoring knew the client's network.
 fn encode_risk(risk: &RiskAssessment) -> String {
     let reasons: Vec<Value> = risk
         .reasons
         .iter()
         .map(|r| json!({"code": r.code, "message": r.message, "weight": r.weight}))
         .collect();
-    json!({
+    let mut object = json!({
         "decision": risk.decision.as_str(),
         "score": risk.score,
         "shadow": risk.shadow,
         "reasons": reasons,
-    })
-    .to_string()
+    });
+    if let (Some(network), Some(fields)) = (&risk.network, object.as_object_mut()) {
+        fields.insert("network".to_owned(), Value::from(network.as_str()));
+    }
+    object.to_string()
 }
 
-/// The assessment [`encode_risk`] wrote. Every field must be there with its type; fields
-/// added by a later release are ignored.
+/// The assessment [`encode_risk`] wrote. Every field must be there with its type, but
+/// `network`, which rows written before it existed lack; fields added by a later release
+/// are ignored.
 fn decode_risk(raw: &str) -> Result<RiskAssessment, String> {
     let value: Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("not a JSON object")?;
@@ -208,11 +213,16 @@ fn decode_risk(raw: &str) -> Result<RiskAssessment, String> {
         .iter()
         .map(decode_reason)
         .collect::<Result<Vec<_>, _>>()?;
+    let network = match object.get("network") {
+        None => None,
+        Some(v) => Some(v.as_str().ok_or("`network` is not a string")?.to_owned()),
+    };
     Ok(RiskAssessment {
         decision,
         score,
         reasons,
         shadow,
+        network,
     })
 }
 
@@ -942,6 +952,7 @@ mod tests {
             r#"{"decision":"block","score":1,"shadow":false,"reasons":{}}"#,
             r#"{"decision":"block","score":1,"shadow":false,"reasons":[{"code":"A","message":"m"}]}"#,
             r#"{"decision":"block","score":1,"shadow":false,"reasons":[{"code":1,"message":"m","weight":1}]}"#,
+            r#"{"decision":"block","score":1,"shadow":false,"reasons":[],"network":24}"#,
         ] {
             check("risk", |r| r.risk = Some(bad.into()));
         }
@@ -958,6 +969,7 @@ mod tests {
                 weight: 90,
             }],
             shadow: false,
+            network: None,
         };
         let text = encode_risk(&assessment);
         assert_eq!(
@@ -971,7 +983,17 @@ mod tests {
                 ],
             })
         );
-        assert_eq!(decode_risk(&text), Ok(assessment));
+        assert_eq!(decode_risk(&text), Ok(assessment.clone()));
+        let from_a_network = RiskAssessment {
+            network: Some("203.0.113.0/24".into()),
+            ..assessment
+        };
+        let text = encode_risk(&from_a_network);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).expect("JSON")["network"],
+            json!("203.0.113.0/24")
+        );
+        assert_eq!(decode_risk(&text), Ok(from_a_network));
         // Every decision and the fixture's escapes come back; fields a later release adds
         // are ignored.
         for decision in [
@@ -990,6 +1012,7 @@ mod tests {
                 score: 0,
                 reasons: vec![],
                 shadow: true,
+                network: None,
             })
         );
     }

@@ -411,6 +411,7 @@ impl AbuseGuard {
     fn subject(&self, input: &StartInput, channel: Channel) -> fraud::Subject {
         let mut subject = fraud::Subject::new(channel, &input.to, &self.blind_index);
         subject.ip = input.client_ip.map(ratelimit::ip_key);
+        subject.network = input.client_ip.map(fraud::network_of);
         subject.identity = input.identity.as_deref().map(|id| self.identity_tag(id));
         subject.step_up_completed = input.step_up_completed;
         subject
@@ -492,15 +493,23 @@ impl AbuseGuard {
         self.fraud.mode != fraud::Mode::Off
     }
 
-    /// Counts an approval for the destination's country and range.
-    pub async fn approved(&self, to: &Destination, channel: Channel, now: DateTime<Utc>) {
+    /// Counts an approval for the destination's country and range, and for `network`, the
+    /// client network its start came from (kept in its risk assessment).
+    pub async fn approved(
+        &self,
+        to: &Destination,
+        channel: Channel,
+        network: Option<String>,
+        now: DateTime<Utc>,
+    ) {
         if !self.counts_approvals() {
             return;
         }
         if let Some(country) = to.phone().and_then(|p| p.region()) {
             self.metrics.approval(country.as_str());
         }
-        let subject = fraud::Subject::new(channel, to, &self.blind_index);
+        let mut subject = fraud::Subject::new(channel, to, &self.blind_index);
+        subject.network = network;
         let adds = fraud::approved(&self.fraud, &subject);
         if let Err(e) = self.risk.add_counts(&adds, now).await {
             warn!(error = %e, "could not count the approval");

@@ -132,14 +132,23 @@ fn target(kind: i32, value: &str) -> Result<BlockTarget, ServiceError> {
             hex
         }
         BlockKind::Ip => {
-            let address = value.strip_suffix("/64").unwrap_or(value);
-            let ip: IpAddr = address.parse().map_err(|_| {
+            let bad = || {
                 ServiceError::invalid(
                     "value",
-                    "an IP address, e.g. `203.0.113.7` or `2001:db8:1:2::/64`",
+                    "an IP address (`203.0.113.7`, `2001:db8:1:2::/64`) or a network of \
+                     scoring's size (`203.0.113.0/24`, `2001:db8:1::/48`)",
                 )
-            })?;
-            ratelimit::ip_key(ip)
+            };
+            let (address, length) = match value.split_once('/') {
+                Some((address, length)) => (address, Some(length)),
+                None => (value, None),
+            };
+            let ip: IpAddr = address.parse().map_err(|_| bad())?;
+            match (length, ip) {
+                (None, _) | (Some("64"), IpAddr::V6(_)) => ratelimit::ip_key(ip),
+                (Some("24"), IpAddr::V4(_)) | (Some("48"), IpAddr::V6(_)) => fraud::network_of(ip),
+                _ => return Err(bad()),
+            }
         }
     };
     Ok(BlockTarget { kind, value })
@@ -290,6 +299,15 @@ mod tests {
                 .value,
             "ab".repeat(32)
         );
+        // Networks of scoring's size, by any address inside them.
+        assert_eq!(
+            t(pb::BlockKind::Ip, "203.0.113.77/24").expect("ok").value,
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            t(pb::BlockKind::Ip, "2001:db8:1:2::/48").expect("ok").value,
+            "2001:db8:1::/48"
+        );
         for (kind, value) in [
             (pb::BlockKind::Unspecified, "+44"),
             (pb::BlockKind::Prefix, "4479111"),
@@ -298,6 +316,10 @@ mod tests {
             (pb::BlockKind::DestinationHash, "abc"),
             (pb::BlockKind::Ip, "nowhere"),
             (pb::BlockKind::Ip, ""),
+            (pb::BlockKind::Ip, "203.0.113.0/16"),
+            (pb::BlockKind::Ip, "203.0.113.0/64"),
+            (pb::BlockKind::Ip, "2001:db8::/24"),
+            (pb::BlockKind::Ip, "203.0.113.0/"),
         ] {
             let err = target(kind.into(), value).expect_err(value);
             assert!(

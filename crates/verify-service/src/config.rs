@@ -120,8 +120,8 @@ impl RawRateLimits {
     }
 }
 
-/// Fraud scoring: the mode and the lists operators tune most; every other knob keeps the
-/// `fraud` crate's recommended default.
+/// Fraud scoring: the mode, the lists, the thresholds and each signal's window and tiers;
+/// what is not given keeps the `fraud` crate's recommended default.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFraud {
@@ -140,6 +140,70 @@ struct RawFraud {
     /// How long scoring blocks a range (or IP) it found abused.
     #[serde(default)]
     auto_block_minutes: Option<u64>,
+    #[serde(default)]
+    prefix_velocity: RawCountSignal,
+    #[serde(default)]
+    prefix_conversion: RawConversionSignal,
+    #[serde(default)]
+    country_conversion: RawConversionSignal,
+    #[serde(default)]
+    network_conversion: RawConversionSignal,
+    #[serde(default)]
+    sequential: RawCountSignal,
+    #[serde(default)]
+    ip_fan_out: RawCountSignal,
+    #[serde(default)]
+    identity_fan_out: RawCountSignal,
+}
+
+/// `[fraud.<signal>]` of a signal that counts: its window and `tiers = [[count, weight], …]`
+/// (the heaviest tier reached adds its weight; `tiers = []` turns the signal off).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCountSignal {
+    window_minutes: Option<u64>,
+    tiers: Option<Vec<[u32; 2]>>,
+}
+
+impl RawCountSignal {
+    fn apply(self, signal: &mut fraud::CountSignal) {
+        if let Some(minutes) = self.window_minutes {
+            signal.window = Duration::from_secs(minutes.saturating_mul(60));
+        }
+        if let Some(tiers) = self.tiers {
+            signal.tiers = tiers
+                .into_iter()
+                .map(|[at, weight]| fraud::Tier { at, weight })
+                .collect();
+        }
+    }
+}
+
+/// `[fraud.<signal>]` of a conversion signal: its window and
+/// `tiers = [[min_sent, below_percent, weight], …]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConversionSignal {
+    window_minutes: Option<u64>,
+    tiers: Option<Vec<[u32; 3]>>,
+}
+
+impl RawConversionSignal {
+    fn apply(self, signal: &mut fraud::ConversionSignal) {
+        if let Some(minutes) = self.window_minutes {
+            signal.window = Duration::from_secs(minutes.saturating_mul(60));
+        }
+        if let Some(tiers) = self.tiers {
+            signal.tiers = tiers
+                .into_iter()
+                .map(|[min_sent, below_percent, weight]| fraud::ConversionTier {
+                    min_sent,
+                    below_percent,
+                    weight,
+                })
+                .collect();
+        }
+    }
 }
 
 fn resolve_fraud(raw: RawFraud) -> anyhow::Result<fraud::FraudConfig> {
@@ -171,6 +235,13 @@ fn resolve_fraud(raw: RawFraud) -> anyhow::Result<fraud::FraudConfig> {
     if let Some(minutes) = raw.auto_block_minutes {
         config.auto_block = Duration::from_secs(minutes.saturating_mul(60));
     }
+    raw.prefix_velocity.apply(&mut config.prefix_velocity);
+    raw.prefix_conversion.apply(&mut config.prefix_conversion);
+    raw.country_conversion.apply(&mut config.country_conversion);
+    raw.network_conversion.apply(&mut config.network_conversion);
+    raw.sequential.apply(&mut config.sequential);
+    raw.ip_fan_out.apply(&mut config.ip_fan_out);
+    raw.identity_fan_out.apply(&mut config.identity_fan_out);
     config.validate()?;
     Ok(config)
 }
@@ -967,6 +1038,40 @@ mod tests {
         assert_eq!(s.reconcile.give_up_after, Duration::from_secs(120));
     }
 
+    #[test]
+    fn fraud_signals_are_tuned_by_their_tables() {
+        let s = load(
+            "[fraud]\nmode = \"shadow\"\n\
+             [fraud.network_conversion]\nwindow_minutes = 120\ntiers = [[8, 30, 70]]\n\
+             [fraud.ip_fan_out]\ntiers = []\n",
+            &TwilioEnv::default(),
+        )
+        .expect("valid");
+        let defaults = fraud::FraudConfig::default();
+        assert_eq!(s.fraud.mode, fraud::Mode::Shadow);
+        assert_eq!(
+            s.fraud.network_conversion,
+            fraud::ConversionSignal {
+                window: Duration::from_secs(7200),
+                tiers: vec![fraud::ConversionTier {
+                    min_sent: 8,
+                    below_percent: 30,
+                    weight: 70
+                }],
+            }
+        );
+        assert!(
+            s.fraud.ip_fan_out.tiers.is_empty(),
+            "an empty list turns it off"
+        );
+        assert_eq!(s.fraud.ip_fan_out.window, defaults.ip_fan_out.window);
+        assert_eq!(s.fraud.prefix_conversion, defaults.prefix_conversion);
+        assert_eq!(
+            load("", &TwilioEnv::default()).expect("valid").fraud,
+            defaults
+        );
+    }
+
     /// Secrets never show in the `Debug` of what configuration becomes: the database and
     /// broker URLs (which carry passwords), the admin token, the keys, Twilio's token.
     #[test]
@@ -1110,6 +1215,17 @@ mod tests {
             &none,
             "fraud.block_countries",
         );
+        check(
+            "[fraud.network_conversion]\ntiers = [[0, 50, 60]]",
+            &none,
+            "network_conversion.tiers",
+        );
+        check(
+            "[fraud.ip_fan_out]\nwindow_minutes = 0",
+            &none,
+            "ip_fan_out.window",
+        );
+        check("[fraud.sequential]\ntiers = [[4]]", &none, "sequential");
         check("[admin]\ntoken = \"short\"", &none, "admin.token");
         check("[metrics]\naddr = \"nowhere\"", &none, "metrics.addr");
         check(

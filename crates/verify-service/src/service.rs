@@ -656,11 +656,16 @@ impl VerifyCore {
             let transition = self.finish(&mut v, outcome).await?;
             match outcome {
                 CheckOutcome::Wrong => self.abuse.wrong_code(&policy, &v, self.clock.now()).await,
-                // Scoring counts approvals by country and range, so only then is the
-                // destination opened.
+                // Scoring counts approvals by country and range (and by the network its
+                // start came from), so only then is the destination opened.
                 CheckOutcome::Approved if self.abuse.counts_approvals() => {
                     match self.keyring.open(&v.destination, &v.id) {
-                        Ok(to) => self.abuse.approved(&to, v.channel, self.clock.now()).await,
+                        Ok(to) => {
+                            let network = v.risk.as_ref().and_then(|r| r.network.clone());
+                            self.abuse
+                                .approved(&to, v.channel, network, self.clock.now())
+                                .await;
+                        }
                         Err(e) => {
                             warn!(error = %e, "cannot open the destination to count the approval");
                         }

@@ -8,6 +8,7 @@ use crate::{FRAUD_GUARD, MESSAGING_GEO_PERMISSION, VERIFY_GEO_PERMISSION, provid
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const IP: &str = "203.0.113.7";
+const NETWORK: &str = "203.0.113.0/24";
 const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
 
 fn key() -> BlindIndexKey {
@@ -28,6 +29,7 @@ fn number(raw: &str) -> PhoneNumber {
 fn sms(raw: &str) -> Subject {
     let mut s = Subject::new(Channel::Sms, &Destination::Phone(number(raw)), &key());
     s.ip = Some(IP.to_owned());
+    s.network = Some(NETWORK.to_owned());
     s.identity = Some(IDENTITY.to_owned());
     s
 }
@@ -39,6 +41,7 @@ fn email(raw: &str) -> Subject {
         &key(),
     );
     s.ip = Some(IP.to_owned());
+    s.network = Some(NETWORK.to_owned());
     s.identity = Some(IDENTITY.to_owned());
     s
 }
@@ -152,6 +155,7 @@ fn queries_and_adds_have_the_documented_shape() {
         ("country:GB".to_owned(), HOUR),
         (format!("seq:{tag}"), HOUR),
         (format!("ipfan:{IP}"), HOUR),
+        (format!("net:{NETWORK}"), 6 * HOUR),
         (format!("idfan:{IDENTITY}"), HOUR),
     ];
     assert_eq!(got, expected);
@@ -172,6 +176,7 @@ fn queries_and_adds_have_the_documented_shape() {
             ("prefix:+4474001".to_owned(), 1, 0),
             (format!("seq:{tag}"), 1, 0),
             (format!("ipfan:{IP}"), 1, 0),
+            (format!("net:{NETWORK}"), 1, 0),
             (format!("idfan:{IDENTITY}"), 1, 0),
         ],
         "a new destination adds to every counter"
@@ -195,10 +200,10 @@ fn queries_and_adds_have_the_documented_shape() {
     concurrent.repeat_destination = Some(false);
     assert_eq!(
         adds(assess(&config, &subject, &concurrent, now())).len(),
-        6,
+        7,
         "Some(false) leaves the counter's word"
     );
-    // A start a rule refuses adds nothing to its range and country.
+    // A start a rule refuses adds nothing to its range, country and network.
     let mut blocked = quiet(&config, &subject);
     blocked.blocks = vec![block(BlockKind::Prefix, "+4474001", false, HOUR)];
     assert_eq!(
@@ -224,6 +229,11 @@ fn queries_and_adds_have_the_documented_shape() {
                 approved: 1
             },
             CountAdd {
+                key: format!("net:{NETWORK}"),
+                attempts: 0,
+                approved: 1
+            },
+            CountAdd {
                 key: format!("dest:{hash}"),
                 attempts: 0,
                 approved: 1
@@ -240,6 +250,10 @@ fn queries_and_adds_have_the_documented_shape() {
             BlockTarget {
                 kind: BlockKind::Ip,
                 value: IP.into()
+            },
+            BlockTarget {
+                kind: BlockKind::Ip,
+                value: NETWORK.into()
             },
             BlockTarget {
                 kind: BlockKind::Prefix,
@@ -265,16 +279,16 @@ fn email_reads_and_adds_no_phone_counters() {
         .into_iter()
         .map(|q| q.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(keys, ["dest", "ipfan", "idfan"]);
+    assert_eq!(keys, ["dest", "ipfan", "net", "idfan"]);
     let outcome = assess(&config, &subject, &quiet(&config, &subject), now());
     let keys: Vec<String> = outcome
         .adds
         .iter()
         .map(|a| a.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(keys, ["dest", "ipfan", "idfan"]);
-    assert_eq!(approved(&config, &subject).len(), 1);
-    assert_eq!(block_targets(&subject).len(), 2);
+    assert_eq!(keys, ["dest", "ipfan", "net", "idfan"]);
+    assert_eq!(approved(&config, &subject).len(), 2);
+    assert_eq!(block_targets(&subject).len(), 3);
 }
 
 #[test]
@@ -287,7 +301,7 @@ fn a_disabled_signal_is_not_read() {
         .into_iter()
         .map(|q| q.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(keys, ["dest", "prefix", "prefix", "ipfan", "idfan"]);
+    assert_eq!(keys, ["dest", "prefix", "prefix", "ipfan", "net", "idfan"]);
 }
 
 #[test]
@@ -676,6 +690,204 @@ fn ip_fan_out_steps_up_then_blocks_the_ip() {
         (Block, 100, &["IP_FAN_OUT"]),
     );
     assert_eq!(outcome.blocks.len(), 1);
+}
+
+/// Five new destinations in the range and five from the network, none approved.
+fn range_and_network_unconverted(namespace: &str, window: Duration) -> (u64, u64) {
+    match (namespace, window) {
+        ("prefix", w) if w == 6 * HOUR => (5, 0),
+        ("net", _) => (5, 0),
+        _ => (0, 0),
+    }
+}
+
+#[test]
+fn network_conversion_steps_up_then_blocks_the_network() {
+    use RiskDecision::{Allow, Block, StepUp};
+    let net = |counts| only("net", 6 * HOUR, counts);
+    // Five new destinations before this one, none approved.
+    let outcome = check(
+        defaults,
+        &gb(),
+        net((5, 0)),
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
+    assert_eq!(
+        assessment(&outcome).reasons[0].message,
+        "network 203.0.113.0/24 converted 0 of 5 new destinations in the last 6 hours (under 5%)"
+    );
+    assert!(outcome.blocks.is_empty(), "a step-up imposes nothing");
+    // A network of many users is judged by its conversion, never by its size.
+    check(defaults, &gb(), net((5_000, 4_000)), (Allow, 0, &[]));
+    // A third converted, the share an attacker completing its own codes shows.
+    check(
+        defaults,
+        &gb(),
+        net((11, 4)),
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
+    check(defaults, &gb(), net((11, 6)), (Allow, 0, &[]));
+    // Twenty, one approved: the network is blocked, and only the network.
+    let outcome = check(
+        defaults,
+        &gb(),
+        net((20, 1)),
+        (Block, 100, &["NETWORK_LOW_CONVERSION"]),
+    );
+    let targets: Vec<&BlockTarget> = outcome.blocks.iter().map(|b| &b.target).collect();
+    assert_eq!(
+        targets,
+        [&BlockTarget {
+            kind: BlockKind::Ip,
+            value: NETWORK.into()
+        }]
+    );
+    assert!(
+        outcome.blocks[0]
+            .detail
+            .starts_with("network 203.0.113.0/24 converted 1 of 20")
+    );
+    // The network's block then refuses every start from it, named as a network.
+    let mut blocked = quiet(&FraudConfig::default(), &gb());
+    blocked.blocks = outcome.blocks.clone();
+    let refused = assess(&FraudConfig::default(), &gb(), &blocked, now());
+    assert_eq!(codes(&refused), ["BLOCKED_IP"]);
+    assert!(
+        assessment(&refused).reasons[0]
+            .message
+            .starts_with("network 203.0.113.0/24 is blocked by scoring"),
+        "{:?}",
+        assessment(&refused).reasons
+    );
+    // Without a client IP there is no network to read.
+    let mut anonymous = gb();
+    anonymous.ip = None;
+    anonymous.network = None;
+    check(defaults, &anonymous, net((20, 1)), (Allow, 0, &[]));
+    // Only a start scoring allows counts for its network, and only its assessment keeps
+    // the network for the approval to count for it: a start refused for its range gives its
+    // sender no code to enter.
+    let net_adds = |outcome: &Outcome| {
+        outcome
+            .adds
+            .iter()
+            .filter(|a| a.key.starts_with("net:"))
+            .count()
+    };
+    let allowed = check(defaults, &gb(), net((11, 6)), (Allow, 0, &[]));
+    assert_eq!(assessment(&allowed).network.as_deref(), Some(NETWORK));
+    assert_eq!(net_adds(&allowed), 1);
+    for refused in [&outcome, &refused] {
+        assert_eq!(assessment(refused).network, None);
+        assert_eq!(net_adds(refused), 0);
+    }
+    let stepped_up = check(
+        defaults,
+        &gb(),
+        only("prefix", 6 * HOUR, (5, 0)),
+        (StepUp, 75, &["PREFIX_LOW_CONVERSION"]),
+    );
+    assert_eq!(assessment(&stepped_up).network, None);
+    assert_eq!(net_adds(&stepped_up), 0);
+    // A start refused only for its network counts for neither its range nor its country
+    // (nor the network): the network is what keeps failing.
+    let keys = |outcome: &Outcome| -> Vec<String> {
+        outcome
+            .adds
+            .iter()
+            .map(|a| a.key.split(':').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let for_the_network = check(
+        defaults,
+        &gb(),
+        net((5, 0)),
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
+    assert_eq!(keys(&for_the_network), ["dest", "seq", "ipfan", "idfan"]);
+    // Refused for its range as well, it counts for the range and country as ever.
+    let outcome = check(
+        defaults,
+        &gb(),
+        range_and_network_unconverted,
+        (
+            RiskDecision::Block,
+            135,
+            &["PREFIX_LOW_CONVERSION", "NETWORK_LOW_CONVERSION"],
+        ),
+    );
+    assert_eq!(
+        keys(&outcome),
+        ["dest", "country", "prefix", "seq", "ipfan", "idfan"]
+    );
+    // A user who completes the step-up is allowed, and counts.
+    let mut completed = gb();
+    completed.step_up_completed = true;
+    let config = FraudConfig::default();
+    let observed = observe(&config, &completed, only("prefix", 6 * HOUR, (5, 0)));
+    let allowed = assess(&config, &completed, &observed, now());
+    assert_eq!(assessment(&allowed).network.as_deref(), Some(NETWORK));
+    assert_eq!(net_adds(&allowed), 1);
+}
+
+#[test]
+fn a_range_and_a_network_are_blocked_each_on_its_own_evidence() {
+    use RiskDecision::Block;
+    let targets = |outcome: &Outcome| -> Vec<BlockKind> {
+        outcome.blocks.iter().map(|b| b.target.kind).collect()
+    };
+    // A network that converts nothing tries a range that converts nothing: the start is
+    // refused, but neither the range's 75 nor the network's 60 blocks its target alone.
+    let both = range_and_network_unconverted;
+    let outcome = check(
+        defaults,
+        &gb(),
+        both,
+        (
+            Block,
+            135,
+            &["PREFIX_LOW_CONVERSION", "NETWORK_LOW_CONVERSION"],
+        ),
+    );
+    assert_eq!(targets(&outcome), []);
+    // With severe velocity the range's own evidence reaches the block score: the range is
+    // blocked, the network is not.
+    let severe = |ns: &str, w| match (ns, w) {
+        ("prefix", w) if w == 10 * MINUTE => (10, 0),
+        other => both(other.0, other.1),
+    };
+    let outcome = check(
+        defaults,
+        &gb(),
+        severe,
+        (
+            Block,
+            160,
+            &[
+                "PREFIX_LOW_CONVERSION",
+                "NETWORK_LOW_CONVERSION",
+                "PREFIX_VELOCITY",
+            ],
+        ),
+    );
+    assert_eq!(targets(&outcome), [BlockKind::Prefix]);
+    // And a network that passed its step-ups and still converts nothing is blocked on its
+    // own evidence, whatever the range says.
+    let network = |ns: &str, w| match (ns, w) {
+        ("net", _) => (20, 0),
+        other => both(other.0, other.1),
+    };
+    let outcome = check(
+        defaults,
+        &gb(),
+        network,
+        (
+            Block,
+            175,
+            &["NETWORK_LOW_CONVERSION", "PREFIX_LOW_CONVERSION"],
+        ),
+    );
+    assert_eq!(targets(&outcome), [BlockKind::Ip]);
 }
 
 #[test]
@@ -1074,5 +1286,5 @@ fn missing_counts_read_as_zero() {
     let subject = gb();
     let outcome = assess(&config, &subject, &Observed::default(), now());
     assert_eq!(assessment(&outcome).decision, RiskDecision::Allow);
-    assert_eq!(outcome.adds.len(), 6);
+    assert_eq!(outcome.adds.len(), 7);
 }
