@@ -317,6 +317,35 @@ impl Limiter {
         self.local.give_back(local.forward());
     }
 
+    /// Keeps of what [`Limiter::take_local`] took for `local` only the requests `keep`
+    /// names, in their order, and gives the others back: for a request that turned out to
+    /// need fewer limits than it took (a start scoring refused, which sends nothing, keeps
+    /// only its sender's). A refused `local` took nothing and is returned as it is.
+    pub fn retain(
+        &self,
+        local: LocalVerdict,
+        keep: impl Fn(&LimitRequest) -> bool,
+    ) -> LocalVerdict {
+        if !local.taken() {
+            return local;
+        }
+        let mut kept = LocalVerdict {
+            requests: Vec::with_capacity(local.requests.len()),
+            decisions: Vec::with_capacity(local.decisions.len()),
+        };
+        let mut back = Vec::new();
+        for (request, decision) in local.requests.into_iter().zip(local.decisions) {
+            if keep(&request) {
+                kept.requests.push(request);
+                kept.decisions.push(decision);
+            } else {
+                back.push(request);
+            }
+        }
+        self.local.give_back(&back);
+        kept
+    }
+
     /// What the shared layer would answer to [`Limiter::take`], without taking anything: a
     /// decision per request, in order. The in-process layer is not asked: it only
     /// pre-filters takes.

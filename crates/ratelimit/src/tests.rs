@@ -375,6 +375,34 @@ async fn a_give_back_moves_the_key_back_one_interval() {
     assert_eq!(again.decisions()[0].remaining, 0);
 }
 
+#[tokio::test]
+async fn retain_gives_back_what_is_not_kept() {
+    let store = Arc::new(GcraStore::default());
+    let limiter = limiter(&store, 100);
+    let (ip, range) = (req("ip", "5/10m"), req("range", "5/10m"));
+    let both = [ip.clone(), range.clone()];
+    let local = limiter.take_local(&both, at(0));
+    let kept = limiter.retain(local, |r| r.key == "ip");
+    assert_eq!(kept.forward(), std::slice::from_ref(&ip));
+    assert_eq!(kept.decisions().len(), 1);
+    assert_eq!(kept.decisions()[0].remaining, 4);
+    // The range's take was given back, the IP's stands.
+    let after = limiter.take_local(&both, at(0));
+    let remaining: Vec<u32> = after.decisions().iter().map(|d| d.remaining).collect();
+    assert_eq!(remaining, [3, 4]);
+    // A refused verdict took nothing, and retaining it gives nothing back.
+    for _ in 0..3 {
+        limiter.take_local(std::slice::from_ref(&ip), at(0));
+    }
+    let refused = limiter.take_local(&both, at(0));
+    assert!(refused.refused().is_some());
+    let refused = limiter.retain(refused, |_| false);
+    assert!(refused.refused().is_some());
+    assert_eq!(refused.decisions().len(), 2);
+    let range_left = limiter.take_local(std::slice::from_ref(&range), at(0));
+    assert_eq!(range_left.decisions()[0].remaining, 3);
+}
+
 /// Many threads taking overlapping sets of keys at one instant: each key allows at most
 /// its quota, and every key counts exactly the takes that were allowed as a whole.
 #[test]

@@ -80,6 +80,9 @@ struct Named {
     /// What the quota counts, completing "N per PERIOD …".
     what: &'static str,
     request: LimitRequest,
+    /// Keyed by who asks (client IP, identity), not by where a code would go: the only
+    /// limits a start that scoring refuses takes from.
+    sender: bool,
 }
 
 impl AbuseGuard {
@@ -144,6 +147,7 @@ impl AbuseGuard {
                         key: format!("send:{purpose}:{key}"),
                         quota,
                     },
+                    sender: matches!(name, "send_per_client_ip" | "send_per_identity"),
                 });
             }
         };
@@ -226,6 +230,20 @@ impl AbuseGuard {
                 self.limiter.give_back(local);
                 return Err(e);
             }
+        };
+        // A start scoring refuses sends nothing. It takes from its sender's limits, which
+        // bound how often anyone may ask, but not from its destination's, range's or
+        // country's: an attacker's refused starts would otherwise use up the sends of a
+        // range's or a country's real users.
+        let (limits, local) = if risk.as_ref().is_some_and(RiskAssessment::refuses) {
+            let local = self.limiter.retain(local, |request| {
+                limits
+                    .iter()
+                    .any(|l| l.sender && l.request.key == request.key)
+            });
+            (limits.into_iter().filter(|l| l.sender).collect(), local)
+        } else {
+            (limits, local)
         };
         Ok(Screened {
             limits,
@@ -360,6 +378,7 @@ impl AbuseGuard {
                 name: "check_per_identity",
                 what: "checks for one identity",
                 request: LimitRequest { key, quota },
+                sender: true,
             });
         }
         if let Some(quota) = limits.check_per_destination {
@@ -370,6 +389,7 @@ impl AbuseGuard {
                     key: format!("check:{}:to:{}", v.purpose, v.destination_hash.as_str()),
                     quota,
                 },
+                sender: false,
             });
         }
         let requests: Vec<LimitRequest> = named.iter().map(|l| l.request.clone()).collect();

@@ -452,6 +452,84 @@ async fn refused_starts_take_nothing_from_other_limits_on_postgres() {
     refused_starts_take_nothing_from_other_limits(Backend::Postgres).await;
 }
 
+/// A start scoring refuses sends nothing: it takes from its sender's limits (here the
+/// client IP's), which bound how often anyone may ask, but not from its range's, so an
+/// attacker's refused starts leave the range's sends to its real users.
+async fn starts_scoring_refuses_spend_only_their_senders_limits(backend: Backend) {
+    let h = Harness::start_with(
+        backend,
+        "[rate_limits]\nsend_per_range = \"3/10m\"\nsend_per_client_ip = \"6/10m\"\n",
+    )
+    .await;
+    let mut admin = admin_client(&h).await;
+    let range = admin::CreateBlockRequest {
+        kind: admin::BlockKind::Prefix.into(),
+        value: "+4474001".into(),
+        detail: "under attack".into(),
+        duration: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+    };
+    admin
+        .create_block(range.clone())
+        .await
+        .expect("block the range");
+    let attacker = |i: u32| pb::StartVerificationRequest {
+        client_ip: "198.51.100.7".into(),
+        ..sms(&format!("+4474001{:05}", 23_450 + i))
+    };
+    // Six refusals by the range's block: twice the range's limit, all the IP's.
+    for i in 0..6 {
+        let refused = h
+            .start_req(attacker(i))
+            .await
+            .expect_err("the range is blocked");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "start {i}: {refused:?}"
+        );
+    }
+    // The seventh is refused by the IP's limit: refused starts count for their sender.
+    let limited = h.start_req(attacker(6)).await.expect_err("the IP is spent");
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    let details = limited.get_error_details();
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "send_per_client_ip");
+    // Once the block is lifted, the range's three sends are all there.
+    admin
+        .lift_block(admin::LiftBlockRequest {
+            kind: range.kind,
+            value: range.value.clone(),
+        })
+        .await
+        .expect("lift the block");
+    for i in 0..3 {
+        let to = format!("+4474001{:05}", 67_890 + i);
+        h.start_req(sms(&to))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} to the range: {e:?}"));
+        assert_eq!(h.inbox(&to).await.len(), 1);
+    }
+    let spent = h
+        .start_req(sms("+447400199999"))
+        .await
+        .expect_err("the range's limit holds");
+    assert_eq!(spent.code(), Code::ResourceExhausted, "{spent:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn starts_scoring_refuses_spend_only_their_senders_limits_on_sqlite() {
+    starts_scoring_refuses_spend_only_their_senders_limits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn starts_scoring_refuses_spend_only_their_senders_limits_on_postgres() {
+    starts_scoring_refuses_spend_only_their_senders_limits(Backend::Postgres).await;
+}
+
 /// The embedded default (fraud scoring enforced) against its own sandbox: the scenario
 /// numbers, a block of sequential numbers whose codes are never entered, can be tried
 /// again and again without scoring blocking their range, which also holds the README's
