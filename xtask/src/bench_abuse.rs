@@ -23,6 +23,9 @@
 //! used were blocked; the legitimate users refused and asked to step up (all of them, those
 //! of the attacked ranges, the returning ones); and how far shadow mode's recorded decisions agree with
 //! enforce mode's.
+//!
+//! Then the long-running variant ([`over_a_day`]): the last two attacks over a simulated
+//! day, with codes that expire.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -850,5 +853,32 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
     for d in differing {
         println!("  differs: {d}");
     }
-    Ok(())
+    over_a_day(root)
+}
+
+/// The long-running variant: the thin-and-wide and conversion-faking attacks played out
+/// over a simulated day against scoring and a store that behaves like the shared one
+/// (minute buckets, windows that slide, blocks that run out), among ordinary users of
+/// whom some enter their code after it expired. Hours cannot pass on a running gateway's
+/// clock, so the fraud crate's simulation runs them (`crates/fraud/src/simulation.rs`); it
+/// prints its figures and fails when an attack gets more than a tenth of its sends
+/// through or ordinary users are refused or stepped up beyond their budgets.
+fn over_a_day(root: &Path) -> anyhow::Result<()> {
+    println!("over a simulated day (scoring and its store, without the service):");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::run(std::process::Command::new(cargo).current_dir(root).args([
+        "test",
+        "--release",
+        "--locked",
+        "--quiet",
+        "-p",
+        "fraud",
+        "--lib",
+        "over_a_day",
+        "--",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]))
 }

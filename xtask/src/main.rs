@@ -99,7 +99,8 @@ fn print_help() {
          abuse: SMS-pumping attacks among legitimate users, enforce and shadow mode:\n          \
          per attack (premium, one range, thin and wide, conversion-faking) the sends\n          \
          stopped and how its ranges were blocked; legit users blocked or asked to step up\n          \
-         (--legit N, default 1000; --attack N premium + one-range attempts, default 1000)\n          \
+         (--legit N, default 1000; --attack N premium + one-range attempts, default 1000);\n          \
+         then the last two over a simulated day, with codes that expire (fraud's simulation)\n          \
          memory: N starts to distinct numbers, RSS and peak RSS every 100k\n          \
          (--destinations N, default 1000000)\n          \
          --concurrency C (default 32), --connections K (HTTP/2, default 4)"
