@@ -124,8 +124,7 @@ pub(crate) fn release_dir(root: &Path) -> std::path::PathBuf {
 
 /// Builds the release binary once.
 pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    super::run(Command::new(cargo).current_dir(root).args([
+    super::run(crate::cargo().current_dir(root).args([
         "build",
         "--release",
         "--locked",

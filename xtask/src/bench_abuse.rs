@@ -865,8 +865,7 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
 /// through or ordinary users are refused or stepped up beyond their budgets.
 fn over_a_day(root: &Path) -> anyhow::Result<()> {
     println!("over a simulated day (scoring and its store, without the service):");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::run(std::process::Command::new(cargo).current_dir(root).args([
+    crate::run(crate::cargo().current_dir(root).args([
         "test",
         "--release",
         "--locked",

@@ -159,9 +159,8 @@ fn install(root: &Path) -> anyhow::Result<PathBuf> {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION));
     if !installed {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         crate::run(
-            Command::new(cargo)
+            crate::cargo()
                 .args(["install", "--locked", "--root"])
                 .arg(&tools)
                 .args(["cargo-fuzz", "--version", CARGO_FUZZ_VERSION]),

@@ -114,6 +114,11 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A command running the cargo that runs xtask (`$CARGO`), or the one on the `PATH`.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("$ {cmd:?}");
     let status = cmd
@@ -181,11 +186,8 @@ fn ci(root: &Path) -> anyhow::Result<()> {
 }
 
 fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo)
-        .current_dir(root)
-        .args(["fmt", "--all", "--check"]))?;
-    run(Command::new(&cargo).current_dir(root).args([
+    run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo().current_dir(root).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -198,7 +200,7 @@ fn checks(root: &Path, deps_env: &str) -> anyhow::Result<()> {
         .current_dir(root.join("proto"))
         .arg("lint"))?;
     deploy_check::check(root)?;
-    let mut test = Command::new(&cargo);
+    let mut test = cargo();
     test.current_dir(root)
         .args(["test", "--workspace", "--locked"]);
     for line in deps_env.lines() {

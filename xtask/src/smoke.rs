@@ -54,8 +54,7 @@ pub(crate) fn build_as_the_readme_does(root: &Path) -> anyhow::Result<PathBuf> {
         .split_whitespace()
         .collect();
     println!("smoke: building as the README does: {}", words.join(" "));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
+    let output = crate::cargo()
         .current_dir(root)
         .args(&words[1..])
         .arg("--message-format=json-render-diagnostics")
