@@ -701,6 +701,13 @@ fn check(attack: Attack, traffic: Traffic, seed: u64, blocked_by: u32) -> (World
         enforce.attack - enforce.attack_refused,
         enforce.attack
     );
+    assert_ordinary_pass(&enforce, 1);
+    (world, enforce)
+}
+
+/// Checks the enforce run's ordinary users: at most 0.5% of their starts refused and
+/// `step_up_percent` stepped up; and nothing marked shadow.
+fn assert_ordinary_pass(enforce: &Report, step_up_percent: u64) {
     assert!(
         u64::from(enforce.legit_refused) * 1000 <= u64::from(enforce.legit) * 5,
         "{} of {} ordinary starts refused",
@@ -708,13 +715,12 @@ fn check(attack: Attack, traffic: Traffic, seed: u64, blocked_by: u32) -> (World
         enforce.legit
     );
     assert!(
-        u64::from(enforce.legit_step_ups) * 100 <= u64::from(enforce.legit),
+        u64::from(enforce.legit_step_ups) * 100 <= u64::from(enforce.legit) * step_up_percent,
         "{} of {} ordinary starts stepped up",
         enforce.legit_step_ups,
         enforce.legit
     );
     assert!(enforce.all_shadow, "nothing is shadow in enforce mode");
-    (world, enforce)
 }
 
 /// The same world in shadow mode: the same decisions, all marked shadow.
@@ -796,25 +802,8 @@ fn check_over_a_day(attack: Attack, seed: u64) {
         "{sent} of {} attack sends got through",
         enforce.attack
     );
-    assert!(
-        u64::from(enforce.legit_refused) * 1000 <= u64::from(enforce.legit) * 5,
-        "{} of {} ordinary starts refused",
-        enforce.legit_refused,
-        enforce.legit
-    );
-    assert!(
-        u64::from(enforce.legit_step_ups) * 100 <= u64::from(enforce.legit) * 5,
-        "{} of {} ordinary starts stepped up",
-        enforce.legit_step_ups,
-        enforce.legit
-    );
-    assert!(enforce.all_shadow, "nothing is shadow in enforce mode");
-    let shadow = run(Mode::Shadow, &world, A_DAY, seed);
-    assert!(shadow.all_shadow, "everything is shadow in shadow mode");
-    assert!(
-        shadow.decisions == enforce.decisions,
-        "shadow mode decides exactly as enforce"
-    );
+    assert_ordinary_pass(&enforce, 5);
+    check_shadow(&world, A_DAY, seed, &enforce);
 }
 
 // The long-running variant is a benchmark that `cargo xtask bench abuse` runs (with
