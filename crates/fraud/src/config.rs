@@ -195,6 +195,15 @@ pub struct FraudConfig {
     /// under 10% of at least 20 → 100 (a block, and the network blocked: reached by a
     /// network that passes its step-ups and still enters no code).
     pub network_conversion: ConversionSignal,
+    /// Step-ups completed over step-ups asked of one client network, in enforce mode (in
+    /// shadow mode nothing is asked of callers, so nothing is counted and the signal stays
+    /// silent). A network of real users passes the step-ups it is asked (a captcha, a
+    /// login); a paced attacker, stepped up once its network's conversion falls, walks
+    /// away from each and tries again later with a new number, so that the network
+    /// conversion, which counts only the starts it lets through, never reaches its blocking
+    /// tier. Default: 24 hours; under 20% of at least 5 → 100 (a block, and the network
+    /// blocked).
+    pub network_step_ups: ConversionSignal,
     /// New destinations for one identity (the caller's user). Default: 1 hour, 4 → 50,
     /// 10 → 100.
     pub identity_fan_out: CountSignal,
@@ -269,6 +278,7 @@ impl Default for FraudConfig {
             sequential: counting(HOUR, &[(4, 50), (7, 100)]),
             ip_fan_out: counting(HOUR, &[(10, 50), (30, 100)]),
             network_conversion: converting(6 * HOUR, &[(5, 5, 60), (8, 50, 60), (20, 10, 100)]),
+            network_step_ups: converting(24 * HOUR, &[(5, 20, 100)]),
             identity_fan_out: counting(HOUR, &[(4, 50), (10, 100)]),
             auto_block: 12 * HOUR,
             fraud_guard_block: 12 * HOUR,
@@ -335,6 +345,7 @@ impl FraudConfig {
             ("prefix_conversion", &self.prefix_conversion),
             ("country_conversion", &self.country_conversion),
             ("network_conversion", &self.network_conversion),
+            ("network_step_ups", &self.network_step_ups),
         ] {
             if !s.enabled() {
                 continue;

@@ -66,6 +66,10 @@ pub(crate) mod keys {
         format!("net:{network}")
     }
 
+    pub fn network_step_ups(network: &str) -> String {
+        format!("netstep:{network}")
+    }
+
     pub fn identity_fan_out(tag: &str) -> String {
         format!("idfan:{tag}")
     }
@@ -87,6 +91,8 @@ enum Slot {
     Sequential,
     IpFanOut,
     NetworkConversion,
+    /// Step-ups asked of the client network (attempts) and completed (approvals).
+    NetworkStepUps,
     IdentityFanOut,
 }
 
@@ -168,6 +174,18 @@ fn plan(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> Vec<(Slo
         plan.push((
             Slot::NetworkConversion,
             query(keys::network(network), config.network_conversion.window),
+        ));
+    }
+    if let Some(network) = &subject.network
+        && config.mode == Mode::Enforce
+        && config.network_step_ups.enabled()
+    {
+        plan.push((
+            Slot::NetworkStepUps,
+            query(
+                keys::network_step_ups(network),
+                config.network_step_ups.window,
+            ),
         ));
     }
     if let Some(identity) = &subject.identity
@@ -584,6 +602,26 @@ pub fn assess(
             );
         }
     }
+    let s = &config.network_step_ups;
+    if let Some(network) = &subject.network
+        && !shadow
+    {
+        let c = counts(Slot::NetworkStepUps);
+        if let Some(t) = s.reached(c.attempts, c.approved) {
+            find(
+                Class::Network,
+                "NETWORK_STEP_UPS_IGNORED",
+                format!(
+                    "network {network} completed {} of {} step-ups asked in the last {} (under {}%)",
+                    c.approved,
+                    c.attempts,
+                    window_text(s.window),
+                    t.below_percent
+                ),
+                t.weight,
+            );
+        }
+    }
     let s = &config.identity_fan_out;
     if subject.identity.is_some() {
         let n = counts(Slot::IdentityFanOut).attempts + fresh;
@@ -715,13 +753,15 @@ pub fn assess(
         .network
         .clone()
         .filter(|_| new_destination && decision == RiskDecision::Allow);
+    let mut adds = attempt_adds(
+        subject,
+        new_destination,
+        !ruled && !for_the_network_only,
+        network.as_deref(),
+    );
+    adds.extend(step_up_adds(config, subject, decision));
     Outcome {
-        adds: attempt_adds(
-            subject,
-            new_destination,
-            !ruled && !for_the_network_only,
-            network.as_deref(),
-        ),
+        adds,
         assessment: Some(RiskAssessment {
             decision,
             score,
@@ -778,6 +818,30 @@ fn attempt_adds(
         adds.push(attempt(keys::identity_fan_out(identity)));
     }
     adds
+}
+
+/// What a start adds to its client network's step-up counter in enforce mode: a step-up
+/// asked (an attempt) when it is stepped up, a step-up completed (an approval) when its
+/// caller completed one for it. Nothing in shadow mode, where callers are asked nothing.
+fn step_up_adds(
+    config: &FraudConfig,
+    subject: &Subject,
+    decision: RiskDecision,
+) -> Option<CountAdd> {
+    let network = subject.network.as_deref()?;
+    if config.mode != Mode::Enforce || !config.network_step_ups.enabled() {
+        return None;
+    }
+    let (attempts, approved) = match decision {
+        RiskDecision::StepUp => (1, 0),
+        _ if subject.step_up_completed => (0, 1),
+        _ => return None,
+    };
+    Some(CountAdd {
+        key: keys::network_step_ups(network),
+        attempts,
+        approved,
+    })
 }
 
 #[cfg(test)]

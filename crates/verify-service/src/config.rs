@@ -149,6 +149,8 @@ struct RawFraud {
     #[serde(default)]
     network_conversion: RawConversionSignal,
     #[serde(default)]
+    network_step_ups: RawConversionSignal,
+    #[serde(default)]
     sequential: RawCountSignal,
     #[serde(default)]
     ip_fan_out: RawCountSignal,
@@ -239,6 +241,7 @@ fn resolve_fraud(raw: RawFraud) -> anyhow::Result<fraud::FraudConfig> {
     raw.prefix_conversion.apply(&mut config.prefix_conversion);
     raw.country_conversion.apply(&mut config.country_conversion);
     raw.network_conversion.apply(&mut config.network_conversion);
+    raw.network_step_ups.apply(&mut config.network_step_ups);
     raw.sequential.apply(&mut config.sequential);
     raw.ip_fan_out.apply(&mut config.ip_fan_out);
     raw.identity_fan_out.apply(&mut config.identity_fan_out);
@@ -1219,6 +1222,11 @@ mod tests {
             "[fraud.network_conversion]\ntiers = [[0, 50, 60]]",
             &none,
             "network_conversion.tiers",
+        );
+        check(
+            "[fraud.network_step_ups]\ntiers = [[5, 120, 100]]",
+            &none,
+            "network_step_ups.tiers",
         );
         check(
             "[fraud.ip_fan_out]\nwindow_minutes = 0",

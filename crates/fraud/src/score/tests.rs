@@ -156,6 +156,7 @@ fn queries_and_adds_have_the_documented_shape() {
         (format!("seq:{tag}"), HOUR),
         (format!("ipfan:{IP}"), HOUR),
         (format!("net:{NETWORK}"), 6 * HOUR),
+        (format!("netstep:{NETWORK}"), 24 * HOUR),
         (format!("idfan:{IDENTITY}"), HOUR),
     ];
     assert_eq!(got, expected);
@@ -279,7 +280,7 @@ fn email_reads_and_adds_no_phone_counters() {
         .into_iter()
         .map(|q| q.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(keys, ["dest", "ipfan", "net", "idfan"]);
+    assert_eq!(keys, ["dest", "ipfan", "net", "netstep", "idfan"]);
     let outcome = assess(&config, &subject, &quiet(&config, &subject), now());
     let keys: Vec<String> = outcome
         .adds
@@ -301,7 +302,12 @@ fn a_disabled_signal_is_not_read() {
         .into_iter()
         .map(|q| q.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(keys, ["dest", "prefix", "prefix", "ipfan", "net", "idfan"]);
+    assert_eq!(
+        keys,
+        [
+            "dest", "prefix", "prefix", "ipfan", "net", "netstep", "idfan"
+        ]
+    );
 }
 
 #[test]
@@ -804,7 +810,10 @@ fn network_conversion_steps_up_then_blocks_the_network() {
         net((5, 0)),
         (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
     );
-    assert_eq!(keys(&for_the_network), ["dest", "seq", "ipfan", "idfan"]);
+    assert_eq!(
+        keys(&for_the_network),
+        ["dest", "seq", "ipfan", "idfan", "netstep"]
+    );
     // Refused for its range as well, it counts for the range and country as ever.
     let outcome = check(
         defaults,
@@ -1287,4 +1296,96 @@ fn missing_counts_read_as_zero() {
     let outcome = assess(&config, &subject, &Observed::default(), now());
     assert_eq!(assessment(&outcome).decision, RiskDecision::Allow);
     assert_eq!(outcome.adds.len(), 7);
+}
+
+#[test]
+fn a_network_that_walks_away_from_its_step_ups_is_blocked() {
+    use RiskDecision::{Allow, Block, StepUp};
+    let asked = |counts| only("netstep", 24 * HOUR, counts);
+    // Four asked and none completed are too few to judge.
+    check(defaults, &gb(), asked((4, 0)), (Allow, 0, &[]));
+    // Five asked, none completed: the network is blocked, and only the network.
+    let outcome = check(
+        defaults,
+        &gb(),
+        asked((5, 0)),
+        (Block, 100, &["NETWORK_STEP_UPS_IGNORED"]),
+    );
+    assert_eq!(
+        assessment(&outcome).reasons[0].message,
+        "network 203.0.113.0/24 completed 0 of 5 step-ups asked in the last 24 hours (under 20%)"
+    );
+    let targets: Vec<&BlockTarget> = outcome.blocks.iter().map(|b| &b.target).collect();
+    assert_eq!(
+        targets,
+        [&BlockTarget {
+            kind: BlockKind::Ip,
+            value: NETWORK.into()
+        }]
+    );
+    // A network of real users completes most of the step-ups it is asked.
+    check(defaults, &gb(), asked((40, 30)), (Allow, 0, &[]));
+    check(
+        defaults,
+        &gb(),
+        asked((40, 7)),
+        (Block, 100, &["NETWORK_STEP_UPS_IGNORED"]),
+    );
+
+    // A step-up asked counts as an attempt, one completed as an approval; neither is
+    // counted without a network.
+    let step_ups = |outcome: &Outcome| -> Vec<(u32, u32)> {
+        outcome
+            .adds
+            .iter()
+            .filter(|a| a.key == format!("netstep:{NETWORK}"))
+            .map(|a| (a.attempts, a.approved))
+            .collect()
+    };
+    let network_unconverted = only("net", 6 * HOUR, (5, 0));
+    let stepped_up = check(
+        defaults,
+        &gb(),
+        &network_unconverted,
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
+    assert_eq!(step_ups(&stepped_up), [(1, 0)]);
+    let mut completed = gb();
+    completed.step_up_completed = true;
+    let passed = check(
+        defaults,
+        &completed,
+        &network_unconverted,
+        (Allow, 60, &["NETWORK_LOW_CONVERSION", "STEP_UP_COMPLETED"]),
+    );
+    assert_eq!(step_ups(&passed), [(0, 1)]);
+    let allowed = check(defaults, &gb(), |_, _| (0, 0), (Allow, 0, &[]));
+    assert!(step_ups(&allowed).is_empty());
+    let mut anonymous = gb();
+    anonymous.ip = None;
+    anonymous.network = None;
+    let outcome = check(
+        defaults,
+        &anonymous,
+        only("prefix", 6 * HOUR, (5, 0)),
+        (StepUp, 75, &["PREFIX_LOW_CONVERSION"]),
+    );
+    assert!(outcome.adds.iter().all(|a| !a.key.starts_with("netstep:")));
+
+    // Shadow mode asks callers nothing: it neither reads nor counts step-ups.
+    let shadow = |config: &mut FraudConfig| config.mode = Mode::Shadow;
+    let mut config = FraudConfig::default();
+    shadow(&mut config);
+    assert!(
+        queries(&config, &gb(), now())
+            .iter()
+            .all(|q| !q.key.starts_with("netstep:"))
+    );
+    let outcome = check(
+        shadow,
+        &gb(),
+        &network_unconverted,
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
+    assert!(step_ups(&outcome).is_empty());
 }
