@@ -707,6 +707,18 @@ fn range_and_network_unconverted(namespace: &str, window: Duration) -> (u64, u64
     }
 }
 
+/// Checks that `outcome` blocks the client's network and nothing else.
+fn assert_blocks_only_the_network(outcome: &Outcome) {
+    let targets: Vec<&BlockTarget> = outcome.blocks.iter().map(|b| &b.target).collect();
+    assert_eq!(
+        targets,
+        [&BlockTarget {
+            kind: BlockKind::Ip,
+            value: NETWORK.into()
+        }]
+    );
+}
+
 #[test]
 fn network_conversion_steps_up_then_blocks_the_network() {
     use RiskDecision::{Allow, Block, StepUp};
@@ -740,14 +752,7 @@ fn network_conversion_steps_up_then_blocks_the_network() {
         net((20, 1)),
         (Block, 100, &["NETWORK_LOW_CONVERSION"]),
     );
-    let targets: Vec<&BlockTarget> = outcome.blocks.iter().map(|b| &b.target).collect();
-    assert_eq!(
-        targets,
-        [&BlockTarget {
-            kind: BlockKind::Ip,
-            value: NETWORK.into()
-        }]
-    );
+    assert_blocks_only_the_network(&outcome);
     assert!(
         outcome.blocks[0]
             .detail
@@ -1315,14 +1320,7 @@ fn a_network_that_walks_away_from_its_step_ups_is_blocked() {
         assessment(&outcome).reasons[0].message,
         "network 203.0.113.0/24 completed 0 of 5 step-ups asked in the last 24 hours (under 20%)"
     );
-    let targets: Vec<&BlockTarget> = outcome.blocks.iter().map(|b| &b.target).collect();
-    assert_eq!(
-        targets,
-        [&BlockTarget {
-            kind: BlockKind::Ip,
-            value: NETWORK.into()
-        }]
-    );
+    assert_blocks_only_the_network(&outcome);
     // A network of real users completes most of the step-ups it is asked.
     check(defaults, &gb(), asked((40, 30)), (Allow, 0, &[]));
     check(
