@@ -586,3 +586,104 @@ async fn scenario_numbers_can_be_tried_again_and_again_in_the_embedded_default()
     );
     h.shutdown().await;
 }
+
+/// A client network whose users walk away from the step-ups they are asked is blocked; one
+/// whose users pass them (and start again with `step_up_completed`) never is. Tuned low so
+/// that a few starts tell: two unconverted sends step a network up, three step-ups asked
+/// and none completed block it.
+async fn a_network_that_walks_away_from_its_step_ups_is_blocked(backend: Backend) {
+    let h = Harness::start_with(
+        backend,
+        "[fraud.network_conversion]\ntiers = [[2, 5, 60]]\n\
+         [fraud.network_step_ups]\ntiers = [[3, 20, 100]]\n",
+    )
+    .await;
+    // Each start a new number in its own range, from its own address of the network: no
+    // signal but the network's sees anything.
+    let start = |network: &str, i: u32, step_up_completed: bool| pb::StartVerificationRequest {
+        client_ip: format!("{network}.{}", 10 + i),
+        step_up_completed,
+        ..sms(&format!("+4477{:03}{:05}", 100 + i, 23_456 + i))
+    };
+    let walker = "198.51.100";
+    for i in 0..2 {
+        h.start_req(start(walker, i, false))
+            .await
+            .unwrap_or_else(|e| panic!("start {i} is sent: {e:?}"));
+    }
+    for i in 2..5 {
+        let refused = h
+            .start_req(start(walker, i, false))
+            .await
+            .expect_err("a step-up");
+        assert_eq!(
+            refused.code(),
+            Code::FailedPrecondition,
+            "start {i}: {refused:?}"
+        );
+    }
+    let blocked = h
+        .start_req(start(walker, 5, false))
+        .await
+        .expect_err("blocked");
+    assert_eq!(blocked.code(), Code::PermissionDenied, "{blocked:?}");
+    let details = blocked.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert!(
+        info.metadata["reasons"].contains("NETWORK_STEP_UPS_IGNORED"),
+        "{:?}",
+        info.metadata
+    );
+    // The network itself is blocked: even a start that passed a step-up is refused.
+    let after = h
+        .start_req(start(walker, 6, true))
+        .await
+        .expect_err("blocked");
+    assert_eq!(after.code(), Code::PermissionDenied, "{after:?}");
+    let mut admin = admin_client(&h).await;
+    let blocks = admin
+        .list_blocks(admin::ListBlocksRequest::default())
+        .await
+        .expect("list blocks")
+        .into_inner();
+    assert!(
+        blocks
+            .blocks
+            .iter()
+            .any(|b| b.value == "198.51.100.0/24" && b.reason == "NETWORK_STEP_UPS_IGNORED"),
+        "{blocks:?}"
+    );
+
+    // Users who pass their step-ups keep their network open.
+    let passer = "203.0.113";
+    for i in 0..8 {
+        let to = start(passer, 20 + i, false);
+        match h.start_req(to.clone()).await {
+            Ok(_) => {}
+            Err(refused) => {
+                assert_eq!(
+                    refused.code(),
+                    Code::FailedPrecondition,
+                    "start {i}: {refused:?}"
+                );
+                h.start_req(pb::StartVerificationRequest {
+                    step_up_completed: true,
+                    ..to
+                })
+                .await
+                .unwrap_or_else(|e| panic!("start {i} after its step-up: {e:?}"));
+            }
+        }
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_network_that_walks_away_from_its_step_ups_is_blocked_on_sqlite() {
+    a_network_that_walks_away_from_its_step_ups_is_blocked(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_network_that_walks_away_from_its_step_ups_is_blocked_on_postgres() {
+    a_network_that_walks_away_from_its_step_ups_is_blocked(Backend::Postgres).await;
+}
