@@ -261,7 +261,9 @@ pub struct RiskAssessment {
     pub shadow: bool,
     /// The client network the start came from as scoring judged it (`203.0.113.0/24`,
     /// `2001:db8:1::/48`), kept so that an approval of the verification counts for that
-    /// network's conversion; `None` when the caller gave no client IP.
+    /// network: for its conversion when the start was allowed as a new destination, for
+    /// its step-ups completed when the start was a shadow step-up. `None` when the caller
+    /// gave no client IP, or the start counts for neither.
     pub network: Option<String>,
 }
 

@@ -195,14 +195,15 @@ pub struct FraudConfig {
     /// under 10% of at least 20 → 100 (a block, and the network blocked: reached by a
     /// network that passes its step-ups and still enters no code).
     pub network_conversion: ConversionSignal,
-    /// Step-ups completed over step-ups asked of one client network, in enforce mode (in
-    /// shadow mode nothing is asked of callers, so nothing is counted and the signal stays
-    /// silent). A network of real users passes the step-ups it is asked (a captcha, a
-    /// login); a paced attacker, stepped up once its network's conversion falls, walks
-    /// away from each and tries again later with a new number, so that the network
-    /// conversion, which counts only the starts it lets through, never reaches its blocking
-    /// tier. Default: 24 hours; under 20% of at least 5 → 100 (a block, and the network
-    /// blocked).
+    /// Step-ups completed over step-ups asked of one client network. A network of real
+    /// users passes the step-ups it is asked (a captcha, a login); a paced attacker,
+    /// stepped up once its network's conversion falls, walks away from each and tries again
+    /// later with a new number, so that the network conversion, which counts only the
+    /// starts it lets through, never reaches its blocking tier. In enforce mode a start
+    /// sent with `step_up_completed` completes one; in shadow mode, where callers are asked
+    /// nothing and the stepped-up start is sent, its code entered does (what a real user
+    /// does and a walking attacker does not). Default: 24 hours; under 20% of at least 5 →
+    /// 100 (a block, and the network blocked).
     pub network_step_ups: ConversionSignal,
     /// New destinations for one identity (the caller's user). Default: 1 hour, 4 → 50,
     /// 10 → 100.
@@ -303,6 +304,12 @@ impl std::error::Error for ConfigError {}
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl FraudConfig {
+    /// Whether scoring reads and counts client networks' step-ups: it scores at all and
+    /// [`FraudConfig::network_step_ups`] has tiers.
+    pub fn observes_step_ups(&self) -> bool {
+        self.mode != Mode::Off && self.network_step_ups.enabled()
+    }
+
     /// Checks what types cannot: thresholds in order, windows at least one counter bucket
     /// long, rates at most 100%, durations not zero.
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -44,7 +44,7 @@
 //!
 //! Keys are short and namespaced, never a raw number: `prefix:+4479111`, `country:GB`,
 //! `dest:<hash>`, `seq:<hundred-block tag>`, `ipfan:<ip>`, `net:<network>`,
-//! `idfan:<identity tag>`.
+//! `netstep:<network>`, `idfan:<identity tag>`.
 //!
 //! Distinct destinations are counted without storing numbers: each start reads its own
 //! destination's counter; when that is zero the destination is new, and only then does the
@@ -60,6 +60,12 @@
 //! start refused only for its network's conversion is not counted for its range and
 //! country: a network stepped up for good would otherwise drag every range it tries down
 //! to a block, and the real users of those ranges with it.
+//!
+//! A network also counts the step-ups it is asked and those its users complete: in
+//! enforce mode a start sent with `step_up_completed`; in shadow mode, which asks nothing
+//! and sends the stepped-up start, that start's code entered (the assessment keeps the
+//! network for it). So shadow mode sees a network that walks away from its step-ups as
+//! enforce does.
 //!
 //! # Decision
 //!

@@ -177,8 +177,7 @@ fn plan(config: &FraudConfig, subject: &Subject, now: DateTime<Utc>) -> Vec<(Slo
         ));
     }
     if let Some(network) = &subject.network
-        && config.mode == Mode::Enforce
-        && config.network_step_ups.enabled()
+        && config.observes_step_ups()
     {
         plan.push((
             Slot::NetworkStepUps,
@@ -238,11 +237,16 @@ pub fn block_targets(subject: &Subject) -> Vec<BlockTarget> {
 }
 
 /// The counts an approved check adds: one approval to the destination's country, range
-/// and own counter, and to the network its start came from ([`Subject::network`]: the
-/// [`RiskAssessment::network`] kept with the verification). Empty when the mode is
-/// [`Mode::Off`]. Only the channel-independent parts of `subject` are read (destination,
-/// phone parts, network).
-pub fn approved(config: &FraudConfig, subject: &Subject) -> Vec<CountAdd> {
+/// and own counter, and, by `start` (the [`RiskAssessment`] kept with the verification),
+/// one to the network the start counted for: to its conversion when the start was
+/// allowed, to its step-ups completed when it was a step-up scored in shadow mode. Empty
+/// when the mode is [`Mode::Off`]. Only the channel-independent parts of `subject` are read
+/// (destination, phone parts); the network is the start's, not the subject's.
+pub fn approved(
+    config: &FraudConfig,
+    subject: &Subject,
+    start: Option<&RiskAssessment>,
+) -> Vec<CountAdd> {
     if config.mode == Mode::Off {
         return Vec::new();
     }
@@ -258,8 +262,16 @@ pub fn approved(config: &FraudConfig, subject: &Subject) -> Vec<CountAdd> {
         }
         adds.push(approval(keys::prefix(&phone.range_prefix)));
     }
-    if let Some(network) = &subject.network {
-        adds.push(approval(keys::network(network)));
+    if let Some(start) = start
+        && let Some(network) = &start.network
+    {
+        match start.decision {
+            RiskDecision::Allow => adds.push(approval(keys::network(network))),
+            RiskDecision::StepUp if start.shadow && config.observes_step_ups() => {
+                adds.push(approval(keys::network_step_ups(network)));
+            }
+            RiskDecision::StepUp | RiskDecision::Block => {}
+        }
     }
     adds.push(approval(keys::destination(&subject.destination)));
     adds
@@ -603,9 +615,7 @@ pub fn assess(
         }
     }
     let s = &config.network_step_ups;
-    if let Some(network) = &subject.network
-        && !shadow
-    {
+    if let Some(network) = &subject.network {
         let c = counts(Slot::NetworkStepUps);
         if let Some(t) = s.reached(c.attempts, c.approved) {
             find(
@@ -748,18 +758,22 @@ pub fn assess(
     // The network is judged by what it did with the codes scoring let it have: a start
     // refused for its range or country gives its sender nothing to enter, and says nothing
     // about the network. Only a start allowed (sent, or what enforce would have sent) counts
-    // for it, and only such a start's approval (its assessment keeps the network).
-    let network = subject
-        .network
-        .clone()
-        .filter(|_| new_destination && decision == RiskDecision::Allow);
+    // for its conversion, and only such a start's approval. A step-up scored in shadow mode
+    // is sent all the same: its approval counts as the step-up completed. The assessment
+    // keeps the network for both, for [`approved`].
+    let converts = new_destination && decision == RiskDecision::Allow;
+    let shadow_step_up = shadow && decision == RiskDecision::StepUp && config.observes_step_ups();
     let mut adds = attempt_adds(
         subject,
         new_destination,
         !ruled && !for_the_network_only,
-        network.as_deref(),
+        subject.network.as_deref().filter(|_| converts),
     );
     adds.extend(step_up_adds(config, subject, decision));
+    let network = subject
+        .network
+        .clone()
+        .filter(|_| converts || shadow_step_up);
     Outcome {
         adds,
         assessment: Some(RiskAssessment {
@@ -820,21 +834,22 @@ fn attempt_adds(
     adds
 }
 
-/// What a start adds to its client network's step-up counter in enforce mode: a step-up
-/// asked (an attempt) when it is stepped up, a step-up completed (an approval) when its
-/// caller completed one for it. Nothing in shadow mode, where callers are asked nothing.
+/// What a start adds to its client network's step-up counter: a step-up asked (an
+/// attempt) when it is stepped up, in either mode; in enforce mode a step-up completed (an
+/// approval) when its caller completed one for it. In shadow mode callers are asked
+/// nothing: a shadow step-up's code entered counts as completed ([`approved`]).
 fn step_up_adds(
     config: &FraudConfig,
     subject: &Subject,
     decision: RiskDecision,
 ) -> Option<CountAdd> {
     let network = subject.network.as_deref()?;
-    if config.mode != Mode::Enforce || !config.network_step_ups.enabled() {
+    if !config.observes_step_ups() {
         return None;
     }
     let (attempts, approved) = match decision {
         RiskDecision::StepUp => (1, 0),
-        _ if subject.step_up_completed => (0, 1),
+        _ if subject.step_up_completed && config.mode == Mode::Enforce => (0, 1),
         _ => return None,
     };
     Some(CountAdd {

@@ -513,13 +513,13 @@ impl AbuseGuard {
         self.fraud.mode != fraud::Mode::Off
     }
 
-    /// Counts an approval for the destination's country and range, and for `network`, the
-    /// client network its start came from (kept in its risk assessment).
+    /// Counts an approval for the destination's country and range, and for the client
+    /// network its start came from, as `start` (the verification's risk assessment) kept it.
     pub async fn approved(
         &self,
         to: &Destination,
         channel: Channel,
-        network: Option<String>,
+        start: Option<&RiskAssessment>,
         now: DateTime<Utc>,
     ) {
         if !self.counts_approvals() {
@@ -528,9 +528,8 @@ impl AbuseGuard {
         if let Some(country) = to.phone().and_then(|p| p.region()) {
             self.metrics.approval(country.as_str());
         }
-        let mut subject = fraud::Subject::new(channel, to, &self.blind_index);
-        subject.network = network;
-        let adds = fraud::approved(&self.fraud, &subject);
+        let subject = fraud::Subject::new(channel, to, &self.blind_index);
+        let adds = fraud::approved(&self.fraud, &subject, start);
         if let Err(e) = self.risk.add_counts(&adds, now).await {
             warn!(error = %e, "could not count the approval");
         }

@@ -661,9 +661,9 @@ impl VerifyCore {
                 CheckOutcome::Approved if self.abuse.counts_approvals() => {
                     match self.keyring.open(&v.destination, &v.id) {
                         Ok(to) => {
-                            let network = v.risk.as_ref().and_then(|r| r.network.clone());
+                            let start = v.risk.as_ref();
                             self.abuse
-                                .approved(&to, v.channel, network, self.clock.now())
+                                .approved(&to, v.channel, start, self.clock.now())
                                 .await;
                         }
                         Err(e) => {

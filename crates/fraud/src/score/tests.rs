@@ -169,6 +169,7 @@ fn queries_and_adds_have_the_documented_shape() {
             .collect()
     };
     let new = assess(&config, &subject, &quiet(&config, &subject), now());
+    let allowed = new.assessment.clone();
     assert_eq!(
         adds(new),
         [
@@ -216,8 +217,14 @@ fn queries_and_adds_have_the_documented_shape() {
             (format!("idfan:{IDENTITY}"), 1, 0),
         ],
     );
+    let blocked = assess(&config, &subject, &blocked, now()).assessment;
     assert_eq!(
-        approved(&config, &subject),
+        approved(&config, &subject, blocked.as_ref()).len(),
+        3,
+        "a start that did not count for its network does not count its approval there"
+    );
+    assert_eq!(
+        approved(&config, &subject, allowed.as_ref()),
         [
             CountAdd {
                 key: "country:GB".into(),
@@ -288,7 +295,10 @@ fn email_reads_and_adds_no_phone_counters() {
         .map(|a| a.key.split(':').next().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(keys, ["dest", "ipfan", "net", "idfan"]);
-    assert_eq!(approved(&config, &subject).len(), 2);
+    assert_eq!(
+        approved(&config, &subject, outcome.assessment.as_ref()).len(),
+        2
+    );
     assert_eq!(block_targets(&subject).len(), 3);
 }
 
@@ -322,7 +332,7 @@ fn off_does_nothing() {
         assess(&config, &subject, &Observed::default(), now()),
         Outcome::default()
     );
-    assert!(approved(&config, &subject).is_empty());
+    assert!(approved(&config, &subject, None).is_empty());
     assert_eq!(
         provider_verdict(&config, FRAUD_GUARD, &subject, now()),
         None
@@ -1370,20 +1380,64 @@ fn a_network_that_walks_away_from_its_step_ups_is_blocked() {
     );
     assert!(outcome.adds.iter().all(|a| !a.key.starts_with("netstep:")));
 
-    // Shadow mode asks callers nothing: it neither reads nor counts step-ups.
+    // An enforced step-up is never sent, so it has no approval to count.
+    assert_eq!(assessment(&stepped_up).network, None);
+
+    // Shadow mode asks callers nothing and sends the stepped-up start: it reads the
+    // step-ups and blocks (in shadow) as enforce does, counts a shadow step-up as asked and
+    // keeps its network, so that its code entered counts as the step-up completed.
     let shadow = |config: &mut FraudConfig| config.mode = Mode::Shadow;
     let mut config = FraudConfig::default();
     shadow(&mut config);
-    assert!(
-        queries(&config, &gb(), now())
-            .iter()
-            .all(|q| !q.key.starts_with("netstep:"))
+    let outcome = check(
+        shadow,
+        &gb(),
+        asked((5, 0)),
+        (Block, 100, &["NETWORK_STEP_UPS_IGNORED"]),
     );
+    assert_blocks_only_the_network(&outcome);
+    assert!(outcome.blocks[0].shadow && assessment(&outcome).shadow);
     let outcome = check(
         shadow,
         &gb(),
         &network_unconverted,
         (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
     );
+    assert_eq!(step_ups(&outcome), [(1, 0)]);
+    let start = outcome.assessment.as_ref();
+    assert_eq!(start.and_then(|a| a.network.as_deref()), Some(NETWORK));
+    let approval: Vec<String> = approved(&config, &gb(), start)
+        .into_iter()
+        .map(|a| a.key)
+        .filter(|k| k.contains(NETWORK))
+        .collect();
+    assert_eq!(approval, [format!("netstep:{NETWORK}")]);
+    // In shadow mode the code entered, not the caller's word, completes a step-up.
+    let passed = check(
+        shadow,
+        &completed,
+        &network_unconverted,
+        (Allow, 60, &["NETWORK_LOW_CONVERSION", "STEP_UP_COMPLETED"]),
+    );
+    assert!(step_ups(&passed).is_empty());
+    // With the signal off neither mode reads, counts or keeps anything for it.
+    let off = |config: &mut FraudConfig| {
+        config.mode = Mode::Shadow;
+        config.network_step_ups.tiers.clear();
+    };
+    let mut config = FraudConfig::default();
+    off(&mut config);
+    assert!(
+        queries(&config, &gb(), now())
+            .iter()
+            .all(|q| !q.key.starts_with("netstep:"))
+    );
+    let outcome = check(
+        off,
+        &gb(),
+        &network_unconverted,
+        (StepUp, 60, &["NETWORK_LOW_CONVERSION"]),
+    );
     assert!(step_ups(&outcome).is_empty());
+    assert_eq!(assessment(&outcome).network, None);
 }

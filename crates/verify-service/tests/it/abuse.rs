@@ -687,3 +687,99 @@ async fn a_network_that_walks_away_from_its_step_ups_is_blocked_on_sqlite() {
 async fn a_network_that_walks_away_from_its_step_ups_is_blocked_on_postgres() {
     a_network_that_walks_away_from_its_step_ups_is_blocked(Backend::Postgres).await;
 }
+
+/// Shadow mode asks nobody to step up and sends every start, so a shadow step-up's code
+/// entered is what counts as the step-up completed: a network that never enters the codes
+/// of its stepped-up starts gets the block enforce mode would impose (recorded in shadow),
+/// one whose users enter them does not. Tuned as above.
+async fn in_shadow_mode_step_ups_complete_by_their_codes(backend: Backend) {
+    let h = Harness::start_with(
+        backend,
+        "[fraud]\nmode = \"shadow\"\n\
+         [fraud.network_conversion]\ntiers = [[2, 5, 60]]\n\
+         [fraud.network_step_ups]\ntiers = [[3, 20, 100]]\n",
+    )
+    .await;
+    let number = |i: u32| format!("+4477{:03}{:05}", 100 + i, 23_456 + i);
+    let start = |network: &str, i: u32| pb::StartVerificationRequest {
+        client_ip: format!("{network}.{}", 10 + i),
+        ..sms(&number(i))
+    };
+    let decision = |v: &pb::Verification| {
+        let risk = v.risk.as_ref().expect("scored");
+        assert!(risk.shadow, "{risk:?}");
+        (
+            risk.decision(),
+            risk.reasons.first().map(|r| r.code.clone()),
+        )
+    };
+    let walker = "198.51.100";
+    let mut decisions = Vec::new();
+    for i in 0..6 {
+        let v = h
+            .start_req(start(walker, i))
+            .await
+            .unwrap_or_else(|e| panic!("shadow mode sends start {i}: {e:?}"));
+        decisions.push(decision(&v));
+    }
+    let step_up = (
+        pb::RiskDecision::StepUp,
+        Some("NETWORK_LOW_CONVERSION".to_owned()),
+    );
+    assert_eq!(
+        decisions,
+        [
+            (pb::RiskDecision::Allow, None),
+            (pb::RiskDecision::Allow, None),
+            step_up.clone(),
+            step_up.clone(),
+            step_up.clone(),
+            (
+                pb::RiskDecision::Block,
+                Some("NETWORK_STEP_UPS_IGNORED".to_owned())
+            ),
+        ]
+    );
+    let mut admin = admin_client(&h).await;
+    let blocks = admin
+        .list_blocks(admin::ListBlocksRequest::default())
+        .await
+        .expect("list blocks")
+        .into_inner();
+    assert!(
+        blocks.blocks.iter().any(|b| b.value == "198.51.100.0/24"
+            && b.reason == "NETWORK_STEP_UPS_IGNORED"
+            && b.shadow),
+        "{blocks:?}"
+    );
+
+    // Users who enter the codes of their stepped-up starts keep their network open.
+    let passer = "203.0.113";
+    let mut stepped_up = 0;
+    for i in 20..28 {
+        let v = h
+            .start_req(start(passer, i))
+            .await
+            .unwrap_or_else(|e| panic!("shadow mode sends start {i}: {e:?}"));
+        let (d, reason) = decision(&v);
+        assert_ne!(d, pb::RiskDecision::Block, "start {i}: {reason:?}");
+        if d == pb::RiskDecision::StepUp {
+            stepped_up += 1;
+            let code = h.latest_code(&number(i)).await;
+            let checked = h.check(&v.id, &code).await.expect("check");
+            assert!(checked.valid, "start {i}");
+        }
+    }
+    assert!(stepped_up >= 3, "{stepped_up} starts stepped up");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_shadow_mode_step_ups_complete_by_their_codes_on_sqlite() {
+    in_shadow_mode_step_ups_complete_by_their_codes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn in_shadow_mode_step_ups_complete_by_their_codes_on_postgres() {
+    in_shadow_mode_step_ups_complete_by_their_codes(Backend::Postgres).await;
+}
