@@ -80,9 +80,14 @@ struct Named {
     /// What the quota counts, completing "N per PERIOD …".
     what: &'static str,
     request: LimitRequest,
-    /// Keyed by who asks (client IP, identity), not by where a code would go: the only
-    /// limits a start that scoring refuses takes from.
-    sender: bool,
+}
+
+impl Named {
+    /// Whether the limit is keyed by who asks (client IP, identity), not by where a code
+    /// would go: the only send limits a start that scoring refuses takes from.
+    fn sender(&self) -> bool {
+        matches!(self.name, "send_per_client_ip" | "send_per_identity")
+    }
 }
 
 impl AbuseGuard {
@@ -147,7 +152,6 @@ impl AbuseGuard {
                         key: format!("send:{purpose}:{key}"),
                         quota,
                     },
-                    sender: matches!(name, "send_per_client_ip" | "send_per_identity"),
                 });
             }
         };
@@ -239,9 +243,9 @@ impl AbuseGuard {
             let local = self.limiter.retain(local, |request| {
                 limits
                     .iter()
-                    .any(|l| l.sender && l.request.key == request.key)
+                    .any(|l| l.sender() && l.request.key == request.key)
             });
-            (limits.into_iter().filter(|l| l.sender).collect(), local)
+            (limits.into_iter().filter(Named::sender).collect(), local)
         } else {
             (limits, local)
         };
@@ -378,7 +382,6 @@ impl AbuseGuard {
                 name: "check_per_identity",
                 what: "checks for one identity",
                 request: LimitRequest { key, quota },
-                sender: true,
             });
         }
         if let Some(quota) = limits.check_per_destination {
@@ -389,7 +392,6 @@ impl AbuseGuard {
                     key: format!("check:{}:to:{}", v.purpose, v.destination_hash.as_str()),
                     quota,
                 },
-                sender: false,
             });
         }
         let requests: Vec<LimitRequest> = named.iter().map(|l| l.request.clone()).collect();
