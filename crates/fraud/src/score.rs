@@ -663,17 +663,20 @@ pub fn assess(
     // step-up lets users through and the evidence with them.)
     let behaviour = sum(&|c| !matches!(c, Class::Rule | Class::Context));
     let ruled = findings.iter().any(|f| f.class == Class::Rule);
-    // A completed step-up turns a step-up into an allow (never a block).
+    // What the score asks for; a completed step-up turns a step-up into an allow (never a
+    // block).
     let decide = |score: u32, behaviour: u32| {
-        if ruled || behaviour >= config.block_score {
+        let asked = if ruled || behaviour >= config.block_score {
             RiskDecision::Block
-        } else if score >= config.step_up_score && !subject.step_up_completed {
+        } else if score >= config.step_up_score {
             RiskDecision::StepUp
         } else {
             RiskDecision::Allow
-        }
+        };
+        let waived = asked == RiskDecision::StepUp && subject.step_up_completed;
+        (if waived { RiskDecision::Allow } else { asked }, waived)
     };
-    let decision = decide(score, behaviour);
+    let (decision, step_up_waived) = decide(score, behaviour);
     // A start refused only for its network's conversion says nothing about its range or
     // country (the network is what keeps failing), as a start refused for its range says
     // nothing about its network: it is counted for neither. Otherwise a network stepped up
@@ -684,10 +687,10 @@ pub fn assess(
         && decide(
             score.saturating_sub(network_weight),
             behaviour.saturating_sub(network_weight),
-        ) == RiskDecision::Allow;
+        )
+        .0 == RiskDecision::Allow;
     let mut reasons: Vec<RiskReason> = findings.iter().map(|f| f.reason.clone()).collect();
-    if decision == RiskDecision::Allow && subject.step_up_completed && score >= config.step_up_score
-    {
+    if step_up_waived {
         reasons.push(RiskReason {
             code: "STEP_UP_COMPLETED".to_owned(),
             message: "the caller completed a step-up check for this start, so no further step-up is asked"
