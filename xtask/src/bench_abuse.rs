@@ -19,7 +19,8 @@
 //! abandon without entering their code; and returning users, who verify again with the
 //! identity and number of a verification they completed. The stream runs once in `enforce` mode and once, on
 //! a fresh database, in `shadow` mode, one request at a time so both runs see the same
-//! order. Printed, per attack: its sends that reached the sandbox and how the ranges it
+//! order; in the shadow run every user and attacker acts as it did in the enforce run
+//! (passes the same step-ups, enters the same codes), so both runs see the same world. Printed, per attack: its sends that reached the sandbox and how the ranges it
 //! used were blocked; the legitimate users refused and asked to step up (all of them, those
 //! of the attacked ranges, the returning ones); and how far shadow mode's recorded decisions agree with
 //! enforce mode's.
@@ -552,13 +553,28 @@ async fn complete(
     Ok(())
 }
 
-/// Plays `actions` against a fresh gateway in `mode`: each start's outcome, and the
-/// refusals of legitimate users by what refused them ([`refusal_shape`]).
+/// What one run of the stream did.
+struct Played {
+    /// Each start's outcome.
+    outcomes: Vec<Outcome>,
+    /// The refusals of legitimate users by what refused them ([`refusal_shape`]).
+    refusals: BTreeMap<String, usize>,
+    /// Each action's actor: whether it passed a step-up and started again, and whether it
+    /// entered a code.
+    acted: Vec<(bool, bool)>,
+}
+
+/// Plays `actions` against a fresh gateway in `mode`. Each actor acts on what the gateway
+/// answers, or, given `replay` (the enforce run's [`Played::acted`]), as it did there:
+/// shadow mode sends every start, and its decisions are compared with enforce mode's on
+/// the same world (an attacker that enters the codes shadow mode sends it where enforce
+/// refused them would converse with a different gateway).
 async fn run_stream(
     root: &Path,
     mode: &str,
     actions: &[Action],
-) -> anyhow::Result<(Vec<Outcome>, BTreeMap<String, usize>)> {
+    replay: Option<&[(bool, bool)]>,
+) -> anyhow::Result<Played> {
     let gateway = spawn_gateway(root, Upstream::Sandbox, &[("VERIFY_FRAUD__MODE", mode)])?;
     let mut client = connect(gateway.grpc).await?;
     let http = reqwest::Client::new();
@@ -566,7 +582,8 @@ async fn run_stream(
     let began = Instant::now();
     let mut outcomes = Vec::with_capacity(actions.len());
     let mut refusals = BTreeMap::new();
-    for action in actions {
+    let mut acted = Vec::with_capacity(actions.len());
+    for (i, action) in actions.iter().enumerate() {
         let (legit, to, ip, identity, completes) = match action {
             Action::Legit {
                 to,
@@ -586,12 +603,21 @@ async fn run_stream(
         let (outcome, mut id, why) = start(&mut client, to, ip, identity, false).await;
         // A legitimate user asked to step up passes it (a captcha) when it is one who
         // enters its code, and its caller starts again; an attacker walks away.
-        if legit && completes && outcome == Outcome::Refused(Decision::StepUp) {
+        let passes = match replay {
+            Some(played) => played[i].0,
+            None => legit && completes && outcome == Outcome::Refused(Decision::StepUp),
+        };
+        if passes {
             id = start(&mut client, to, ip, identity, true).await.1;
         }
-        if let (true, Some(id)) = (completes, id) {
+        let enters = match replay {
+            Some(played) => played[i].1,
+            None => completes && id.is_some(),
+        };
+        if let (true, Some(id)) = (enters, id) {
             complete(&mut client, &http, &inbox, to, id).await?;
         }
+        acted.push((passes, enters));
         if let (true, Some(why)) = (legit, why) {
             *refusals.entry(refusal_shape(&why)).or_default() += 1;
         }
@@ -602,7 +628,11 @@ async fn run_stream(
         actions.len(),
         began.elapsed().as_secs_f64()
     );
-    Ok((outcomes, refusals))
+    Ok(Played {
+        outcomes,
+        refusals,
+        acted,
+    })
 }
 
 /// A refusal's message with its figures, ranges and networks left out, so refusals for
@@ -708,8 +738,14 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         attack + adaptive_attempts,
         THIN_WIDE_RANGES * THIN_WIDE_PER_RANGE,
     );
-    let (enforce, refusals) = run_stream(root, "enforce", &actions).await?;
-    let (shadow, _) = run_stream(root, "shadow", &actions).await?;
+    let Played {
+        outcomes: enforce,
+        refusals,
+        acted,
+    } = run_stream(root, "enforce", &actions, None).await?;
+    let shadow = run_stream(root, "shadow", &actions, Some(&acted))
+        .await?
+        .outcomes;
 
     let mut attacks: BTreeMap<Attack, AttackTally<'_>> = BTreeMap::new();
     let (mut all_users, mut ranged, mut returning) = (
@@ -797,9 +833,8 @@ pub(crate) async fn run(root: &Path, legit: usize, attack: usize) -> anyhow::Res
         .filter(both)
         .filter(|(e, s)| e.decision() == s.decision())
         .count();
-    // Legitimate users do what they do whatever the gateway answers; an attacker enters
-    // the codes it receives, so once enforce refuses its sends its conversion falls where
-    // in shadow mode it does not. Legitimate users' decisions are what shadow must predict.
+    // Everyone acts in the shadow run as in the enforce run; legitimate users' decisions
+    // are also shown apart, as what shadow mode is for: not refusing them by mistake.
     let legit_both: Vec<(&Outcome, &Outcome)> = actions
         .iter()
         .zip(enforce.iter().zip(&shadow))
