@@ -4,6 +4,7 @@ use std::fmt;
 
 use crate::{Channel, Email, PhoneNumber};
 
+/// `{}` prints its mask; so does `{:?}`, through its parts' own `Debug`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     Phone(PhoneNumber),
@@ -63,5 +64,16 @@ mod tests {
         assert!(email.accepts(Channel::Email) && !email.accepts(Channel::Sms));
         assert_eq!(phone.expose(), "+14155552671");
         assert_eq!(format!("{phone}"), "+1415***2671");
+    }
+
+    #[test]
+    fn debug_prints_the_mask_only() {
+        let phone = Destination::Phone(PhoneNumber::parse("+14155552671", None).expect("valid"));
+        let email = Destination::Email(Email::parse("jane@example.com").expect("valid"));
+        let debug = format!("{phone:?} {email:?} {:#?}", [&phone, &email]);
+        assert!(
+            !debug.contains("5552671") && !debug.contains("jane"),
+            "{debug}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 use std::fmt;
 
 /// An email address: trimmed, with its domain lower-cased, within RFC 5321's lengths.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Neither `{}` nor `{:?}` prints the address, only its mask.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +100,13 @@ impl fmt::Display for Email {
     }
 }
 
+impl fmt::Debug for Email {
+    /// Like a derived `Debug`, with the mask in place of the address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Email").field(&self.masked()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +175,7 @@ mod tests {
         let e = Email::parse("jane@example.com").expect("valid");
         assert_eq!(e.masked(), "j***@example.com");
         assert_eq!(format!("{e}"), "j***@example.com");
+        assert_eq!(format!("{e:?}"), "Email(\"j***@example.com\")");
     }
 
     proptest::proptest! {

@@ -89,7 +89,8 @@ impl NumberType {
 }
 
 /// A valid phone number in E.164 form, with what the numbering plan says about it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Neither `{}` nor `{:?}` prints the number, only its mask.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PhoneNumber {
     e164: String,
     region: Option<Region>,
@@ -518,6 +519,18 @@ impl fmt::Display for PhoneNumber {
     }
 }
 
+impl fmt::Debug for PhoneNumber {
+    /// Like a derived `Debug`, with the mask in place of the number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhoneNumber")
+            .field("e164", &self.masked())
+            .field("region", &self.region)
+            .field("number_type", &self.number_type)
+            .field("country_code", &self.country_code)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,6 +681,9 @@ mod tests {
         let n = PhoneNumber::parse("+14155552671", None).expect("valid");
         assert_eq!(n.masked(), "+1415***2671");
         assert_eq!(n.to_string(), "+1415***2671");
+        let debug = format!("{n:?} {:?}", Some(&n));
+        assert!(!debug.contains("5552671"), "{debug}");
+        assert!(debug.contains("\"+1415***2671\""), "{debug}");
     }
 
     #[test]
