@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use domain::VerificationId;
 use domain::abuse::{RiskAssessment, RiskDecision};
 use domain::ports::{ProviderError, ProviderErrorKind, StoreError};
 use tonic::{Code, Status};
@@ -21,7 +22,7 @@ pub enum ServiceError {
         description: String,
     },
     #[error("verification {0} not found")]
-    NotFound(String),
+    NotFound(VerificationId),
     /// The verification is not in a state that allows the operation.
     #[error("{message}")]
     FailedPrecondition {

@@ -850,10 +850,7 @@ impl VerifyCore {
 
     /// Reads a verification as stored.
     async fn read(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
-        self.store
-            .get(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+        self.store.get(id).await?.ok_or(ServiceError::NotFound(*id))
     }
 
     /// The verification a check of `owner`'s claims an attempt on. What this process
@@ -921,7 +918,7 @@ fn owned(v: Verification, owner: &str) -> Result<Verification, ServiceError> {
     if v.belongs_to(owner) {
         Ok(v)
     } else {
-        Err(ServiceError::NotFound(v.id.to_string()))
+        Err(ServiceError::NotFound(v.id))
     }
 }
 
