@@ -31,10 +31,7 @@ use telemetry::trace::TRACEPARENT;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::error::ServiceError;
-use crate::service::VerifyCore;
-
-/// How often a read-modify-write is retried when another writer changed the row first.
-const CONFLICT_RETRIES: usize = 5;
+use crate::service::{CONFLICT_RETRIES, VerifyCore};
 
 /// The subscription verify-service consumes delivery events on: one queue shared by all
 /// replicas (competing consumers), so each event is handled by one of them.

@@ -23,8 +23,9 @@ use crate::abuse::AbuseGuard;
 use crate::error::ServiceError;
 use crate::recent::RecentStore;
 
-/// How often a read-modify-write is retried when another request changed the row first.
-const CONFLICT_RETRIES: usize = 5;
+/// How often a read-modify-write of a verification is retried when another writer (a
+/// request, a delivery report, a silence check) changed the row first.
+pub(crate) const CONFLICT_RETRIES: usize = 5;
 
 /// How long a start to a destination waits for a concurrent start's first send to it.
 const FIRST_SEND_WAIT: Duration = Duration::from_secs(5);
