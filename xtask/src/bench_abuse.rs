@@ -17,13 +17,14 @@
 //!
 //! Beside the last two, legitimate users of the very ranges they attack, some of whom
 //! abandon without entering their code; and returning users, who verify again with the
-//! identity and number of a verification they completed. The stream runs once in `enforce` mode and once, on
-//! a fresh database, in `shadow` mode, one request at a time so both runs see the same
-//! order; in the shadow run every user and attacker acts as it did in the enforce run
-//! (passes the same step-ups, enters the same codes), so both runs see the same world. Printed, per attack: its sends that reached the sandbox and how the ranges it
-//! used were blocked; the legitimate users refused and asked to step up (all of them, those
-//! of the attacked ranges, the returning ones); and how far shadow mode's recorded decisions agree with
-//! enforce mode's.
+//! identity and number of a verification they completed. The stream runs once in
+//! `enforce` mode and once, on a fresh database, in `shadow` mode, one request at a time so
+//! both runs see the same order; in the shadow run every user and attacker acts as it did
+//! in the enforce run (passes the same step-ups, enters the same codes), so both runs see
+//! the same world. Printed, per attack: its sends that reached the sandbox and how the
+//! ranges it used were blocked; the legitimate users refused and asked to step up (all of
+//! them, those of the attacked ranges, the returning ones); and how far shadow mode's
+//! recorded decisions agree with enforce mode's.
 //!
 //! Then the day-long variant ([`over_a_day`]): the last two attacks over a simulated day,
 //! with codes that expire (also part of the test suite; here with its figures printed).
@@ -559,9 +560,17 @@ struct Played {
     outcomes: Vec<Outcome>,
     /// The refusals of legitimate users by what refused them ([`refusal_shape`]).
     refusals: BTreeMap<String, usize>,
-    /// Each action's actor: whether it passed a step-up and started again, and whether it
-    /// entered a code.
-    acted: Vec<(bool, bool)>,
+    /// What each action's actor did.
+    acted: Vec<Acted>,
+}
+
+/// What one actor did after its start, so the shadow run can replay it.
+#[derive(Clone, Copy)]
+struct Acted {
+    /// It was asked to step up, passed it and started again.
+    passed_step_up: bool,
+    /// It entered the code it received.
+    entered_code: bool,
 }
 
 /// Plays `actions` against a fresh gateway in `mode`. Each actor acts on what the gateway
@@ -573,7 +582,7 @@ async fn run_stream(
     root: &Path,
     mode: &str,
     actions: &[Action],
-    replay: Option<&[(bool, bool)]>,
+    replay: Option<&[Acted]>,
 ) -> anyhow::Result<Played> {
     let gateway = spawn_gateway(root, Upstream::Sandbox, &[("VERIFY_FRAUD__MODE", mode)])?;
     let mut client = connect(gateway.grpc).await?;
@@ -604,20 +613,23 @@ async fn run_stream(
         // A legitimate user asked to step up passes it (a captcha) when it is one who
         // enters its code, and its caller starts again; an attacker walks away.
         let passes = match replay {
-            Some(played) => played[i].0,
+            Some(played) => played[i].passed_step_up,
             None => legit && completes && outcome == Outcome::Refused(Decision::StepUp),
         };
         if passes {
             id = start(&mut client, to, ip, identity, true).await.1;
         }
         let enters = match replay {
-            Some(played) => played[i].1,
+            Some(played) => played[i].entered_code,
             None => completes && id.is_some(),
         };
         if let (true, Some(id)) = (enters, id) {
             complete(&mut client, &http, &inbox, to, id).await?;
         }
-        acted.push((passes, enters));
+        acted.push(Acted {
+            passed_step_up: passes,
+            entered_code: enters,
+        });
         if let (true, Some(why)) = (legit, why) {
             *refusals.entry(refusal_shape(&why)).or_default() += 1;
         }

@@ -503,18 +503,12 @@ struct Report {
 }
 
 fn run(mode: Mode, world: &World, traffic: Traffic, seed: u64) -> Report {
-    let config = FraudConfig {
-        mode,
-        ..FraudConfig::default()
-    };
-    run_with(config, world, traffic, seed)
-}
-
-fn run_with(config: FraudConfig, world: &World, traffic: Traffic, seed: u64) -> Report {
-    let mode = config.mode;
     let mut rng = Rng(seed);
     let mut gateway = Gateway {
-        config,
+        config: FraudConfig {
+            mode,
+            ..FraudConfig::default()
+        },
         store: Store::default(),
     };
     let mut queue = BinaryHeap::new();
@@ -533,14 +527,18 @@ fn run_with(config: FraudConfig, world: &World, traffic: Traffic, seed: u64) -> 
     // on it (the gateway keeps the first start's assessment); a later one is a new
     // verification.
     let mut kept: Vec<RiskAssessment> = Vec::new();
+    let keep = |kept: &mut Vec<RiskAssessment>, a: &RiskAssessment| {
+        kept.push(a.clone());
+        kept.len() - 1
+    };
     let mut sent: Vec<Option<(DateTime<Utc>, usize)>> = vec![None; users.len()];
     let mut verification =
         |kept: &mut Vec<RiskAssessment>, user: usize, now, a: &RiskAssessment| match sent[user] {
             Some((at, start)) if now - at < CODE_TTL => start,
             _ => {
-                kept.push(a.clone());
-                sent[user] = Some((now, kept.len() - 1));
-                kept.len() - 1
+                let start = keep(kept, a);
+                sent[user] = Some((now, start));
+                start
             }
         };
 
@@ -636,8 +634,7 @@ fn run_with(config: FraudConfig, world: &World, traffic: Traffic, seed: u64) -> 
                     report.attack_refused += 1;
                 } else if *completes {
                     let at = now + TimeDelta::seconds(rng.between(30, 90));
-                    kept.push(a.clone());
-                    let start = kept.len() - 1;
+                    let start = keep(&mut kept, a);
                     push(&mut queue, at, Event::AttackApprove { n, start });
                 }
                 let blocks_range = outcome
