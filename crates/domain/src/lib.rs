@@ -28,5 +28,5 @@ pub use purpose::{Purpose, PurposeError, is_config_name};
 pub use verification::{
     CheckOutcome, DeliveryVerdict, IdempotencyKey, IdempotencyKeyError, IgnoredBecause, Locale,
     LocaleError, NEVER_SENT, NewVerification, OtpCode, OtpCodeError, Transition, TransitionError,
-    Verification, VerificationStatus,
+    Verification, VerificationRecord, VerificationStatus,
 };

@@ -167,13 +167,16 @@ pub struct NewVerification {
     pub allow_fallback: bool,
     /// The W3C `traceparent` of the start (see [`Verification::trace_parent`]).
     pub trace_parent: Option<String>,
+    /// Fraud scoring's verdict on the start, when scoring ran (see [`Verification::risk`]).
+    pub risk: Option<RiskAssessment>,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
-/// Our durable record of one verification. It never holds the code.
+/// Every field of a [`Verification`], as a store writes and reads it: what
+/// [`Verification::restore`] rebuilds a record from. It never holds the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
+pub struct VerificationRecord {
     pub id: VerificationId,
     pub purpose: Purpose,
     pub channel: Channel,
@@ -219,6 +222,23 @@ pub struct Verification {
     /// Bumped by every transition; the store refuses a write based on an older version.
     pub version: u32,
 }
+
+/// Our durable record of one verification, sealed: it is read through its accessors and
+/// changed only by its transitions, each of which bumps its version. It never holds the
+/// code.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    r: VerificationRecord,
+}
+
+/// Two records are equal when their fields are.
+impl PartialEq for Verification {
+    fn eq(&self, other: &Self) -> bool {
+        self.r == other.r
+    }
+}
+
+impl Eq for Verification {}
 
 /// The provider's answer to a check, as the state machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +304,7 @@ pub enum IgnoredBecause {
 impl Verification {
     /// The record of a verification about to be sent: pending, one send, no provider id yet.
     pub fn new(n: NewVerification) -> Self {
-        Verification {
+        Verification::restore(VerificationRecord {
             id: n.id,
             purpose: n.purpose,
             channel: n.channel,
@@ -306,12 +326,159 @@ impl Verification {
             fallback_reason: None,
             delivery_status: None,
             trace_parent: n.trace_parent,
-            risk: None,
+            risk: n.risk,
             created_at: n.now,
             updated_at: n.now,
             expires_at: n.expires_at,
             version: 0,
-        }
+        })
+    }
+
+    /// A record as a store holds it.
+    pub fn restore(record: VerificationRecord) -> Self {
+        Verification { r: record }
+    }
+
+    /// Every field, for a store to write.
+    pub fn into_record(self) -> VerificationRecord {
+        self.r
+    }
+
+    /// Every field, to change by hand: for tests that need a record in a given state.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn record_mut(&mut self) -> &mut VerificationRecord {
+        &mut self.r
+    }
+
+    pub fn id(&self) -> VerificationId {
+        self.r.id
+    }
+
+    pub fn purpose(&self) -> &Purpose {
+        &self.r.purpose
+    }
+
+    /// The channel of the current send.
+    pub fn channel(&self) -> Channel {
+        self.r.channel
+    }
+
+    pub fn status(&self) -> VerificationStatus {
+        self.r.status
+    }
+
+    /// See [`VerificationRecord::provider_sid`].
+    pub fn provider_sid(&self) -> Option<&str> {
+        self.r.provider_sid.as_deref()
+    }
+
+    pub fn destination(&self) -> &SealedDestination {
+        &self.r.destination
+    }
+
+    pub fn destination_hash(&self) -> &DestinationHash {
+        &self.r.destination_hash
+    }
+
+    pub fn to_masked(&self) -> &str {
+        &self.r.to_masked
+    }
+
+    /// See [`VerificationRecord::identity`].
+    pub fn identity(&self) -> Option<&str> {
+        self.r.identity.as_deref()
+    }
+
+    /// See [`VerificationRecord::owner`].
+    pub fn owner(&self) -> &str {
+        &self.r.owner
+    }
+
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.r.idempotency_key.as_ref()
+    }
+
+    pub fn sends(&self) -> u32 {
+        self.r.sends
+    }
+
+    pub fn checks(&self) -> u32 {
+        self.r.checks
+    }
+
+    pub fn max_sends(&self) -> u32 {
+        self.r.max_sends
+    }
+
+    pub fn max_checks(&self) -> u32 {
+        self.r.max_checks
+    }
+
+    /// See [`VerificationRecord::failure_code`].
+    pub fn failure_code(&self) -> Option<u32> {
+        self.r.failure_code
+    }
+
+    /// See [`VerificationRecord::allow_fallback`].
+    pub fn allow_fallback(&self) -> bool {
+        self.r.allow_fallback
+    }
+
+    /// See [`VerificationRecord::channels_tried`].
+    pub fn channels_tried(&self) -> &[Channel] {
+        &self.r.channels_tried
+    }
+
+    /// See [`VerificationRecord::fallback_reason`].
+    pub fn fallback_reason(&self) -> Option<FallbackReason> {
+        self.r.fallback_reason
+    }
+
+    /// See [`VerificationRecord::delivery_status`].
+    pub fn delivery_status(&self) -> Option<DeliveryStatus> {
+        self.r.delivery_status
+    }
+
+    /// See [`VerificationRecord::trace_parent`].
+    pub fn trace_parent(&self) -> Option<&str> {
+        self.r.trace_parent.as_deref()
+    }
+
+    /// See [`VerificationRecord::risk`].
+    pub fn risk(&self) -> Option<&RiskAssessment> {
+        self.r.risk.as_ref()
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.r.created_at
+    }
+
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.r.updated_at
+    }
+
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.r.expires_at
+    }
+
+    /// See [`VerificationRecord::version`].
+    pub fn version(&self) -> u32 {
+        self.r.version
+    }
+
+    /// Its destination sealed anew (under the keyring's current key): the same
+    /// destination, so only the version moves.
+    pub fn reseal(&mut self, destination: SealedDestination) {
+        self.r.destination = destination;
+        self.r.version += 1;
+    }
+
+    /// Gives up its idempotency key, so a start with the key is a new start: the key's
+    /// window passed, or the send failed before the provider acted and the caller may
+    /// retry with the same key.
+    pub fn release_idempotency_key(&mut self, now: DateTime<Utc>) {
+        self.r.idempotency_key = None;
+        self.touch(now);
     }
 
     /// The record of a start that fraud scoring refused: [`VerificationStatus::Blocked`],
@@ -324,55 +491,55 @@ impl Verification {
             expires_at: now,
             ..n
         });
-        v.status = VerificationStatus::Blocked;
-        v.sends = 0;
-        v.channels_tried.clear();
-        v.risk = Some(risk);
+        v.r.status = VerificationStatus::Blocked;
+        v.r.sends = 0;
+        v.r.channels_tried.clear();
+        v.r.risk = Some(risk);
         v
     }
 
     /// Whether `owner` started it: anyone else is told it does not exist.
     pub fn belongs_to(&self, owner: &str) -> bool {
-        self.owner == owner
+        self.r.owner == owner
     }
 
     /// Whether a start by `owner` for `identity` may resend on it: the same caller for the
     /// same user. A start of anyone else to its destination must not receive its id.
     pub fn resendable_by(&self, owner: &str, identity: Option<&str>) -> bool {
-        self.belongs_to(owner) && self.identity.as_deref() == identity
+        self.belongs_to(owner) && self.r.identity.as_deref() == identity
     }
 
     pub fn checks_left(&self) -> u32 {
-        if self.status == VerificationStatus::Pending {
-            self.max_checks.saturating_sub(self.checks)
+        if self.r.status == VerificationStatus::Pending {
+            self.r.max_checks.saturating_sub(self.r.checks)
         } else {
             0
         }
     }
 
     pub fn sends_left(&self) -> u32 {
-        if self.status == VerificationStatus::Pending {
-            self.max_sends.saturating_sub(self.sends)
+        if self.r.status == VerificationStatus::Pending {
+            self.r.max_sends.saturating_sub(self.r.sends)
         } else {
             0
         }
     }
 
     fn touch(&mut self, now: DateTime<Utc>) {
-        self.updated_at = now;
-        self.version += 1;
+        self.r.updated_at = now;
+        self.r.version += 1;
     }
 
     /// Whether this is a pending verification past its expiry at `now`: one
     /// [`Verification::expire_if_due`] moves to `Expired`.
     pub fn is_due_to_expire(&self, now: DateTime<Utc>) -> bool {
-        self.status == VerificationStatus::Pending && now >= self.expires_at
+        self.r.status == VerificationStatus::Pending && now >= self.r.expires_at
     }
 
     /// Moves a pending verification past its expiry to `Expired`. Returns whether it did.
     pub fn expire_if_due(&mut self, now: DateTime<Utc>) -> bool {
         if self.is_due_to_expire(now) {
-            self.status = VerificationStatus::Expired;
+            self.r.status = VerificationStatus::Expired;
             self.touch(now);
             true
         } else {
@@ -381,16 +548,16 @@ impl Verification {
     }
 
     fn ensure_pending(&self) -> Result<(), TransitionError> {
-        if self.status == VerificationStatus::Pending {
+        if self.r.status == VerificationStatus::Pending {
             Ok(())
         } else {
-            Err(TransitionError::NotPending(self.status))
+            Err(TransitionError::NotPending(self.r.status))
         }
     }
 
     /// The provider accepted a send.
     pub fn mark_sent(&mut self, provider_sid: String, now: DateTime<Utc>) {
-        self.provider_sid = Some(provider_sid);
+        self.r.provider_sid = Some(provider_sid);
         self.touch(now);
     }
 
@@ -407,18 +574,18 @@ impl Verification {
     /// that made it stopped before it could record the answer). Otherwise such a record's
     /// first send is still in flight.
     pub fn send_unconfirmed(&self, now: DateTime<Utc>, in_flight: std::time::Duration) -> bool {
-        self.status == VerificationStatus::Pending
-            && self.provider_sid.is_none()
-            && (self.version > 0
+        self.r.status == VerificationStatus::Pending
+            && self.r.provider_sid.is_none()
+            && (self.r.version > 0
                 || chrono::Duration::from_std(in_flight)
-                    .is_ok_and(|wait| now - self.created_at >= wait))
+                    .is_ok_and(|wait| now - self.r.created_at >= wait))
     }
 
     /// Records the provider id a check by destination learnt for a verification whose
     /// send was unconfirmed. Not a transition of its own: it is stored with the check's.
     pub fn learn_provider_sid(&mut self, provider_sid: String) {
-        if self.provider_sid.is_none() {
-            self.provider_sid = Some(provider_sid);
+        if self.r.provider_sid.is_none() {
+            self.r.provider_sid = Some(provider_sid);
         }
     }
 
@@ -428,7 +595,7 @@ impl Verification {
     /// [`Verification::learn_provider_sid`], as it is stored on its own. Returns whether
     /// anything changed: only a pending verification still without a provider id does.
     pub fn confirm_sent(&mut self, provider_sid: String, now: DateTime<Utc>) -> bool {
-        if self.status != VerificationStatus::Pending || self.provider_sid.is_some() {
+        if self.r.status != VerificationStatus::Pending || self.r.provider_sid.is_some() {
             return false;
         }
         self.learn_provider_sid(provider_sid);
@@ -442,19 +609,19 @@ impl Verification {
     /// and a new start sends afresh. Returns whether it did: only a pending verification
     /// without a provider id ends so.
     pub fn mark_never_sent(&mut self, now: DateTime<Utc>) -> bool {
-        if self.status != VerificationStatus::Pending || self.provider_sid.is_some() {
+        if self.r.status != VerificationStatus::Pending || self.r.provider_sid.is_some() {
             return false;
         }
-        self.status = VerificationStatus::Failed;
-        self.failure_code = Some(NEVER_SENT);
+        self.r.status = VerificationStatus::Failed;
+        self.r.failure_code = Some(NEVER_SENT);
         self.touch(now);
         true
     }
 
     /// The provider refused the first send: the verification fails with its code.
     pub fn mark_failed(&mut self, code: Option<u32>, now: DateTime<Utc>) {
-        self.status = VerificationStatus::Failed;
-        self.failure_code = code;
+        self.r.status = VerificationStatus::Failed;
+        self.r.failure_code = code;
         self.touch(now);
     }
 
@@ -465,22 +632,37 @@ impl Verification {
         now: DateTime<Utc>,
     ) -> Result<(), TransitionError> {
         self.ensure_pending()?;
-        if self.sends >= self.max_sends {
-            return Err(TransitionError::NoSendsLeft(self.max_sends));
+        if self.r.sends >= self.r.max_sends {
+            return Err(TransitionError::NoSendsLeft(self.r.max_sends));
         }
-        self.sends += 1;
+        self.r.sends += 1;
         self.switch_to(channel);
         self.touch(now);
         Ok(())
     }
 
+    /// A resend by a start that has an idempotency key: a record whose own key was
+    /// released takes it, so a retry of that start finds this verification. Not a
+    /// transition of its own: it is stored with the resend's.
+    pub fn adopt_idempotency_key(&mut self, key: Option<&IdempotencyKey>) {
+        if self.r.idempotency_key.is_none() {
+            self.r.idempotency_key = key.cloned();
+        }
+    }
+
+    /// The trace of the start that made the current send, which a fallback from that send
+    /// joins. Not a transition of its own: it is stored with the resend's.
+    pub fn join_trace(&mut self, trace_parent: String) {
+        self.r.trace_parent = Some(trace_parent);
+    }
+
     /// A new send goes out on `channel`: its delivery is not known yet.
     fn switch_to(&mut self, channel: Channel) {
-        if self.channels_tried.last() != Some(&channel) {
-            self.channels_tried.push(channel);
+        if self.r.channels_tried.last() != Some(&channel) {
+            self.r.channels_tried.push(channel);
         }
-        self.channel = channel;
-        self.delivery_status = None;
+        self.r.channel = channel;
+        self.r.delivery_status = None;
     }
 
     /// Applies a delivery report. Only a report about the current send of a pending
@@ -492,16 +674,16 @@ impl Verification {
         report: &DeliveryReport,
         now: DateTime<Utc>,
     ) -> DeliveryVerdict {
-        if self.status != VerificationStatus::Pending {
+        if self.r.status != VerificationStatus::Pending {
             return DeliveryVerdict::Ignored(IgnoredBecause::NotPending);
         }
-        if report.channel.is_some_and(|c| c != self.channel) {
+        if report.channel.is_some_and(|c| c != self.r.channel) {
             return DeliveryVerdict::Ignored(IgnoredBecause::EarlierChannel);
         }
-        if self.delivery_status.is_some_and(DeliveryStatus::is_final) {
+        if self.r.delivery_status.is_some_and(DeliveryStatus::is_final) {
             return DeliveryVerdict::Ignored(IgnoredBecause::AlreadyFinal);
         }
-        self.delivery_status = Some(report.status);
+        self.r.delivery_status = Some(report.status);
         self.touch(now);
         if report.warrants_fallback() {
             DeliveryVerdict::Failed(FallbackReason::DeliveryFailed {
@@ -517,9 +699,9 @@ impl Verification {
     /// the current one and has no final delivery status: the silence check of the
     /// fallback timer.
     pub fn is_silent(&self, send: u32) -> bool {
-        self.status == VerificationStatus::Pending
-            && self.sends == send
-            && !self.delivery_status.is_some_and(DeliveryStatus::is_final)
+        self.r.status == VerificationStatus::Pending
+            && self.r.sends == send
+            && !self.r.delivery_status.is_some_and(DeliveryStatus::is_final)
     }
 
     /// Claims a send on `next` because the current channel failed or stayed silent. It
@@ -531,15 +713,15 @@ impl Verification {
         now: DateTime<Utc>,
     ) -> Result<(), TransitionError> {
         self.ensure_pending()?;
-        if !self.allow_fallback {
+        if !self.r.allow_fallback {
             return Err(TransitionError::FallbackNotAllowed);
         }
-        if self.sends >= self.max_sends {
-            return Err(TransitionError::NoSendsLeft(self.max_sends));
+        if self.r.sends >= self.r.max_sends {
+            return Err(TransitionError::NoSendsLeft(self.r.max_sends));
         }
-        self.sends += 1;
+        self.r.sends += 1;
         self.switch_to(next);
-        self.fallback_reason = Some(reason);
+        self.r.fallback_reason = Some(reason);
         self.touch(now);
         Ok(())
     }
@@ -548,10 +730,10 @@ impl Verification {
     /// together exceed the limit.
     pub fn begin_check(&mut self, now: DateTime<Utc>) -> Result<(), TransitionError> {
         self.ensure_pending()?;
-        if self.checks >= self.max_checks {
-            return Err(TransitionError::NoChecksLeft(self.max_checks));
+        if self.r.checks >= self.r.max_checks {
+            return Err(TransitionError::NoChecksLeft(self.r.max_checks));
         }
-        self.checks += 1;
+        self.r.checks += 1;
         self.touch(now);
         Ok(())
     }
@@ -561,35 +743,35 @@ impl Verification {
     /// it must not count against them. Returns whether anything changed (a verification
     /// that is no longer pending keeps its count).
     pub fn release_check(&mut self, now: DateTime<Utc>) -> bool {
-        if self.status != VerificationStatus::Pending || self.checks == 0 {
+        if self.r.status != VerificationStatus::Pending || self.r.checks == 0 {
             return false;
         }
-        self.checks -= 1;
+        self.r.checks -= 1;
         self.touch(now);
         true
     }
 
     /// Applies the provider's answer to a claimed check.
     pub fn finish_check(&mut self, outcome: CheckOutcome, now: DateTime<Utc>) -> Transition {
-        if self.status != VerificationStatus::Pending {
+        if self.r.status != VerificationStatus::Pending {
             return Transition::Stored;
         }
         let transition = match outcome {
             CheckOutcome::Approved => {
-                self.status = VerificationStatus::Approved;
+                self.r.status = VerificationStatus::Approved;
                 Transition::Stored
             }
-            CheckOutcome::Wrong if self.checks >= self.max_checks => {
-                self.status = VerificationStatus::MaxAttemptsReached;
+            CheckOutcome::Wrong if self.r.checks >= self.r.max_checks => {
+                self.r.status = VerificationStatus::MaxAttemptsReached;
                 Transition::CancelUpstream
             }
             CheckOutcome::Wrong => Transition::Stored,
             CheckOutcome::Gone => {
-                self.status = VerificationStatus::Expired;
+                self.r.status = VerificationStatus::Expired;
                 Transition::Stored
             }
             CheckOutcome::ProviderLimit => {
-                self.status = VerificationStatus::MaxAttemptsReached;
+                self.r.status = VerificationStatus::MaxAttemptsReached;
                 Transition::Stored
             }
         };
@@ -599,11 +781,11 @@ impl Verification {
 
     /// Cancels a pending verification. Canceling a canceled one is a no-op (`Ok(false)`).
     pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<bool, TransitionError> {
-        if self.status == VerificationStatus::Canceled {
+        if self.r.status == VerificationStatus::Canceled {
             return Ok(false);
         }
         self.ensure_pending()?;
-        self.status = VerificationStatus::Canceled;
+        self.r.status = VerificationStatus::Canceled;
         self.touch(now);
         Ok(true)
     }
@@ -640,6 +822,7 @@ mod tests {
             max_checks,
             allow_fallback: true,
             trace_parent: None,
+            risk: None,
             now: at(0),
             expires_at: at(600),
         })
@@ -672,11 +855,11 @@ mod tests {
             DeliveryVerdict::Ignored(IgnoredBecause::AlreadyFinal)
         );
         v.fall_back(Channel::Call, reason, at(2)).expect("fallback");
-        assert_eq!(v.channel, Channel::Call);
-        assert_eq!(v.channels_tried, vec![Channel::Sms, Channel::Call]);
-        assert_eq!(v.sends, 2);
-        assert_eq!(v.fallback_reason, Some(reason));
-        assert_eq!(v.delivery_status, None);
+        assert_eq!(v.channel(), Channel::Call);
+        assert_eq!(v.channels_tried(), vec![Channel::Sms, Channel::Call]);
+        assert_eq!(v.sends(), 2);
+        assert_eq!(v.fallback_reason(), Some(reason));
+        assert_eq!(v.delivery_status(), None);
         // The SMS failure once more, and a late "delivered" for the SMS: about an earlier
         // channel, so nothing changes.
         let before = v.clone();
@@ -693,7 +876,7 @@ mod tests {
         // The call is delivered.
         let call = report(Channel::Call, DeliveryStatus::Delivered, None);
         assert_eq!(v.apply_delivery(&call, at(4)), DeliveryVerdict::Recorded);
-        assert_eq!(v.delivery_status, Some(DeliveryStatus::Delivered));
+        assert_eq!(v.delivery_status(), Some(DeliveryStatus::Delivered));
     }
 
     #[test]
@@ -712,7 +895,7 @@ mod tests {
         );
 
         let mut no_consent = pending(3, 3);
-        no_consent.allow_fallback = false;
+        no_consent.record_mut().allow_fallback = false;
         assert!(matches!(
             no_consent.apply_delivery(&failed, at(1)),
             DeliveryVerdict::Failed(_)
@@ -763,7 +946,7 @@ mod tests {
             v.finish_check(CheckOutcome::Wrong, at(2)),
             Transition::CancelUpstream
         );
-        assert_eq!(v.status, VerificationStatus::MaxAttemptsReached);
+        assert_eq!(v.status(), VerificationStatus::MaxAttemptsReached);
         assert_eq!(
             v.begin_check(at(3)),
             Err(TransitionError::NotPending(
@@ -777,7 +960,7 @@ mod tests {
         let mut v = pending(3, 3);
         v.begin_check(at(1)).expect("pending");
         v.finish_check(CheckOutcome::Approved, at(1));
-        assert_eq!(v.status, VerificationStatus::Approved);
+        assert_eq!(v.status(), VerificationStatus::Approved);
         assert_eq!(v.checks_left(), 0);
         assert!(v.cancel(at(2)).is_err());
         assert!(!v.expire_if_due(at(601)));
@@ -800,7 +983,7 @@ mod tests {
         let mut v = pending(3, 3);
         assert!(!v.expire_if_due(at(599)));
         assert!(v.expire_if_due(at(600)));
-        assert_eq!(v.status, VerificationStatus::Expired);
+        assert_eq!(v.status(), VerificationStatus::Expired);
         let mut c = pending(3, 3);
         assert_eq!(c.cancel(at(1)), Ok(true));
         assert_eq!(c.cancel(at(2)), Ok(false));
@@ -812,7 +995,7 @@ mod tests {
         v.mark_sent("VE1".into(), at(0));
         v.begin_check(at(1)).expect("pending");
         v.finish_check(CheckOutcome::Wrong, at(1));
-        assert_eq!(v.version, 3);
+        assert_eq!(v.version(), 3);
     }
 
     #[test]
@@ -823,11 +1006,11 @@ mod tests {
         v.begin_check(at(1)).expect("pending");
         assert_eq!(v.checks_left(), 0);
         assert!(v.release_check(at(2)));
-        assert_eq!((v.checks_left(), v.version), (1, 4));
+        assert_eq!((v.checks_left(), v.version()), (1, 4));
         v.begin_check(at(3)).expect("the attempt is back");
         v.finish_check(CheckOutcome::Approved, at(3));
         assert!(!v.release_check(at(4)), "over: the count stays");
-        assert_eq!(v.checks, 2);
+        assert_eq!(v.checks(), 2);
     }
 
     #[test]
@@ -851,7 +1034,7 @@ mod tests {
         confirmed.mark_unconfirmed(at(1));
         assert!(confirmed.confirm_sent("VE1".into(), at(5)));
         assert_eq!(
-            (confirmed.provider_sid.as_deref(), confirmed.version),
+            (confirmed.provider_sid(), confirmed.version()),
             (Some("VE1"), 2)
         );
         assert!(
@@ -863,8 +1046,8 @@ mod tests {
         let mut lost = pending(3, 3);
         lost.mark_unconfirmed(at(1));
         assert!(lost.mark_never_sent(at(120)), "pending without an id");
-        assert_eq!(lost.status, VerificationStatus::Failed);
-        assert_eq!(lost.failure_code, Some(NEVER_SENT));
+        assert_eq!(lost.status(), VerificationStatus::Failed);
+        assert_eq!(lost.failure_code(), Some(NEVER_SENT));
         assert_eq!((lost.sends_left(), lost.checks_left()), (0, 0));
         assert!(!lost.confirm_sent("VE1".into(), at(121)), "over");
         assert!(!lost.mark_never_sent(at(121)), "over");
@@ -873,8 +1056,8 @@ mod tests {
     #[test]
     fn only_its_owner_for_the_same_identity_may_resend() {
         let mut v = pending(3, 3);
-        v.owner = "checkout".into();
-        v.identity = Some("user-1".into());
+        v.record_mut().owner = "checkout".into();
+        v.record_mut().identity = Some("user-1".into());
         assert!(v.belongs_to("checkout"));
         assert!(!v.belongs_to("billing"));
         assert!(!v.belongs_to(""));

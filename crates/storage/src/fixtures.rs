@@ -37,7 +37,7 @@ pub(crate) fn keyring_with(key_id: &str) -> Keyring {
 /// `v` as migration 0011 leaves a row sealed before ciphertexts were bound to their rows:
 /// its key id marked `unbound:`.
 pub(crate) fn unbound(mut v: Verification) -> Verification {
-    v.destination.key_id = format!("unbound:{}", v.destination.key_id);
+    v.record_mut().destination.key_id = format!("unbound:{}", v.destination().key_id);
     v
 }
 
@@ -78,6 +78,7 @@ pub(crate) fn bare(n: u128, purpose: &str, destination: &Destination) -> Verific
         max_checks: 5,
         allow_fallback: false,
         trace_parent: None,
+        risk: None,
         now: at(0),
         expires_at: at(600),
     })
@@ -91,38 +92,39 @@ pub(crate) fn full(
     destination: &Destination,
 ) -> Verification {
     let mut v = bare(n, purpose, destination);
-    v.status = VerificationStatus::Failed;
-    v.channel = if destination.accepts(Channel::Call) {
+    v.record_mut().status = VerificationStatus::Failed;
+    v.record_mut().channel = if destination.accepts(Channel::Call) {
         Channel::Call
     } else {
         Channel::Email
     };
-    v.provider_sid = Some(PROVIDER_SID.into());
-    v.identity = Some("user-7".into());
-    v.owner = "checkout".into();
-    v.idempotency_key = key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
-    v.sends = 2;
-    v.checks = 4;
-    v.max_sends = 4;
-    v.max_checks = 6;
-    v.failure_code = Some(60200);
-    v.allow_fallback = true;
-    v.channels_tried = if destination.accepts(Channel::Call) {
+    v.record_mut().provider_sid = Some(PROVIDER_SID.into());
+    v.record_mut().identity = Some("user-7".into());
+    v.record_mut().owner = "checkout".into();
+    v.record_mut().idempotency_key =
+        key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
+    v.record_mut().sends = 2;
+    v.record_mut().checks = 4;
+    v.record_mut().max_sends = 4;
+    v.record_mut().max_checks = 6;
+    v.record_mut().failure_code = Some(60200);
+    v.record_mut().allow_fallback = true;
+    v.record_mut().channels_tried = if destination.accepts(Channel::Call) {
         vec![Channel::Sms, Channel::Whatsapp, Channel::Call]
     } else {
         vec![Channel::Email]
     };
-    v.fallback_reason = Some(FallbackReason::DeliveryFailed {
+    v.record_mut().fallback_reason = Some(FallbackReason::DeliveryFailed {
         status: DeliveryStatus::Undelivered,
         error_code: Some(30003),
     });
-    v.delivery_status = Some(DeliveryStatus::Sent);
-    v.trace_parent = Some(TRACE_PARENT.into());
-    v.risk = Some(risk(RiskDecision::StepUp, true));
-    v.created_at = at(1);
-    v.updated_at = at(2);
-    v.expires_at = at(3);
-    v.version = 7;
+    v.record_mut().delivery_status = Some(DeliveryStatus::Sent);
+    v.record_mut().trace_parent = Some(TRACE_PARENT.into());
+    v.record_mut().risk = Some(risk(RiskDecision::StepUp, true));
+    v.record_mut().created_at = at(1);
+    v.record_mut().updated_at = at(2);
+    v.record_mut().expires_at = at(3);
+    v.record_mut().version = 7;
     v
 }
 

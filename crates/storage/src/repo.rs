@@ -219,12 +219,12 @@ where
         level = "debug",
         name = "storage.insert",
         skip_all,
-        fields(verification_id = %verification.id, purpose = %verification.purpose)
+        fields(verification_id = %verification.id(), purpose = %verification.purpose())
     )]
     pub(crate) async fn insert(&self, verification: &Verification) -> Result<Inserted, StoreError> {
         // With no limits nothing can refuse: the guarded insert is the plain one.
         unlimited(
-            self.insert_limited(verification, &[], verification.created_at)
+            self.insert_limited(verification, &[], verification.created_at())
                 .await?,
         )
     }
@@ -233,7 +233,7 @@ where
         level = "debug",
         name = "storage.insert_limited",
         skip_all,
-        fields(verification_id = %verification.id, keys = limits.len())
+        fields(verification_id = %verification.id(), keys = limits.len())
     )]
     pub(crate) async fn insert_limited(
         &self,
@@ -309,7 +309,7 @@ where
         }
         Err(StoreError::Unavailable(format!(
             "inserting verification {} kept colliding with concurrent changes",
-            verification.id
+            verification.id()
         )))
     }
 
@@ -320,7 +320,7 @@ where
         verification: &Verification,
     ) -> Result<Inserted, StoreError> {
         unlimited(
-            self.insert_limited_in_transaction(verification, &[], verification.created_at)
+            self.insert_limited_in_transaction(verification, &[], verification.created_at())
                 .await?,
         )
     }
@@ -329,7 +329,7 @@ where
         level = "debug",
         name = "storage.update_limited",
         skip_all,
-        fields(verification_id = %verification.id, keys = limits.len())
+        fields(verification_id = %verification.id(), keys = limits.len())
     )]
     pub(crate) async fn update_limited(
         &self,
@@ -376,7 +376,7 @@ where
         if !written {
             return Err(StoreError::Unavailable(format!(
                 "verification {} was locked at its version and then not updated",
-                verification.id
+                verification.id()
             )));
         }
         Ok(Limited::Done {
@@ -428,36 +428,36 @@ where
         // A unique index refused the row. The rows that hold it are committed (PostgreSQL's
         // `ON CONFLICT` waits for a concurrent inserter to finish; SQLite's write lock lets
         // no other writer in), so reading them now finds them unless they changed since.
-        if let Some(key) = &verification.idempotency_key
+        if let Some(key) = verification.idempotency_key()
             && let Some(existing) = fetch_verification(
                 sqlx::query_as(sql::FIND_BY_IDEMPOTENCY_KEY)
-                    .bind(verification.purpose.as_str().to_owned())
-                    .bind(verification.owner.clone())
+                    .bind(verification.purpose().as_str().to_owned())
+                    .bind(verification.owner().to_owned())
                     .bind(key.as_str().to_owned()),
                 &mut *conn,
             )
             .await?
         {
             tracing::debug!(
-                existing_id = %existing.id,
+                existing_id = %existing.id(),
                 "idempotency key already used; returning the first verification"
             );
             return Ok(Some(Inserted::Existing(Box::new(existing))));
         }
 
-        if verification.status == VerificationStatus::Pending
+        if verification.status() == VerificationStatus::Pending
             && let Some(mut pending) = fetch_verification(
                 sqlx::query_as(sql::PENDING_SLOT)
-                    .bind(verification.purpose.as_str().to_owned())
-                    .bind(verification.destination_hash.as_str().to_owned()),
+                    .bind(verification.purpose().as_str().to_owned())
+                    .bind(verification.destination_hash().as_str().to_owned()),
                 &mut *conn,
             )
             .await?
         {
-            let read_at = pending.version;
-            if !pending.expire_if_due(verification.created_at) {
+            let read_at = pending.version();
+            if !pending.expire_if_due(verification.created_at()) {
                 tracing::debug!(
-                    pending_id = %pending.id,
+                    pending_id = %pending.id(),
                     "destination already has a live pending verification"
                 );
                 return Ok(Some(Inserted::Pending(Box::new(pending))));
@@ -471,12 +471,12 @@ where
             if !Self::insert_row(conn, verification).await? {
                 return Ok(None);
             }
-            tracing::debug!(expired_id = %pending.id, "expired the previous pending verification");
+            tracing::debug!(expired_id = %pending.id(), "expired the previous pending verification");
             return Ok(Some(Inserted::Created));
         }
 
         let same_id: Option<String> = sqlx::query_scalar(sql::EXISTS)
-            .bind(verification.id.to_string())
+            .bind(verification.id().to_string())
             .fetch_optional(&mut *conn)
             .await
             .map_err(read_error)?;
@@ -485,7 +485,7 @@ where
             // row would hand one caller another's verification.
             return Err(StoreError::Unavailable(format!(
                 "verification {} already exists",
-                verification.id
+                verification.id()
             )));
         }
         Ok(None)
@@ -602,9 +602,9 @@ where
         name = "storage.update",
         skip_all,
         fields(
-            verification_id = %verification.id,
+            verification_id = %verification.id(),
             expected_version = expected_version,
-            version = verification.version
+            version = verification.version()
         )
     )]
     pub(crate) async fn update(
@@ -628,16 +628,16 @@ where
     /// (`Conflict`), or it was never there (`NotFound`).
     async fn why_not_updated(&self, verification: &Verification) -> StoreError {
         let stored: Result<Option<i64>, StoreError> = sqlx::query_scalar(sql::VERSION_OF)
-            .bind(verification.id.to_string())
+            .bind(verification.id().to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(read_error);
         match stored {
             Ok(Some(stored_version)) => {
                 tracing::debug!(stored_version, "optimistic update lost to a newer write");
-                StoreError::Conflict(verification.id)
+                StoreError::Conflict(verification.id())
             }
-            Ok(None) => StoreError::NotFound(verification.id),
+            Ok(None) => StoreError::NotFound(verification.id()),
             Err(e) => e,
         }
     }

@@ -16,7 +16,7 @@ use domain::events::{Envelope, EventKind, MessageId};
 use domain::ports::{OutboxMessage, StoreError};
 use domain::{
     Channel, DestinationHash, IdempotencyKey, Purpose, SealedDestination, Verification,
-    VerificationId, VerificationStatus,
+    VerificationId, VerificationRecord, VerificationStatus,
 };
 use serde_json::{Value, json};
 use sqlx::query::Query;
@@ -251,33 +251,33 @@ fn json_u32(value: &Value) -> Option<u32> {
 impl From<&Verification> for VerificationRow {
     fn from(v: &Verification) -> Self {
         VerificationRow {
-            id: v.id.to_string(),
-            purpose: v.purpose.as_str().to_owned(),
-            channel: v.channel.as_str().to_owned(),
-            status: v.status.as_str().to_owned(),
-            provider_sid: v.provider_sid.clone(),
-            destination_ciphertext: v.destination.ciphertext.clone(),
-            destination_key_id: v.destination.key_id.clone(),
-            destination_hash: v.destination_hash.as_str().to_owned(),
-            to_masked: v.to_masked.clone(),
-            identity: v.identity.clone(),
-            idempotency_key: v.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
-            sends: i64::from(v.sends),
-            checks: i64::from(v.checks),
-            max_sends: i64::from(v.max_sends),
-            max_checks: i64::from(v.max_checks),
-            failure_code: v.failure_code.map(i64::from),
-            created_at: to_millis(v.created_at),
-            updated_at: to_millis(v.updated_at),
-            expires_at: to_millis(v.expires_at),
-            version: i64::from(v.version),
-            allow_fallback: v.allow_fallback,
-            channels_tried: encode_channels(&v.channels_tried),
-            fallback_reason: v.fallback_reason.map(encode_fallback_reason),
-            delivery_status: v.delivery_status.map(|s| s.as_str().to_owned()),
-            trace_parent: v.trace_parent.clone(),
-            risk: v.risk.as_ref().map(encode_risk),
-            owner: v.owner.clone(),
+            id: v.id().to_string(),
+            purpose: v.purpose().as_str().to_owned(),
+            channel: v.channel().as_str().to_owned(),
+            status: v.status().as_str().to_owned(),
+            provider_sid: v.provider_sid().map(str::to_owned),
+            destination_ciphertext: v.destination().ciphertext.clone(),
+            destination_key_id: v.destination().key_id.clone(),
+            destination_hash: v.destination_hash().as_str().to_owned(),
+            to_masked: v.to_masked().to_owned(),
+            identity: v.identity().map(str::to_owned),
+            idempotency_key: v.idempotency_key().map(|k| k.as_str().to_owned()),
+            sends: i64::from(v.sends()),
+            checks: i64::from(v.checks()),
+            max_sends: i64::from(v.max_sends()),
+            max_checks: i64::from(v.max_checks()),
+            failure_code: v.failure_code().map(i64::from),
+            created_at: to_millis(v.created_at()),
+            updated_at: to_millis(v.updated_at()),
+            expires_at: to_millis(v.expires_at()),
+            version: i64::from(v.version()),
+            allow_fallback: v.allow_fallback(),
+            channels_tried: encode_channels(v.channels_tried()),
+            fallback_reason: v.fallback_reason().map(encode_fallback_reason),
+            delivery_status: v.delivery_status().map(|s| s.as_str().to_owned()),
+            trace_parent: v.trace_parent().map(str::to_owned),
+            risk: v.risk().map(encode_risk),
+            owner: v.owner().to_owned(),
         }
     }
 }
@@ -346,7 +346,7 @@ impl TryFrom<VerificationRow> for Verification {
             .transpose()
             .map_err(|p| bad("risk", p))?;
 
-        Ok(Verification {
+        Ok(Verification::restore(VerificationRecord {
             id,
             purpose,
             channel,
@@ -376,7 +376,7 @@ impl TryFrom<VerificationRow> for Verification {
             to_masked: row.to_masked,
             identity: row.identity,
             owner: row.owner,
-        })
+        }))
     }
 }
 
@@ -1192,8 +1192,8 @@ mod tests {
             .expect("valid time");
         assert_eq!(to_millis(at), 1_700_000_000_123);
         let mut v = fixtures::bare(3, "login", &fixtures::phone());
-        v.created_at = at;
+        v.record_mut().created_at = at;
         let back = Verification::try_from(VerificationRow::from(&v)).expect("converts");
-        assert_eq!(back.created_at.timestamp_subsec_nanos(), 123_000_000);
+        assert_eq!(back.created_at().timestamp_subsec_nanos(), 123_000_000);
     }
 }

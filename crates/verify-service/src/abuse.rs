@@ -370,13 +370,13 @@ impl AbuseGuard {
             // Per verification, a limit at least as large as the verification's own
             // `max_checks` can never refuse (no verification is checked more often than
             // that), so it is not taken: no key in memory, no row in the store.
-            v.identity.is_some() || quota.limit() < v.max_checks
+            v.identity().is_some() || quota.limit() < v.max_checks()
         });
         if let Some(quota) = quota {
             // The stored identity is its tag already (the one `send_per_identity` keys on).
-            let key = match &v.identity {
-                Some(identity) => format!("check:{}:id:{identity}", v.purpose),
-                None => format!("check:{}:ver:{}", v.purpose, v.id),
+            let key = match v.identity() {
+                Some(identity) => format!("check:{}:id:{identity}", v.purpose()),
+                None => format!("check:{}:ver:{}", v.purpose(), v.id()),
             };
             named.push(Named {
                 name: "check_per_identity",
@@ -389,7 +389,7 @@ impl AbuseGuard {
                 name: "check_per_destination",
                 what: "checks of the verifications to one destination",
                 request: LimitRequest {
-                    key: format!("check:{}:to:{}", v.purpose, v.destination_hash.as_str()),
+                    key: format!("check:{}:to:{}", v.purpose(), v.destination_hash().as_str()),
                     quota,
                 },
             });
@@ -566,7 +566,7 @@ fn cooldown_request(policy: &PurposePolicy, v: &Verification) -> Option<LimitReq
         return None;
     }
     Some(LimitRequest {
-        key: format!("cooldown:{}", v.id),
+        key: format!("cooldown:{}", v.id()),
         quota: Quota::new(1, cooldown.max(Duration::from_secs(1))).ok()?,
     })
 }

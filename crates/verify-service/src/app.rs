@@ -50,13 +50,12 @@ pub async fn reencrypt(
         }
         for mut v in rows {
             let destination = keyring
-                .open(&v.destination, &v.id)
-                .with_context(|| format!("opening the destination of {}", v.id))?;
+                .open(v.destination(), &v.id())
+                .with_context(|| format!("opening the destination of {}", v.id()))?;
             let mut nonce = [0u8; 12];
             rand::rng().fill_bytes(&mut nonce);
-            let expected = v.version;
-            v.destination = keyring.seal(&destination, &v.id, nonce);
-            v.version += 1;
+            let expected = v.version();
+            v.reseal(keyring.seal(&destination, &v.id(), nonce));
             match store.update(&v, expected).await {
                 Ok(()) => rewritten += 1,
                 // Changed concurrently: the next batch lists it again if still old.

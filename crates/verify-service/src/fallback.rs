@@ -53,12 +53,16 @@ impl VerifyCore {
         let Some(after) = policy.fallback_after() else {
             return;
         };
-        if !v.allow_fallback || policy.next_fallback(v.channel, &v.channels_tried).is_none() {
+        if !v.allow_fallback()
+            || policy
+                .next_fallback(v.channel(), v.channels_tried())
+                .is_none()
+        {
             return;
         }
         let check = SilenceCheck {
-            verification_id: v.id.to_string(),
-            send: v.sends,
+            verification_id: v.id().to_string(),
+            send: v.sends(),
         };
         let mut envelope = match silence_envelope(&check, self.clock.now()) {
             Ok(envelope) => envelope,
@@ -70,8 +74,8 @@ impl VerifyCore {
         // The send's trace (the start's, or the fallback's within it) goes with the check.
         let headers = telemetry::trace::current_headers();
         if headers.is_empty() {
-            if let Some(trace_parent) = &v.trace_parent {
-                envelope = envelope.with_header(TRACEPARENT, trace_parent.clone());
+            if let Some(trace_parent) = v.trace_parent() {
+                envelope = envelope.with_header(TRACEPARENT, trace_parent.to_owned());
             }
         } else {
             for (name, value) in headers {
@@ -80,7 +84,7 @@ impl VerifyCore {
         }
         match self.bus.publish_delayed(&envelope, after).await {
             Ok(()) => debug!(
-                send = v.sends,
+                send = v.sends(),
                 after_s = after.as_secs(),
                 "silence check scheduled"
             ),
@@ -108,7 +112,7 @@ impl VerifyCore {
                 info_span!(
                     "verify.delivery",
                     otel.kind = "consumer",
-                    verification_id = %v.id,
+                    verification_id = %v.id(),
                     status = %report.status,
                 ),
                 &v,
@@ -131,7 +135,7 @@ impl VerifyCore {
         report: &DeliveryReport,
         trace: Option<&str>,
     ) -> Result<(), ServiceError> {
-        let version = v.version;
+        let version = v.version();
         let now = self.clock.now();
         if v.expire_if_due(now) {
             return self.write(&v, version).await;
@@ -202,7 +206,7 @@ impl VerifyCore {
             debug!("no silence: a report arrived or a newer send exists");
             return Ok(());
         }
-        let version = v.version;
+        let version = v.version();
         let now = self.clock.now();
         let Some(policy) = self.claim_fallback(&mut v, FallbackReason::NoDeliveryReport, now)
         else {
@@ -221,19 +225,19 @@ impl VerifyCore {
         reason: FallbackReason,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<PurposePolicy> {
-        let policy = match self.policy(&v.purpose) {
+        let policy = match self.policy(v.purpose()) {
             Ok(p) => p.clone(),
             Err(_) => {
-                warn!(purpose = %v.purpose, "verification of a purpose no longer configured");
+                warn!(purpose = %v.purpose(), "verification of a purpose no longer configured");
                 return None;
             }
         };
-        if !v.allow_fallback {
+        if !v.allow_fallback() {
             info!(reason = %reason.code(), "delivery failed; the caller did not allow a fallback");
             return None;
         }
-        let Some(next) = policy.next_fallback(v.channel, &v.channels_tried) else {
-            info!(reason = %reason.code(), channel = %v.channel, "delivery failed; no channel left to fall back to");
+        let Some(next) = policy.next_fallback(v.channel(), v.channels_tried()) else {
+            info!(reason = %reason.code(), channel = %v.channel(), "delivery failed; no channel left to fall back to");
             return None;
         };
         match v.fall_back(next, reason, now) {
@@ -255,9 +259,9 @@ impl VerifyCore {
     async fn send_fallback(&self, policy: &PurposePolicy, v: Verification, trace: Option<&str>) {
         let span = info_span!(
             "verify.fallback",
-            verification_id = %v.id,
-            channel = %v.channel,
-            reason = %v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
+            verification_id = %v.id(),
+            channel = %v.channel(),
+            reason = %v.fallback_reason().map(|r| r.code()).unwrap_or_default(),
         );
         if let Some(trace) = trace {
             telemetry::trace::add_link(&span, trace);
@@ -269,7 +273,7 @@ impl VerifyCore {
     /// redelivered event cannot send again; a provider refusal is logged, and the
     /// verification stays pending on the new channel until it expires or is resent.
     async fn fallback_send(&self, policy: &PurposePolicy, mut v: Verification) {
-        let to = match self.keyring.open(&v.destination, &v.id) {
+        let to = match self.keyring.open(v.destination(), &v.id()) {
             Ok(to) => to,
             Err(e) => {
                 warn!(error = %e, "cannot open the stored destination for the fallback");
@@ -279,28 +283,28 @@ impl VerifyCore {
         let request = ProviderStart {
             service: policy.service_sid().to_owned(),
             to,
-            channel: v.channel,
+            channel: v.channel(),
             locale: None,
         };
         match self.provider.start(&request).await {
             Ok(pv) => {
-                if v.provider_sid.as_deref() != Some(pv.sid.as_str()) {
-                    let version = v.version;
+                if v.provider_sid() != Some(pv.sid.as_str()) {
+                    let version = v.version();
                     v.mark_sent(pv.sid, self.clock.now());
                     if let Err(e) = self.store.update(&v, version).await {
                         warn!(error = %e, "could not record the fallback's provider id");
                     }
                 }
                 info!(
-                    channel = %v.channel,
-                    reason = %v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
-                    sends = v.sends,
+                    channel = %v.channel(),
+                    reason = %v.fallback_reason().map(|r| r.code()).unwrap_or_default(),
+                    sends = v.sends(),
                     "fell back to the next channel"
                 );
                 self.schedule_silence_check(policy, &v).await;
             }
             Err(e) => warn!(
-                channel = %v.channel,
+                channel = %v.channel(),
                 kind = ?e.kind,
                 twilio_code = ?e.code,
                 "the provider refused the fallback send"
@@ -314,8 +318,7 @@ impl VerifyCore {
 /// verification from before tracing, or a start outside any trace) `trace` is the parent.
 fn consumer_span(span: Span, v: &Verification, trace: Option<&str>) -> Span {
     let joined = v
-        .trace_parent
-        .as_deref()
+        .trace_parent()
         .is_some_and(|start| telemetry::trace::set_parent(&span, start, None));
     if let Some(trace) = trace {
         if joined {

@@ -98,34 +98,34 @@ pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timest
 
 pub fn to_proto(v: &Verification) -> pb::Verification {
     pb::Verification {
-        id: v.id.to_string(),
-        purpose: v.purpose.to_string(),
-        channel: channel_to_proto(v.channel).into(),
-        status: status_to_proto(v.status).into(),
-        to_masked: v.to_masked.clone(),
+        id: v.id().to_string(),
+        purpose: v.purpose().to_string(),
+        channel: channel_to_proto(v.channel()).into(),
+        status: status_to_proto(v.status()).into(),
+        to_masked: v.to_masked().to_owned(),
         attempts_left: v.checks_left(),
         sends_left: v.sends_left(),
-        create_time: Some(timestamp(v.created_at)),
-        update_time: Some(timestamp(v.updated_at)),
-        expire_time: Some(timestamp(v.expires_at)),
-        failure_code: v.failure_code.unwrap_or(0),
-        allow_fallback: v.allow_fallback,
+        create_time: Some(timestamp(v.created_at())),
+        update_time: Some(timestamp(v.updated_at())),
+        expire_time: Some(timestamp(v.expires_at())),
+        failure_code: v.failure_code().unwrap_or(0),
+        allow_fallback: v.allow_fallback(),
         channels_tried: v
-            .channels_tried
+            .channels_tried()
             .iter()
             .map(|c| channel_to_proto(*c).into())
             .collect(),
-        fallback_reason: v.fallback_reason.map(|r| r.code()).unwrap_or_default(),
+        fallback_reason: v.fallback_reason().map(|r| r.code()).unwrap_or_default(),
         // A pending verification without a provider id is only ever answered when its
         // first send was not confirmed (one in flight is answered ABORTED).
-        delivery_status: match v.delivery_status {
+        delivery_status: match v.delivery_status() {
             Some(s) => s.as_str().to_owned(),
-            None if v.status == VerificationStatus::Pending && v.provider_sid.is_none() => {
+            None if v.status() == VerificationStatus::Pending && v.provider_sid().is_none() => {
                 "unconfirmed".to_owned()
             }
             None => String::new(),
         },
-        risk: v.risk.as_ref().map(risk_to_proto),
+        risk: v.risk().map(risk_to_proto),
     }
 }
 
@@ -347,9 +347,9 @@ impl Audit {
 
     /// Notes the verification the call ended with.
     fn saw(&mut self, v: &Verification) {
-        self.purpose = v.purpose.to_string();
-        self.verification_id = v.id.to_string();
-        self.status = Some(v.status);
+        self.purpose = v.purpose().to_string();
+        self.verification_id = v.id().to_string();
+        self.status = Some(v.status());
     }
 
     fn log<T>(&self, result: &Result<T, Status>) {

@@ -71,12 +71,12 @@ impl RecentStore {
     /// that is not is forgotten instead.
     fn remember(&self, v: &Verification) {
         let mut recent = self.recent();
-        if v.status != VerificationStatus::Pending {
-            recent.by_id.remove(&v.id);
+        if v.status() != VerificationStatus::Pending {
+            recent.by_id.remove(&v.id());
             return;
         }
-        if recent.by_id.insert(v.id, v.clone()).is_none() {
-            recent.order.push_back(v.id);
+        if recent.by_id.insert(v.id(), v.clone()).is_none() {
+            recent.order.push_back(v.id());
             while recent.order.len() > self.capacity {
                 if let Some(oldest) = recent.order.pop_front() {
                     recent.by_id.remove(&oldest);
@@ -104,7 +104,7 @@ impl VerificationStore for RecentStore {
         let inserted = self.inner.insert(verification).await;
         match &inserted {
             Ok(Inserted::Created) => self.remember(verification),
-            _ => self.forget(&verification.id),
+            _ => self.forget(&verification.id()),
         }
         inserted
     }
@@ -121,7 +121,7 @@ impl VerificationStore for RecentStore {
                 outcome: Inserted::Created,
                 ..
             }) => self.remember(verification),
-            _ => self.forget(&verification.id),
+            _ => self.forget(&verification.id()),
         }
         inserted
     }
@@ -173,7 +173,7 @@ impl VerificationStore for RecentStore {
         let updated = self.inner.update(verification, expected_version).await;
         match &updated {
             Ok(()) => self.remember(verification),
-            Err(_) => self.forget(&verification.id),
+            Err(_) => self.forget(&verification.id()),
         }
         updated
     }
@@ -193,7 +193,7 @@ impl VerificationStore for RecentStore {
             Ok(Limited::Done { .. }) => self.remember(verification),
             // A refusal wrote nothing: what is remembered is still the row.
             Ok(Limited::Refused(_)) => {}
-            Err(_) => self.forget(&verification.id),
+            Err(_) => self.forget(&verification.id()),
         }
         updated
     }
@@ -253,6 +253,7 @@ mod tests {
             max_checks: 5,
             allow_fallback: false,
             trace_parent: None,
+            risk: None,
             now: at(0),
             expires_at: at(600),
         }))
@@ -273,22 +274,22 @@ mod tests {
         let (inner, recent, _database) = stores().await?;
         let mut v = pending(1)?;
         assert_eq!(recent.insert(&v).await?, Inserted::Created);
-        let version = v.version;
+        let version = v.version();
         v.mark_sent("VE00000000000000000000000000000001".to_owned(), at(1));
         recent.update(&v, version).await?;
-        assert_eq!(recent.get_to_update(&v.id).await?.as_ref(), Some(&v));
+        assert_eq!(recent.get_to_update(&v.id()).await?.as_ref(), Some(&v));
 
         // Another process claims an attempt behind this one's back.
-        let mut elsewhere = inner.get(&v.id).await?.expect("stored");
-        let version = elsewhere.version;
+        let mut elsewhere = inner.get(&v.id()).await?.expect("stored");
+        let version = elsewhere.version();
         elsewhere.begin_check(at(2))?;
         inner.update(&elsewhere, version).await?;
 
         // The store's answer is the row; the one to update is what this process wrote.
-        assert_eq!(recent.get(&v.id).await?.as_ref(), Some(&elsewhere));
-        let mut old = recent.get_to_update(&v.id).await?.expect("remembered");
+        assert_eq!(recent.get(&v.id()).await?.as_ref(), Some(&elsewhere));
+        let mut old = recent.get_to_update(&v.id()).await?.expect("remembered");
         assert_eq!(old, v);
-        let version = old.version;
+        let version = old.version();
         old.begin_check(at(3))?;
         assert!(matches!(
             recent.update(&old, version).await,
@@ -296,7 +297,7 @@ mod tests {
         ));
         // The conflict forgot it: the next claim starts from the row.
         assert_eq!(
-            recent.get_to_update(&v.id).await?.as_ref(),
+            recent.get_to_update(&v.id()).await?.as_ref(),
             Some(&elsewhere)
         );
         Ok(())
@@ -313,17 +314,17 @@ mod tests {
             all.push(v);
         }
         assert_eq!(recent.len(), 3, "the two oldest forgotten");
-        assert!(!recent.recent().by_id.contains_key(&all[0].id));
-        assert!(recent.recent().by_id.contains_key(&all[4].id));
+        assert!(!recent.recent().by_id.contains_key(&all[0].id()));
+        assert!(recent.recent().by_id.contains_key(&all[4].id()));
 
         let mut v = all[4].clone();
-        let version = v.version;
+        let version = v.version();
         v.mark_sent("VE00000000000000000000000000000005".to_owned(), at(1));
         recent.update(&v, version).await?;
-        let version = v.version;
+        let version = v.version();
         v.begin_check(at(2))?;
         recent.update(&v, version).await?;
-        let version = v.version;
+        let version = v.version();
         v.finish_check(CheckOutcome::Approved, at(3));
         recent.update(&v, version).await?;
         assert_eq!(
@@ -332,7 +333,7 @@ mod tests {
             "an approved verification is not checked again"
         );
         // A forgotten verification is read from the store.
-        assert_eq!(recent.get_to_update(&v.id).await?.as_ref(), Some(&v));
+        assert_eq!(recent.get_to_update(&v.id()).await?.as_ref(), Some(&v));
         Ok(())
     }
 }

@@ -139,29 +139,29 @@ async fn reconcile_one(
     mut v: Verification,
     now: DateTime<Utc>,
 ) -> Outcome {
-    let destination_hash = v.destination_hash.short().to_owned();
-    let service = match core.policy(&v.purpose) {
+    let destination_hash = v.destination_hash().short().to_owned();
+    let service = match core.policy(v.purpose()) {
         Ok(policy) => policy.service_sid().to_owned(),
         Err(e) => {
-            warn!(verification_id = %v.id, error = %e, "cannot reconcile: its purpose is not configured");
+            warn!(verification_id = %v.id(), error = %e, "cannot reconcile: its purpose is not configured");
             return Outcome::Skipped;
         }
     };
-    let to = match core.keyring.open(&v.destination, &v.id) {
+    let to = match core.keyring.open(v.destination(), &v.id()) {
         Ok(to) => to,
         Err(e) => {
-            warn!(verification_id = %v.id, error = %e, "cannot reconcile: the destination does not open");
+            warn!(verification_id = %v.id(), error = %e, "cannot reconcile: the destination does not open");
             return Outcome::Skipped;
         }
     };
     let found = match core
         .provider
-        .find_sent(&service, &to, v.created_at - LOOKBACK)
+        .find_sent(&service, &to, v.created_at() - LOOKBACK)
         .await
     {
         Ok(found) => found,
         Err(e) => {
-            warn!(verification_id = %v.id, kind = ?e.kind, twilio_code = ?e.code, "cannot reconcile: the attempts list failed");
+            warn!(verification_id = %v.id(), kind = ?e.kind, twilio_code = ?e.code, "cannot reconcile: the attempts list failed");
             return if e.is_retryable() {
                 Outcome::ProviderDown
             } else {
@@ -169,7 +169,7 @@ async fn reconcile_one(
             };
         }
     };
-    let version = v.version;
+    let version = v.version();
     let (outcome, what) = match found {
         Some(sid) => {
             if !v.confirm_sent(sid, now) {
@@ -180,8 +180,8 @@ async fn reconcile_one(
         None => {
             let give_up =
                 chrono::Duration::from_std(settings.give_up_after).unwrap_or(chrono::Duration::MAX);
-            if now - v.created_at < give_up {
-                debug!(verification_id = %v.id, destination_hash, "no attempt at the provider yet");
+            if now - v.created_at() < give_up {
+                debug!(verification_id = %v.id(), destination_hash, "no attempt at the provider yet");
                 return Outcome::Waiting;
             }
             if !v.mark_never_sent(now) {
@@ -193,20 +193,20 @@ async fn reconcile_one(
     match core.store.update(&v, version).await {
         Ok(()) => {
             info!(
-                verification_id = %v.id,
+                verification_id = %v.id(),
                 destination_hash,
-                provider_sid = v.provider_sid.as_deref().unwrap_or_default(),
-                status = %v.status,
+                provider_sid = v.provider_sid().unwrap_or_default(),
+                status = %v.status(),
                 "reconciled an unconfirmed send: {what}"
             );
             outcome
         }
         Err(StoreError::Conflict(_)) => {
-            debug!(verification_id = %v.id, destination_hash, "changed meanwhile: left to its writer");
+            debug!(verification_id = %v.id(), destination_hash, "changed meanwhile: left to its writer");
             Outcome::Skipped
         }
         Err(e) => {
-            warn!(verification_id = %v.id, destination_hash, error = %e, "could not store the reconciliation");
+            warn!(verification_id = %v.id(), destination_hash, error = %e, "could not store the reconciliation");
             Outcome::Skipped
         }
     }

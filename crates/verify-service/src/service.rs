@@ -165,8 +165,8 @@ impl VerifyCore {
             if let Some(key) = &input.idempotency_key
                 && let Some(v) = self.replay(policy, &input.owner, key, &hash, now).await?
             {
-                tracing::Span::current().record("verification_id", v.id.to_string());
-                info!(status = %v.status, "idempotent replay");
+                tracing::Span::current().record("verification_id", v.id().to_string());
+                info!(status = %v.status(), "idempotent replay");
                 let starts_left = self.abuse.starts_left(policy, &input, &hash, now).await?;
                 return Ok(Started {
                     verification: v,
@@ -191,11 +191,10 @@ impl VerifyCore {
             let record = self.new_record(policy, &input, channel, hash.clone(), now);
             let v = match &refusal {
                 Some(risk) => Verification::blocked(record, risk.clone()),
-                None => {
-                    let mut v = Verification::new(record);
-                    v.risk = screened.risk.clone();
-                    v
-                }
+                None => Verification::new(NewVerification {
+                    risk: screened.risk.clone(),
+                    ..record
+                }),
             };
             // The shared limits are taken at the time they are taken, not at the time the
             // request began. Takes of one key can still reach the store out of the order
@@ -223,11 +222,11 @@ impl VerifyCore {
                 )));
             };
             if let Some(risk) = refusal {
-                tracing::Span::current().record("verification_id", v.id.to_string());
+                tracing::Span::current().record("verification_id", v.id().to_string());
                 warn!(decision = %risk.decision, score = risk.score, reasons = %risk.reason_codes(), "start refused by fraud scoring");
                 return Err(ServiceError::Refused {
                     assessment: risk,
-                    verification_id: v.id.to_string(),
+                    verification_id: v.id().to_string(),
                 });
             }
             let verification = match inserted {
@@ -239,7 +238,7 @@ impl VerifyCore {
                 // same one (and could check the user's code): refused, and told nothing of
                 // it.
                 Inserted::Pending(pending)
-                    if pending.resendable_by(&input.owner, v.identity.as_deref()) =>
+                    if pending.resendable_by(&input.owner, v.identity()) =>
                 {
                     self.resend_when_sent(policy, *pending, &input, channel)
                         .await?
@@ -290,20 +289,20 @@ impl VerifyCore {
         channel: Channel,
     ) -> Result<Verification, ServiceError> {
         let deadline = tokio::time::Instant::now() + FIRST_SEND_WAIT;
-        while pending.provider_sid.is_none() {
+        while pending.provider_sid().is_none() {
             // Its first send's outcome is unknown: this start is an explicit ask to send
             // again, and the provider answers it with its pending verification, if it has
             // one, whose id the resend then records.
             if pending.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST) {
                 break;
             }
-            if pending.status != VerificationStatus::Pending
+            if pending.status() != VerificationStatus::Pending
                 || tokio::time::Instant::now() >= deadline
             {
                 return Err(ServiceError::InProgress);
             }
             tokio::time::sleep(FIRST_SEND_POLL).await;
-            pending = self.read(&pending.id).await?;
+            pending = self.read(&pending.id()).await?;
         }
         self.resend(policy, pending, input, channel).await
     }
@@ -338,6 +337,7 @@ impl VerifyCore {
             allow_fallback: input.allow_fallback,
             // The `verify.start` span's context: a fallback later joins this trace.
             trace_parent: telemetry::trace::current_traceparent(),
+            risk: None,
             now,
             expires_at: policy.expires_at(now),
         }
@@ -386,11 +386,9 @@ impl VerifyCore {
         else {
             return Ok(None);
         };
-        if !policy.idempotency_holds(existing.created_at, now) {
-            let version = existing.version;
-            existing.idempotency_key = None;
-            existing.version += 1;
-            existing.updated_at = now;
+        if !policy.idempotency_holds(existing.created_at(), now) {
+            let version = existing.version();
+            existing.release_idempotency_key(now);
             // Losing this race is fine: the other request released the key too.
             match self.store.update(&existing, version).await {
                 Ok(()) | Err(domain::ports::StoreError::Conflict(_)) => return Ok(None),
@@ -405,7 +403,7 @@ impl VerifyCore {
         existing: Verification,
         hash: &domain::DestinationHash,
     ) -> Result<Verification, ServiceError> {
-        if &existing.destination_hash != hash {
+        if existing.destination_hash() != hash {
             return Err(ServiceError::invalid(
                 "idempotency_key",
                 "this key was already used for a different destination",
@@ -413,8 +411,8 @@ impl VerifyCore {
         }
         // A first send still in flight; one whose outcome is unknown is answered with, as is:
         // the retry sends nothing.
-        if existing.status == VerificationStatus::Pending
-            && existing.provider_sid.is_none()
+        if existing.status() == VerificationStatus::Pending
+            && existing.provider_sid().is_none()
             && !existing.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST)
         {
             return Err(ServiceError::InProgress);
@@ -431,7 +429,7 @@ impl VerifyCore {
         channel: Channel,
         mut v: Verification,
     ) -> Result<Verification, ServiceError> {
-        tracing::Span::current().record("verification_id", v.id.to_string());
+        tracing::Span::current().record("verification_id", v.id().to_string());
         let request = ProviderStart {
             service: policy.service_sid().to_owned(),
             to: input.to.clone(),
@@ -439,14 +437,14 @@ impl VerifyCore {
             locale: input.locale.clone(),
         };
         let sent = self.provider.start(&request).await;
-        let version = v.version;
+        let version = v.version();
         let now = self.clock.now();
         match sent {
             Ok(pv) => {
                 v.mark_sent(pv.sid, now);
                 self.record_sent(&v, version).await?;
                 // The call's audit line says it too (`grpc`): debug only, not twice at info.
-                tracing::debug!(verification_id = %v.id, "verification sent");
+                tracing::debug!(verification_id = %v.id(), "verification sent");
                 self.schedule_silence_check(policy, &v).await;
                 Ok(v)
             }
@@ -460,7 +458,7 @@ impl VerifyCore {
                 }
                 warn!(kind = ?e.kind, twilio_code = ?e.code, "the provider did not confirm the send");
                 Err(ServiceError::SendUnconfirmed {
-                    verification_id: v.id.to_string(),
+                    verification_id: v.id().to_string(),
                     source: e,
                 })
             }
@@ -472,7 +470,7 @@ impl VerifyCore {
                 if e.is_retryable() {
                     // Never reached the provider, or refused before it acted (429): let the
                     // caller retry with the same key.
-                    v.idempotency_key = None;
+                    v.release_idempotency_key(now);
                 }
                 if let Err(store_err) = self.store.update(&v, version).await {
                     warn!(error = %store_err, "could not record the failed send");
@@ -490,37 +488,35 @@ impl VerifyCore {
         input: &StartInput,
         channel: Channel,
     ) -> Result<Verification, ServiceError> {
-        tracing::Span::current().record("verification_id", v.id.to_string());
+        tracing::Span::current().record("verification_id", v.id().to_string());
         for _ in 0..CONFLICT_RETRIES {
-            let version = v.version;
+            let version = v.version();
             let now = self.clock.now();
             v.begin_resend(channel, now).map_err(|e| match e {
                 TransitionError::NoSendsLeft(max) => ServiceError::LimitReached {
                     reason: "MAX_SENDS_REACHED",
                     message: format!(
                         "verification {} has used all {max} sends; wait for it to expire",
-                        v.id
+                        v.id()
                     ),
-                    retry_after: (v.expires_at - now).to_std().ok(),
+                    retry_after: (v.expires_at() - now).to_std().ok(),
                 },
                 other => ServiceError::FailedPrecondition {
                     reason: "VERIFICATION_NOT_PENDING",
                     message: other.to_string(),
                 },
             })?;
-            if v.idempotency_key.is_none() {
-                v.idempotency_key = input.idempotency_key.clone();
-            }
+            v.adopt_idempotency_key(input.idempotency_key.as_ref());
             // A fallback from this send belongs to the trace of the start that made it.
             if let Some(trace_parent) = telemetry::trace::current_traceparent() {
-                v.trace_parent = Some(trace_parent);
+                v.join_trace(trace_parent);
             }
             match self.store.update(&v, version).await {
                 Ok(()) => {
                     // To the address the verification was started with: one destination
                     // may be written in several ways (an email's case or `+tag`), and the
                     // provider keeps its pending verification under the first.
-                    let to = self.keyring.open(&v.destination, &v.id).unwrap_or_else(|e| {
+                    let to = self.keyring.open(v.destination(), &v.id()).unwrap_or_else(|e| {
                         warn!(error = %e, "cannot open the stored destination; resending to the one given");
                         input.to.clone()
                     });
@@ -539,12 +535,12 @@ impl VerifyCore {
                             return Err(e.into());
                         }
                     };
-                    if v.provider_sid.as_deref() != Some(pv.sid.as_str()) {
-                        let version = v.version;
+                    if v.provider_sid() != Some(pv.sid.as_str()) {
+                        let version = v.version();
                         v.mark_sent(pv.sid, self.clock.now());
                         self.store.update(&v, version).await?;
                     }
-                    info!(sends = v.sends, "verification resent");
+                    info!(sends = v.sends(), "verification resent");
                     self.schedule_silence_check(policy, &v).await;
                     return Ok(v);
                 }
@@ -554,7 +550,7 @@ impl VerifyCore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(domain::ports::StoreError::Conflict(v.id).into())
+        Err(domain::ports::StoreError::Conflict(v.id()).into())
     }
 
     /// Checks a code. Our check limit is claimed in the store before the provider is asked.
@@ -568,16 +564,16 @@ impl VerifyCore {
         let span = info_span!("verify.check", verification_id = %id);
         async move {
             let mut v = self.load_to_check(id, owner).await?;
-            let policy = self.policy(&v.purpose)?.clone();
-            if v.status != VerificationStatus::Pending {
-                return Err(not_checkable(id, TransitionError::NotPending(v.status)));
+            let policy = self.policy(v.purpose())?.clone();
+            if v.status() != VerificationStatus::Pending {
+                return Err(not_checkable(id, TransitionError::NotPending(v.status())));
             }
             // Its provider id, or, when its send was never confirmed, its destination: the
             // provider checks the pending verification it holds for it, if any.
-            let target = match v.provider_sid.clone() {
+            let target = match v.provider_sid().map(str::to_owned) {
                 Some(sid) => CheckTarget::Sid(sid),
                 None if v.send_unconfirmed(self.clock.now(), SEND_IN_FLIGHT_AT_MOST) => {
-                    CheckTarget::To(self.keyring.open(&v.destination, &v.id).map_err(|e| {
+                    CheckTarget::To(self.keyring.open(v.destination(), &v.id()).map_err(|e| {
                         ServiceError::Store(domain::ports::StoreError::Unavailable(format!(
                             "cannot open the destination of {id}: {e}"
                         )))
@@ -594,7 +590,7 @@ impl VerifyCore {
             // Claim one attempt, with the shared check limit in the same transaction.
             let mut limit_left = None;
             for _ in 0..CONFLICT_RETRIES {
-                let version = v.version;
+                let version = v.version();
                 let now = self.clock.now();
                 v.begin_check(now).map_err(|e| not_checkable(id, e))?;
                 match self
@@ -660,11 +656,11 @@ impl VerifyCore {
                 // Scoring counts approvals by country and range (and by the network its
                 // start came from), so only then is the destination opened.
                 CheckOutcome::Approved if self.abuse.counts_approvals() => {
-                    match self.keyring.open(&v.destination, &v.id) {
+                    match self.keyring.open(v.destination(), &v.id()) {
                         Ok(to) => {
-                            let start = v.risk.as_ref();
+                            let start = v.risk();
                             self.abuse
-                                .approved(&to, v.channel, start, self.clock.now())
+                                .approved(&to, v.channel(), start, self.clock.now())
                                 .await;
                         }
                         Err(e) => {
@@ -674,9 +670,9 @@ impl VerifyCore {
                 }
                 CheckOutcome::Approved | CheckOutcome::Gone | CheckOutcome::ProviderLimit => {}
             }
-            tracing::debug!(outcome = ?outcome, status = %v.status, attempts_left = v.checks_left(), "checked");
+            tracing::debug!(outcome = ?outcome, status = %v.status(), attempts_left = v.checks_left(), "checked");
             if transition == Transition::CancelUpstream
-                && let Some(sid) = &v.provider_sid
+                && let Some(sid) = v.provider_sid()
             {
                 self.cancel_upstream(policy.service_sid(), sid).await;
             }
@@ -713,7 +709,7 @@ impl VerifyCore {
         self.record_sent_later(v.clone(), version);
         Err(last
             .map(ServiceError::from)
-            .unwrap_or_else(|| domain::ports::StoreError::Conflict(v.id).into()))
+            .unwrap_or_else(|| domain::ports::StoreError::Conflict(v.id()).into()))
     }
 
     /// Goes on writing the record of a confirmed send the start could not write, in the
@@ -726,23 +722,23 @@ impl VerifyCore {
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             let mut pause = SENT_RECORD_LATER_FIRST;
-            while clock.now() < v.expires_at {
+            while clock.now() < v.expires_at() {
                 tokio::time::sleep(pause).await;
                 match store.update(&v, version).await {
                     Ok(()) => {
-                        info!(verification_id = %v.id, "recorded a confirmed send once the store answered again");
+                        info!(verification_id = %v.id(), "recorded a confirmed send once the store answered again");
                         return;
                     }
                     Err(domain::ports::StoreError::Unavailable(_)) => {
                         pause = (pause * 2).min(SENT_RECORD_LATER_MAX);
                     }
                     Err(e) => {
-                        debug!(verification_id = %v.id, error = %e, "a confirmed send's record was overtaken");
+                        debug!(verification_id = %v.id(), error = %e, "a confirmed send's record was overtaken");
                         return;
                     }
                 }
             }
-            warn!(verification_id = %v.id, "a confirmed send was never recorded: the store did not answer before it expired");
+            warn!(verification_id = %v.id(), "a confirmed send was never recorded: the store did not answer before it expired");
         });
     }
 
@@ -751,7 +747,7 @@ impl VerifyCore {
     /// verification this fails on keeps one attempt fewer.
     async fn release_check(&self, v: &mut Verification) {
         for _ in 0..CONFLICT_RETRIES {
-            let version = v.version;
+            let version = v.version();
             if !v.release_check(self.clock.now()) {
                 return;
             }
@@ -779,7 +775,7 @@ impl VerifyCore {
         outcome: CheckOutcome,
     ) -> Result<Transition, ServiceError> {
         for _ in 0..CONFLICT_RETRIES {
-            let version = v.version;
+            let version = v.version();
             let transition = v.finish_check(outcome, self.clock.now());
             match self.store.update(v, version).await {
                 Ok(()) => return Ok(transition),
@@ -789,7 +785,7 @@ impl VerifyCore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(domain::ports::StoreError::Conflict(v.id).into())
+        Err(domain::ports::StoreError::Conflict(v.id()).into())
     }
 
     /// Cancels upstream so the user never meets the provider's own lockout. Best effort:
@@ -812,7 +808,7 @@ impl VerifyCore {
         async move {
             for _ in 0..CONFLICT_RETRIES {
                 let mut v = self.load_owned(id, owner).await?;
-                let version = v.version;
+                let version = v.version();
                 let changed = v
                     .cancel(self.clock.now())
                     .map_err(|e| not_checkable(id, e))?;
@@ -821,8 +817,8 @@ impl VerifyCore {
                 }
                 match self.store.update(&v, version).await {
                     Ok(()) => {
-                        if let Some(sid) = &v.provider_sid {
-                            let policy = self.policy(&v.purpose)?;
+                        if let Some(sid) = v.provider_sid() {
+                            let policy = self.policy(v.purpose())?;
                             self.cancel_upstream(policy.service_sid(), sid).await;
                         }
                         info!("canceled");
@@ -867,8 +863,8 @@ impl VerifyCore {
         owner: &str,
     ) -> Result<Verification, ServiceError> {
         if let Some(v) = self.store.get_to_update(id).await?
-            && v.status == VerificationStatus::Pending
-            && v.provider_sid.is_some()
+            && v.status() == VerificationStatus::Pending
+            && v.provider_sid().is_some()
             && !v.is_due_to_expire(self.clock.now())
         {
             return owned(v, owner);
@@ -898,8 +894,8 @@ impl VerifyCore {
 
     /// Records that `v`, as read, has expired when it is due to.
     async fn expire_if_due(&self, mut v: Verification) -> Result<Verification, ServiceError> {
-        let id = v.id;
-        let version = v.version;
+        let id = v.id();
+        let version = v.version();
         if v.expire_if_due(self.clock.now()) {
             match self.store.update(&v, version).await {
                 Ok(()) => {}
@@ -919,7 +915,7 @@ fn owned(v: Verification, owner: &str) -> Result<Verification, ServiceError> {
     if v.belongs_to(owner) {
         Ok(v)
     } else {
-        Err(ServiceError::NotFound(v.id))
+        Err(ServiceError::NotFound(v.id()))
     }
 }
 

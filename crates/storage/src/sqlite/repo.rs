@@ -181,32 +181,32 @@ fn insert_in(conn: &Connection, verification: &Verification) -> Result<Inserted,
     if insert_row(conn, &row)? {
         return Ok(Inserted::Created);
     }
-    if let Some(key) = &verification.idempotency_key
+    if let Some(key) = verification.idempotency_key()
         && let Some(existing) = fetch_verification(
             conn,
             sql::FIND_BY_IDEMPOTENCY_KEY,
             &[
-                &verification.purpose.as_str(),
-                &verification.owner.as_str(),
+                &verification.purpose().as_str(),
+                &verification.owner(),
                 &key.as_str(),
             ],
         )?
     {
-        tracing::debug!(existing_id = %existing.id, "idempotency key already used");
+        tracing::debug!(existing_id = %existing.id(), "idempotency key already used");
         return Ok(Inserted::Existing(Box::new(existing)));
     }
-    if verification.status == VerificationStatus::Pending
+    if verification.status() == VerificationStatus::Pending
         && let Some(mut pending) = fetch_verification(
             conn,
             sql::PENDING_SLOT,
             &[
-                &verification.purpose.as_str(),
-                &verification.destination_hash.as_str(),
+                &verification.purpose().as_str(),
+                &verification.destination_hash().as_str(),
             ],
         )?
     {
-        let read_at = i64::from(pending.version);
-        if !pending.expire_if_due(verification.created_at) {
+        let read_at = i64::from(pending.version());
+        if !pending.expire_if_due(verification.created_at()) {
             return Ok(Inserted::Pending(Box::new(pending)));
         }
         // The pending one is past its expiry: it gives up the slot in this same job.
@@ -214,17 +214,17 @@ fn insert_in(conn: &Connection, verification: &Verification) -> Result<Inserted,
         {
             return Err(StoreError::Unavailable(format!(
                 "verification {} collided with a row that changed under the write lock",
-                verification.id
+                verification.id()
             )));
         }
-        tracing::debug!(expired_id = %pending.id, "expired the previous pending verification");
+        tracing::debug!(expired_id = %pending.id(), "expired the previous pending verification");
         return Ok(Inserted::Created);
     }
     // Ids are fresh UUIDv7s: a reused one is a bug, and answering with the stored row
     // would hand one caller another's verification.
     Err(StoreError::Unavailable(format!(
         "verification {} already exists",
-        verification.id
+        verification.id()
     )))
 }
 
@@ -330,7 +330,7 @@ impl SqliteRepo {
         now: DateTime<Utc>,
     ) -> Result<Limited<()>, StoreError> {
         let row = VerificationRow::from(verification);
-        let id = verification.id;
+        let id = verification.id();
         let limits = limits.to_vec();
         self.engine
             .write(move |conn| {
@@ -405,7 +405,7 @@ impl SqliteRepo {
         expected_version: u32,
     ) -> Result<(), StoreError> {
         let row = VerificationRow::from(verification);
-        let id = verification.id;
+        let id = verification.id();
         self.engine
             .write(move |conn| update_in(conn, &row, id, i64::from(expected_version)))
             .await

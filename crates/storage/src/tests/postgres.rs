@@ -126,7 +126,7 @@ async fn replicas_migrating_at_once_all_succeed() -> anyhow::Result<()> {
         // Every replica sees the one schema.
         let v = full(1, "login", Some("order-42"), &fixtures::phone());
         assert_eq!(stores[1].insert(&v).await?, Inserted::Created);
-        assert_eq!(stores[2].get(&v.id).await?, Some(v));
+        assert_eq!(stores[2].get(&v.id()).await?, Some(v));
         for store in stores {
             store.close().await;
         }
@@ -155,7 +155,7 @@ async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<
         let store = PostgresStore::connect(&url).await?;
         store.migrate_to(8).await?;
         let mut kept = full(1, "login", Some("order-42"), &fixtures::phone());
-        kept.owner = String::new();
+        kept.record_mut().owner = String::new();
         crate::row::bind_insert(
             sqlx::query(harness::INSERT_BEFORE_OWNER),
             VerificationRow::from(&kept),
@@ -183,7 +183,7 @@ async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<
         assert_eq!(moved, ["verifications_one_pending_per_destination"]);
         store.migrate().await?;
         let kept = fixtures::unbound(kept);
-        assert_eq!(store.get(&kept.id).await?.as_ref(), Some(&kept));
+        assert_eq!(store.get(&kept.id()).await?.as_ref(), Some(&kept));
         let table_checks: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pg_constraint \
              WHERE conrelid = 'verifications'::regclass AND contype = 'c'",
@@ -208,7 +208,7 @@ async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<
         let mut bad = VerificationRow::from(&kept);
         bad.status = "lost".into();
         let refused = Updates(store.lane_pool().clone())
-            .run(&[(bad, i64::from(kept.version))])
+            .run(&[(bad, i64::from(kept.version()))])
             .await
             .expect_err("a status outside the domain");
         assert!(
@@ -216,7 +216,7 @@ async fn checks_move_to_domains_without_rewriting_the_table() -> anyhow::Result<
                 if message.contains("verification_status_check")),
             "{refused:?}"
         );
-        assert_eq!(store.get(&kept.id).await?, Some(kept));
+        assert_eq!(store.get(&kept.id()).await?, Some(kept));
         store.close().await;
         Ok(())
     })
@@ -240,9 +240,10 @@ async fn a_batch_of_updates_writes_each_row_at_its_expected_version_only() -> an
             .iter()
             .map(|v| {
                 let mut next = v.clone();
-                next.sends += 1;
-                next.provider_sid = Some(format!("VE{:032x}", u128::from(v.version) + 7));
-                next.version = v.version + 1;
+                next.record_mut().sends += 1;
+                next.record_mut().provider_sid =
+                    Some(format!("VE{:032x}", u128::from(v.version()) + 7));
+                next.record_mut().version = v.version() + 1;
                 next
             })
             .collect();
@@ -253,9 +254,9 @@ async fn a_batch_of_updates_writes_each_row_at_its_expected_version_only() -> an
             .enumerate()
             .map(|(i, (next, before))| {
                 let expected = if i == 2 {
-                    before.version + 5
+                    before.version() + 5
                 } else {
-                    before.version
+                    before.version()
                 };
                 (VerificationRow::from(next), i64::from(expected))
             })
@@ -264,16 +265,16 @@ async fn a_batch_of_updates_writes_each_row_at_its_expected_version_only() -> an
         assert_eq!(written, vec![true, true, false, true]);
         for (i, v) in stored.iter().enumerate() {
             let want = if i == 2 { v } else { &moved_on[i] };
-            assert_eq!(store.get(&v.id).await?.as_ref(), Some(want), "row {i}");
+            assert_eq!(store.get(&v.id()).await?.as_ref(), Some(want), "row {i}");
         }
 
         // A batch of reads: each id gets its row, an id asked twice gets it twice, and an
         // unknown id gets nothing.
         let ids = [
-            stored[0].id.to_string(),
+            stored[0].id().to_string(),
             fixtures::id(99).to_string(),
-            stored[2].id.to_string(),
-            stored[0].id.to_string(),
+            stored[2].id().to_string(),
+            stored[0].id().to_string(),
         ];
         let rows = Reads(store.pool().clone()).run(&ids).await?;
         let read: Vec<Option<domain::Verification>> = rows
@@ -314,11 +315,11 @@ async fn concurrent_updates_each_get_their_own_outcome() -> anyhow::Result<()> {
             for sends in [1, 2] {
                 let store = store.clone();
                 let mut next = v.clone();
-                next.sends = sends;
-                next.version = v.version + 1;
-                let expected = v.version;
+                next.record_mut().sends = sends;
+                next.record_mut().version = v.version() + 1;
+                let expected = v.version();
                 writers.push(tokio::spawn(async move {
-                    (next.id, store.update(&next, expected).await)
+                    (next.id(), store.update(&next, expected).await)
                 }));
             }
         }
@@ -334,8 +335,8 @@ async fn concurrent_updates_each_get_their_own_outcome() -> anyhow::Result<()> {
         assert_eq!(won.len(), 40);
         assert!(won.values().all(|&n| n == 1), "{won:?}");
         for v in &stored {
-            let now = store.get(&v.id).await?.expect("stored");
-            assert_eq!(now.version, v.version + 1);
+            let now = store.get(&v.id()).await?.expect("stored");
+            assert_eq!(now.version(), v.version() + 1);
         }
         store.close().await;
         Ok(())
@@ -509,8 +510,8 @@ async fn a_batch_of_guarded_updates_takes_and_writes_each_update_as_alone() -> a
             .iter()
             .map(|v| {
                 let mut next = v.clone();
-                next.checks += 1;
-                next.version = v.version + 1;
+                next.record_mut().checks += 1;
+                next.record_mut().version = v.version() + 1;
                 next
             })
             .collect();
@@ -524,25 +525,25 @@ async fn a_batch_of_guarded_updates_takes_and_writes_each_update_as_alone() -> a
             // At its version and allowed: written.
             update(
                 0,
-                stored[0].version,
+                stored[0].version(),
                 &[("shared", "2/10m"), ("own:1", "1/10m")],
             ),
             // Not at its version: takes nothing, writes nothing.
             update(
                 1,
-                stored[1].version + 5,
+                stored[1].version() + 5,
                 &[("shared", "2/10m"), ("own:2", "1/10m")],
             ),
             // At its version, the second take of the shared limit: written.
             update(
                 2,
-                stored[2].version,
+                stored[2].version(),
                 &[("own:3", "1/10m"), ("shared", "2/10m")],
             ),
             // The shared limit is used up: its own take is undone, nothing written.
             update(
                 3,
-                stored[3].version,
+                stored[3].version(),
                 &[("own:4", "1/10m"), ("shared", "2/10m")],
             ),
         ];
@@ -565,7 +566,7 @@ async fn a_batch_of_guarded_updates_takes_and_writes_each_update_as_alone() -> a
         );
         for (i, v) in stored.iter().enumerate() {
             let want = if i == 0 || i == 2 { &claimed[i] } else { v };
-            assert_eq!(store.get(&v.id).await?.as_ref(), Some(want), "row {i}");
+            assert_eq!(store.get(&v.id()).await?.as_ref(), Some(want), "row {i}");
         }
         let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM rate_limits ORDER BY key")
             .fetch_all(store.pool())

@@ -78,7 +78,7 @@ async fn in_memory_databases_work() -> anyhow::Result<()> {
     store.migrate().await?;
     let v = full(1, "login", Some("order-42"), &fixtures::phone());
     assert_eq!(store.insert(&v).await?, Inserted::Created);
-    assert_eq!(store.get(&v.id).await?, Some(v));
+    assert_eq!(store.get(&v.id()).await?, Some(v));
     let pending = bare(2, "login", &fixtures::phone());
     assert_eq!(store.insert(&pending).await?, Inserted::Created);
     assert_eq!(
@@ -106,7 +106,7 @@ async fn no_plaintext_destination_reaches_the_files() -> anyhow::Result<()> {
     let store = SqliteStore::connect(&db.url()).await?;
     store.migrate().await?;
     let mut email = full(2, "login", Some("k-email"), &fixtures::email());
-    email.identity = Some("user-8".into());
+    email.record_mut().identity = Some("user-8".into());
     for v in [
         full(1, "login", Some("k-phone"), &fixtures::phone()),
         email,
@@ -164,8 +164,8 @@ async fn migration_keeps_only_the_newest_pending_per_destination() -> anyhow::Re
     // one for another purpose, and a finished one.
     let at_secs = |n: u128, purpose: &str, created: i64| {
         let mut v = bare(n, purpose, &fixtures::phone());
-        v.created_at = at(created);
-        v.updated_at = at(created);
+        v.record_mut().created_at = at(created);
+        v.record_mut().updated_at = at(created);
         v
     };
     let oldest = at_secs(1, "login", 0);
@@ -173,7 +173,7 @@ async fn migration_keeps_only_the_newest_pending_per_destination() -> anyhow::Re
     let newest = at_secs(3, "login", 10);
     let other_purpose = at_secs(4, "signup", 0);
     let mut finished = at_secs(5, "login", 20);
-    finished.status = VerificationStatus::Approved;
+    finished.record_mut().status = VerificationStatus::Approved;
     for v in [&oldest, &tied_low, &newest, &other_purpose, &finished] {
         plant(&store, v).await?;
     }
@@ -186,12 +186,12 @@ async fn migration_keeps_only_the_newest_pending_per_destination() -> anyhow::Re
         (&other_purpose, false),
         (&finished, false),
     ] {
-        let now = store.get(&v.id).await?.context("kept")?;
+        let now = store.get(&v.id()).await?.context("kept")?;
         if expired {
-            assert_eq!(now.status, VerificationStatus::Expired, "{}", v.id);
-            assert_eq!(now.version, v.version + 1);
+            assert_eq!(now.status(), VerificationStatus::Expired, "{}", v.id());
+            assert_eq!(now.version(), v.version() + 1);
             ensure!(
-                now.updated_at > v.updated_at,
+                now.updated_at() > v.updated_at(),
                 "updated_at is the migration's time"
             );
         } else {

@@ -126,9 +126,9 @@ both_backends!(
 /// and expiring at `expires` (seconds after the fixtures' epoch).
 fn pending(n: u128, purpose: &str, created: i64, expires: i64) -> Verification {
     let mut v = bare(n, purpose, &fixtures::phone());
-    v.created_at = at(created);
-    v.updated_at = at(created);
-    v.expires_at = at(expires);
+    v.record_mut().created_at = at(created);
+    v.record_mut().updated_at = at(created);
+    v.record_mut().expires_at = at(expires);
     v
 }
 
@@ -138,7 +138,7 @@ async fn create(store: &dyn VerificationStore, v: &Verification) -> anyhow::Resu
     ensure!(
         inserted == Inserted::Created,
         "{} was not created: {inserted:?}",
-        v.id
+        v.id()
     );
     Ok(())
 }
@@ -151,7 +151,7 @@ async fn migrating_again_changes_nothing(db: Arc<TestDb>) -> anyhow::Result<()> 
     db.migrate().await?;
     db.migrate().await?;
     assert_eq!(db.count_rows().await?, 1);
-    assert_eq!(store.get(&v.id).await?, Some(v));
+    assert_eq!(store.get(&v.id()).await?, Some(v));
     Ok(())
 }
 
@@ -300,14 +300,14 @@ async fn round_trip_keeps_every_field(db: Arc<TestDb>) -> anyhow::Result<()> {
     for v in [&phone, &email] {
         create(&*store, v).await?;
     }
-    assert_eq!(store.get(&phone.id).await?.as_ref(), Some(&phone));
-    assert_eq!(store.get(&email.id).await?.as_ref(), Some(&email));
+    assert_eq!(store.get(&phone.id()).await?.as_ref(), Some(&phone));
+    assert_eq!(store.get(&email.id()).await?.as_ref(), Some(&email));
     assert_eq!(store.get(&fixtures::id(3)).await?, None);
     // The start's trace context comes back as written, and its absence as absence.
-    let got = store.get(&phone.id).await?.context("stored")?;
-    assert_eq!(got.trace_parent.as_deref(), Some(fixtures::TRACE_PARENT));
-    let got = store.get(&email.id).await?.context("stored")?;
-    assert_eq!(got.trace_parent, None);
+    let got = store.get(&phone.id()).await?.context("stored")?;
+    assert_eq!(got.trace_parent(), Some(fixtures::TRACE_PARENT));
+    let got = store.get(&email.id()).await?.context("stored")?;
+    assert_eq!(got.trace_parent(), None);
     Ok(())
 }
 
@@ -323,8 +323,8 @@ async fn reused_idempotency_key_returns_the_first_and_writes_nothing(
         store.insert(&second).await?,
         Inserted::Existing(Box::new(first.clone()))
     );
-    assert_eq!(store.get(&second.id).await?, None);
-    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+    assert_eq!(store.get(&second.id()).await?, None);
+    assert_eq!(store.get(&first.id()).await?.as_ref(), Some(&first));
     assert_eq!(db.count_rows().await?, 1);
 
     // The key is scoped to the purpose and the owner, and verifications without a key
@@ -333,10 +333,10 @@ async fn reused_idempotency_key_returns_the_first_and_writes_nothing(
     let other_purpose = full(3, "signup", Some("order-42"), &fixtures::phone());
     create(&*store, &other_purpose).await?;
     let mut other_owner = full(6, "login", Some("order-42"), &fixtures::phone());
-    other_owner.owner = "billing".into();
+    other_owner.record_mut().owner = "billing".into();
     create(&*store, &other_owner).await?;
     let mut no_owner = full(7, "login", Some("order-42"), &fixtures::phone());
-    no_owner.owner = String::new();
+    no_owner.record_mut().owner = String::new();
     create(&*store, &no_owner).await?;
     create(&*store, &bare(4, "login", &fixtures::phone())).await?;
     create(&*store, &bare(5, "login", &fixtures::email())).await?;
@@ -351,20 +351,20 @@ async fn reused_id_is_an_error_not_an_idempotent_hit(db: Arc<TestDb>) -> anyhow:
 
     // Same id, fresh key, not pending: only the primary key collides.
     let mut again = full(1, "login", Some("fresh-key"), &fixtures::phone());
-    again.id = v.id;
+    again.record_mut().id = v.id();
     let error = store.insert(&again).await.expect_err("duplicate id");
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
 
     // Same id, pending for another destination: likewise.
     let mut pending_again = bare(2, "signup", &fixtures::email());
-    pending_again.id = v.id;
+    pending_again.record_mut().id = v.id();
     let error = store
         .insert(&pending_again)
         .await
         .expect_err("duplicate id");
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
 
-    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&v));
+    assert_eq!(store.get(&v.id()).await?.as_ref(), Some(&v));
     assert_eq!(db.count_rows().await?, 1);
     Ok(())
 }
@@ -381,7 +381,7 @@ async fn insert_concurrently(
         .zip(stores.iter().cycle())
         .map(|(v, store)| {
             let store = Arc::clone(store);
-            tokio::spawn(async move { store.insert(&v).await.map(|r| (v.id, r)) })
+            tokio::spawn(async move { store.insert(&v).await.map(|r| (v.id(), r)) })
         })
         .collect();
     let mut created = Vec::new();
@@ -406,7 +406,7 @@ async fn concurrent_inserts_with_one_key_create_exactly_one(db: Arc<TestDb>) -> 
         let Inserted::Existing(first) = other else {
             panic!("a loser must see the winner by key, got {other:?}");
         };
-        assert_eq!(first.id, created[0], "every loser must see the winner");
+        assert_eq!(first.id(), created[0], "every loser must see the winner");
     }
     assert_eq!(db.count_rows().await?, 1);
     Ok(())
@@ -426,25 +426,25 @@ async fn live_pending_destination_is_returned_and_nothing_written(
             store.insert(&second).await?,
             Inserted::Pending(Box::new(first.clone()))
         );
-        assert_eq!(store.get(&second.id).await?, None);
+        assert_eq!(store.get(&second.id()).await?, None);
     }
-    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+    assert_eq!(store.get(&first.id()).await?.as_ref(), Some(&first));
 
     // The slot is per purpose and destination, and only pending rows take it.
     create(&*store, &pending(4, "signup", 10, 600)).await?;
     let mut email = bare(5, "login", &fixtures::email());
-    email.created_at = at(10);
+    email.record_mut().created_at = at(10);
     create(&*store, &email).await?;
     let mut failed = pending(6, "login", 10, 600);
-    failed.status = VerificationStatus::Failed;
+    failed.record_mut().status = VerificationStatus::Failed;
     create(&*store, &failed).await?;
     assert_eq!(db.count_rows().await?, 4);
 
     // Once the first one is no longer pending, the slot is free.
     let mut approved = first.clone();
-    approved.status = VerificationStatus::Approved;
-    approved.updated_at = at(20);
-    approved.version = 1;
+    approved.record_mut().status = VerificationStatus::Approved;
+    approved.record_mut().updated_at = at(20);
+    approved.record_mut().version = 1;
     store.update(&approved, 0).await?;
     create(&*store, &pending(7, "login", 30, 630)).await?;
     assert_eq!(db.count_rows().await?, 5);
@@ -461,13 +461,13 @@ async fn expired_pending_destination_is_expired_and_replaced(
     // Created exactly at the old one's expiry: `expires_at <= now` counts as expired.
     let new = pending(2, "login", 600, 1200);
     create(&*store, &new).await?;
-    assert_eq!(store.get(&new.id).await?.as_ref(), Some(&new));
+    assert_eq!(store.get(&new.id()).await?.as_ref(), Some(&new));
 
     let mut expected = old.clone();
-    expected.status = VerificationStatus::Expired;
-    expected.updated_at = new.created_at;
-    expected.version = old.version + 1;
-    assert_eq!(store.get(&old.id).await?, Some(expected));
+    expected.record_mut().status = VerificationStatus::Expired;
+    expected.record_mut().updated_at = new.created_at();
+    expected.record_mut().version = old.version() + 1;
+    assert_eq!(store.get(&old.id()).await?, Some(expected));
 
     // And the new one now holds the slot.
     assert_eq!(
@@ -483,12 +483,12 @@ async fn idempotency_key_is_decided_before_the_pending_destination(
 ) -> anyhow::Result<()> {
     let store = db.port();
     let mut first = pending(1, "login", 0, 600);
-    first.idempotency_key = Some(IdempotencyKey::parse("order-42")?);
+    first.record_mut().idempotency_key = Some(IdempotencyKey::parse("order-42")?);
     create(&*store, &first).await?;
 
     // Colliding on both the key and the pending slot is a replay, not a resend.
     let mut retry = pending(2, "login", 5, 605);
-    retry.idempotency_key = first.idempotency_key.clone();
+    retry.record_mut().idempotency_key = first.idempotency_key().cloned();
     assert_eq!(
         store.insert(&retry).await?,
         Inserted::Existing(Box::new(first.clone()))
@@ -496,16 +496,16 @@ async fn idempotency_key_is_decided_before_the_pending_destination(
 
     // With the key past the first one's expiry: still a replay, and the first one stays.
     let mut late = pending(3, "login", 700, 1300);
-    late.idempotency_key = first.idempotency_key.clone();
+    late.record_mut().idempotency_key = first.idempotency_key().cloned();
     assert_eq!(
         store.insert(&late).await?,
         Inserted::Existing(Box::new(first.clone()))
     );
-    assert_eq!(store.get(&first.id).await?.as_ref(), Some(&first));
+    assert_eq!(store.get(&first.id()).await?.as_ref(), Some(&first));
 
     // Another key on the same destination meets the pending slot.
     let mut other_key = pending(4, "login", 5, 605);
-    other_key.idempotency_key = Some(IdempotencyKey::parse("order-43")?);
+    other_key.record_mut().idempotency_key = Some(IdempotencyKey::parse("order-43")?);
     assert_eq!(
         store.insert(&other_key).await?,
         Inserted::Pending(Box::new(first.clone()))
@@ -525,7 +525,7 @@ async fn concurrent_inserts_for_one_destination_create_exactly_one(
         let Inserted::Pending(live) = other else {
             panic!("a loser must see the pending winner, got {other:?}");
         };
-        assert_eq!(live.id, created[0], "every loser must see the winner");
+        assert_eq!(live.id(), created[0], "every loser must see the winner");
     }
     assert_eq!(db.count_rows().await?, 1);
     Ok(())
@@ -545,12 +545,12 @@ async fn concurrent_replacements_of_an_expired_pending_create_exactly_one(
         let Inserted::Pending(live) = other else {
             panic!("a loser must see the pending winner, got {other:?}");
         };
-        assert_eq!(live.id, created[0], "every loser must see the winner");
+        assert_eq!(live.id(), created[0], "every loser must see the winner");
     }
     // The old one was expired exactly once.
-    let expired = store.get(&old.id).await?.context("still stored")?;
-    assert_eq!(expired.status, VerificationStatus::Expired);
-    assert_eq!(expired.version, old.version + 1);
+    let expired = store.get(&old.id()).await?.context("still stored")?;
+    assert_eq!(expired.status(), VerificationStatus::Expired);
+    assert_eq!(expired.version(), old.version() + 1);
     assert_eq!(db.count_rows().await?, 2);
     Ok(())
 }
@@ -560,51 +560,53 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     let v = bare(1, "login", &fixtures::phone());
     create(&*store, &v).await?;
 
-    let mut changed = store.get(&v.id).await?.context("just inserted")?;
-    changed.channel = Channel::Whatsapp;
-    changed.status = VerificationStatus::Failed;
-    changed.provider_sid = Some("VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into());
-    changed.destination = fixtures::keyring().seal(&fixtures::phone(), &v.id, [42; 12]);
-    changed.to_masked = "+1415***0000".into();
-    changed.identity = Some("user-9".into());
-    changed.idempotency_key = Some(IdempotencyKey::parse("late-key")?);
-    changed.sends = 2;
-    changed.checks = 3;
-    changed.max_sends = 9;
-    changed.max_checks = 8;
-    changed.failure_code = Some(60410);
-    changed.updated_at = at(30);
-    changed.expires_at = at(900);
-    changed.allow_fallback = true;
-    changed.channels_tried = vec![Channel::Sms, Channel::Whatsapp];
-    changed.fallback_reason = Some(FallbackReason::NoDeliveryReport);
-    changed.delivery_status = Some(DeliveryStatus::Queued);
-    changed.trace_parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
-    changed.risk = Some(fixtures::risk(RiskDecision::Block, false));
-    changed.version = 1;
+    let mut changed = store.get(&v.id()).await?.context("just inserted")?;
+    changed.record_mut().channel = Channel::Whatsapp;
+    changed.record_mut().status = VerificationStatus::Failed;
+    changed.record_mut().provider_sid = Some("VEaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into());
+    changed.record_mut().destination =
+        fixtures::keyring().seal(&fixtures::phone(), &v.id(), [42; 12]);
+    changed.record_mut().to_masked = "+1415***0000".into();
+    changed.record_mut().identity = Some("user-9".into());
+    changed.record_mut().idempotency_key = Some(IdempotencyKey::parse("late-key")?);
+    changed.record_mut().sends = 2;
+    changed.record_mut().checks = 3;
+    changed.record_mut().max_sends = 9;
+    changed.record_mut().max_checks = 8;
+    changed.record_mut().failure_code = Some(60410);
+    changed.record_mut().updated_at = at(30);
+    changed.record_mut().expires_at = at(900);
+    changed.record_mut().allow_fallback = true;
+    changed.record_mut().channels_tried = vec![Channel::Sms, Channel::Whatsapp];
+    changed.record_mut().fallback_reason = Some(FallbackReason::NoDeliveryReport);
+    changed.record_mut().delivery_status = Some(DeliveryStatus::Queued);
+    changed.record_mut().trace_parent =
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    changed.record_mut().risk = Some(fixtures::risk(RiskDecision::Block, false));
+    changed.record_mut().version = 1;
     store.update(&changed, 0).await?;
-    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&changed));
+    assert_eq!(store.get(&v.id()).await?.as_ref(), Some(&changed));
 
     // Clearing the key releases it (the service does so past the idempotency window).
     let key = IdempotencyKey::parse("late-key")?;
     assert_eq!(
         store
-            .find_by_idempotency_key(&changed.purpose, "", &key)
+            .find_by_idempotency_key(changed.purpose(), "", &key)
             .await?
             .as_ref(),
         Some(&changed)
     );
     let mut released = changed.clone();
-    released.idempotency_key = None;
-    released.version = 2;
+    released.record_mut().idempotency_key = None;
+    released.record_mut().version = 2;
     store.update(&released, 1).await?;
     assert_eq!(
         store
-            .find_by_idempotency_key(&changed.purpose, "", &key)
+            .find_by_idempotency_key(changed.purpose(), "", &key)
             .await?,
         None
     );
-    assert_eq!(store.get(&v.id).await?, Some(released));
+    assert_eq!(store.get(&v.id()).await?, Some(released));
     Ok(())
 }
 
@@ -614,7 +616,7 @@ async fn update_is_optimistic(db: Arc<TestDb>) -> anyhow::Result<()> {
     create(&*store, &v).await?;
 
     // Two requests read version 0; the first to write wins.
-    let mut winner = store.get(&v.id).await?.context("inserted")?;
+    let mut winner = store.get(&v.id()).await?.context("inserted")?;
     let mut loser = winner.clone();
     winner.mark_sent("VE1".into(), at(1));
     store.update(&winner, 0).await?;
@@ -622,21 +624,21 @@ async fn update_is_optimistic(db: Arc<TestDb>) -> anyhow::Result<()> {
     loser.begin_check(at(2))?;
     assert_eq!(
         store.update(&loser, 0).await,
-        Err(StoreError::Conflict(v.id))
+        Err(StoreError::Conflict(v.id()))
     );
-    assert_eq!(store.get(&v.id).await?.as_ref(), Some(&winner));
+    assert_eq!(store.get(&v.id()).await?.as_ref(), Some(&winner));
 
     // Re-reading and retrying, as the port asks, succeeds.
-    let mut retry = store.get(&v.id).await?.context("still there")?;
-    let read_at = retry.version;
+    let mut retry = store.get(&v.id()).await?.context("still there")?;
+    let read_at = retry.version();
     retry.begin_check(at(3))?;
     store.update(&retry, read_at).await?;
-    assert_eq!(store.get(&v.id).await?, Some(retry));
+    assert_eq!(store.get(&v.id()).await?, Some(retry));
 
     let never_stored = bare(2, "login", &fixtures::phone());
     assert_eq!(
         store.update(&never_stored, 0).await,
-        Err(StoreError::NotFound(never_stored.id))
+        Err(StoreError::NotFound(never_stored.id()))
     );
     assert_eq!(db.count_rows().await?, 1);
     Ok(())
@@ -649,13 +651,13 @@ async fn find_pending_returns_the_live_one(db: Arc<TestDb>) -> anyhow::Result<()
     let now = at(100);
 
     let mut finished = pending(1, "login", 0, 600);
-    finished.status = VerificationStatus::Approved;
+    finished.record_mut().status = VerificationStatus::Approved;
     let live = pending(2, "login", 10, 600);
     let other_purpose = pending(3, "signup", 40, 600);
     let lapsed = pending(4, "recovery", 20, 50);
     let expires_now = pending(5, "reset", 30, 100);
     let mut other_destination = bare(6, "login", &fixtures::email());
-    other_destination.created_at = at(60);
+    other_destination.record_mut().created_at = at(60);
     for v in [
         &finished,
         &live,
@@ -740,9 +742,10 @@ async fn find_by_idempotency_key_matches_purpose_owner_and_key(
 fn sealed_with(n: u128, key_id: &str, created: i64) -> Verification {
     let mut v = full(n, "login", None, &fixtures::phone());
     let nonce = [u8::try_from(n % 251).unwrap_or(0); 12];
-    v.destination = fixtures::keyring_with(key_id).seal(&fixtures::phone(), &v.id, nonce);
-    v.created_at = at(created);
-    v.updated_at = at(created);
+    v.record_mut().destination =
+        fixtures::keyring_with(key_id).seal(&fixtures::phone(), &v.id(), nonce);
+    v.record_mut().created_at = at(created);
+    v.record_mut().updated_at = at(created);
     v
 }
 
@@ -764,7 +767,7 @@ async fn list_sealed_with_other_key_lists_old_keys_oldest_first(
     for v in &rows {
         create(&*store, v).await?;
     }
-    let ids = |list: &[Verification]| list.iter().map(|v| v.id).collect::<Vec<_>>();
+    let ids = |list: &[Verification]| list.iter().map(|v| v.id()).collect::<Vec<_>>();
 
     let all = store.list_sealed_with_other_key("k1", 100).await?;
     // Oldest first; equal ages in id order.
@@ -778,7 +781,7 @@ async fn list_sealed_with_other_key_lists_old_keys_oldest_first(
 
     let batch = store.list_sealed_with_other_key("k1", 2).await?;
     assert_eq!(batch.len(), 2);
-    assert!(batch.iter().all(|v| v.destination.key_id != "k1"));
+    assert!(batch.iter().all(|v| v.destination().key_id != "k1"));
     assert_eq!(store.list_sealed_with_other_key("k1", 0).await?, []);
 
     // Another current key lists the others.
@@ -810,7 +813,7 @@ async fn list_unconfirmed_lists_pending_rows_without_a_provider_id_oldest_first(
     for v in [&later, &older, &same_age, &too_young, &sent, &over] {
         create(&*store, v).await?;
     }
-    let ids = |list: &[Verification]| list.iter().map(|v| v.id).collect::<Vec<_>>();
+    let ids = |list: &[Verification]| list.iter().map(|v| v.id()).collect::<Vec<_>>();
 
     // Oldest first, equal ages in id order; sent, ended and younger rows are left out.
     let listed = store.list_unconfirmed(at(20), 10).await?;
@@ -831,10 +834,10 @@ async fn list_unconfirmed_lists_pending_rows_without_a_provider_id_oldest_first(
     // Settled rows drop out of the list: one learns its id, one ends as never sent.
     let mut confirmed = older.clone();
     assert!(confirmed.confirm_sent("VE2".into(), at(21)));
-    store.update(&confirmed, older.version).await?;
+    store.update(&confirmed, older.version()).await?;
     let mut ended = same_age.clone();
     assert!(ended.mark_never_sent(at(21)));
-    store.update(&ended, same_age.version).await?;
+    store.update(&ended, same_age.version()).await?;
     assert_eq!(
         ids(&store.list_unconfirmed(at(40), 10).await?),
         [1, 4].map(fixtures::id)
@@ -851,7 +854,7 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
         // Every status is rotated, pending ones included (on purposes of their own).
         if n % 2 == 0 {
             v = pending(n, &format!("p{n}"), i64::try_from(n)?, 600);
-            v.destination = old.seal(&fixtures::phone(), &v.id, [1; 12]);
+            v.record_mut().destination = old.seal(&fixtures::phone(), &v.id(), [1; 12]);
         }
         create(&*store, &v).await?;
     }
@@ -867,10 +870,10 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
         }
         ensure!(rewritten < 7, "the list must shrink as rows are rewritten");
         for mut v in batch {
-            let destination = old.open(&v.destination, &v.id)?;
-            let read_at = v.version;
-            v.destination = current.seal(&destination, &v.id, [2; 12]);
-            v.version += 1;
+            let destination = old.open(v.destination(), &v.id())?;
+            let read_at = v.version();
+            v.record_mut().destination = current.seal(&destination, &v.id(), [2; 12]);
+            v.record_mut().version += 1;
             store.update(&v, read_at).await?;
             rewritten += 1;
         }
@@ -878,7 +881,7 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
     assert_eq!(rewritten, 7);
     for n in 1..=7 {
         let v = store.get(&fixtures::id(n)).await?.context("stored")?;
-        assert_eq!(current.open(&v.destination, &v.id)?, fixtures::phone());
+        assert_eq!(current.open(v.destination(), &v.id())?, fixtures::phone());
     }
     Ok(())
 }
@@ -889,7 +892,7 @@ async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<(
     let mut row = VerificationRow::from(&unknown_status);
     row.status = "lost".into();
     db.insert_corrupt(row).await?;
-    let error = store.get(&unknown_status.id).await.expect_err("corrupt");
+    let error = store.get(&unknown_status.id()).await.expect_err("corrupt");
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
 
     let foreign_id = bare(2, "signup", &fixtures::phone());
@@ -897,7 +900,7 @@ async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<(
     row.id = "VE0123".into();
     db.insert_corrupt(row).await?;
     let error = store
-        .find_pending(&foreign_id.purpose, &foreign_id.destination_hash, at(1))
+        .find_pending(foreign_id.purpose(), foreign_id.destination_hash(), at(1))
         .await
         .expect_err("corrupt");
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
@@ -942,7 +945,7 @@ async fn corrupt_rows_are_errors_not_panics(db: Arc<TestDb>) -> anyhow::Result<(
         let mut row = VerificationRow::from(&v);
         corrupt(&mut row);
         db.insert_corrupt(row).await?;
-        let error = store.get(&v.id).await.expect_err("corrupt");
+        let error = store.get(&v.id()).await.expect_err("corrupt");
         let StoreError::Corrupt(message) = &error else {
             panic!("expected Corrupt for `{column}`, got {error:?}");
         };
@@ -955,15 +958,15 @@ async fn no_plaintext_destination_reaches_the_database(db: Arc<TestDb>) -> anyho
     let store = db.port();
     let phone = full(1, "login", Some("k-phone"), &fixtures::phone());
     let mut email = full(2, "login", Some("k-email"), &fixtures::email());
-    email.identity = Some("user-8".into());
+    email.record_mut().identity = Some("user-8".into());
     let pending_phone = bare(3, "signup", &fixtures::phone());
     for v in [&phone, &email, &pending_phone] {
         create(&*store, v).await?;
     }
     // A stored destination still opens with the keyring: it is sealed, not lost.
-    let stored = store.get(&email.id).await?.context("inserted")?;
+    let stored = store.get(&email.id()).await?.context("inserted")?;
     assert_eq!(
-        fixtures::keyring().open(&stored.destination, &stored.id)?,
+        fixtures::keyring().open(stored.destination(), &stored.id())?,
         fixtures::email()
     );
 
@@ -1185,13 +1188,13 @@ async fn fallback_fields_round_trip_in_every_form(db: Arc<TestDb>) -> anyhow::Re
         .zip(channel_lists.into_iter().cycle());
     for ((reason, status), channels) in cases {
         let mut next = current.clone();
-        next.fallback_reason = reason;
-        next.delivery_status = status;
-        next.channels_tried = channels;
-        next.allow_fallback = !current.allow_fallback;
-        next.version += 1;
-        store.update(&next, current.version).await?;
-        assert_eq!(store.get(&next.id).await?.as_ref(), Some(&next));
+        next.record_mut().fallback_reason = reason;
+        next.record_mut().delivery_status = status;
+        next.record_mut().channels_tried = channels;
+        next.record_mut().allow_fallback = !current.allow_fallback();
+        next.record_mut().version += 1;
+        store.update(&next, current.version()).await?;
+        assert_eq!(store.get(&next.id()).await?.as_ref(), Some(&next));
         current = next;
     }
     Ok(())
@@ -1201,10 +1204,10 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
     // Rows as the previous release wrote them: pending, finished on another channel, sent.
     let pending = bare(1, "login", &fixtures::phone());
     let mut finished = full(2, "login", Some("order-42"), &fixtures::email());
-    finished.status = VerificationStatus::Approved;
+    finished.record_mut().status = VerificationStatus::Approved;
     let mut sent = bare(3, "signup", &fixtures::phone());
-    sent.channel = Channel::Call;
-    sent.provider_sid = Some("VEold".into());
+    sent.record_mut().channel = Channel::Call;
+    sent.record_mut().provider_sid = Some("VEold".into());
     for v in [&pending, &finished, &sent] {
         db.insert_before_delivery_reports(VerificationRow::from(v))
             .await?;
@@ -1214,20 +1217,20 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
     let store = db.port();
     for old in [&pending, &finished, &sent] {
         let mut expected = unbound(old.clone());
-        expected.allow_fallback = false;
-        expected.channels_tried = vec![old.channel];
-        expected.fallback_reason = None;
-        expected.delivery_status = None;
-        expected.trace_parent = None;
-        expected.risk = None;
-        expected.owner = String::new();
+        expected.record_mut().allow_fallback = false;
+        expected.record_mut().channels_tried = vec![old.channel()];
+        expected.record_mut().fallback_reason = None;
+        expected.record_mut().delivery_status = None;
+        expected.record_mut().trace_parent = None;
+        expected.record_mut().risk = None;
+        expected.record_mut().owner = String::new();
         // Not a transition: the version and `updated_at` stay.
-        assert_eq!(store.get(&old.id).await?, Some(expected));
+        assert_eq!(store.get(&old.id()).await?, Some(expected));
     }
     // The new index answers for old rows, and the new tables are there.
     assert_eq!(
-        store.find_by_provider_sid("VEold").await?.map(|v| v.id),
-        Some(sent.id)
+        store.find_by_provider_sid("VEold").await?.map(|v| v.id()),
+        Some(sent.id())
     );
     let recorded = db
         .database()
@@ -1237,10 +1240,10 @@ async fn rows_from_before_delivery_reports_get_the_defaults(db: Arc<TestDb>) -> 
     assert_eq!(recorded, Recorded::New);
     // And new rows keep what they are given.
     let mut new = full(4, "signup", None, &fixtures::email());
-    new.allow_fallback = true;
-    new.status = VerificationStatus::Blocked;
+    new.record_mut().allow_fallback = true;
+    new.record_mut().status = VerificationStatus::Blocked;
     create(&*store, &new).await?;
-    assert_eq!(store.get(&new.id).await?, Some(new));
+    assert_eq!(store.get(&new.id()).await?, Some(new));
     Ok(())
 }
 
@@ -1248,8 +1251,8 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
     let store = db.port();
     let with_sid = |n: u128, purpose: &str, sid: Option<&str>, created: i64| {
         let mut v = full(n, purpose, None, &fixtures::phone());
-        v.provider_sid = sid.map(str::to_owned);
-        v.created_at = at(created);
+        v.record_mut().provider_sid = sid.map(str::to_owned);
+        v.record_mut().created_at = at(created);
         v
     };
     // Twilio hands one verification id to starts for one destination in one Verify
@@ -1271,7 +1274,7 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
     // The sid is written by `update` once the provider accepted the send.
     let mut sent = none.clone();
     sent.mark_sent("VEnew".into(), at(60));
-    store.update(&sent, none.version).await?;
+    store.update(&sent, none.version()).await?;
     assert_eq!(store.find_by_provider_sid("VEnew").await?, Some(sent));
     Ok(())
 }
@@ -1292,9 +1295,9 @@ async fn ciphertexts_sealed_before_the_binding_open_until_resealed(
     db: Arc<TestDb>,
 ) -> anyhow::Result<()> {
     let mut old = full(1, "login", None, &fixtures::phone());
-    old.destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
+    old.record_mut().destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
     let mut another = bare(2, "signup", &fixtures::phone());
-    another.destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
+    another.record_mut().destination.ciphertext = SEALED_BEFORE_BINDING.to_vec();
     for v in [&old, &another] {
         db.insert_raw(VerificationRow::from(v)).await?;
     }
@@ -1303,11 +1306,11 @@ async fn ciphertexts_sealed_before_the_binding_open_until_resealed(
     let store = db.port();
     let keyring = fixtures::keyring();
     for v in [&old, &another] {
-        let stored = store.get(&v.id).await?.context("kept")?;
+        let stored = store.get(&v.id()).await?.context("kept")?;
         assert_eq!(stored, unbound(v.clone()));
         // Still readable, with the key id alone as associated data.
         assert_eq!(
-            keyring.open(&stored.destination, &stored.id)?,
+            keyring.open(stored.destination(), &stored.id())?,
             fixtures::phone()
         );
     }
@@ -1315,29 +1318,29 @@ async fn ciphertexts_sealed_before_the_binding_open_until_resealed(
     // binds them, as `verify-gateway reencrypt` does.
     let listed = store.list_sealed_with_other_key("k1", 10).await?;
     assert_eq!(
-        listed.iter().map(|v| v.id).collect::<HashSet<_>>(),
-        [old.id, another.id].into_iter().collect()
+        listed.iter().map(|v| v.id()).collect::<HashSet<_>>(),
+        [old.id(), another.id()].into_iter().collect()
     );
     for mut v in listed {
-        let destination = keyring.open(&v.destination, &v.id)?;
-        let read_at = v.version;
-        v.destination = keyring.seal(&destination, &v.id, [2; 12]);
-        v.version += 1;
+        let destination = keyring.open(v.destination(), &v.id())?;
+        let read_at = v.version();
+        v.record_mut().destination = keyring.seal(&destination, &v.id(), [2; 12]);
+        v.record_mut().version += 1;
         store.update(&v, read_at).await?;
     }
     assert_eq!(store.list_sealed_with_other_key("k1", 10).await?, []);
-    let first = store.get(&old.id).await?.context("kept")?;
-    let second = store.get(&another.id).await?.context("kept")?;
-    assert_eq!(first.destination.key_id, "k1");
+    let first = store.get(&old.id()).await?.context("kept")?;
+    let second = store.get(&another.id()).await?.context("kept")?;
+    assert_eq!(first.destination().key_id, "k1");
     assert_eq!(
-        keyring.open(&first.destination, &first.id)?,
+        keyring.open(first.destination(), &first.id())?,
         fixtures::phone()
     );
     // Bound now: the first row's ciphertext does not open as the second's.
-    assert!(keyring.open(&first.destination, &second.id).is_err());
+    assert!(keyring.open(first.destination(), &second.id()).is_err());
     // Migrating again leaves re-sealed rows alone.
     db.migrate().await?;
-    assert_eq!(store.get(&old.id).await?.as_ref(), Some(&first));
+    assert_eq!(store.get(&old.id()).await?.as_ref(), Some(&first));
     Ok(())
 }
 
@@ -1345,14 +1348,14 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
     // Rows as the previous release wrote them (no risk, no owner): finished with every
     // field set, pending, and sealed for an email.
     let without_risk = |mut v: Verification| {
-        v.risk = None;
-        v.owner = String::new();
+        v.record_mut().risk = None;
+        v.record_mut().owner = String::new();
         v
     };
     let finished = without_risk(full(1, "login", Some("order-42"), &fixtures::phone()));
     let pending = bare(2, "login", &fixtures::phone());
     let mut email = without_risk(full(3, "signup", Some("order-43"), &fixtures::email()));
-    email.status = VerificationStatus::Approved;
+    email.record_mut().status = VerificationStatus::Approved;
     for v in [&finished, &pending, &email] {
         db.insert_before_abuse(VerificationRow::from(v)).await?;
     }
@@ -1363,7 +1366,7 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
     // Sealed before ciphertexts were bound to their rows (see `bound_before`).
     let (finished, pending, email) = (unbound(finished), unbound(pending), unbound(email));
     for v in [&finished, &pending, &email] {
-        assert_eq!(store.get(&v.id).await?.as_ref(), Some(v));
+        assert_eq!(store.get(&v.id()).await?.as_ref(), Some(v));
     }
     assert_eq!(
         store.insert(&bare(4, "login", &fixtures::phone())).await?,
@@ -1384,23 +1387,25 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
         store
             .find_by_provider_sid(fixtures::PROVIDER_SID)
             .await?
-            .map(|v| v.id),
-        Some(email.id)
+            .map(|v| v.id()),
+        Some(email.id())
     );
     assert_eq!(
         store
             .list_sealed_with_other_key("k9", 10)
             .await?
             .into_iter()
-            .map(|v| v.id)
+            .map(|v| v.id())
             .collect::<HashSet<_>>(),
-        [finished.id, pending.id, email.id].into_iter().collect()
+        [finished.id(), pending.id(), email.id()]
+            .into_iter()
+            .collect()
     );
     // New rows may be blocked and carry their assessment.
     let mut blocked = full(6, "reset", None, &fixtures::phone());
-    blocked.status = VerificationStatus::Blocked;
+    blocked.record_mut().status = VerificationStatus::Blocked;
     create(&*store, &blocked).await?;
-    assert_eq!(store.get(&blocked.id).await?, Some(blocked));
+    assert_eq!(store.get(&blocked.id()).await?, Some(blocked));
     assert_eq!(db.count_rows().await?, 4);
     Ok(())
 }
@@ -1408,14 +1413,14 @@ async fn rows_from_before_abuse_protection_keep_every_field(db: Arc<TestDb>) -> 
 async fn blocked_verifications_round_trip_with_their_risk(db: Arc<TestDb>) -> anyhow::Result<()> {
     let store = db.port();
     let mut blocked = bare(1, "login", &fixtures::phone());
-    blocked.status = VerificationStatus::Blocked;
-    blocked.risk = Some(fixtures::risk(RiskDecision::Block, false));
+    blocked.record_mut().status = VerificationStatus::Blocked;
+    blocked.record_mut().risk = Some(fixtures::risk(RiskDecision::Block, false));
     create(&*store, &blocked).await?;
-    assert_eq!(store.get(&blocked.id).await?.as_ref(), Some(&blocked));
+    assert_eq!(store.get(&blocked.id()).await?.as_ref(), Some(&blocked));
     let stored = db
         .text(&format!(
             "SELECT risk FROM verifications WHERE id = '{}'",
-            blocked.id
+            blocked.id()
         ))
         .await?
         .context("risk stored")?;
@@ -1428,24 +1433,24 @@ async fn blocked_verifications_round_trip_with_their_risk(db: Arc<TestDb>) -> an
 
     // A blocked start takes no pending slot: a later start for the destination is sent.
     let mut allowed = bare(2, "login", &fixtures::phone());
-    allowed.risk = Some(fixtures::risk(RiskDecision::Allow, true));
+    allowed.record_mut().risk = Some(fixtures::risk(RiskDecision::Allow, true));
     create(&*store, &allowed).await?;
     let hash = fixtures::blind_index().hash(&fixtures::phone());
     assert_eq!(
-        store.find_pending(&allowed.purpose, &hash, at(1)).await?,
+        store.find_pending(allowed.purpose(), &hash, at(1)).await?,
         Some(allowed.clone())
     );
     // The assessment is written by updates too, and can be cleared.
     let mut rescored = allowed.clone();
-    rescored.risk = Some(fixtures::risk(RiskDecision::StepUp, false));
-    rescored.version += 1;
-    store.update(&rescored, allowed.version).await?;
-    assert_eq!(store.get(&allowed.id).await?.as_ref(), Some(&rescored));
+    rescored.record_mut().risk = Some(fixtures::risk(RiskDecision::StepUp, false));
+    rescored.record_mut().version += 1;
+    store.update(&rescored, allowed.version()).await?;
+    assert_eq!(store.get(&allowed.id()).await?.as_ref(), Some(&rescored));
     let mut cleared = rescored.clone();
-    cleared.risk = None;
-    cleared.version += 1;
-    store.update(&cleared, rescored.version).await?;
-    assert_eq!(store.get(&allowed.id).await?, Some(cleared));
+    cleared.record_mut().risk = None;
+    cleared.record_mut().version += 1;
+    store.update(&cleared, rescored.version()).await?;
+    assert_eq!(store.get(&allowed.id()).await?, Some(cleared));
     Ok(())
 }
 
@@ -1891,11 +1896,11 @@ async fn history_past_the_retention_is_purged(db: Arc<TestDb>) -> anyhow::Result
     let day = 86_400;
     let made = |n: u128, purpose: &str, created: i64, status: VerificationStatus| {
         let mut v = bare(n, purpose, &fixtures::phone());
-        v.id = id_made_at(at(created))?;
-        v.status = status;
-        v.created_at = at(created);
-        v.updated_at = at(created);
-        v.expires_at = at(created + 600);
+        v.record_mut().id = id_made_at(at(created))?;
+        v.record_mut().status = status;
+        v.record_mut().created_at = at(created);
+        v.record_mut().updated_at = at(created);
+        v.record_mut().expires_at = at(created + 600);
         anyhow::Ok(v)
     };
     // Before the cutoff (day 30): over, or pending past its expiry (purged); pending with
@@ -1903,7 +1908,7 @@ async fn history_past_the_retention_is_purged(db: Arc<TestDb>) -> anyhow::Result
     let old_done = made(1, "login", 0, VerificationStatus::Approved)?;
     let old_expired = made(2, "signup", 0, VerificationStatus::Pending)?;
     let mut old_live = made(3, "payment", 0, VerificationStatus::Pending)?;
-    old_live.expires_at = at(40 * day);
+    old_live.record_mut().expires_at = at(40 * day);
     let new_done = made(4, "login", 31 * day, VerificationStatus::Failed)?;
     for v in [&old_done, &old_expired, &old_live, &new_done] {
         create(&*store, v).await?;
@@ -1925,11 +1930,11 @@ async fn history_past_the_retention_is_purged(db: Arc<TestDb>) -> anyhow::Result
         (2, 1),
         "{purged:?}"
     );
-    assert_eq!(store.get(&old_done.id).await?, None);
-    assert_eq!(store.get(&old_expired.id).await?, None);
-    assert!(store.get(&old_live.id).await?.is_some(), "still pending");
+    assert_eq!(store.get(&old_done.id()).await?, None);
+    assert_eq!(store.get(&old_expired.id()).await?, None);
+    assert!(store.get(&old_live.id()).await?.is_some(), "still pending");
     assert!(
-        store.get(&new_done.id).await?.is_some(),
+        store.get(&new_done.id()).await?.is_some(),
         "within the retention"
     );
     assert_eq!(db.count("delivery_reports").await?, 1);

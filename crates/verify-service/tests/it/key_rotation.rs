@@ -86,7 +86,7 @@ async fn open_stored(database_url: &str, id: &str, encryption_keys: &str) -> Opt
         .expect("row exists");
     database.close().await;
     keys.keyring
-        .open(&row.destination, &row.id)
+        .open(row.destination(), &row.id())
         .ok()
         .map(|d| d.expose().to_owned())
 }
@@ -184,9 +184,8 @@ async fn copied_ciphertext_on(database_url: String) {
     };
     let source = read(&first.id).await;
     let mut target = read(&second.id).await;
-    let version = target.version;
-    target.destination = source.destination.clone();
-    target.version += 1;
+    let version = target.version();
+    target.reseal(source.destination().clone());
     store.update(&target, version).await.expect("written");
     database.close().await;
     assert_eq!(open_stored(&database_url, &second.id, &k1).await, None);

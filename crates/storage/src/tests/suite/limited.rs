@@ -66,7 +66,7 @@ async fn a_refused_limit_takes_no_other_limit_and_inserts_nothing(
         decisions[0].allowed && !decisions[1].allowed,
         "{decisions:?}"
     );
-    assert_eq!(store.get(&second.id).await?, None, "nothing inserted");
+    assert_eq!(store.get(&second.id()).await?, None, "nothing inserted");
     // The wide limit was not charged for the refused start: two events are still left.
     let peeked = limits.peek(&[wide.clone(), wide], at(1)).await?;
     ensure!(peeked.iter().all(|d| d.allowed), "{peeked:?}");
@@ -102,15 +102,15 @@ async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyho
     let checks = request("check:login:ver:x", "1/m");
     let mut v = bare(1, "login", &number(1));
     store.insert(&v).await?;
-    let read_at = v.version;
-    v.checks += 1;
-    v.version += 1;
+    let read_at = v.version();
+    v.record_mut().checks += 1;
+    v.record_mut().version += 1;
 
     let stale = store
         .update_limited(&v, read_at + 7, std::slice::from_ref(&checks), at(1))
         .await;
     ensure!(
-        matches!(stale, Err(StoreError::Conflict(id)) if id == v.id),
+        matches!(stale, Err(StoreError::Conflict(id)) if id == v.id()),
         "{stale:?}"
     );
     ensure!(limits.peek(std::slice::from_ref(&checks), at(1)).await?[0].allowed);
@@ -119,17 +119,17 @@ async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyho
         .update_limited(&v, read_at, std::slice::from_ref(&checks), at(1))
         .await?;
     ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
-    assert_eq!(store.get(&v.id).await?, Some(v.clone()));
+    assert_eq!(store.get(&v.id()).await?, Some(v.clone()));
 
-    let read_at = v.version;
-    v.checks += 1;
-    v.version += 1;
+    let read_at = v.version();
+    v.record_mut().checks += 1;
+    v.record_mut().version += 1;
     let refused = store
         .update_limited(&v, read_at, std::slice::from_ref(&checks), at(2))
         .await?;
     ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
-    let stored = store.get(&v.id).await?.expect("stored");
-    assert_eq!(stored.checks, 1, "a refused update writes nothing");
+    let stored = store.get(&v.id()).await?.expect("stored");
+    assert_eq!(stored.checks(), 1, "a refused update writes nothing");
     Ok(())
 }
 
@@ -152,21 +152,21 @@ async fn a_key_named_twice_is_taken_twice_by_guarded_writes(db: Arc<TestDb>) -> 
     let second = bare(2, "login", &number(2));
     let refused = store.insert_limited(&second, &twice, at(1)).await?;
     ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
-    assert_eq!(store.get(&second.id).await?, None, "nothing inserted");
+    assert_eq!(store.get(&second.id()).await?, None, "nothing inserted");
     // The refused start's first take of the key was undone with the second: one is left.
     let peeked = limits.peek(std::slice::from_ref(&sends), at(1)).await?;
     ensure!(peeked[0].allowed && peeked[0].remaining == 0, "{peeked:?}");
 
     let checks = request("check:login:ver:x", "2/m");
     let mut v = first;
-    let read_at = v.version;
-    v.checks += 1;
-    v.version += 1;
+    let read_at = v.version();
+    v.record_mut().checks += 1;
+    v.record_mut().version += 1;
     let done = store
         .update_limited(&v, read_at, &[checks.clone(), checks.clone()], at(2))
         .await?;
     ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
-    assert_eq!(store.get(&v.id).await?, Some(v.clone()));
+    assert_eq!(store.get(&v.id()).await?, Some(v.clone()));
     ensure!(
         !limits.peek(&[checks], at(2)).await?[0].allowed,
         "both taken"
@@ -193,9 +193,9 @@ async fn concurrent_limited_updates_of_one_version_write_and_take_once(
             let store = Arc::clone(store);
             let limits = [checks.clone()];
             let mut claim = v.clone();
-            claim.checks = n + 1;
-            claim.version += 1;
-            let read_at = v.version;
+            claim.record_mut().checks = n + 1;
+            claim.record_mut().version += 1;
+            let read_at = v.version();
             tokio::spawn(async move { store.update_limited(&claim, read_at, &limits, at(1)).await })
         })
         .collect();
