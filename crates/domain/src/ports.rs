@@ -294,22 +294,20 @@ pub trait VerificationStore: Send + Sync + fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Option<Verification>, StoreError>;
 
-    /// Writes `verification` if the stored row still has `expected_version` (the version it
-    /// was read at); fails with `Conflict` otherwise.
-    async fn update(
-        &self,
-        verification: &Verification,
-        expected_version: u32,
-    ) -> Result<(), StoreError>;
+    /// Writes `verification` if the stored row still has the version it was read at
+    /// ([`Verification::stored_version`]), and then marks it stored
+    /// ([`Verification::mark_stored`]), so its next write is conditional on what this one
+    /// wrote; fails with `Conflict` when the row moved on.
+    async fn update(&self, verification: &mut Verification) -> Result<(), StoreError>;
 
     /// In one transaction, takes one event from each of `limits` at `now` and, when every
-    /// one allows it, [`VerificationStore::update`]s `verification`. A refusal takes and
-    /// writes nothing; an update that fails (`Conflict`, `NotFound`) returns its error and
-    /// takes nothing either, so a retry after re-reading the row is charged once.
+    /// one allows it, [`VerificationStore::update`]s `verification` (and marks it stored).
+    /// A refusal takes and writes nothing; an update that fails (`Conflict`, `NotFound`)
+    /// returns its error and takes nothing either, so a retry after re-reading the row is
+    /// charged once.
     async fn update_limited(
         &self,
-        verification: &Verification,
-        expected_version: u32,
+        verification: &mut Verification,
         limits: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Limited<()>, StoreError>;

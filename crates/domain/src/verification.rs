@@ -229,9 +229,11 @@ pub struct VerificationRecord {
 #[derive(Debug, Clone)]
 pub struct Verification {
     r: VerificationRecord,
+    /// The version of the row it was read as or last written as.
+    stored_version: u32,
 }
 
-/// Two records are equal when their fields are.
+/// Two records are equal when their fields are (whatever version each was read at).
 impl PartialEq for Verification {
     fn eq(&self, other: &Self) -> bool {
         self.r == other.r
@@ -336,7 +338,10 @@ impl Verification {
 
     /// A record as a store holds it.
     pub fn restore(record: VerificationRecord) -> Self {
-        Verification { r: record }
+        Verification {
+            stored_version: record.version,
+            r: record,
+        }
     }
 
     /// Every field, for a store to write.
@@ -464,6 +469,19 @@ impl Verification {
     /// See [`VerificationRecord::version`].
     pub fn version(&self) -> u32 {
         self.r.version
+    }
+
+    /// The version of the row it was read as (or last written as): a store writes it only
+    /// while the row still has this version ([`crate::ports::VerificationStore::update`]),
+    /// so a write based on an older read fails with `Conflict` instead of undoing another.
+    pub fn stored_version(&self) -> u32 {
+        self.stored_version
+    }
+
+    /// For stores: it was just written as it is, so its next write is conditional on its
+    /// current version.
+    pub fn mark_stored(&mut self) {
+        self.stored_version = self.r.version;
     }
 
     /// Its destination sealed anew (under the keyring's current key): the same
@@ -838,6 +856,24 @@ mod tests {
             error_code: code,
             occurred_at: at(1),
         }
+    }
+
+    #[test]
+    fn a_record_remembers_the_version_it_was_stored_at() {
+        let mut v = pending(5, 3);
+        assert_eq!((v.version(), v.stored_version()), (0, 0));
+        v.begin_check(at(1)).expect("pending");
+        v.finish_check(CheckOutcome::Wrong, at(1));
+        // Two transitions, one write: the write is conditional on the version read.
+        assert_eq!((v.version(), v.stored_version()), (2, 0));
+        v.mark_stored();
+        assert_eq!(v.stored_version(), 2);
+        v.cancel(at(2)).expect("pending");
+        let read = Verification::restore(v.clone().into_record());
+        assert_eq!((read.version(), read.stored_version()), (3, 3));
+        // Equal records, whatever version each was read at.
+        assert_eq!(read, v);
+        assert_ne!(v.stored_version(), read.stored_version());
     }
 
     #[test]

@@ -7,7 +7,8 @@ use domain::delivery::{DeliveryReport, DeliveryStatus, FallbackReason};
 use domain::events::{Envelope, EventKind, MessageId};
 use domain::{
     BlindIndexKey, Channel, Destination, Email, EncryptionKey, IdempotencyKey, Keyring,
-    NewVerification, PhoneNumber, Purpose, Verification, VerificationId, VerificationStatus,
+    NewVerification, PhoneNumber, Purpose, Verification, VerificationId, VerificationRecord,
+    VerificationStatus,
 };
 use uuid::Uuid;
 
@@ -91,41 +92,39 @@ pub(crate) fn full(
     key: Option<&str>,
     destination: &Destination,
 ) -> Verification {
-    let mut v = bare(n, purpose, destination);
-    v.record_mut().status = VerificationStatus::Failed;
-    v.record_mut().channel = if destination.accepts(Channel::Call) {
-        Channel::Call
-    } else {
-        Channel::Email
-    };
-    v.record_mut().provider_sid = Some(PROVIDER_SID.into());
-    v.record_mut().identity = Some("user-7".into());
-    v.record_mut().owner = "checkout".into();
-    v.record_mut().idempotency_key =
-        key.map(|k| IdempotencyKey::parse(k).expect("test key is valid"));
-    v.record_mut().sends = 2;
-    v.record_mut().checks = 4;
-    v.record_mut().max_sends = 4;
-    v.record_mut().max_checks = 6;
-    v.record_mut().failure_code = Some(60200);
-    v.record_mut().allow_fallback = true;
-    v.record_mut().channels_tried = if destination.accepts(Channel::Call) {
-        vec![Channel::Sms, Channel::Whatsapp, Channel::Call]
-    } else {
-        vec![Channel::Email]
-    };
-    v.record_mut().fallback_reason = Some(FallbackReason::DeliveryFailed {
-        status: DeliveryStatus::Undelivered,
-        error_code: Some(30003),
-    });
-    v.record_mut().delivery_status = Some(DeliveryStatus::Sent);
-    v.record_mut().trace_parent = Some(TRACE_PARENT.into());
-    v.record_mut().risk = Some(risk(RiskDecision::StepUp, true));
-    v.record_mut().created_at = at(1);
-    v.record_mut().updated_at = at(2);
-    v.record_mut().expires_at = at(3);
-    v.record_mut().version = 7;
-    v
+    let phone = destination.accepts(Channel::Call);
+    // As a store reads it back: its next write is conditional on version 7.
+    Verification::restore(VerificationRecord {
+        status: VerificationStatus::Failed,
+        channel: if phone { Channel::Call } else { Channel::Email },
+        provider_sid: Some(PROVIDER_SID.into()),
+        identity: Some("user-7".into()),
+        owner: "checkout".into(),
+        idempotency_key: key.map(|k| IdempotencyKey::parse(k).expect("test key is valid")),
+        sends: 2,
+        checks: 4,
+        max_sends: 4,
+        max_checks: 6,
+        failure_code: Some(60200),
+        allow_fallback: true,
+        channels_tried: if phone {
+            vec![Channel::Sms, Channel::Whatsapp, Channel::Call]
+        } else {
+            vec![Channel::Email]
+        },
+        fallback_reason: Some(FallbackReason::DeliveryFailed {
+            status: DeliveryStatus::Undelivered,
+            error_code: Some(30003),
+        }),
+        delivery_status: Some(DeliveryStatus::Sent),
+        trace_parent: Some(TRACE_PARENT.into()),
+        risk: Some(risk(RiskDecision::StepUp, true)),
+        created_at: at(1),
+        updated_at: at(2),
+        expires_at: at(3),
+        version: 7,
+        ..bare(n, purpose, destination).into_record()
+    })
 }
 
 /// A risk assessment with two reasons, one of them with characters JSON must escape.

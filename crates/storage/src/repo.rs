@@ -711,14 +711,19 @@ macro_rules! delegate_store {
 
             async fn update_limited(
                 &self,
-                verification: &domain::Verification,
-                expected_version: u32,
+                verification: &mut domain::Verification,
                 limits: &[domain::abuse::LimitRequest],
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<domain::ports::Limited<()>, domain::ports::StoreError> {
-                self.repo
-                    .update_limited(verification, expected_version, limits, now)
-                    .await
+                let expected = verification.stored_version();
+                let limited = self
+                    .repo
+                    .update_limited(verification, expected, limits, now)
+                    .await?;
+                if let domain::ports::Limited::Done { .. } = limited {
+                    verification.mark_stored();
+                }
+                Ok(limited)
             }
 
             async fn get(
@@ -755,10 +760,12 @@ macro_rules! delegate_store {
 
             async fn update(
                 &self,
-                verification: &domain::Verification,
-                expected_version: u32,
+                verification: &mut domain::Verification,
             ) -> Result<(), domain::ports::StoreError> {
-                self.repo.update(verification, expected_version).await
+                let expected = verification.stored_version();
+                self.repo.update(verification, expected).await?;
+                verification.mark_stored();
+                Ok(())
             }
 
             async fn list_sealed_with_other_key(

@@ -54,9 +54,8 @@ pub async fn reencrypt(
                 .with_context(|| format!("opening the destination of {}", v.id()))?;
             let mut nonce = [0u8; 12];
             rand::rng().fill_bytes(&mut nonce);
-            let expected = v.version();
             v.reseal(keyring.seal(&destination, &v.id(), nonce));
-            match store.update(&v, expected).await {
+            match store.update(&mut v).await {
                 Ok(()) => rewritten += 1,
                 // Changed concurrently: the next batch lists it again if still old.
                 Err(domain::ports::StoreError::Conflict(_)) => {}

@@ -24,14 +24,14 @@ use domain::delivery::{
     SILENCE_CHECK_VERSION, SilenceCheck,
 };
 use domain::events::{Delivery, Envelope, EventHandler, EventKind, HandlerError, MessageId};
-use domain::ports::{ProviderStart, StoreError};
+use domain::ports::ProviderStart;
 use domain::{DeliveryVerdict, Verification, VerificationId};
 use policy::PurposePolicy;
 use telemetry::trace::TRACEPARENT;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::error::ServiceError;
-use crate::service::{CONFLICT_RETRIES, VerifyCore};
+use crate::service::{Change, VerifyCore};
 
 /// The subscription verify-service consumes delivery events on: one queue shared by all
 /// replicas (competing consumers), so each event is handled by one of them.
@@ -103,55 +103,54 @@ impl VerifyCore {
             debug!("delivery report without a verification id: not ours to act on");
             return Ok(());
         };
-        for _ in 0..CONFLICT_RETRIES {
-            let Some(v) = self.store.find_by_provider_sid(sid).await? else {
-                debug!("delivery report for a verification this gateway does not know");
-                return Ok(());
-            };
-            let span = consumer_span(
-                info_span!(
-                    "verify.delivery",
-                    otel.kind = "consumer",
-                    verification_id = %v.id(),
-                    status = %report.status,
-                ),
-                &v,
-                trace,
-            );
-            match self.apply_report(v, report, trace).instrument(span).await {
-                Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
-                other => return other,
-            }
+        let Some(v) = self.store.find_by_provider_sid(sid).await? else {
+            debug!("delivery report for a verification this gateway does not know");
+            return Ok(());
+        };
+        let span = consumer_span(
+            info_span!(
+                "verify.delivery",
+                otel.kind = "consumer",
+                verification_id = %v.id(),
+                status = %report.status,
+            ),
+            &v,
+            trace,
+        );
+        match self.apply_report(v, report, trace).instrument(span).await {
+            // Gone since it was found (purged): nothing left to act on.
+            Err(ServiceError::NotFound(_)) => Ok(()),
+            other => other,
         }
-        Err(ServiceError::Store(StoreError::Unavailable(format!(
-            "verification {sid} kept changing under {CONFLICT_RETRIES} attempts"
-        ))))
     }
 
-    /// One attempt of [`VerifyCore::on_delivery_report`] on the verification as read.
+    /// [`VerifyCore::on_delivery_report`] on the verification it found.
     async fn apply_report(
         &self,
         mut v: Verification,
         report: &DeliveryReport,
         trace: Option<&str>,
     ) -> Result<(), ServiceError> {
-        let version = v.version();
-        let now = self.clock.now();
-        if v.expire_if_due(now) {
-            return self.write(&v, version).await;
-        }
-        let fallback = match v.apply_delivery(report, now) {
-            DeliveryVerdict::Ignored(why) => {
-                debug!(?why, "delivery report changes nothing");
-                return Ok(());
-            }
-            DeliveryVerdict::Recorded => None,
-            DeliveryVerdict::Failed(reason) => self.claim_fallback(&mut v, reason, now),
-        };
-        self.write(&v, version).await?;
-        match fallback {
-            Some(policy) => self.send_fallback(&policy, v, trace).await,
-            None => info!("delivery report recorded"),
+        let applied = self
+            .modify(&mut v, |v, now| {
+                if v.expire_if_due(now) {
+                    return Ok(Change::Store(Applied::Expired));
+                }
+                Ok(match v.apply_delivery(report, now) {
+                    DeliveryVerdict::Ignored(why) => Change::Keep(Applied::Ignored(why)),
+                    DeliveryVerdict::Recorded => Change::Store(Applied::Recorded),
+                    DeliveryVerdict::Failed(reason) => match self.claim_fallback(v, reason, now) {
+                        Some(policy) => Change::Store(Applied::FellBack(Box::new(policy))),
+                        None => Change::Store(Applied::Recorded),
+                    },
+                })
+            })
+            .await?;
+        match applied {
+            Applied::Expired => {}
+            Applied::Ignored(why) => debug!(?why, "delivery report changes nothing"),
+            Applied::Recorded => info!("delivery report recorded"),
+            Applied::FellBack(policy) => self.send_fallback(&policy, v, trace).await,
         }
         Ok(())
     }
@@ -167,53 +166,60 @@ impl VerifyCore {
             warn!("silence check with a malformed verification id");
             return Ok(());
         };
-        for _ in 0..CONFLICT_RETRIES {
-            let v = match self.load_current(&id).await {
-                Ok(v) => v,
-                Err(ServiceError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let span = consumer_span(
-                info_span!(
-                    "verify.silence",
-                    otel.kind = "consumer",
-                    verification_id = %id,
-                    send = check.send,
-                ),
-                &v,
-                trace,
-            );
-            match self
-                .apply_silence(v, check.send, trace)
-                .instrument(span)
-                .await
-            {
-                Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
-                other => return other,
-            }
+        let v = match self.load_current(&id).await {
+            Ok(v) => v,
+            Err(ServiceError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let span = consumer_span(
+            info_span!(
+                "verify.silence",
+                otel.kind = "consumer",
+                verification_id = %id,
+                send = check.send,
+            ),
+            &v,
+            trace,
+        );
+        match self
+            .apply_silence(v, check.send, trace)
+            .instrument(span)
+            .await
+        {
+            Err(ServiceError::NotFound(_)) => Ok(()),
+            other => other,
         }
-        Err(ServiceError::Store(StoreError::Conflict(id)))
     }
 
-    /// One attempt of [`VerifyCore::on_silence_check`] on the verification as read.
+    /// [`VerifyCore::on_silence_check`] on the verification as read.
     async fn apply_silence(
         &self,
         mut v: Verification,
         send: u32,
         trace: Option<&str>,
     ) -> Result<(), ServiceError> {
-        if !v.is_silent(send) {
-            debug!("no silence: a report arrived or a newer send exists");
-            return Ok(());
+        let fallback = self
+            .modify(&mut v, |v, now| {
+                // Read again after a conflict: one past its expiry is expired, as
+                // `load_current` finds it, and falls back no more.
+                if v.expire_if_due(now) {
+                    return Ok(Change::Store(None));
+                }
+                if !v.is_silent(send) {
+                    debug!("no silence: a report arrived or a newer send exists");
+                    return Ok(Change::Keep(None));
+                }
+                Ok(
+                    match self.claim_fallback(v, FallbackReason::NoDeliveryReport, now) {
+                        Some(policy) => Change::Store(Some(policy)),
+                        None => Change::Keep(None),
+                    },
+                )
+            })
+            .await?;
+        if let Some(policy) = fallback {
+            self.send_fallback(&policy, v, trace).await;
         }
-        let version = v.version();
-        let now = self.clock.now();
-        let Some(policy) = self.claim_fallback(&mut v, FallbackReason::NoDeliveryReport, now)
-        else {
-            return Ok(());
-        };
-        self.write(&v, version).await?;
-        self.send_fallback(&policy, v, trace).await;
         Ok(())
     }
 
@@ -247,10 +253,6 @@ impl VerifyCore {
                 None
             }
         }
-    }
-
-    async fn write(&self, v: &Verification, version: u32) -> Result<(), ServiceError> {
-        self.store.update(v, version).await.map_err(Into::into)
     }
 
     /// Sends on the channel the fallback claimed, in a `verify.fallback` span (a child of
@@ -289,9 +291,8 @@ impl VerifyCore {
         match self.provider.start(&request).await {
             Ok(pv) => {
                 if v.provider_sid() != Some(pv.sid.as_str()) {
-                    let version = v.version();
                     v.mark_sent(pv.sid, self.clock.now());
-                    if let Err(e) = self.store.update(&v, version).await {
+                    if let Err(e) = self.store.update(&mut v).await {
                         warn!(error = %e, "could not record the fallback's provider id");
                     }
                 }
@@ -311,6 +312,17 @@ impl VerifyCore {
             ),
         }
     }
+}
+
+/// What a delivery report did to its verification.
+enum Applied {
+    /// It had expired: that is recorded, and the report changes nothing else.
+    Expired,
+    Ignored(domain::IgnoredBecause),
+    Recorded,
+    /// A failure the purpose's chain gets around: the fallback is claimed, and it is sent
+    /// on the purpose's next channel.
+    FellBack(Box<PurposePolicy>),
 }
 
 /// `span`, made a child of the trace context stored with `v` at its start and linked to

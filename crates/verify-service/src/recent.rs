@@ -165,12 +165,8 @@ impl VerificationStore for RecentStore {
         self.inner.find_pending(purpose, destination, now).await
     }
 
-    async fn update(
-        &self,
-        verification: &Verification,
-        expected_version: u32,
-    ) -> Result<(), StoreError> {
-        let updated = self.inner.update(verification, expected_version).await;
+    async fn update(&self, verification: &mut Verification) -> Result<(), StoreError> {
+        let updated = self.inner.update(verification).await;
         match &updated {
             Ok(()) => self.remember(verification),
             Err(_) => self.forget(&verification.id()),
@@ -180,15 +176,11 @@ impl VerificationStore for RecentStore {
 
     async fn update_limited(
         &self,
-        verification: &Verification,
-        expected_version: u32,
+        verification: &mut Verification,
         limits: &[LimitRequest],
         now: DateTime<Utc>,
     ) -> Result<Limited<()>, StoreError> {
-        let updated = self
-            .inner
-            .update_limited(verification, expected_version, limits, now)
-            .await;
+        let updated = self.inner.update_limited(verification, limits, now).await;
         match &updated {
             Ok(Limited::Done { .. }) => self.remember(verification),
             // A refusal wrote nothing: what is remembered is still the row.
@@ -274,25 +266,22 @@ mod tests {
         let (inner, recent, _database) = stores().await?;
         let mut v = pending(1)?;
         assert_eq!(recent.insert(&v).await?, Inserted::Created);
-        let version = v.version();
         v.mark_sent("VE00000000000000000000000000000001".to_owned(), at(1));
-        recent.update(&v, version).await?;
+        recent.update(&mut v).await?;
         assert_eq!(recent.get_to_update(&v.id()).await?.as_ref(), Some(&v));
 
         // Another process claims an attempt behind this one's back.
         let mut elsewhere = inner.get(&v.id()).await?.expect("stored");
-        let version = elsewhere.version();
         elsewhere.begin_check(at(2))?;
-        inner.update(&elsewhere, version).await?;
+        inner.update(&mut elsewhere).await?;
 
         // The store's answer is the row; the one to update is what this process wrote.
         assert_eq!(recent.get(&v.id()).await?.as_ref(), Some(&elsewhere));
         let mut old = recent.get_to_update(&v.id()).await?.expect("remembered");
         assert_eq!(old, v);
-        let version = old.version();
         old.begin_check(at(3))?;
         assert!(matches!(
-            recent.update(&old, version).await,
+            recent.update(&mut old).await,
             Err(StoreError::Conflict(_))
         ));
         // The conflict forgot it: the next claim starts from the row.
@@ -318,15 +307,12 @@ mod tests {
         assert!(recent.recent().by_id.contains_key(&all[4].id()));
 
         let mut v = all[4].clone();
-        let version = v.version();
         v.mark_sent("VE00000000000000000000000000000005".to_owned(), at(1));
-        recent.update(&v, version).await?;
-        let version = v.version();
+        recent.update(&mut v).await?;
         v.begin_check(at(2))?;
-        recent.update(&v, version).await?;
-        let version = v.version();
+        recent.update(&mut v).await?;
         v.finish_check(CheckOutcome::Approved, at(3));
-        recent.update(&v, version).await?;
+        recent.update(&mut v).await?;
         assert_eq!(
             recent.len(),
             2,

@@ -169,7 +169,6 @@ async fn reconcile_one(
             };
         }
     };
-    let version = v.version();
     let (outcome, what) = match found {
         Some(sid) => {
             if !v.confirm_sent(sid, now) {
@@ -190,7 +189,7 @@ async fn reconcile_one(
             (Outcome::NeverSent, "it was never sent: ended as failed")
         }
     };
-    match core.store.update(&v, version).await {
+    match core.store.update(&mut v).await {
         Ok(()) => {
             info!(
                 verification_id = %v.id(),

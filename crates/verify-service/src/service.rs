@@ -23,9 +23,18 @@ use crate::abuse::AbuseGuard;
 use crate::error::ServiceError;
 use crate::recent::RecentStore;
 
-/// How often a read-modify-write of a verification is retried when another writer (a
-/// request, a delivery report, a silence check) changed the row first.
-pub(crate) const CONFLICT_RETRIES: usize = 5;
+/// How often a read-modify-write of a verification is tried when another writer (a
+/// request, a delivery report, a silence check) changed the row first
+/// ([`VerifyCore::modify`]).
+const CONFLICT_RETRIES: usize = 5;
+
+/// What a change of [`VerifyCore::modify`] asks for, with its answer.
+pub(crate) enum Change<T> {
+    /// The verification changed: store it, then answer.
+    Store(T),
+    /// Nothing changed: answer without a write.
+    Keep(T),
+}
 
 /// How long a start to a destination waits for a concurrent start's first send to it.
 const FIRST_SEND_WAIT: Duration = Duration::from_secs(5);
@@ -387,10 +396,9 @@ impl VerifyCore {
             return Ok(None);
         };
         if !policy.idempotency_holds(existing.created_at(), now) {
-            let version = existing.version();
             existing.release_idempotency_key(now);
             // Losing this race is fine: the other request released the key too.
-            match self.store.update(&existing, version).await {
+            match self.store.update(&mut existing).await {
                 Ok(()) | Err(domain::ports::StoreError::Conflict(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
@@ -437,12 +445,11 @@ impl VerifyCore {
             locale: input.locale.clone(),
         };
         let sent = self.provider.start(&request).await;
-        let version = v.version();
         let now = self.clock.now();
         match sent {
             Ok(pv) => {
                 v.mark_sent(pv.sid, now);
-                self.record_sent(&v, version).await?;
+                self.record_sent(&mut v).await?;
                 // The call's audit line says it too (`grpc`): debug only, not twice at info.
                 tracing::debug!(verification_id = %v.id(), "verification sent");
                 self.schedule_silence_check(policy, &v).await;
@@ -453,7 +460,7 @@ impl VerifyCore {
             // a check names it by destination, and a start without the key sends again.
             Err(e) if e.may_have_acted() => {
                 v.mark_unconfirmed(now);
-                if let Err(store_err) = self.store.update(&v, version).await {
+                if let Err(store_err) = self.store.update(&mut v).await {
                     warn!(error = %store_err, "could not record the unconfirmed send");
                 }
                 warn!(kind = ?e.kind, twilio_code = ?e.code, "the provider did not confirm the send");
@@ -472,7 +479,7 @@ impl VerifyCore {
                     // caller retry with the same key.
                     v.release_idempotency_key(now);
                 }
-                if let Err(store_err) = self.store.update(&v, version).await {
+                if let Err(store_err) = self.store.update(&mut v).await {
                     warn!(error = %store_err, "could not record the failed send");
                 }
                 warn!(kind = ?e.kind, twilio_code = ?e.code, "provider refused the send");
@@ -489,9 +496,7 @@ impl VerifyCore {
         channel: Channel,
     ) -> Result<Verification, ServiceError> {
         tracing::Span::current().record("verification_id", v.id().to_string());
-        for _ in 0..CONFLICT_RETRIES {
-            let version = v.version();
-            let now = self.clock.now();
+        self.modify(&mut v, |v, now| {
             v.begin_resend(channel, now).map_err(|e| match e {
                 TransitionError::NoSendsLeft(max) => ServiceError::LimitReached {
                     reason: "MAX_SENDS_REACHED",
@@ -511,46 +516,41 @@ impl VerifyCore {
             if let Some(trace_parent) = telemetry::trace::current_traceparent() {
                 v.join_trace(trace_parent);
             }
-            match self.store.update(&v, version).await {
-                Ok(()) => {
-                    // To the address the verification was started with: one destination
-                    // may be written in several ways (an email's case or `+tag`), and the
-                    // provider keeps its pending verification under the first.
-                    let to = self.keyring.open(v.destination(), &v.id()).unwrap_or_else(|e| {
-                        warn!(error = %e, "cannot open the stored destination; resending to the one given");
-                        input.to.clone()
-                    });
-                    let request = ProviderStart {
-                        service: policy.service_sid().to_owned(),
-                        to,
-                        channel,
-                        locale: input.locale.clone(),
-                    };
-                    let pv = match self.provider.start(&request).await {
-                        Ok(pv) => pv,
-                        Err(e) => {
-                            self.abuse
-                                .provider_refused(&e, &input.to, channel, self.clock.now())
-                                .await;
-                            return Err(e.into());
-                        }
-                    };
-                    if v.provider_sid() != Some(pv.sid.as_str()) {
-                        let version = v.version();
-                        v.mark_sent(pv.sid, self.clock.now());
-                        self.store.update(&v, version).await?;
-                    }
-                    info!(sends = v.sends(), "verification resent");
-                    self.schedule_silence_check(policy, &v).await;
-                    return Ok(v);
-                }
-                Err(domain::ports::StoreError::Conflict(id)) => {
-                    v = self.read(&id).await?;
-                }
-                Err(e) => return Err(e.into()),
+            Ok(Change::Store(()))
+        })
+        .await?;
+        // To the address the verification was started with: one destination may be
+        // written in several ways (an email's case or `+tag`), and the provider keeps its
+        // pending verification under the first.
+        let to = self
+            .keyring
+            .open(v.destination(), &v.id())
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "cannot open the stored destination; resending to the one given");
+                input.to.clone()
+            });
+        let request = ProviderStart {
+            service: policy.service_sid().to_owned(),
+            to,
+            channel,
+            locale: input.locale.clone(),
+        };
+        let pv = match self.provider.start(&request).await {
+            Ok(pv) => pv,
+            Err(e) => {
+                self.abuse
+                    .provider_refused(&e, &input.to, channel, self.clock.now())
+                    .await;
+                return Err(e.into());
             }
+        };
+        if v.provider_sid() != Some(pv.sid.as_str()) {
+            v.mark_sent(pv.sid, self.clock.now());
+            self.store.update(&mut v).await?;
         }
-        Err(domain::ports::StoreError::Conflict(v.id()).into())
+        info!(sends = v.sends(), "verification resent");
+        self.schedule_silence_check(policy, &v).await;
+        Ok(v)
     }
 
     /// Checks a code. Our check limit is claimed in the store before the provider is asked.
@@ -590,12 +590,11 @@ impl VerifyCore {
             // Claim one attempt, with the shared check limit in the same transaction.
             let mut limit_left = None;
             for _ in 0..CONFLICT_RETRIES {
-                let version = v.version();
                 let now = self.clock.now();
                 v.begin_check(now).map_err(|e| not_checkable(id, e))?;
                 match self
                     .store
-                    .update_limited(&v, version, screened.shared_limits(), now)
+                    .update_limited(&mut v, screened.shared_limits(), now)
                     .await
                 {
                     Ok(Limited::Done { decisions, .. }) => {
@@ -690,13 +689,13 @@ impl VerifyCore {
     /// Stores `v` with the provider id its send was confirmed with, trying again a little
     /// later when the store fails: the code is out, and without its id the verification
     /// would be checked by destination only.
-    async fn record_sent(&self, v: &Verification, version: u32) -> Result<(), ServiceError> {
+    async fn record_sent(&self, v: &mut Verification) -> Result<(), ServiceError> {
         let mut last = None;
         for pause in SENT_RECORD_TRIES {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            match self.store.update(v, version).await {
+            match self.store.update(v).await {
                 Ok(()) => return Ok(()),
                 Err(e @ domain::ports::StoreError::Unavailable(_)) => {
                     warn!(error = %e, "could not record the confirmed send yet");
@@ -706,7 +705,7 @@ impl VerifyCore {
             }
         }
         // The code is out: its record is written as soon as the store answers again.
-        self.record_sent_later(v.clone(), version);
+        self.record_sent_later(v.clone());
         Err(last
             .map(ServiceError::from)
             .unwrap_or_else(|| domain::ports::StoreError::Conflict(v.id()).into()))
@@ -717,14 +716,14 @@ impl VerifyCore {
     /// then leaves the verification without its provider id (checked by destination, its
     /// key answering "in progress") only while it lasts. A row changed meanwhile (the
     /// reconciliation learnt the id, a check or a resend went through) is left as it is.
-    fn record_sent_later(&self, v: Verification, version: u32) {
+    fn record_sent_later(&self, mut v: Verification) {
         let store = Arc::clone(&self.store);
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             let mut pause = SENT_RECORD_LATER_FIRST;
             while clock.now() < v.expires_at() {
                 tokio::time::sleep(pause).await;
-                match store.update(&v, version).await {
+                match store.update(&mut v).await {
                     Ok(()) => {
                         info!(verification_id = %v.id(), "recorded a confirmed send once the store answered again");
                         return;
@@ -746,27 +745,17 @@ impl VerifyCore {
     /// Best effort: the check answers with the provider's error either way, and a
     /// verification this fails on keeps one attempt fewer.
     async fn release_check(&self, v: &mut Verification) {
-        for _ in 0..CONFLICT_RETRIES {
-            let version = v.version();
-            if !v.release_check(self.clock.now()) {
-                return;
-            }
-            match self.store.update(v, version).await {
-                Ok(()) => return,
-                Err(domain::ports::StoreError::Conflict(id)) => match self.read(&id).await {
-                    Ok(current) => *v = current,
-                    Err(e) => {
-                        warn!(error = %e, "could not give back a check attempt");
-                        return;
-                    }
-                },
-                Err(e) => {
-                    warn!(error = %e, "could not give back a check attempt");
-                    return;
-                }
-            }
+        let released = self
+            .modify(v, |v, now| {
+                Ok(match v.release_check(now) {
+                    true => Change::Store(()),
+                    false => Change::Keep(()),
+                })
+            })
+            .await;
+        if let Err(e) = released {
+            warn!(error = %e, "could not give back a check attempt");
         }
-        warn!("could not give back a check attempt: the verification kept changing");
     }
 
     async fn finish(
@@ -774,18 +763,8 @@ impl VerifyCore {
         v: &mut Verification,
         outcome: CheckOutcome,
     ) -> Result<Transition, ServiceError> {
-        for _ in 0..CONFLICT_RETRIES {
-            let version = v.version();
-            let transition = v.finish_check(outcome, self.clock.now());
-            match self.store.update(v, version).await {
-                Ok(()) => return Ok(transition),
-                Err(domain::ports::StoreError::Conflict(id)) => {
-                    *v = self.read(&id).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(domain::ports::StoreError::Conflict(v.id()).into())
+        self.modify(v, |v, now| Ok(Change::Store(v.finish_check(outcome, now))))
+            .await
     }
 
     /// Cancels upstream so the user never meets the provider's own lockout. Best effort:
@@ -806,29 +785,29 @@ impl VerifyCore {
     ) -> Result<Verification, ServiceError> {
         let span = info_span!("verify.cancel", verification_id = %id);
         async move {
-            for _ in 0..CONFLICT_RETRIES {
-                let mut v = self.load_owned(id, owner).await?;
-                let version = v.version();
-                let changed = v
-                    .cancel(self.clock.now())
-                    .map_err(|e| not_checkable(id, e))?;
-                if !changed {
-                    return Ok(v);
-                }
-                match self.store.update(&v, version).await {
-                    Ok(()) => {
-                        if let Some(sid) = v.provider_sid() {
-                            let policy = self.policy(v.purpose())?;
-                            self.cancel_upstream(policy.service_sid(), sid).await;
-                        }
-                        info!("canceled");
-                        return Ok(v);
+            let mut v = self.load_owned(id, owner).await?;
+            let changed = self
+                .modify(&mut v, |v, now| {
+                    // Read again after a conflict: one past its expiry is expired, as
+                    // `load_owned` finds it, not canceled.
+                    if v.is_due_to_expire(now) {
+                        let expired = TransitionError::NotPending(VerificationStatus::Expired);
+                        return Err(not_checkable(id, expired));
                     }
-                    Err(domain::ports::StoreError::Conflict(_)) => continue,
-                    Err(e) => return Err(e.into()),
+                    match v.cancel(now).map_err(|e| not_checkable(id, e))? {
+                        true => Ok(Change::Store(true)),
+                        false => Ok(Change::Keep(false)),
+                    }
+                })
+                .await?;
+            if changed {
+                if let Some(sid) = v.provider_sid() {
+                    let policy = self.policy(v.purpose())?;
+                    self.cancel_upstream(policy.service_sid(), sid).await;
                 }
+                info!("canceled");
             }
-            Err(domain::ports::StoreError::Conflict(*id).into())
+            Ok(v)
         }
         .instrument(span)
         .await
@@ -848,6 +827,30 @@ impl VerifyCore {
     /// Reads a verification as stored.
     async fn read(&self, id: &VerificationId) -> Result<Verification, ServiceError> {
         self.store.get(id).await?.ok_or(ServiceError::NotFound(*id))
+    }
+
+    /// Applies `change` to `v` at the clock's time and stores it, conditional on the
+    /// version `v` was read at. When another writer changed the row first, reads it again
+    /// and applies `change` to what it reads, at most [`CONFLICT_RETRIES`] times in all.
+    /// `v` is left as stored (or as last read, when `change` refuses or nothing is
+    /// written); an error of `change` is returned as it is, with nothing written.
+    pub(crate) async fn modify<T>(
+        &self,
+        v: &mut Verification,
+        mut change: impl FnMut(&mut Verification, DateTime<Utc>) -> Result<Change<T>, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let answer = match change(v, self.clock.now())? {
+                Change::Keep(answer) => return Ok(answer),
+                Change::Store(answer) => answer,
+            };
+            match self.store.update(v).await {
+                Ok(()) => return Ok(answer),
+                Err(domain::ports::StoreError::Conflict(id)) => *v = self.read(&id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(domain::ports::StoreError::Conflict(v.id()).into())
     }
 
     /// The verification a check of `owner`'s claims an attempt on. What this process
@@ -895,9 +898,8 @@ impl VerifyCore {
     /// Records that `v`, as read, has expired when it is due to.
     async fn expire_if_due(&self, mut v: Verification) -> Result<Verification, ServiceError> {
         let id = v.id();
-        let version = v.version();
         if v.expire_if_due(self.clock.now()) {
-            match self.store.update(&v, version).await {
+            match self.store.update(&mut v).await {
                 Ok(()) => {}
                 Err(domain::ports::StoreError::Conflict(_)) => {
                     v = self.read(&id).await?;

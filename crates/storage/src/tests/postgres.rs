@@ -317,9 +317,8 @@ async fn concurrent_updates_each_get_their_own_outcome() -> anyhow::Result<()> {
                 let mut next = v.clone();
                 next.record_mut().sends = sends;
                 next.record_mut().version = v.version() + 1;
-                let expected = v.version();
                 writers.push(tokio::spawn(async move {
-                    (next.id(), store.update(&next, expected).await)
+                    (next.id(), store.update(&mut next).await)
                 }));
             }
         }

@@ -445,7 +445,7 @@ async fn live_pending_destination_is_returned_and_nothing_written(
     approved.record_mut().status = VerificationStatus::Approved;
     approved.record_mut().updated_at = at(20);
     approved.record_mut().version = 1;
-    store.update(&approved, 0).await?;
+    store.update(&mut approved).await?;
     create(&*store, &pending(7, "login", 30, 630)).await?;
     assert_eq!(db.count_rows().await?, 5);
     Ok(())
@@ -584,7 +584,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
     changed.record_mut().risk = Some(fixtures::risk(RiskDecision::Block, false));
     changed.record_mut().version = 1;
-    store.update(&changed, 0).await?;
+    store.update(&mut changed).await?;
     assert_eq!(store.get(&v.id()).await?.as_ref(), Some(&changed));
 
     // Clearing the key releases it (the service does so past the idempotency window).
@@ -599,7 +599,7 @@ async fn update_writes_every_mutable_field(db: Arc<TestDb>) -> anyhow::Result<()
     let mut released = changed.clone();
     released.record_mut().idempotency_key = None;
     released.record_mut().version = 2;
-    store.update(&released, 1).await?;
+    store.update(&mut released).await?;
     assert_eq!(
         store
             .find_by_idempotency_key(changed.purpose(), "", &key)
@@ -619,25 +619,24 @@ async fn update_is_optimistic(db: Arc<TestDb>) -> anyhow::Result<()> {
     let mut winner = store.get(&v.id()).await?.context("inserted")?;
     let mut loser = winner.clone();
     winner.mark_sent("VE1".into(), at(1));
-    store.update(&winner, 0).await?;
+    store.update(&mut winner).await?;
 
     loser.begin_check(at(2))?;
     assert_eq!(
-        store.update(&loser, 0).await,
+        store.update(&mut loser).await,
         Err(StoreError::Conflict(v.id()))
     );
     assert_eq!(store.get(&v.id()).await?.as_ref(), Some(&winner));
 
     // Re-reading and retrying, as the port asks, succeeds.
     let mut retry = store.get(&v.id()).await?.context("still there")?;
-    let read_at = retry.version();
     retry.begin_check(at(3))?;
-    store.update(&retry, read_at).await?;
+    store.update(&mut retry).await?;
     assert_eq!(store.get(&v.id()).await?, Some(retry));
 
-    let never_stored = bare(2, "login", &fixtures::phone());
+    let mut never_stored = bare(2, "login", &fixtures::phone());
     assert_eq!(
-        store.update(&never_stored, 0).await,
+        store.update(&mut never_stored).await,
         Err(StoreError::NotFound(never_stored.id()))
     );
     assert_eq!(db.count_rows().await?, 1);
@@ -834,10 +833,10 @@ async fn list_unconfirmed_lists_pending_rows_without_a_provider_id_oldest_first(
     // Settled rows drop out of the list: one learns its id, one ends as never sent.
     let mut confirmed = older.clone();
     assert!(confirmed.confirm_sent("VE2".into(), at(21)));
-    store.update(&confirmed, older.version()).await?;
+    store.update(&mut confirmed).await?;
     let mut ended = same_age.clone();
     assert!(ended.mark_never_sent(at(21)));
-    store.update(&ended, same_age.version()).await?;
+    store.update(&mut ended).await?;
     assert_eq!(
         ids(&store.list_unconfirmed(at(40), 10).await?),
         [1, 4].map(fixtures::id)
@@ -871,10 +870,9 @@ async fn list_sealed_with_other_key_drains_by_rewriting(db: Arc<TestDb>) -> anyh
         ensure!(rewritten < 7, "the list must shrink as rows are rewritten");
         for mut v in batch {
             let destination = old.open(v.destination(), &v.id())?;
-            let read_at = v.version();
             v.record_mut().destination = current.seal(&destination, &v.id(), [2; 12]);
             v.record_mut().version += 1;
-            store.update(&v, read_at).await?;
+            store.update(&mut v).await?;
             rewritten += 1;
         }
     }
@@ -1193,7 +1191,7 @@ async fn fallback_fields_round_trip_in_every_form(db: Arc<TestDb>) -> anyhow::Re
         next.record_mut().channels_tried = channels;
         next.record_mut().allow_fallback = !current.allow_fallback();
         next.record_mut().version += 1;
-        store.update(&next, current.version()).await?;
+        store.update(&mut next).await?;
         assert_eq!(store.get(&next.id()).await?.as_ref(), Some(&next));
         current = next;
     }
@@ -1274,7 +1272,7 @@ async fn find_by_provider_sid_returns_the_newest_holder(db: Arc<TestDb>) -> anyh
     // The sid is written by `update` once the provider accepted the send.
     let mut sent = none.clone();
     sent.mark_sent("VEnew".into(), at(60));
-    store.update(&sent, none.version()).await?;
+    store.update(&mut sent).await?;
     assert_eq!(store.find_by_provider_sid("VEnew").await?, Some(sent));
     Ok(())
 }
@@ -1323,10 +1321,9 @@ async fn ciphertexts_sealed_before_the_binding_open_until_resealed(
     );
     for mut v in listed {
         let destination = keyring.open(v.destination(), &v.id())?;
-        let read_at = v.version();
         v.record_mut().destination = keyring.seal(&destination, &v.id(), [2; 12]);
         v.record_mut().version += 1;
-        store.update(&v, read_at).await?;
+        store.update(&mut v).await?;
     }
     assert_eq!(store.list_sealed_with_other_key("k1", 10).await?, []);
     let first = store.get(&old.id()).await?.context("kept")?;
@@ -1444,12 +1441,12 @@ async fn blocked_verifications_round_trip_with_their_risk(db: Arc<TestDb>) -> an
     let mut rescored = allowed.clone();
     rescored.record_mut().risk = Some(fixtures::risk(RiskDecision::StepUp, false));
     rescored.record_mut().version += 1;
-    store.update(&rescored, allowed.version()).await?;
+    store.update(&mut rescored).await?;
     assert_eq!(store.get(&allowed.id()).await?.as_ref(), Some(&rescored));
     let mut cleared = rescored.clone();
     cleared.record_mut().risk = None;
     cleared.record_mut().version += 1;
-    store.update(&cleared, rescored.version()).await?;
+    store.update(&mut cleared).await?;
     assert_eq!(store.get(&allowed.id()).await?, Some(cleared));
     Ok(())
 }

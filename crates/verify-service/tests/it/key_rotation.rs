@@ -184,9 +184,8 @@ async fn copied_ciphertext_on(database_url: String) {
     };
     let source = read(&first.id).await;
     let mut target = read(&second.id).await;
-    let version = target.version();
     target.reseal(source.destination().clone());
-    store.update(&target, version).await.expect("written");
+    store.update(&mut target).await.expect("written");
     database.close().await;
     assert_eq!(open_stored(&database_url, &second.id, &k1).await, None);
 

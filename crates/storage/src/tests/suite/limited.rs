@@ -11,7 +11,7 @@ use domain::abuse::{
     Quota,
 };
 use domain::ports::{Inserted, Limited, StoreError, VerificationStore};
-use domain::{Destination, PhoneNumber};
+use domain::{Destination, PhoneNumber, Verification, VerificationRecord};
 
 use super::super::harness::TestDb;
 use crate::fixtures::{at, bare};
@@ -102,12 +102,16 @@ async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyho
     let checks = request("check:login:ver:x", "1/m");
     let mut v = bare(1, "login", &number(1));
     store.insert(&v).await?;
-    let read_at = v.version();
     v.record_mut().checks += 1;
     v.record_mut().version += 1;
 
+    // A copy read at a version the row never had.
+    let mut stale = Verification::restore(VerificationRecord {
+        version: v.version() + 7,
+        ..v.clone().into_record()
+    });
     let stale = store
-        .update_limited(&v, read_at + 7, std::slice::from_ref(&checks), at(1))
+        .update_limited(&mut stale, std::slice::from_ref(&checks), at(1))
         .await;
     ensure!(
         matches!(stale, Err(StoreError::Conflict(id)) if id == v.id()),
@@ -116,16 +120,15 @@ async fn a_limited_update_that_conflicts_takes_nothing(db: Arc<TestDb>) -> anyho
     ensure!(limits.peek(std::slice::from_ref(&checks), at(1)).await?[0].allowed);
 
     let done = store
-        .update_limited(&v, read_at, std::slice::from_ref(&checks), at(1))
+        .update_limited(&mut v, std::slice::from_ref(&checks), at(1))
         .await?;
     ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
     assert_eq!(store.get(&v.id()).await?, Some(v.clone()));
 
-    let read_at = v.version();
     v.record_mut().checks += 1;
     v.record_mut().version += 1;
     let refused = store
-        .update_limited(&v, read_at, std::slice::from_ref(&checks), at(2))
+        .update_limited(&mut v, std::slice::from_ref(&checks), at(2))
         .await?;
     ensure!(matches!(refused, Limited::Refused(_)), "{refused:?}");
     let stored = store.get(&v.id()).await?.expect("stored");
@@ -159,11 +162,10 @@ async fn a_key_named_twice_is_taken_twice_by_guarded_writes(db: Arc<TestDb>) -> 
 
     let checks = request("check:login:ver:x", "2/m");
     let mut v = first;
-    let read_at = v.version();
     v.record_mut().checks += 1;
     v.record_mut().version += 1;
     let done = store
-        .update_limited(&v, read_at, &[checks.clone(), checks.clone()], at(2))
+        .update_limited(&mut v, &[checks.clone(), checks.clone()], at(2))
         .await?;
     ensure!(matches!(done, Limited::Done { .. }), "{done:?}");
     assert_eq!(store.get(&v.id()).await?, Some(v.clone()));
@@ -195,8 +197,7 @@ async fn concurrent_limited_updates_of_one_version_write_and_take_once(
             let mut claim = v.clone();
             claim.record_mut().checks = n + 1;
             claim.record_mut().version += 1;
-            let read_at = v.version();
-            tokio::spawn(async move { store.update_limited(&claim, read_at, &limits, at(1)).await })
+            tokio::spawn(async move { store.update_limited(&mut claim, &limits, at(1)).await })
         })
         .collect();
     let (mut written, mut lost) = (0, 0);
