@@ -164,3 +164,117 @@ fn every_crate_uses_the_workspace_lints() {
         );
     }
 }
+
+/// The shipped code of the workspace: every `.rs` file under a crate's `src/` (and
+/// xtask's), relative to the workspace root, without test directories and without what
+/// follows a file's `#[cfg(test)] mod …` (its unit tests come last).
+fn shipped_sources() -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "tests") {
+                    walk(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))
+        .expect("crates/ exists")
+        .filter_map(Result::ok)
+    {
+        walk(&entry.path().join("src"), &mut files);
+    }
+    walk(&root.join("xtask/src"), &mut files);
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("source readable");
+            let shipped = match text.find("#[cfg(test)]\nmod ") {
+                Some(tests) => text[..tests].to_owned(),
+                None => text,
+            };
+            let relative = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            (relative, shipped)
+        })
+        .collect()
+}
+
+/// Fails naming every shipped file outside `allowed` (path prefixes) that contains one of
+/// `needles`.
+fn only_in(needles: &[&str], allowed: &[&str], why: &str) {
+    let offenders: Vec<String> = shipped_sources()
+        .into_iter()
+        .filter(|(path, _)| !allowed.iter().any(|a| path.starts_with(a)))
+        .flat_map(|(path, text)| {
+            needles
+                .iter()
+                .filter(|n| text.contains(**n))
+                .map(|n| format!("{path}: `{n}`"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(offenders.is_empty(), "{why}: {offenders:#?}");
+}
+
+#[test]
+fn shipped_sources_are_found() {
+    let sources = shipped_sources();
+    for expected in [
+        "crates/domain/src/bus.rs",
+        "crates/messaging/src/rabbit/topology.rs",
+        "xtask/src/main.rs",
+    ] {
+        assert!(
+            sources.iter().any(|(path, _)| path == expected),
+            "{expected} is not among the {} shipped sources",
+            sources.len()
+        );
+    }
+}
+
+#[test]
+fn bus_events_are_coded_only_in_domain() {
+    only_in(
+        &[
+            "DELIVERY_REPORTED_VERSION",
+            "SILENCE_CHECK_VERSION",
+            "Uuid::new_v5",
+        ],
+        &["crates/domain/src/"],
+        "an event's version and message id are decided by `domain::bus::BusEvent` alone",
+    );
+}
+
+#[test]
+fn the_raw_destination_is_exposed_only_to_twilio_and_encryption() {
+    only_in(
+        &[".expose()"],
+        &["crates/domain/src/", "crates/twilio/src/"],
+        "`Destination::expose` is for the Twilio request and the keyring only",
+    );
+}
+
+#[test]
+fn rabbitmq_names_are_declared_only_in_the_topology() {
+    only_in(
+        &[
+            "queue_declare",
+            "exchange_declare",
+            "queue_bind",
+            "x-dead-letter",
+            "x-message-ttl",
+        ],
+        &["crates/messaging/src/rabbit/topology.rs"],
+        "exchanges, queues and their arguments belong to `messaging/src/rabbit/topology.rs`",
+    );
+}

@@ -12,7 +12,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::Channel;
+use crate::events::EventKind;
+use crate::{Channel, VerificationId};
 
 /// Error codes of undelivered messages that another channel can get around: the number
 /// cannot receive this kind of message, or the carrier did not take it.
@@ -148,13 +149,14 @@ impl FallbackReason {
 }
 
 /// The bus event webhook-ingest publishes for every new report; payload: [`DeliveryReport`]
-/// as JSON, version [`DELIVERY_REPORTED_VERSION`].
-pub const DELIVERY_REPORTED: &str = "delivery.reported";
+/// as JSON, version [`DELIVERY_REPORTED_VERSION`] (see [`crate::bus::BusEvent`]).
+pub const DELIVERY_REPORTED: EventKind = EventKind::known("delivery.reported");
 pub const DELIVERY_REPORTED_VERSION: u32 = 1;
 
 /// The delayed bus event verify-service schedules after each send it may fall back from;
-/// payload: [`SilenceCheck`] as JSON, version [`SILENCE_CHECK_VERSION`].
-pub const SILENCE_CHECK: &str = "delivery.silence_check";
+/// payload: [`SilenceCheck`] as JSON, version [`SILENCE_CHECK_VERSION`] (see
+/// [`crate::bus::BusEvent`]).
+pub const SILENCE_CHECK: EventKind = EventKind::known("delivery.silence_check");
 pub const SILENCE_CHECK_VERSION: u32 = 1;
 
 /// "If send number `send` of this verification has no final delivery report by now, fall
@@ -162,7 +164,9 @@ pub const SILENCE_CHECK_VERSION: u32 = 1;
 /// for an older send finds a newer one and does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SilenceCheck {
-    pub verification_id: String,
+    /// As it prints (`ver_…`).
+    #[serde(with = "crate::id::as_string")]
+    pub verification_id: VerificationId,
     pub send: u32,
 }
 

@@ -21,6 +21,7 @@
 //! convention, `content_type` `application/json`) that the publishing and consuming code
 //! encode and decode.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -67,7 +68,7 @@ impl FromStr for MessageId {
 /// What happened, as a dotted lower-case name such as `delivery.failed`. It is the routing
 /// key, so subscriptions select events by kind (`delivery.*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventKind(String);
+pub struct EventKind(Cow<'static, str>);
 
 impl EventKind {
     /// At most this many bytes: the limit of an AMQP routing key.
@@ -76,15 +77,44 @@ impl EventKind {
     /// Accepts dot-separated words of `a-z`, `0-9`, `_` and `-`; wildcards (`*`, `#`) belong
     /// to subscriptions, not to events.
     pub fn parse(raw: &str) -> Result<Self, EventError> {
-        let word_ok = |w: &str| {
-            !w.is_empty()
-                && w.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        };
-        if raw.len() > Self::MAX_LEN || !raw.split('.').all(word_ok) {
+        if !Self::is_valid(raw) {
             return Err(EventError::Kind(raw.chars().take(64).collect()));
         }
-        Ok(EventKind(raw.to_owned()))
+        Ok(EventKind(Cow::Owned(raw.to_owned())))
+    }
+
+    /// A kind this code publishes, for a constant (`const K: EventKind =
+    /// EventKind::known("delivery.reported")`): a name [`EventKind::parse`] would refuse
+    /// fails the build there.
+    pub const fn known(raw: &'static str) -> Self {
+        assert!(Self::is_valid(raw), "not a valid event kind");
+        EventKind(Cow::Borrowed(raw))
+    }
+
+    /// Dot-separated non-empty words of `a-z`, `0-9`, `_` and `-`, at most
+    /// [`EventKind::MAX_LEN`] bytes (a `const fn`, for [`EventKind::known`]).
+    const fn is_valid(raw: &str) -> bool {
+        let bytes = raw.as_bytes();
+        if bytes.is_empty() || bytes.len() > Self::MAX_LEN {
+            return false;
+        }
+        let mut i = 0;
+        let mut word_len = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'.' {
+                if word_len == 0 {
+                    return false;
+                }
+                word_len = 0;
+            } else if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' {
+                word_len += 1;
+            } else {
+                return false;
+            }
+            i += 1;
+        }
+        word_len > 0
     }
 
     pub fn as_str(&self) -> &str {
@@ -295,6 +325,15 @@ mod tests {
 
     fn check(raw: &str, ok: bool) {
         assert_eq!(EventKind::parse(raw).is_ok(), ok, "{raw:?}");
+    }
+
+    #[test]
+    fn a_known_kind_is_one_parse_accepts() {
+        const KIND: EventKind = EventKind::known("delivery.silence_check");
+        assert_eq!(EventKind::parse("delivery.silence_check"), Ok(KIND));
+        for raw in ["", "a..b", ".a", "a.", "A", "a.*", &"a".repeat(256)] {
+            assert!(!EventKind::is_valid(raw), "{raw:?}");
+        }
     }
 
     #[test]

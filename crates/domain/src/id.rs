@@ -56,6 +56,22 @@ impl FromStr for VerificationId {
     }
 }
 
+/// Serde of a [`VerificationId`] as the string it prints (`ver_…`), for payloads.
+pub(crate) mod as_string {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::VerificationId;
+
+    pub(crate) fn serialize<S: Serializer>(id: &VerificationId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VerificationId, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! are arguments.
 
 pub mod abuse;
+pub mod bus;
 mod channel;
 pub mod crypto;
 pub mod delivery;

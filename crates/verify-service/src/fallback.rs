@@ -19,13 +19,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use domain::bus::BusEvent;
 use domain::delivery::{
-    DELIVERY_REPORTED, DELIVERY_REPORTED_VERSION, DeliveryReport, FallbackReason, SILENCE_CHECK,
-    SILENCE_CHECK_VERSION, SilenceCheck,
+    DELIVERY_REPORTED, DeliveryReport, FallbackReason, SILENCE_CHECK, SilenceCheck,
 };
-use domain::events::{Delivery, Envelope, EventHandler, EventKind, HandlerError, MessageId};
+use domain::events::{Delivery, EventHandler, HandlerError};
 use domain::ports::ProviderStart;
-use domain::{DeliveryVerdict, Verification, VerificationId};
+use domain::{DeliveryVerdict, Verification};
 use policy::PurposePolicy;
 use telemetry::trace::TRACEPARENT;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
@@ -38,7 +38,10 @@ use crate::service::{Change, VerifyCore};
 pub fn subscription() -> domain::events::Subscription {
     domain::events::Subscription {
         queue: "verify-service.delivery".into(),
-        bindings: vec![DELIVERY_REPORTED.into(), SILENCE_CHECK.into()],
+        bindings: vec![
+            DELIVERY_REPORTED.as_str().to_owned(),
+            SILENCE_CHECK.as_str().to_owned(),
+        ],
         prefetch: 32,
         max_attempts: 10,
         retry_delay: std::time::Duration::from_secs(2),
@@ -60,28 +63,24 @@ impl VerifyCore {
         {
             return;
         }
-        let check = SilenceCheck {
-            verification_id: v.id().to_string(),
+        let check = BusEvent::SilenceCheck(SilenceCheck {
+            verification_id: v.id(),
             send: v.sends(),
-        };
-        let mut envelope = match silence_envelope(&check, self.clock.now()) {
+        });
+        // The send's trace (the start's, or the fallback's within it) goes with the check.
+        let mut trace = telemetry::trace::current_headers();
+        if trace.is_empty()
+            && let Some(trace_parent) = v.trace_parent()
+        {
+            trace.push((TRACEPARENT, trace_parent.to_owned()));
+        }
+        let envelope = match check.to_envelope(self.clock.now(), trace) {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(error = %e, "could not encode the silence check");
                 return;
             }
         };
-        // The send's trace (the start's, or the fallback's within it) goes with the check.
-        let headers = telemetry::trace::current_headers();
-        if headers.is_empty() {
-            if let Some(trace_parent) = v.trace_parent() {
-                envelope = envelope.with_header(TRACEPARENT, trace_parent.to_owned());
-            }
-        } else {
-            for (name, value) in headers {
-                envelope = envelope.with_header(name, value);
-            }
-        }
         match self.bus.publish_delayed(&envelope, after).await {
             Ok(()) => debug!(
                 send = v.sends(),
@@ -162,10 +161,7 @@ impl VerifyCore {
         check: &SilenceCheck,
         trace: Option<&str>,
     ) -> Result<(), ServiceError> {
-        let Ok(id) = check.verification_id.parse::<VerificationId>() else {
-            warn!("silence check with a malformed verification id");
-            return Ok(());
-        };
+        let id = check.verification_id;
         let v = match self.load_current(&id).await {
             Ok(v) => v,
             Err(ServiceError::NotFound(_)) => return Ok(()),
@@ -342,25 +338,6 @@ fn consumer_span(span: Span, v: &Verification, trace: Option<&str>) -> Span {
     span
 }
 
-/// The envelope of a silence check; its message id is derived from the verification and
-/// the send, so scheduling it twice yields one message for the deduplicating consumer.
-pub fn silence_envelope(
-    check: &SilenceCheck,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Envelope, serde_json::Error> {
-    let payload = serde_json::to_vec(check)?;
-    let name = format!("silence:{}:{}", check.verification_id, check.send);
-    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
-    let kind = EventKind::parse(SILENCE_CHECK).map_err(serde::de::Error::custom)?;
-    Ok(Envelope::new(
-        MessageId::from_uuid(id),
-        kind,
-        SILENCE_CHECK_VERSION,
-        now,
-        payload,
-    ))
-}
-
 /// The bus consumer of delivery events.
 #[derive(Debug, Clone)]
 pub struct DeliveryHandler {
@@ -378,34 +355,11 @@ impl EventHandler for DeliveryHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let envelope = &delivery.envelope;
         let trace = envelope.headers.get(TRACEPARENT).map(String::as_str);
-        let outcome = match envelope.kind.as_str() {
-            DELIVERY_REPORTED => {
-                if envelope.version != DELIVERY_REPORTED_VERSION {
-                    return Err(HandlerError::permanent(format!(
-                        "{DELIVERY_REPORTED} version {} is unknown",
-                        envelope.version
-                    )));
-                }
-                let report: DeliveryReport = serde_json::from_slice(&envelope.payload)
-                    .map_err(|e| HandlerError::permanent(format!("malformed report: {e}")))?;
-                self.core.on_delivery_report(&report, trace).await
-            }
-            SILENCE_CHECK => {
-                if envelope.version != SILENCE_CHECK_VERSION {
-                    return Err(HandlerError::permanent(format!(
-                        "{SILENCE_CHECK} version {} is unknown",
-                        envelope.version
-                    )));
-                }
-                let check: SilenceCheck = serde_json::from_slice(&envelope.payload)
-                    .map_err(|e| HandlerError::permanent(format!("malformed check: {e}")))?;
-                self.core.on_silence_check(&check, trace).await
-            }
-            other => {
-                return Err(HandlerError::permanent(format!(
-                    "verify-service does not handle `{other}`"
-                )));
-            }
+        // A kind, version or payload it does not know cannot become known by trying again.
+        let event = BusEvent::from_envelope(envelope).map_err(HandlerError::permanent)?;
+        let outcome = match &event {
+            BusEvent::DeliveryReported(report) => self.core.on_delivery_report(report, trace).await,
+            BusEvent::SilenceCheck(check) => self.core.on_silence_check(check, trace).await,
         };
         outcome.map_err(|e| match e {
             // The store or the provider may answer later.

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use domain::delivery::{DELIVERY_REPORTED, DELIVERY_REPORTED_VERSION, DeliveryReport};
-use domain::events::{Envelope, EventKind, MessageId};
+use domain::bus::BusEvent;
+use domain::delivery::DeliveryReport;
 use domain::ports::Recorded;
 use serde_json::json;
 use tracing::{info, warn};
@@ -125,34 +125,17 @@ fn signed_url(state: &AppState, peer: SocketAddr, uri: &Uri, headers: &HeaderMap
     format!("{}{path_and_query}", state.public_base_url)
 }
 
-/// The bus envelope of a report. Its message id is derived from the report's dedupe key, so
-/// a report stored twice (it is not) would still be one message to consumers. The trace
-/// context of the request it came in (`traceparent`, `tracestate`) goes with it, into the
-/// outbox and onto the bus, so the consumer can link its work to this request.
-fn envelope(report: &DeliveryReport) -> Result<Envelope, serde_json::Error> {
-    let payload = serde_json::to_vec(report)?;
-    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, report.dedupe_key.as_bytes());
-    let kind = EventKind::parse(DELIVERY_REPORTED).map_err(serde::de::Error::custom)?;
-    let mut envelope = Envelope::new(
-        MessageId::from_uuid(id),
-        kind,
-        DELIVERY_REPORTED_VERSION,
-        report.occurred_at,
-        payload,
-    );
-    for (name, value) in telemetry::trace::current_headers() {
-        envelope = envelope.with_header(name, value);
-    }
-    Ok(envelope)
-}
-
 /// Stores each report with its outbox row; counts new and duplicate ones. Any store
 /// failure answers 503 so Twilio retries (the reports stored so far are duplicates then).
 async fn store(state: &AppState, reports: &[DeliveryReport]) -> Result<(usize, usize), Response> {
     let store = state.database.delivery_reports();
     let (mut new, mut duplicates) = (0, 0);
     for report in reports {
-        let envelope = envelope(report)
+        // Its message id is derived from the report's dedupe key; the trace context of the
+        // request it came in goes with it, into the outbox and onto the bus, so the
+        // consumer can link its work to this request.
+        let envelope = BusEvent::DeliveryReported(report.clone())
+            .to_envelope(report.occurred_at, telemetry::trace::current_headers())
             .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, "encoding_failed", e))?;
         match store.record_report(report, &envelope, Utc::now()).await {
             Ok(Recorded::New) => new += 1,

@@ -210,7 +210,7 @@ async fn killed_between_storing_and_publishing(database_url: &str) {
         .queue_bind(
             queue.as_str().into(),
             exchange.as_str().into(),
-            domain::delivery::DELIVERY_REPORTED.into(),
+            domain::delivery::DELIVERY_REPORTED.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -138,7 +138,7 @@ pub fn describe(deliveries: &[Delivery]) -> String {
 fn reports(deliveries: &[Delivery]) -> Vec<Delivery> {
     deliveries
         .iter()
-        .filter(|d| d.envelope.kind.as_str() == domain::delivery::DELIVERY_REPORTED)
+        .filter(|d| d.envelope.kind == domain::delivery::DELIVERY_REPORTED)
         .cloned()
         .collect()
 }
@@ -244,7 +244,10 @@ impl Harness {
         ));
         let subscription = Subscription {
             queue: RECORDER_QUEUE.into(),
-            bindings: vec![domain::delivery::DELIVERY_REPORTED.into(), BARRIER.into()],
+            bindings: vec![
+                domain::delivery::DELIVERY_REPORTED.as_str().into(),
+                BARRIER.into(),
+            ],
             // One at a time, so deliveries reach the handler in queue order and a barrier
             // comes after everything published before it.
             prefetch: 1,
