@@ -1,5 +1,8 @@
 //! The event bus of verify-gateway, behind the `domain::events::EventBus` port:
 //!
+//! - [`Bus`]: the handle a service holds, whichever bus it runs on (connect by URL, the
+//!   port, health, the dedupe store its consumers use, close), as `storage::Database` is
+//!   for the store.
 //! - [`RabbitBus`]: RabbitMQ through `lapin`, with a durable topology ([`Topology`]),
 //!   publisher confirms, manual acks, delayed delivery and retries built from per-queue TTLs
 //!   and dead-letter exchanges (no plugins), dead-letter queues, and reconnects with
@@ -9,11 +12,13 @@
 //!   a pluggable `domain::events::DedupeStore` ([`MemoryDedupeStore`] in memory).
 
 mod backoff;
+mod bus;
 mod idempotent;
 mod in_process;
 mod rabbit;
 mod rules;
 
+pub use bus::Bus;
 pub use idempotent::{Idempotent, IdempotentStats, MemoryDedupeStore};
 pub use in_process::InProcessBus;
 pub use rabbit::{RabbitBus, RabbitConfig, Topology};

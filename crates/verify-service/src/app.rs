@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use domain::events::EventBus;
 use domain::ports::VerificationStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,38 +63,6 @@ pub async fn reencrypt(
         }
     }
 }
-
-/// The event bus of the gateway: RabbitMQ in the distributed mode, in process otherwise.
-#[derive(Debug, Clone)]
-enum GatewayBus {
-    Rabbit(Arc<messaging::RabbitBus>),
-    InProcess(Arc<messaging::InProcessBus>),
-}
-
-impl GatewayBus {
-    fn as_dyn(&self) -> Arc<dyn EventBus> {
-        match self {
-            GatewayBus::Rabbit(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
-            GatewayBus::InProcess(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
-        }
-    }
-
-    /// Lets consumers finish what they hold, then closes.
-    async fn close(&self) {
-        match self {
-            GatewayBus::Rabbit(bus) => bus.close().await,
-            GatewayBus::InProcess(bus) => bus.close(),
-        }
-    }
-}
-
-/// How long a consumer's claim on a message id holds before another replica may take it
-/// over (a replica that died mid-message).
-const DEDUPE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Message ids the embedded mode's in-memory dedupe remembers (the oldest are forgotten;
-/// a redelivery that old still changes nothing, as the state machine ignores it).
-const IN_PROCESS_DEDUPE_CAPACITY: usize = 100_000;
 
 /// How often limiter and scoring state is tidied.
 const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -182,7 +149,7 @@ pub struct Gateway {
     sandbox: Option<(TcpListener, twilio_sandbox::Sandbox)>,
     webhooks: Option<webhook_ingest::Ingest>,
     database: storage::Database,
-    bus: GatewayBus,
+    bus: messaging::Bus,
     abuse: Arc<AbuseGuard>,
     counters: Arc<crate::counters::BufferedCounters>,
     admin: Option<crate::server::Admin>,
@@ -222,16 +189,11 @@ impl Gateway {
         }
         let bus = match &settings.amqp_url {
             Some(url) => {
-                let mut config =
-                    messaging::RabbitConfig::new(url.clone(), settings.amqp_exchange.clone());
-                config.connection_name = "verify-service".into();
-                GatewayBus::Rabbit(Arc::new(
-                    messaging::RabbitBus::connect(config)
-                        .await
-                        .context("connecting to RabbitMQ")?,
-                ))
+                messaging::Bus::connect(url.clone(), &settings.amqp_exchange, "verify-service")
+                    .await
+                    .context("connecting to RabbitMQ")?
             }
-            None => GatewayBus::InProcess(Arc::new(messaging::InProcessBus::new())),
+            None => messaging::Bus::in_process(),
         };
 
         // The embedded webhook receiver, so delivery reports (and the fallback) work with no
@@ -245,8 +207,7 @@ impl Gateway {
                         auth_token: w.auth_token.clone(),
                         trusted_proxies: Vec::new(),
                     },
-                    database.clone(),
-                    webhook_ingest::Bus::Shared(bus.as_dyn()),
+                    webhook_ingest::Connections::shared(database.clone(), bus.clone()),
                 )
                 .await
                 .context("starting the embedded webhook receiver")?
@@ -347,26 +308,19 @@ impl Gateway {
             database.verifications(),
             clock,
             keys,
-            bus.as_dyn(),
+            bus.events(),
             Arc::clone(&abuse),
         ));
         let subscription = fallback::subscription();
-        // Replicas on RabbitMQ dedupe together in the database. The in-process bus has one
-        // consumer in one process, and its messages do not outlive it: memory suffices and
-        // spares the single SQLite writer two writes per message.
-        let dedupe: Arc<dyn domain::events::DedupeStore> = match &bus {
-            GatewayBus::Rabbit(_) => database.dedupe_store(DEDUPE_LEASE),
-            GatewayBus::InProcess(_) => Arc::new(messaging::MemoryDedupeStore::new(
-                IN_PROCESS_DEDUPE_CAPACITY,
-                DEDUPE_LEASE,
-            )),
-        };
+        // Replicas on RabbitMQ dedupe together in the database; the in-process bus in
+        // memory, which spares the single SQLite writer two writes per message.
+        let dedupe = bus.dedupe_store(|lease| database.dedupe_store(lease));
         let consumer = messaging::Idempotent::new(
             subscription.queue.clone(),
             Arc::new(fallback::DeliveryHandler::new(Arc::clone(&core))),
             dedupe,
         );
-        bus.as_dyn()
+        bus.events()
             .subscribe(subscription, Arc::new(consumer))
             .await
             .context("subscribing to delivery events")?;

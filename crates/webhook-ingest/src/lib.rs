@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use domain::events::EventBus;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -109,27 +108,32 @@ impl Settings {
     }
 }
 
-/// The event bus webhook-ingest publishes to.
+/// The database and the event bus webhook-ingest works with, and whether they are its own
+/// to close when it stops.
 #[derive(Debug, Clone)]
-pub enum Bus {
-    /// RabbitMQ, owned by this server: closed when it stops, and part of readiness.
-    Rabbit(Arc<messaging::RabbitBus>),
-    /// A bus owned by the process around it (the embedded mode's in-process bus).
-    Shared(Arc<dyn EventBus>),
+pub struct Connections {
+    database: storage::Database,
+    bus: messaging::Bus,
+    owned: bool,
 }
 
-impl Bus {
-    fn as_dyn(&self) -> Arc<dyn EventBus> {
-        match self {
-            Bus::Rabbit(bus) => Arc::clone(bus) as Arc<dyn EventBus>,
-            Bus::Shared(bus) => Arc::clone(bus),
+impl Connections {
+    /// Connections of its own (the distributed mode's, from [`connect`]): closed when it
+    /// stops.
+    pub fn owned(database: storage::Database, bus: messaging::Bus) -> Self {
+        Connections {
+            database,
+            bus,
+            owned: true,
         }
     }
 
-    fn is_connected(&self) -> bool {
-        match self {
-            Bus::Rabbit(bus) => bus.is_connected(),
-            Bus::Shared(_) => true,
+    /// Connections of the process around it (the embedded mode's): left open when it stops.
+    pub fn shared(database: storage::Database, bus: messaging::Bus) -> Self {
+        Connections {
+            database,
+            bus,
+            owned: false,
         }
     }
 }
@@ -140,7 +144,7 @@ pub async fn connect(
     database_url: &str,
     migrate: bool,
     amqp_url: SecretString,
-) -> anyhow::Result<(storage::Database, Bus)> {
+) -> anyhow::Result<Connections> {
     connect_to(database_url, migrate, amqp_url, messaging::DEFAULT_EXCHANGE).await
 }
 
@@ -150,26 +154,18 @@ pub async fn connect_to(
     migrate: bool,
     amqp_url: SecretString,
     exchange: &str,
-) -> anyhow::Result<(storage::Database, Bus)> {
-    {
-        use secrecy::ExposeSecret;
-        let amqp = amqp_url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            anyhow::bail!("the AMQP URL must start with amqp:// or amqps://");
-        }
-    }
+) -> anyhow::Result<Connections> {
+    messaging::Bus::check_url(&amqp_url)?;
     let database = storage::Database::open(database_url)
         .await
         .context("opening the database")?;
     if migrate {
         database.migrate().await.context("migrating the database")?;
     }
-    let mut config = messaging::RabbitConfig::new(amqp_url, exchange);
-    config.connection_name = "webhook-ingest".into();
-    let bus = messaging::RabbitBus::connect(config)
+    let bus = messaging::Bus::connect(amqp_url, exchange, "webhook-ingest")
         .await
         .context("connecting to RabbitMQ")?;
-    Ok((database, Bus::Rabbit(Arc::new(bus))))
+    Ok(Connections::owned(database, bus))
 }
 
 /// What the request handlers and the relay share.
@@ -180,7 +176,9 @@ pub(crate) struct AppState {
     pub(crate) public_base_url: String,
     pub(crate) validator: twilio::webhook::SignatureValidator,
     pub(crate) database: storage::Database,
-    pub(crate) bus: Bus,
+    pub(crate) bus: messaging::Bus,
+    /// The database and the bus are its own to close ([`Connections::owned`]).
+    pub(crate) owns_connections: bool,
     /// Wakes the relay when a new report was stored, so it is published at once.
     pub(crate) stored: Notify,
     /// Set when shutdown begins: readiness turns false so traffic drains to other replicas.
@@ -246,11 +244,12 @@ pub struct Ingest {
 impl Ingest {
     /// Binds the listener and pings the database once, so readiness is known from the
     /// first request. The database must be migrated.
-    pub async fn bind(
-        settings: &Settings,
-        database: storage::Database,
-        bus: Bus,
-    ) -> anyhow::Result<Ingest> {
+    pub async fn bind(settings: &Settings, connections: Connections) -> anyhow::Result<Ingest> {
+        let Connections {
+            database,
+            bus,
+            owned,
+        } = connections;
         settings.validate()?;
         let listener = TcpListener::bind(settings.addr)
             .await
@@ -271,6 +270,7 @@ impl Ingest {
                 validator: twilio::webhook::SignatureValidator::new(settings.auth_token.clone()),
                 database,
                 bus,
+                owns_connections: owned,
                 stored: Notify::new(),
                 draining: AtomicBool::new(false),
                 database_ready: std::sync::RwLock::new(first_ping),
@@ -345,11 +345,9 @@ impl Ingest {
             tracing::warn!(error = %e, "the outbox relay ended abnormally");
         }
         let _ = pinging.await;
-        if let Bus::Rabbit(bus) = &self.state.bus {
-            bus.close().await;
-        }
-        if matches!(self.state.bus, Bus::Rabbit(_)) {
-            // Distributed mode: the database is ours to close. Embedded: the process's.
+        if self.state.owns_connections {
+            // Distributed mode: the connections are ours to close. Embedded: the process's.
+            self.state.bus.close().await;
             self.state.database.close().await;
         }
         tracing::info!("stopped");

@@ -188,14 +188,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.validate()?;
             let amqp_url =
                 SecretString::from(cli.amqp_url.context("set AMQP_URL (or --amqp-url)")?);
-            let (database, bus) = webhook_ingest::connect_to(
+            let connections = webhook_ingest::connect_to(
                 &database_url,
                 cli.migrate_on_start,
                 amqp_url,
                 &cli.amqp_exchange,
             )
             .await?;
-            let ingest = Ingest::bind(&settings, database, bus)
+            let ingest = Ingest::bind(&settings, connections)
                 .await?
                 .with_limits(Limits {
                     header_timeout: cli.header_timeout,

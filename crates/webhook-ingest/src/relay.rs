@@ -66,7 +66,7 @@ pub(crate) fn retry_delay(attempts: u32) -> Duration {
 
 pub(crate) async fn run(state: Arc<AppState>, max_attempts: u32, mut stop: watch::Receiver<bool>) {
     let outbox = state.database.outbox();
-    let bus = state.bus.as_dyn();
+    let bus = state.bus.events();
     let mut last_purge = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
@@ -243,8 +243,9 @@ mod tests {
             auth_token: secrecy::SecretString::from("token"),
             trusted_proxies: Vec::new(),
         };
-        let bus = crate::Bus::Shared(Arc::new(messaging::InProcessBus::new()));
-        let ingest = crate::Ingest::bind(&settings, database.clone(), bus)
+        let connections =
+            crate::Connections::shared(database.clone(), messaging::Bus::in_process());
+        let ingest = crate::Ingest::bind(&settings, connections)
             .await
             .expect("binds")
             .with_outbox_max_attempts(2);

@@ -31,7 +31,7 @@ pub(crate) async fn stack() -> Stack {
     let exchange = format!("test.{}.events", uuid::Uuid::new_v4().simple());
     let mut stops = Vec::new();
 
-    let (database, bus) = webhook_ingest::connect_to(
+    let connections = webhook_ingest::connect_to(
         &database_url,
         true,
         SecretString::from(amqp_url.clone()),
@@ -46,8 +46,7 @@ pub(crate) async fn stack() -> Stack {
             auth_token: SecretString::from(twilio_sandbox::DEV_AUTH_TOKEN),
             trusted_proxies: Vec::new(),
         },
-        database,
-        bus,
+        connections,
     )
     .await
     .expect("webhook-ingest binds");

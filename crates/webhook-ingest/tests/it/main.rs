@@ -10,11 +10,10 @@ mod slow_clients;
 mod support;
 mod webhooks;
 
-use std::sync::Arc;
 
 use secrecy::SecretString;
 use support::{Harness, get, settings};
-use webhook_ingest::{Bus, Ingest, Settings};
+use webhook_ingest::{Connections, Ingest, Settings};
 
 #[tokio::test]
 async fn serves_health_and_readiness_then_stops_gracefully() {
@@ -86,7 +85,7 @@ async fn bad_settings_are_refused_before_connecting() {
     let database = storage::Database::open("sqlite::memory:")
         .await
         .expect("in-memory SQLite");
-    let bus = Bus::Shared(Arc::new(messaging::InProcessBus::new()));
+    let connections = Connections::shared(database.clone(), messaging::Bus::in_process());
 
     type Spoil = fn(&mut Settings);
     let cases: [(&str, Spoil); 7] = [
@@ -120,7 +119,7 @@ async fn bad_settings_are_refused_before_connecting() {
             error.contains(expected),
             "`{error}` should mention {expected}"
         );
-        let error = Ingest::bind(&bad, database.clone(), bus.clone())
+        let error = Ingest::bind(&bad, connections.clone())
             .await
             .expect_err("bind validates")
             .to_string();

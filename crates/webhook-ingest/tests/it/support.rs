@@ -26,7 +26,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
-use webhook_ingest::{Bus, DEFAULT_LIMITS, Ingest, Limits, Settings};
+use webhook_ingest::{Connections, DEFAULT_LIMITS, Ingest, Limits, Settings};
 
 /// The Auth Token the test servers check signatures with.
 pub const AUTH_TOKEN: &str = "wi-test-auth-token-0123456789abcdef";
@@ -264,7 +264,9 @@ impl Harness {
         .await
         .expect("the recorder subscribes");
 
-        let ingest = Ingest::bind(&settings, database.clone(), Bus::Rabbit(Arc::clone(&bus)))
+        let connections =
+            Connections::owned(database.clone(), messaging::Bus::rabbit(Arc::clone(&bus)));
+        let ingest = Ingest::bind(&settings, connections)
             .await
             .expect("webhook-ingest binds")
             .with_limits(limits);
