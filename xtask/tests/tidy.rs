@@ -282,7 +282,11 @@ fn rabbitmq_names_are_declared_only_in_the_topology() {
 #[test]
 fn services_hold_the_bus_through_its_facade() {
     only_in(
-        &["RabbitBus::connect", "InProcessBus::new", "MemoryDedupeStore::new"],
+        &[
+            "RabbitBus::connect",
+            "InProcessBus::new",
+            "MemoryDedupeStore::new",
+        ],
         &["crates/messaging/src/"],
         "a service connects and dedupes through `messaging::Bus`, as it opens the store \
          through `storage::Database`",

@@ -155,6 +155,7 @@ async fn rotate_on(database_url: String) {
 async fn rotation_on_sqlite() {
     let file = std::env::temp_dir().join(format!("vg-rot-{}.db", uuid::Uuid::new_v4()));
     rotate_on(format!("sqlite://{}?mode=rwc", file.display())).await;
+    remove_sqlite(&file);
 }
 
 #[tokio::test]
@@ -202,9 +203,19 @@ async fn copied_ciphertext_on(database_url: String) {
 async fn a_copied_ciphertext_does_not_open_in_another_row_on_sqlite() {
     let file = std::env::temp_dir().join(format!("vg-copy-{}.db", uuid::Uuid::new_v4()));
     copied_ciphertext_on(format!("sqlite://{}?mode=rwc", file.display())).await;
+    remove_sqlite(&file);
 }
 
 #[tokio::test]
 async fn a_copied_ciphertext_does_not_open_in_another_row_on_postgres() {
     copied_ciphertext_on(fresh_postgres_database().await).await;
+}
+
+/// Removes a test's SQLite database and its WAL and shared-memory files.
+fn remove_sqlite(file: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
 }

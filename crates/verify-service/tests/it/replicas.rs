@@ -17,6 +17,8 @@ pub struct Replica {
     pub client: VerifyServiceClient<tonic::transport::Channel>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Its data directory, removed once it stopped.
+    data_dir: std::path::PathBuf,
 }
 
 impl Replica {
@@ -27,6 +29,7 @@ impl Replica {
             .await
             .expect("replica task")
             .expect("replica ran cleanly");
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
@@ -58,11 +61,12 @@ pub async fn replica(database_url: &str, sandbox: &str, extra_toml: &str) -> Rep
         verify_service_sid: Some(twilio_sandbox::DEV_SERVICE_SID.into()),
         ..TwilioEnv::default()
     };
+    let data_dir = std::env::temp_dir().join(format!("vg-rep-{}", uuid::Uuid::new_v4()));
     let overrides = Overrides {
         grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
         webhooks_addr: Some("127.0.0.1:0".parse().expect("addr")),
         database_url: Some(database_url.to_owned()),
-        data_dir: Some(std::env::temp_dir().join(format!("vg-rep-{}", uuid::Uuid::new_v4()))),
+        data_dir: Some(data_dir.clone()),
         ..Overrides::default()
     };
     let settings = config::load_from_str(&toml, &overrides, &env).expect("settings");
@@ -82,6 +86,7 @@ pub async fn replica(database_url: &str, sandbox: &str, extra_toml: &str) -> Rep
             .expect("connect"),
         stop,
         task,
+        data_dir,
     }
 }
 

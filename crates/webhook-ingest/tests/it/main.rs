@@ -10,7 +10,6 @@ mod slow_clients;
 mod support;
 mod webhooks;
 
-
 use secrecy::SecretString;
 use support::{Harness, get, settings};
 use webhook_ingest::{Connections, Ingest, Settings};
